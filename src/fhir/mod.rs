@@ -1,0 +1,3 @@
+//! Small typed views over FHIR JSON shared by every module.
+
+pub mod outcome;

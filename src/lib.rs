@@ -1,0 +1,3 @@
+//! shcr: a regional shared care record (FHIR R4, UK Core).
+
+pub mod fhir;
