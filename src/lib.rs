@@ -1,3 +1,7 @@
 //! shcr: a regional shared care record (FHIR R4, UK Core).
 
 pub mod fhir;
+pub mod config;
+pub mod interactions;
+pub mod store;
+pub mod validation;

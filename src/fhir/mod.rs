@@ -1,3 +1,6 @@
 //! Small typed views over FHIR JSON shared by every module.
 
+pub mod id;
+pub mod instant;
 pub mod outcome;
+pub mod reference;

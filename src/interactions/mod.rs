@@ -1,0 +1,105 @@
+//! FHIR interaction semantics over the store: create, read, vread, update, delete, conditional
+//! variants, history, and transaction/batch Bundles. The REST API and `shcr import` both come
+//! through here, so a resource is accepted or refused the same way whichever door it used.
+
+pub mod bundle;
+pub mod criteria;
+pub mod error;
+mod prepare;
+mod references;
+mod transaction;
+
+pub use error::Error;
+pub use transaction::{EntryAction, EntryOutcome, EntryRequest, Target};
+
+use crate::fhir::outcome::IssueType;
+use crate::store::{Current, HistoryPage, HistoryQuery, HistoryScope, Store, VersionRow};
+
+#[derive(Clone)]
+pub struct Repository {
+    store: Store,
+}
+
+impl Repository {
+    pub fn new(store: Store) -> Repository {
+        Repository { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn check_type(resource_type: &str) -> Result<(), Error> {
+        if crate::validation::is_resource_type(resource_type) {
+            Ok(())
+        } else {
+            Err(Error::UnknownType(resource_type.to_string()))
+        }
+    }
+
+    pub fn check_id(id: &str) -> Result<(), Error> {
+        if crate::fhir::id::is_valid_id(id) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                IssueType::Invalid,
+                format!("'{id}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})"),
+            ))
+        }
+    }
+
+    /// The current version; 404 if never written, 410 if its latest version is a deletion.
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<VersionRow, Error> {
+        Self::check_type(resource_type)?;
+        Self::check_id(id)?;
+        match self.store.read(resource_type, id).await? {
+            Current::Found(v) => Ok(v),
+            Current::Deleted(_) => Err(Error::Gone(format!("{resource_type}/{id}"))),
+            Current::NotFound => Err(Error::NotFound(format!("{resource_type}/{id}"))),
+        }
+    }
+
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<VersionRow, Error> {
+        Self::check_type(resource_type)?;
+        Self::check_id(id)?;
+        let version_id: i64 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+            Error::invalid(
+                IssueType::Invalid,
+                format!("'{version}' is not a version id of this server (a positive integer)"),
+            )
+        })?;
+        match self.store.vread(resource_type, id, version_id).await? {
+            Some(v) if v.deleted => Err(Error::Gone(format!(
+                "{resource_type}/{id}/_history/{version_id}"
+            ))),
+            Some(v) => Ok(v),
+            None => Err(Error::NotFound(format!(
+                "{resource_type}/{id}/_history/{version_id}"
+            ))),
+        }
+    }
+
+    pub async fn history(
+        &self,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, Error> {
+        match scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => Self::check_type(t)?,
+            HistoryScope::Instance(t, id) => {
+                Self::check_type(t)?;
+                Self::check_id(id)?;
+                if !self.store.exists_ever(t, id).await? {
+                    return Err(Error::NotFound(format!("{t}/{id}")));
+                }
+            }
+        }
+        Ok(self.store.history(scope, query).await?)
+    }
+}

@@ -1,0 +1,118 @@
+//! Checks and stamping of a resource before it is written.
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::fhir::instant::format_instant;
+use crate::fhir::outcome::{Issue, IssueType};
+
+use super::error::Error;
+
+/// The resource must be a JSON object of the expected type and valid against the R4 definitions.
+pub fn check_resource(resource: &Value, expected_type: &str) -> Result<(), Error> {
+    let Some(object) = resource.as_object() else {
+        return Err(Error::invalid(
+            IssueType::Structure,
+            "the body must be a JSON object holding a FHIR resource",
+        ));
+    };
+    match object.get("resourceType").and_then(Value::as_str) {
+        None => {
+            return Err(Error::Invalid(vec![
+                Issue::error(IssueType::Required, "resourceType is missing").at(expected_type),
+            ]));
+        }
+        Some(t) if t != expected_type => {
+            return Err(Error::Invalid(vec![
+                Issue::error(
+                    IssueType::Invalid,
+                    format!("resourceType is '{t}' but the request is for '{expected_type}'"),
+                )
+                .at(format!("{t}.resourceType")),
+            ]));
+        }
+        Some(_) => {}
+    }
+    let issues = crate::validation::validate_resource(resource);
+    if issues.iter().any(Issue::is_error) {
+        return Err(Error::Invalid(
+            issues.into_iter().filter(Issue::is_error).collect(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn resource_id(resource: &Value) -> Option<&str> {
+    resource.get("id").and_then(Value::as_str)
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
+pub fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: OffsetDateTime) {
+    let object = resource.as_object_mut().expect("checked to be an object");
+    object.insert("id".into(), Value::String(id.to_string()));
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    let meta = meta.as_object_mut().expect("meta is an object");
+    meta.insert("versionId".into(), Value::String(version_id.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated)),
+    );
+}
+
+/// `(system, value)` of the resource's business identifiers (`identifier`, single or repeated).
+pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
+    let one = |i: &Value| {
+        let value = i.get("value")?.as_str()?;
+        let system = i.get("system").and_then(Value::as_str).unwrap_or("");
+        Some((system.to_string(), value.to_string()))
+    };
+    match resource.get("identifier") {
+        Some(Value::Array(items)) => {
+            let mut out: Vec<_> = items.iter().filter_map(one).collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+        Some(single @ Value::Object(_)) => one(single).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamping_keeps_other_meta() {
+        let mut r = json!({"resourceType": "Patient", "meta": {"profile": ["p"]}});
+        let t = crate::fhir::instant::now_millis();
+        stamp(&mut r, "abc", 2, t);
+        assert_eq!(r["id"], "abc");
+        assert_eq!(r["meta"]["versionId"], "2");
+        assert_eq!(r["meta"]["profile"][0], "p");
+        assert_eq!(r["meta"]["lastUpdated"], format_instant(t));
+    }
+
+    #[test]
+    fn identifiers_single_and_repeated() {
+        let r = json!({"identifier": [{"system": "s", "value": "1"}, {"value": "2"}, {"system": "s"}]});
+        assert_eq!(
+            identifiers(&r),
+            vec![("".into(), "2".into()), ("s".into(), "1".into())]
+        );
+        let b = json!({"identifier": {"system": "s", "value": "b"}});
+        assert_eq!(identifiers(&b), vec![("s".into(), "b".into())]);
+    }
+
+    #[test]
+    fn wrong_resource_type_is_located() {
+        let err = check_resource(&json!({"resourceType": "Observation"}), "Patient").unwrap_err();
+        let Error::Invalid(issues) = err else { panic!() };
+        assert_eq!(issues[0].location.as_deref(), Some("Observation.resourceType"));
+    }
+}

@@ -1,0 +1,583 @@
+//! The write engine: every create, update and delete — single or in a Bundle — runs here as one
+//! atomic unit: check, resolve conditions and local references, lock, version, write, commit.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::fhir::id::new_id;
+use crate::fhir::instant::now_millis;
+use crate::fhir::outcome::IssueType;
+use crate::fhir::reference::{ReferenceKind, classify};
+use crate::store::{Author, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
+
+use super::criteria::Criteria;
+use super::error::Error;
+use super::prepare::{check_resource, identifiers, resource_id, stamp};
+use super::references::{conditional_references, rewrite};
+use super::Repository;
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Id(String),
+    /// Conditional update/delete: search criteria (query string without the type).
+    Criteria(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum EntryAction {
+    Create {
+        resource: Value,
+        if_none_exist: Option<String>,
+    },
+    Update {
+        target: Target,
+        resource: Value,
+        if_match: Option<i64>,
+    },
+    Delete {
+        target: Target,
+        if_match: Option<i64>,
+    },
+    Read {
+        id: String,
+        version: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryRequest {
+    pub resource_type: String,
+    /// `Bundle.entry.fullUrl`, used to resolve references between entries.
+    pub full_url: Option<String>,
+    pub action: EntryAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryOutcome {
+    pub status: u16,
+    pub resource_type: String,
+    pub id: Option<String>,
+    pub version_id: Option<i64>,
+    pub last_updated: Option<OffsetDateTime>,
+    /// JSON text of the resource as stored, for create/update/read and matched conditional creates.
+    pub content: Option<String>,
+    /// What happened, for `Prefer: return=OperationOutcome` and delete responses.
+    pub message: String,
+}
+
+impl EntryOutcome {
+    fn from_row(status: u16, row: VersionRow, message: String) -> EntryOutcome {
+        EntryOutcome {
+            status,
+            resource_type: row.resource_type,
+            id: Some(row.id),
+            version_id: Some(row.version_id),
+            last_updated: Some(row.last_updated),
+            content: row.content,
+            message,
+        }
+    }
+}
+
+/// A failure at one entry (index into the request list) or of the whole unit.
+#[derive(Debug)]
+pub struct EntryFailure {
+    pub index: Option<usize>,
+    pub error: Error,
+}
+
+impl From<crate::store::StoreError> for EntryFailure {
+    fn from(e: crate::store::StoreError) -> Self {
+        EntryFailure {
+            index: None,
+            error: e.into(),
+        }
+    }
+}
+
+fn at(index: usize) -> impl Fn(Error) -> EntryFailure {
+    move |error| EntryFailure {
+        index: Some(index),
+        error,
+    }
+}
+
+/// Where each entry stands once conditions are resolved.
+enum Plan {
+    Create { id: String, resource: Value },
+    /// A conditional create that matched: nothing is written.
+    Existing { id: String },
+    Update { id: String, resource: Value, if_match: Option<i64> },
+    Delete { id: String, if_match: Option<i64> },
+    /// A conditional delete with no match.
+    NothingToDelete,
+    Read,
+}
+
+impl Repository {
+    /// Runs every entry as one all-or-nothing transaction (a `transaction` Bundle, or a single
+    /// REST interaction as a one-entry list).
+    #[tracing::instrument(skip_all, fields(entries = entries.len()))]
+    pub async fn execute_atomic(
+        &self,
+        entries: Vec<EntryRequest>,
+        author: &Author,
+    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        // 1. Check every entry before touching the database.
+        for (i, entry) in entries.iter().enumerate() {
+            Self::check_type(&entry.resource_type).map_err(at(i))?;
+            match &entry.action {
+                EntryAction::Create { resource, .. } => {
+                    check_resource(resource, &entry.resource_type).map_err(at(i))?;
+                }
+                EntryAction::Update {
+                    target, resource, ..
+                } => {
+                    check_resource(resource, &entry.resource_type).map_err(at(i))?;
+                    if let Target::Id(id) = target {
+                        Self::check_id(id).map_err(at(i))?;
+                        match resource_id(resource) {
+                            None => {
+                                return Err(at(i)(Error::invalid(
+                                    IssueType::Required,
+                                    format!("the resource has no id; an update of {}/{id} must carry id '{id}'", entry.resource_type),
+                                )));
+                            }
+                            Some(body_id) if body_id != id => {
+                                return Err(at(i)(Error::invalid(
+                                    IssueType::Invalid,
+                                    format!("the resource id '{body_id}' does not match the id '{id}' in the URL"),
+                                )));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                EntryAction::Delete {
+                    target: Target::Id(id),
+                    ..
+                }
+                | EntryAction::Read { id, .. } => Self::check_id(id).map_err(at(i))?,
+                EntryAction::Delete { .. } => {}
+            }
+        }
+
+        // 2. Parse every condition: If-None-Exist, conditional targets, conditional references.
+        let mut entry_criteria: HashMap<usize, Criteria> = HashMap::new();
+        let mut reference_criteria: HashMap<String, (usize, Criteria)> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let query = match &entry.action {
+                EntryAction::Create {
+                    if_none_exist: Some(q),
+                    ..
+                } => Some(q.as_str()),
+                EntryAction::Update {
+                    target: Target::Criteria(q),
+                    ..
+                }
+                | EntryAction::Delete {
+                    target: Target::Criteria(q),
+                    ..
+                } => Some(q.as_str()),
+                _ => None,
+            };
+            if let Some(query) = query {
+                let query = query
+                    .strip_prefix(&format!("{}?", entry.resource_type))
+                    .unwrap_or(query);
+                entry_criteria.insert(
+                    i,
+                    Criteria::parse(&entry.resource_type, query).map_err(at(i))?,
+                );
+            }
+            if let EntryAction::Create { resource, .. } | EntryAction::Update { resource, .. } =
+                &entry.action
+            {
+                for reference in conditional_references(resource) {
+                    if reference_criteria.contains_key(&reference) {
+                        continue;
+                    }
+                    let ReferenceKind::Conditional {
+                        resource_type,
+                        query,
+                    } = classify(&reference)
+                    else {
+                        continue;
+                    };
+                    Self::check_type(resource_type).map_err(at(i))?;
+                    let criteria = Criteria::parse(resource_type, query).map_err(at(i))?;
+                    reference_criteria.insert(reference, (i, criteria));
+                }
+            }
+        }
+
+        // 3. Resolve them under advisory locks, inside the transaction that writes.
+        let mut tx = self.store.begin_write().await?;
+        let all: Vec<&Criteria> = entry_criteria
+            .values()
+            .chain(reference_criteria.values().map(|(_, c)| c))
+            .collect();
+        let matches = resolve_all(&mut tx, &all).await?;
+        let matched = |c: &Criteria| matches.get(c).cloned().unwrap_or_default();
+
+        // 4. Decide what each entry does.
+        let mut plans: Vec<Plan> = Vec::with_capacity(entries.len());
+        let mut local_refs: HashMap<String, String> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let criteria_matches = entry_criteria.get(&i).map(&matched);
+            let too_many = |n: usize| {
+                at(i)(Error::PreconditionFailed(format!(
+                    "the conditional criteria matched {n} {} resources; they must select at most one",
+                    entry.resource_type
+                )))
+            };
+            let plan = match &entry.action {
+                EntryAction::Create { resource, .. } => match criteria_matches.as_deref() {
+                    Some([id]) => Plan::Existing { id: id.clone() },
+                    Some(m) if m.len() > 1 => return Err(too_many(m.len())),
+                    _ => Plan::Create {
+                        id: new_id(),
+                        resource: resource.clone(),
+                    },
+                },
+                EntryAction::Update {
+                    target,
+                    resource,
+                    if_match,
+                } => {
+                    let id = match (target, criteria_matches.as_deref()) {
+                        (Target::Id(id), _) => id.clone(),
+                        (Target::Criteria(_), Some([id])) => {
+                            if let Some(body_id) = resource_id(resource)
+                                && body_id != id
+                            {
+                                return Err(at(i)(Error::invalid(
+                                    IssueType::Invalid,
+                                    format!("the criteria matched {}/{id} but the resource carries id '{body_id}'", entry.resource_type),
+                                )));
+                            }
+                            id.clone()
+                        }
+                        (Target::Criteria(_), Some(m)) if m.len() > 1 => {
+                            return Err(too_many(m.len()));
+                        }
+                        // No match: create, with the client's id if it gave one.
+                        (Target::Criteria(_), _) => resource_id(resource)
+                            .map(str::to_string)
+                            .unwrap_or_else(new_id),
+                    };
+                    Plan::Update {
+                        id,
+                        resource: resource.clone(),
+                        if_match: *if_match,
+                    }
+                }
+                EntryAction::Delete { target, if_match } => match (target, criteria_matches.as_deref()) {
+                    (Target::Id(id), _) => Plan::Delete {
+                        id: id.clone(),
+                        if_match: *if_match,
+                    },
+                    (Target::Criteria(_), Some([id])) => Plan::Delete {
+                        id: id.clone(),
+                        if_match: *if_match,
+                    },
+                    (Target::Criteria(_), Some(m)) if m.len() > 1 => return Err(too_many(m.len())),
+                    (Target::Criteria(_), _) => Plan::NothingToDelete,
+                },
+                EntryAction::Read { .. } => Plan::Read,
+            };
+            if let Some(full_url) = &entry.full_url {
+                let target_id = match &plan {
+                    Plan::Create { id, .. } | Plan::Existing { id } | Plan::Update { id, .. } => {
+                        Some(id)
+                    }
+                    _ => None,
+                };
+                if let Some(id) = target_id
+                    && local_refs
+                        .insert(full_url.clone(), format!("{}/{id}", entry.resource_type))
+                        .is_some()
+                {
+                    return Err(at(i)(Error::invalid(
+                        IssueType::Duplicate,
+                        format!("fullUrl '{full_url}' appears on more than one entry"),
+                    )));
+                }
+            }
+            plans.push(plan);
+        }
+        for (reference, (i, criteria)) in &reference_criteria {
+            match matched(criteria).as_slice() {
+                [id] => {
+                    local_refs.insert(reference.clone(), format!("{}/{id}", criteria.resource_type));
+                }
+                [] => {
+                    return Err(at(*i)(Error::invalid(
+                        IssueType::NotFound,
+                        format!("conditional reference '{reference}' matches no resource"),
+                    )));
+                }
+                m => {
+                    return Err(at(*i)(Error::PreconditionFailed(format!(
+                        "conditional reference '{reference}' matches {} resources; it must match exactly one",
+                        m.len()
+                    ))));
+                }
+            }
+        }
+
+        // 5. One entry per resource: two entries writing the same resource would be ambiguous.
+        let mut touched: HashSet<(String, String)> = HashSet::new();
+        for (i, (entry, plan)) in entries.iter().zip(&plans).enumerate() {
+            let id = match plan {
+                Plan::Create { id, .. } | Plan::Update { id, .. } | Plan::Delete { id, .. } => id,
+                _ => continue,
+            };
+            if !touched.insert((entry.resource_type.clone(), id.clone())) {
+                return Err(at(i)(Error::invalid(
+                    IssueType::Duplicate,
+                    format!("{}/{id} is changed by more than one entry", entry.resource_type),
+                )));
+            }
+        }
+
+        // 6. Lock the resources being replaced and number the new versions.
+        let lock_keys: Vec<(String, String)> = entries
+            .iter()
+            .zip(&plans)
+            .filter_map(|(e, p)| match p {
+                Plan::Update { id, .. } | Plan::Delete { id, .. } => {
+                    Some((e.resource_type.clone(), id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let heads = tx.lock_heads(&lock_keys).await?;
+        let now = now_millis();
+        let mut versions: Vec<NewVersion> = Vec::new();
+        // Per entry: (status, index into `versions`) or an outcome decided without writing.
+        let mut results: Vec<Option<(u16, usize)>> = vec![None; entries.len()];
+        let mut unchanged: HashMap<usize, EntryOutcome> = HashMap::new();
+        for (i, (entry, plan)) in entries.iter().zip(plans).enumerate() {
+            let rt = &entry.resource_type;
+            match plan {
+                Plan::Create { id, mut resource } => {
+                    let unresolved = rewrite(&mut resource, &local_refs);
+                    check_unresolved(&unresolved).map_err(at(i))?;
+                    stamp(&mut resource, &id, 1, now);
+                    results[i] = Some((201, versions.len()));
+                    versions.push(new_version(rt, &id, 1, now, Operation::Create, "POST", Some(&resource)));
+                }
+                Plan::Update {
+                    id,
+                    mut resource,
+                    if_match,
+                } => {
+                    let head = heads.get(&(rt.clone(), id.clone()));
+                    if let Some(expected) = if_match
+                        && head.map(|h| h.version_id) != Some(expected)
+                    {
+                        return Err(at(i)(Error::PreconditionFailed(format!(
+                            "If-Match expected version {expected} of {rt}/{id} but the current version is {}",
+                            head.map(|h| h.version_id.to_string()).unwrap_or_else(|| "none (it does not exist)".into())
+                        ))));
+                    }
+                    let unresolved = rewrite(&mut resource, &local_refs);
+                    check_unresolved(&unresolved).map_err(at(i))?;
+                    let (version, status, operation) = match head {
+                        None => (1, 201, Operation::Create),
+                        Some(h) if h.deleted => (h.version_id + 1, 201, Operation::Update),
+                        Some(h) => (h.version_id + 1, 200, Operation::Update),
+                    };
+                    stamp(&mut resource, &id, version, now);
+                    results[i] = Some((status, versions.len()));
+                    versions.push(new_version(rt, &id, version, now, operation, "PUT", Some(&resource)));
+                }
+                Plan::Delete { id, if_match } => {
+                    let head = heads.get(&(rt.clone(), id.clone()));
+                    if let Some(expected) = if_match
+                        && head.map(|h| h.version_id) != Some(expected)
+                    {
+                        return Err(at(i)(Error::PreconditionFailed(format!(
+                            "If-Match expected version {expected} of {rt}/{id} but the current version is {}",
+                            head.map(|h| h.version_id.to_string()).unwrap_or_else(|| "none".into())
+                        ))));
+                    }
+                    match head {
+                        Some(h) if !h.deleted => {
+                            results[i] = Some((200, versions.len()));
+                            versions.push(new_version(rt, &id, h.version_id + 1, now, Operation::Delete, "DELETE", None));
+                        }
+                        // Deleting what is already gone (or never was) succeeds without a new version.
+                        _ => {
+                            unchanged.insert(i, EntryOutcome {
+                                status: 204,
+                                resource_type: rt.clone(),
+                                id: Some(id.clone()),
+                                version_id: head.map(|h| h.version_id),
+                                last_updated: head.map(|h| h.last_updated),
+                                content: None,
+                                message: format!("{rt}/{id} does not exist or is already deleted; nothing to delete"),
+                            });
+                        }
+                    }
+                }
+                Plan::NothingToDelete => {
+                    unchanged.insert(i, EntryOutcome {
+                        status: 204,
+                        resource_type: rt.clone(),
+                        id: None,
+                        version_id: None,
+                        last_updated: None,
+                        content: None,
+                        message: "the conditional delete matched no resource; nothing to delete".into(),
+                    });
+                }
+                Plan::Existing { id } => {
+                    // Read after commit: the matched resource is returned as it stands.
+                    unchanged.insert(i, EntryOutcome {
+                        status: 200,
+                        resource_type: rt.clone(),
+                        id: Some(id.clone()),
+                        version_id: None,
+                        last_updated: None,
+                        content: None,
+                        message: format!("{rt}/{id} already matches the If-None-Exist criteria; nothing was created"),
+                    });
+                }
+                Plan::Read => {}
+            }
+        }
+
+        // 7. Write everything, then commit.
+        tx.write(&versions, author).await?;
+        tx.commit().await?;
+
+        // 8. Responses in request order; reads (and matched conditional creates) see the new state.
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some((status, v)) = results[i] {
+                let v = &versions[v];
+                let verb = match (v.operation, status) {
+                    (Operation::Delete, _) => "deleted",
+                    (_, 201) => "created",
+                    _ => "updated",
+                };
+                outcomes.push(EntryOutcome {
+                    status,
+                    resource_type: v.resource_type.clone(),
+                    id: Some(v.id.clone()),
+                    version_id: Some(v.version_id),
+                    last_updated: Some(v.last_updated),
+                    content: v.content.clone(),
+                    message: format!("{}/{} {verb} (version {})", v.resource_type, v.id, v.version_id),
+                });
+            } else if let Some(outcome) = unchanged.remove(&i) {
+                if outcome.status == 200 && outcome.content.is_none() {
+                    let id = outcome.id.clone().unwrap_or_default();
+                    let row = self.read(&entry.resource_type, &id).await.map_err(at(i))?;
+                    outcomes.push(EntryOutcome::from_row(200, row, outcome.message));
+                } else {
+                    outcomes.push(outcome);
+                }
+            } else if let EntryAction::Read { id, version } = &entry.action {
+                let row = match version {
+                    Some(v) => self.vread(&entry.resource_type, id, v).await,
+                    None => self.read(&entry.resource_type, id).await,
+                }
+                .map_err(at(i))?;
+                outcomes.push(EntryOutcome::from_row(200, row, String::new()));
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs each entry on its own (a `batch` Bundle): one failing entry does not affect others.
+    pub async fn execute_batch(
+        &self,
+        entries: Vec<EntryRequest>,
+        author: &Author,
+    ) -> Vec<Result<EntryOutcome, Error>> {
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let result = self
+                .execute_atomic(vec![entry], author)
+                .await
+                .map(|mut outcomes| outcomes.remove(0))
+                .map_err(|f| f.error);
+            results.push(result);
+        }
+        results
+    }
+}
+
+fn check_unresolved(unresolved: &[String]) -> Result<(), Error> {
+    match unresolved.first() {
+        None => Ok(()),
+        Some(r) => Err(Error::invalid(
+            IssueType::NotFound,
+            format!("reference '{r}' does not match the fullUrl of any entry in the Bundle"),
+        )),
+    }
+}
+
+fn new_version(
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    last_updated: OffsetDateTime,
+    operation: Operation,
+    method: &'static str,
+    resource: Option<&Value>,
+) -> NewVersion {
+    NewVersion {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version_id,
+        last_updated,
+        operation,
+        method,
+        content: resource.map(|r| r.to_string()),
+        identifiers: resource.map(identifiers).unwrap_or_default(),
+    }
+}
+
+/// Matches for each criteria: intersection over parameters, union within a parameter.
+async fn resolve_all<'c>(
+    tx: &mut WriteTx,
+    criteria: &[&'c Criteria],
+) -> Result<HashMap<&'c Criteria, Vec<String>>, crate::store::StoreError> {
+    let mut out = HashMap::new();
+    if criteria.is_empty() {
+        return Ok(out);
+    }
+    // A BTreeSet both dedups and gives the sorted order the advisory locks need.
+    let queries: Vec<IdentifierQuery> = criteria
+        .iter()
+        .flat_map(|c| c.identifier_queries().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    tx.lock_criteria(&queries).await?;
+    let found = tx.find_by_identifier(&queries).await?;
+    let by_query: HashMap<&IdentifierQuery, &Vec<String>> = queries.iter().zip(&found).collect();
+    for c in criteria {
+        let mut current: Option<BTreeSet<String>> = None;
+        let mut narrow = |set: BTreeSet<String>| {
+            current = Some(match current.take() {
+                None => set,
+                Some(prev) => prev.intersection(&set).cloned().collect(),
+            });
+        };
+        for group in &c.identifiers {
+            narrow(group.iter().flat_map(|q| by_query[q].iter().cloned()).collect());
+        }
+        for ids in &c.ids {
+            narrow(tx.existing_ids(&c.resource_type, ids).await?.into_iter().collect());
+        }
+        out.insert(*c, current.unwrap_or_default().into_iter().collect());
+    }
+    Ok(out)
+}

@@ -1,0 +1,98 @@
+//! PostgreSQL, the system of record: resource versions, current heads, business identifiers and
+//! the change feed. Only this module writes those tables.
+
+mod changes;
+mod history;
+mod read;
+mod write;
+
+pub use changes::{Change, FeedPosition};
+pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
+pub use read::{Current, VersionRow};
+pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another transaction created or changed the same resource at the same moment.
+    #[error("concurrent write to {0}")]
+    Conflict(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Unique violations on version rows mean two writers raced for the same version.
+    pub(crate) fn from_write(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+        if let sqlx::Error::Database(db) = &err
+            && db.code().as_deref() == Some("23505")
+        {
+            return StoreError::Conflict(what());
+        }
+        StoreError::Database(err)
+    }
+}
+
+/// Who wrote a version: kept beside every version as its write provenance.
+#[derive(Debug, Clone)]
+pub struct Author {
+    /// `system` (a trust's system) or `user` (a person).
+    pub kind: &'static str,
+    /// Client id or user id.
+    pub id: String,
+    /// ODS code of the trust / the user's organisation.
+    pub org: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Ready when the database answers and every migration this binary knows is applied.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = sqlx::query_scalar(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))?;
+        match applied {
+            Some(v) if v >= latest => Ok(()),
+            Some(v) => Err(format!("migrations pending: database at {v}, binary expects {latest}")),
+            None => Err("migrations not applied".into()),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! One write transaction: lock what is being changed, answer conditional look-ups, then write
+//! every new version, its head, its identifiers and its change-feed row together.
+
+use std::collections::HashMap;
+
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+use super::{Author, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+/// The current state of a resource, read under a row lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub version_id: i64,
+    pub deleted: bool,
+    pub last_updated: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: OffsetDateTime,
+    pub operation: Operation,
+    /// HTTP method recorded in history (POST, PUT, DELETE).
+    pub method: &'static str,
+    /// Serialised resource; `None` for a deletion.
+    pub content: Option<String>,
+    /// `(system, value)` business identifiers of the new version (empty for deletions).
+    pub identifiers: Vec<(String, String)>,
+}
+
+/// `identifier` token search as conditional operations use it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentifierQuery {
+    pub resource_type: String,
+    /// `None`: any system; `Some("")`: identifiers without a system.
+    pub system: Option<String>,
+    /// `None`: any value in the system (`system|`).
+    pub value: Option<String>,
+}
+
+pub struct WriteTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Store {
+    pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.pool.begin().await?,
+        })
+    }
+}
+
+/// Stable 64-bit key for advisory locks (FNV-1a; stable across processes and releases, unlike
+/// the std hasher).
+fn lock_key(parts: &[&str]) -> i64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    hash as i64
+}
+
+impl WriteTx {
+    /// Serialises conditional operations on the same criteria across concurrent transactions,
+    /// so two `If-None-Exist` creates with one identifier cannot both create.
+    pub async fn lock_criteria(&mut self, criteria: &[IdentifierQuery]) -> Result<(), StoreError> {
+        if criteria.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<i64> = criteria
+            .iter()
+            .map(|c| {
+                lock_key(&[
+                    &c.resource_type,
+                    c.system.as_deref().unwrap_or("\u{1}"),
+                    c.value.as_deref().unwrap_or("\u{1}"),
+                ])
+            })
+            .collect();
+        // A fixed order prevents deadlocks between transactions locking overlapping sets.
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
+            .bind(&keys)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of current, non-deleted resources matching each query (same order as `queries`).
+    pub async fn find_by_identifier(
+        &mut self,
+        queries: &[IdentifierQuery],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = queries.iter().map(|q| q.resource_type.as_str()).collect();
+        let systems: Vec<Option<&str>> = queries.iter().map(|q| q.system.as_deref()).collect();
+        let values: Vec<Option<&str>> = queries.iter().map(|q| q.value.as_deref()).collect();
+        let rows = sqlx::query(
+            "SELECT q.ord, ri.id
+             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(t, s, v, ord)
+             JOIN resource_identifier ri
+               ON ri.resource_type = q.t
+              AND (q.s IS NULL OR ri.system = q.s)
+              AND (q.v IS NULL OR ri.value = q.v)
+             GROUP BY q.ord, ri.id
+             ORDER BY q.ord, ri.id",
+        )
+        .bind(&types)
+        .bind(&systems)
+        .bind(&values)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = vec![Vec::new(); queries.len()];
+        for row in rows {
+            let ord: i64 = row.try_get("ord")?;
+            out[(ord - 1) as usize].push(row.try_get("id")?);
+        }
+        Ok(out)
+    }
+
+    /// Locks the heads of resources about to change and returns those that exist.
+    pub async fn lock_heads(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Head>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut sorted: Vec<&(String, String)> = keys.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let types: Vec<&str> = sorted.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, h.version_id, h.deleted, h.last_updated
+             FROM resource_head h
+             JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON h.resource_type = k.t AND h.id = k.i
+             ORDER BY h.resource_type, h.id
+             FOR UPDATE OF h",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut heads = HashMap::with_capacity(rows.len());
+        for row in rows {
+            heads.insert(
+                (row.try_get("resource_type")?, row.try_get("id")?),
+                Head {
+                    version_id: row.try_get("version_id")?,
+                    deleted: row.try_get("deleted")?,
+                    last_updated: row.try_get("last_updated")?,
+                },
+            );
+        }
+        Ok(heads)
+    }
+
+    /// Which of the given ids exist (current and not deleted).
+    pub async fn existing_ids(
+        &mut self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM resource_head WHERE resource_type = $1 AND id = ANY($2) AND NOT deleted
+             ORDER BY id",
+        )
+        .bind(resource_type)
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Writes every version with its head, identifiers and change-feed row.
+    #[tracing::instrument(skip_all, fields(versions = versions.len()))]
+    pub async fn write(&mut self, versions: &[NewVersion], author: &Author) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let n = versions.len();
+        let mut types = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut vids = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut deleted = Vec::with_capacity(n);
+        let mut methods = Vec::with_capacity(n);
+        let mut contents = Vec::with_capacity(n);
+        let mut ops = Vec::with_capacity(n);
+        let (mut it, mut ii, mut is, mut iv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for v in versions {
+            types.push(v.resource_type.as_str());
+            ids.push(v.id.as_str());
+            vids.push(v.version_id);
+            times.push(v.last_updated);
+            deleted.push(v.operation == Operation::Delete);
+            methods.push(v.method);
+            contents.push(v.content.as_deref());
+            ops.push(v.operation.as_str());
+            for (system, value) in &v.identifiers {
+                it.push(v.resource_type.as_str());
+                ii.push(v.id.as_str());
+                is.push(system.as_str());
+                iv.push(value.as_str());
+            }
+        }
+
+        sqlx::query(
+            "INSERT INTO resource_version
+               (resource_type, id, version_id, last_updated, deleted, method, content,
+                author_kind, author_id, author_org, request_id)
+             SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
+                         $6::text[], $7::text[]) AS x(t, i, v, lu, d, m, c)",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&vids)
+        .bind(&times)
+        .bind(&deleted)
+        .bind(&methods)
+        .bind(&contents)
+        .bind(author.kind)
+        .bind(&author.id)
+        .bind(&author.org)
+        .bind(&author.request_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| {
+            StoreError::from_write(e, || {
+                versions
+                    .iter()
+                    .map(|v| format!("{}/{}", v.resource_type, v.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        })?;
+
+        sqlx::query(
+            "INSERT INTO resource_head (resource_type, id, version_id, last_updated, deleted)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[])
+             ON CONFLICT (resource_type, id) DO UPDATE
+               SET version_id = excluded.version_id,
+                   last_updated = excluded.last_updated,
+                   deleted = excluded.deleted",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&vids)
+        .bind(&times)
+        .bind(&deleted)
+        .execute(&mut *self.tx)
+        .await?;
+
+        // Identifiers follow the current version: drop the previous version's, add the new ones.
+        let replaced: Vec<usize> = (0..n).filter(|&k| vids[k] > 1).collect();
+        if !replaced.is_empty() {
+            let rt: Vec<&str> = replaced.iter().map(|&k| types[k]).collect();
+            let ri: Vec<&str> = replaced.iter().map(|&k| ids[k]).collect();
+            sqlx::query(
+                "DELETE FROM resource_identifier ri
+                 USING unnest($1::text[], $2::text[]) AS k(t, i)
+                 WHERE ri.resource_type = k.t AND ri.id = k.i",
+            )
+            .bind(&rt)
+            .bind(&ri)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !it.is_empty() {
+            sqlx::query(
+                "INSERT INTO resource_identifier (resource_type, id, system, value)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&it)
+            .bind(&ii)
+            .bind(&is)
+            .bind(&iv)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+
+        sqlx::query(
+            "INSERT INTO change_feed (resource_type, id, version_id, operation)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&vids)
+        .bind(&ops)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// For modules that must write their own rows in the same transaction (e.g. audit).
+    pub fn connection(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_key;
+
+    #[test]
+    fn lock_keys_are_stable_and_separate_parts() {
+        assert_eq!(lock_key(&["a", "b"]), lock_key(&["a", "b"]));
+        assert_ne!(lock_key(&["ab", ""]), lock_key(&["a", "b"]));
+    }
+}
