@@ -5,3 +5,8 @@ pub mod config;
 pub mod interactions;
 pub mod store;
 pub mod validation;
+pub mod access;
+pub mod api;
+pub mod startup;
+pub mod telemetry;
+pub mod commands;

@@ -1,1 +1,38 @@
-fn main() {}
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use shcr::commands;
+use shcr::config::Settings;
+
+/// shcr: a regional shared care record (FHIR R4, UK Core).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file; SHCR_* environment variables override it.
+    #[arg(long, global = true, env = "SHCR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FHIR server.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a development token signed by the dev issuer's key.
+    Token(commands::token::TokenArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    shcr::telemetry::init(&settings.log_format);
+    match cli.command {
+        Command::Serve => commands::serve::serve(settings).await,
+        Command::Migrate => commands::serve::migrate(settings).await,
+        Command::Token(args) => commands::token::run(&settings, &args),
+    }
+}

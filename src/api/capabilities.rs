@@ -1,0 +1,81 @@
+//! `/metadata`: the CapabilityStatement, generated from the interactions the router serves.
+
+use serde_json::{Value, json};
+
+use crate::interactions::criteria::SUPPORTED_PARAMETERS;
+
+/// Date of this capability set; changes with the interactions below.
+const RELEASE_DATE: &str = "2026-11-25";
+
+/// Interactions served for every resource type (see `api::configure`).
+pub const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+];
+
+/// Whole-system interactions.
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+
+pub fn capability_statement(base_url: &str, issuer: &str) -> Value {
+    let resources: Vec<Value> = crate::validation::resource_types()
+        .map(|t| {
+            json!({
+                "type": t,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+                "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "referencePolicy": ["literal", "local"],
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "id": "shcr",
+        "url": format!("{base_url}/metadata"),
+        "name": "ShcrCapabilityStatement",
+        "title": "shcr shared care record",
+        "status": "active",
+        "date": RELEASE_DATE,
+        "publisher": "shcr",
+        "kind": "instance",
+        "software": { "name": "shcr", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Regional shared care record (FHIR R4, UK Core)", "url": base_url },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": [],
+        "rest": [{
+            "mode": "server",
+            "documentation": format!(
+                "Conditional create, update and delete accept the parameters {}.",
+                SUPPORTED_PARAMETERS.join(", ")
+            ),
+            "security": {
+                "cors": false,
+                "service": [{
+                    "coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "OAuth"
+                    }]
+                }],
+                "description": format!(
+                    "Bearer JWTs from issuer {issuer} (OIDC discovery + JWKS). Trust systems: \
+                     client_id + ods_code claims. People: CIS2-style sub, selected_roleid and \
+                     nhsid_nrbac_roles claims."
+                )
+            },
+            "resource": resources,
+            "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+        }]
+    })
+}

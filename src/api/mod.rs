@@ -1,0 +1,85 @@
+//! The HTTP surface: FHIR REST under `/fhir`, health under `/healthz` and `/readyz`, and the
+//! development issuer under `/dev-issuer` when enabled.
+
+pub mod body;
+pub mod capabilities;
+mod dev_issuer;
+pub mod error;
+mod health;
+mod history;
+pub mod middleware;
+pub mod response;
+pub mod rest;
+
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{HttpResponse, web};
+
+use crate::access::TokenVerifier;
+use crate::access::dev_issuer::DevIssuer;
+use crate::interactions::Repository;
+
+pub struct AppState {
+    pub repository: Repository,
+    /// FHIR base URL, e.g. `https://shcr.example.nhs.uk/fhir`.
+    pub base_url: String,
+    pub max_body_bytes: usize,
+    pub verifier: Arc<TokenVerifier>,
+    pub dev_issuer: Option<Arc<DevIssuer>>,
+    /// Rendered once at start-up: it only changes with the binary and configuration.
+    pub capability_statement: String,
+}
+
+async fn metadata(state: web::Data<AppState>) -> HttpResponse {
+    response::json_response(
+        actix_web::http::StatusCode::OK,
+        state.capability_statement.clone(),
+    )
+}
+
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(rest::method_not_allowed))
+}
+
+/// Routes. The interactions listed in `capabilities` are exactly those routed here.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(
+            resource("/dev-issuer/.well-known/openid-configuration")
+                .route(web::get().to(dev_issuer::discovery)),
+        )
+        .service(resource("/dev-issuer/jwks").route(web::get().to(dev_issuer::jwks)))
+        .service(resource("/fhir/metadata").route(web::get().to(metadata)))
+        .service(
+            web::scope("/fhir")
+                .wrap(from_fn(middleware::negotiate))
+                .wrap(from_fn(middleware::authenticate))
+                .service(resource("").route(web::post().to(rest::bundle)))
+                .service(resource("/").route(web::post().to(rest::bundle)))
+                .service(resource("/_history").route(web::get().to(history::system)))
+                .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
+                .service(
+                    resource("/{type}/_search").route(web::post().to(rest::search_not_available)),
+                )
+                .service(
+                    resource("/{type}/{id}/_history").route(web::get().to(history::instance)),
+                )
+                .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
+                .service(
+                    resource("/{type}/{id}")
+                        .route(web::get().to(rest::read))
+                        .route(web::put().to(rest::update))
+                        .route(web::delete().to(rest::delete)),
+                )
+                .service(
+                    resource("/{type}")
+                        .route(web::get().to(rest::search_not_available))
+                        .route(web::post().to(rest::create))
+                        .route(web::put().to(rest::conditional_update))
+                        .route(web::delete().to(rest::conditional_delete)),
+                )
+                .default_service(web::to(rest::not_found)),
+        );
+}

@@ -1,0 +1,4 @@
+//! The `shcr` subcommands. `main.rs` parses the command line and calls these.
+
+pub mod serve;
+pub mod token;

@@ -1,0 +1,141 @@
+//! Builds the whole application from a `Settings` value. `shcr serve`, `shcr demo` and the tests
+//! all start it through `Application::build`, with port 0 for a free port.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::access::TokenVerifier;
+use crate::access::dev_issuer::DevIssuer;
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::interactions::Repository;
+use crate::store::Store;
+
+pub struct Application {
+    port: u16,
+    origin: String,
+    issuer: String,
+    dev_issuer: Option<Arc<DevIssuer>>,
+    store: Store,
+    server: Server,
+}
+
+/// The host clients on this machine use to reach a listener bound to `host`.
+fn connect_host(host: &str) -> &str {
+    match host {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        other => other,
+    }
+}
+
+impl Application {
+    /// Connects to the database, applies migrations and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let url = settings.require_database_url()?;
+        let store = Store::connect(url, settings.db_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store.migrate().await.context("applying database migrations")?;
+        Self::build_with_store(settings, store).await
+    }
+
+    pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let local_origin = format!("http://{}:{port}", connect_host(&settings.host));
+        let origin = settings
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| local_origin.clone());
+        let base_url = format!("{origin}/fhir");
+
+        let dev_issuer = if settings.dev_issuer.enabled {
+            Some(Arc::new(DevIssuer::load_or_create(&settings.dev_issuer.key_file)?))
+        } else {
+            None
+        };
+        let issuer = match (&settings.auth.issuer, &dev_issuer) {
+            (Some(issuer), _) => issuer.clone(),
+            (None, Some(_)) => format!("{local_origin}/dev-issuer"),
+            (None, None) => unreachable!("validated: an issuer is configured"),
+        };
+        if dev_issuer.is_some() {
+            tracing::warn!(%issuer, "development token issuer enabled: never use in production");
+        }
+        let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let state = web::Data::new(AppState {
+            repository: Repository::new(store.clone()),
+            capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
+                .to_string(),
+            base_url,
+            max_body_bytes: settings.max_body_bytes,
+            verifier,
+            dev_issuer: dev_issuer.clone(),
+        });
+
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(api::middleware::pretty))
+                .wrap(from_fn(api::middleware::request_id))
+                .configure(api::configure)
+                .default_service(web::to(api::rest::not_found))
+        })
+        .listen(listener)?;
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers);
+        }
+        let server = server.disable_signals().run();
+        tracing::info!(port, %origin, "listening");
+        Ok(Application {
+            port,
+            origin,
+            issuer,
+            dev_issuer,
+            store,
+            server,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://host:port` (or the configured public URL).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("{}/fhir", self.origin)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn dev_issuer(&self) -> Option<Arc<DevIssuer>> {
+        self.dev_issuer.clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
