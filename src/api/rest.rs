@@ -36,7 +36,7 @@ async fn write_one(
     let author = author(req)?;
     let mut outcomes = state
         .repository
-        .execute_atomic(vec![entry], &author)
+        .execute_atomic(std::slice::from_ref(&entry), &author)
         .await
         .map_err(|f| ApiError::Interaction(f.error))?;
     let prefer = return_preference(req, ReturnPreference::Representation);

@@ -248,7 +248,7 @@ impl Repository {
             BundleKind::Transaction => {
                 let requests = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
                 let outcomes = self
-                    .execute_atomic(requests, author)
+                    .execute_atomic(&requests, author)
                     .await
                     .map_err(|f| match f.index {
                         Some(i) => locate(f.error.at_entry(i), i),

@@ -118,11 +118,30 @@ enum Plan {
 
 impl Repository {
     /// Runs every entry as one all-or-nothing transaction (a `transaction` Bundle, or a single
-    /// REST interaction as a one-entry list).
+    /// REST interaction as a one-entry list). A transaction that lost a race with a concurrent
+    /// writer of the same new resource is retried: the retry sees the winner's commit.
     #[tracing::instrument(skip_all, fields(entries = entries.len()))]
     pub async fn execute_atomic(
         &self,
-        entries: Vec<EntryRequest>,
+        entries: &[EntryRequest],
+        author: &Author,
+    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match self.try_atomic(entries, author).await {
+                Err(EntryFailure {
+                    error: Error::Store(crate::store::StoreError::Conflict(_)),
+                    ..
+                }) if attempt < ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_atomic(
+        &self,
+        entries: &[EntryRequest],
         author: &Author,
     ) -> Result<Vec<EntryOutcome>, EntryFailure> {
         // 1. Check every entry before touching the database.
@@ -503,7 +522,7 @@ impl Repository {
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
             let result = self
-                .execute_atomic(vec![entry], author)
+                .execute_atomic(std::slice::from_ref(&entry), author)
                 .await
                 .map(|mut outcomes| outcomes.remove(0))
                 .map_err(|f| f.error);

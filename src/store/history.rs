@@ -30,8 +30,8 @@ impl HistoryCursor {
             "{}|{}|{}|{}",
             self.last_updated.unix_timestamp_nanos() / 1000,
             self.resource_type,
-            self.id,
-            self.version_id
+            self.version_id,
+            self.id
         );
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -41,8 +41,8 @@ impl HistoryCursor {
         let mut parts = raw.splitn(4, '|');
         let micros: i128 = parts.next()?.parse().ok()?;
         let resource_type = parts.next()?.to_string();
-        let id = parts.next()?.to_string();
         let version_id = parts.next()?.parse().ok()?;
+        let id = parts.next()?.to_string();
         Some(HistoryCursor {
             last_updated: OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?,
             resource_type,

@@ -1,0 +1,103 @@
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use shcr::fhir::instant::now_millis;
+use shcr::store::{Author, FeedPosition, NewVersion, Operation, Store};
+
+use crate::common::TestApp;
+
+fn author() -> Author {
+    Author {
+        kind: "system",
+        id: "test".into(),
+        org: Some("RX1".into()),
+        request_id: None,
+    }
+}
+
+fn version(id: &str) -> NewVersion {
+    NewVersion {
+        resource_type: "Basic".into(),
+        id: id.into(),
+        version_id: 1,
+        last_updated: now_millis(),
+        operation: Operation::Create,
+        method: "POST",
+        content: Some(format!(r#"{{"resourceType":"Basic","id":"{id}"}}"#)),
+        identifiers: vec![],
+    }
+}
+
+async fn drain(store: &Store, from: FeedPosition) -> (Vec<String>, FeedPosition) {
+    let mut ids = Vec::new();
+    let mut position = from;
+    loop {
+        let batch = store.changes_after(position, 100).await.unwrap();
+        if batch.is_empty() {
+            return (ids, position);
+        }
+        for change in batch {
+            assert!(change.position > position, "positions only move forward");
+            position = change.position;
+            ids.push(change.id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_committing_late_is_not_skipped() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+
+    // `early` starts (and takes its transaction id) first but commits last.
+    let mut early = store.begin_write().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(early.connection()).await.unwrap();
+    let mut late = store.begin_write().await.unwrap();
+    late.write(&[version("late")], &author()).await.unwrap();
+    late.commit().await.unwrap();
+    early.write(&[version("early")], &author()).await.unwrap();
+
+    // While `early` is open, nothing after it may be handed out.
+    let (seen, position) = drain(&store, FeedPosition::START).await;
+    assert!(seen.is_empty(), "{seen:?}");
+
+    early.commit().await.unwrap();
+    let (seen, _) = drain(&store, position).await;
+    assert_eq!(seen, vec!["early".to_string(), "late".to_string()]);
+}
+
+#[tokio::test]
+async fn a_reader_racing_writers_sees_every_change_once() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let mut tx = store.begin_write().await.unwrap();
+                tx.write(&[version(&format!("w{w}-{n}"))], &author()).await.unwrap();
+                // Vary how long transactions stay open so commits interleave out of order.
+                tokio::time::sleep(Duration::from_millis(((w * 7 + n * 3) % 5) as u64)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    let mut position = FeedPosition::START;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 100 {
+        assert!(Instant::now() < deadline, "only {} of 100 changes arrived", seen.len());
+        let (ids, p) = drain(&store, position).await;
+        seen.extend(ids);
+        position = p;
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (rest, _) = drain(&store, position).await;
+    assert!(rest.is_empty());
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 100, "every change exactly once");
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of the FHIR REST API against a real PostgreSQL and the real HTTP server.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod change_feed;
+mod concurrency;
+mod crud;
+mod errors;
+mod history;
+mod transactions;
