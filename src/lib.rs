@@ -10,3 +10,4 @@ pub mod api;
 pub mod startup;
 pub mod telemetry;
 pub mod commands;
+pub mod import;

@@ -23,6 +23,8 @@ enum Command {
     Migrate,
     /// Print a development token signed by the dev issuer's key.
     Token(commands::token::TokenArgs),
+    /// Load FHIR Bundles and resources from files or folders.
+    Import(commands::import::ImportArgs),
 }
 
 #[tokio::main]
@@ -34,5 +36,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => commands::serve::serve(settings).await,
         Command::Migrate => commands::serve::migrate(settings).await,
         Command::Token(args) => commands::token::run(&settings, &args),
+        Command::Import(args) => commands::import::run(settings, args).await,
     }
 }

@@ -196,11 +196,14 @@ pub async fn bundle(
     let author = author(&req)?;
     // Bundles default to minimal responses: echoing hundreds of resources is rarely wanted.
     let prefer = return_preference(&req, ReturnPreference::Minimal);
-    let response = state
+    let results = state
         .repository
-        .process_bundle(&bundle, &author, &state.base_url, prefer)
+        .process_bundle(&bundle, &author, &state.base_url)
         .await?;
-    Ok(super::response::json_response(StatusCode::OK, response.to_string()))
+    Ok(super::response::json_response(
+        StatusCode::OK,
+        results.response(prefer).to_string(),
+    ))
 }
 
 /// Search is served by the search index (a later capability); until then say so plainly.

@@ -1,4 +1,5 @@
 //! The `shcr` subcommands. `main.rs` parses the command line and calls these.
 
+pub mod import;
 pub mod serve;
 pub mod token;

@@ -198,16 +198,44 @@ fn error_entry(error: &Error) -> Value {
     })
 }
 
+/// Per-entry results of a processed Bundle, in entry order.
+pub struct BundleResults {
+    pub kind: BundleKind,
+    pub entries: Vec<Result<EntryOutcome, Error>>,
+}
+
+impl BundleResults {
+    /// The `transaction-response` / `batch-response` Bundle.
+    pub fn response(&self, prefer: ReturnPreference) -> Value {
+        let entries: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|r| match r {
+                Ok(o) => entry_response(o, prefer),
+                Err(e) => error_entry(e),
+            })
+            .collect();
+        json!({
+            "resourceType": "Bundle",
+            "id": crate::fhir::id::new_id(),
+            "type": match self.kind {
+                BundleKind::Transaction => "transaction-response",
+                BundleKind::Batch => "batch-response",
+            },
+            "entry": entries,
+        })
+    }
+}
+
 impl Repository {
-    /// Processes a `transaction` or `batch` Bundle and returns the response Bundle. A transaction
-    /// either applies every entry or returns the error of the entry that failed.
+    /// Processes a `transaction` or `batch` Bundle. A transaction either applies every entry or
+    /// returns the error of the entry that failed; a batch reports each entry's own result.
     pub async fn process_bundle(
         &self,
         bundle: &Value,
         author: &Author,
         base_url: &str,
-        prefer: ReturnPreference,
-    ) -> Result<Value, Error> {
+    ) -> Result<BundleResults, Error> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(Error::Invalid(vec![Issue::error(
                 IssueType::Invalid,
@@ -244,50 +272,35 @@ impl Repository {
             .enumerate()
             .map(|(i, e)| parse_entry(i, e, base_url))
             .collect();
-        let response_entries: Vec<Value> = match kind {
+        let entries = match kind {
             BundleKind::Transaction => {
                 let requests = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
-                let outcomes = self
-                    .execute_atomic(&requests, author)
+                self.execute_atomic(&requests, author)
                     .await
                     .map_err(|f| match f.index {
                         Some(i) => locate(f.error.at_entry(i), i),
                         None => f.error,
-                    })?;
-                outcomes.iter().map(|o| entry_response(o, prefer)).collect()
+                    })?
+                    .into_iter()
+                    .map(Ok)
+                    .collect()
             }
             BundleKind::Batch => {
-                let mut out = vec![Value::Null; parsed.len()];
-                let mut runnable = Vec::new();
-                let mut positions = Vec::new();
+                let mut out = Vec::with_capacity(parsed.len());
                 for (i, p) in parsed.into_iter().enumerate() {
-                    match p {
-                        Ok(request) => {
-                            runnable.push(request);
-                            positions.push(i);
-                        }
-                        Err(e) => out[i] = error_entry(&e),
-                    }
-                }
-                let results = self.execute_batch(runnable, author).await;
-                for (i, result) in positions.into_iter().zip(results) {
-                    out[i] = match result {
-                        Ok(o) => entry_response(&o, prefer),
-                        Err(e) => error_entry(&e.at_entry(i)),
-                    };
+                    out.push(match p {
+                        Ok(request) => self
+                            .execute_atomic(std::slice::from_ref(&request), author)
+                            .await
+                            .map(|mut o| o.remove(0))
+                            .map_err(|f| f.error.at_entry(i)),
+                        Err(e) => Err(e),
+                    });
                 }
                 out
             }
         };
-        Ok(json!({
-            "resourceType": "Bundle",
-            "id": crate::fhir::id::new_id(),
-            "type": match kind {
-                BundleKind::Transaction => "transaction-response",
-                BundleKind::Batch => "batch-response",
-            },
-            "entry": response_entries,
-        }))
+        Ok(BundleResults { kind, entries })
     }
 }
 

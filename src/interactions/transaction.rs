@@ -65,6 +65,8 @@ pub struct EntryOutcome {
     pub content: Option<String>,
     /// What happened, for `Prefer: return=OperationOutcome` and delete responses.
     pub message: String,
+    /// Whether a new version was written (false for reads and conditional matches).
+    pub written: bool,
 }
 
 impl EntryOutcome {
@@ -77,6 +79,7 @@ impl EntryOutcome {
             last_updated: Some(row.last_updated),
             content: row.content,
             message,
+            written: false,
         }
     }
 }
@@ -439,6 +442,7 @@ impl Repository {
                                 last_updated: head.map(|h| h.last_updated),
                                 content: None,
                                 message: format!("{rt}/{id} does not exist or is already deleted; nothing to delete"),
+                                written: false,
                             });
                         }
                     }
@@ -452,6 +456,7 @@ impl Repository {
                         last_updated: None,
                         content: None,
                         message: "the conditional delete matched no resource; nothing to delete".into(),
+                        written: false,
                     });
                 }
                 Plan::Existing { id } => {
@@ -464,6 +469,7 @@ impl Repository {
                         last_updated: None,
                         content: None,
                         message: format!("{rt}/{id} already matches the If-None-Exist criteria; nothing was created"),
+                        written: false,
                     });
                 }
                 Plan::Read => {}
@@ -492,6 +498,7 @@ impl Repository {
                     last_updated: Some(v.last_updated),
                     content: v.content.clone(),
                     message: format!("{}/{} {verb} (version {})", v.resource_type, v.id, v.version_id),
+                    written: true,
                 });
             } else if let Some(outcome) = unchanged.remove(&i) {
                 if outcome.status == 200 && outcome.content.is_none() {
@@ -511,24 +518,6 @@ impl Repository {
             }
         }
         Ok(outcomes)
-    }
-
-    /// Runs each entry on its own (a `batch` Bundle): one failing entry does not affect others.
-    pub async fn execute_batch(
-        &self,
-        entries: Vec<EntryRequest>,
-        author: &Author,
-    ) -> Vec<Result<EntryOutcome, Error>> {
-        let mut results = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let result = self
-                .execute_atomic(std::slice::from_ref(&entry), author)
-                .await
-                .map(|mut outcomes| outcomes.remove(0))
-                .map_err(|f| f.error);
-            results.push(result);
-        }
-        results
     }
 }
 
