@@ -43,7 +43,8 @@ CREATE TABLE resource_identifier (
     value          text NOT NULL,
     PRIMARY KEY (resource_type, id, system, value)
 );
-CREATE INDEX resource_identifier_lookup ON resource_identifier (resource_type, value, system);
+CREATE INDEX resource_identifier_by_value ON resource_identifier (resource_type, value, system);
+CREATE INDEX resource_identifier_by_system ON resource_identifier (resource_type, system);
 
 -- The change feed. `seq` orders rows inside a transaction; `txid` is the writing transaction.
 -- Readers consume rows in (txid, seq) order and only rows whose transaction is older than the

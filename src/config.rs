@@ -117,10 +117,14 @@ impl Settings {
             ));
         }
         if self.auth.audience.trim().is_empty() {
-            return Err(ConfigError::Invalid("auth.audience must not be empty".into()));
+            return Err(ConfigError::Invalid(
+                "auth.audience must not be empty".into(),
+            ));
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be at least 1024".into(),
+            ));
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

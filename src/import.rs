@@ -142,7 +142,10 @@ fn count_outcomes(results: &BundleResults, result: &mut FileResult, path: &Path)
 async fn import_json(repo: &Repository, author: &Author, path: &Path, value: Value) -> FileResult {
     let mut result = FileResult::default();
     let is_processable_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle")
-        && matches!(value.get("type").and_then(Value::as_str), Some("transaction" | "batch"));
+        && matches!(
+            value.get("type").and_then(Value::as_str),
+            Some("transaction" | "batch")
+        );
     if is_processable_bundle {
         match repo.process_bundle(&value, author, "").await {
             Ok(results) => count_outcomes(&results, &mut result, path),
@@ -155,7 +158,10 @@ async fn import_json(repo: &Repository, author: &Author, path: &Path, value: Val
     }
     match resource_request(value) {
         Err(e) => result.errors.push(format!("{}: {e}", path.display())),
-        Ok(request) => match repo.execute_atomic(std::slice::from_ref(&request), author).await {
+        Ok(request) => match repo
+            .execute_atomic(std::slice::from_ref(&request), author)
+            .await
+        {
             Ok(outcomes) => {
                 if outcomes.iter().any(|o| o.written) {
                     result.written += 1;
@@ -175,7 +181,10 @@ async fn import_json(repo: &Repository, author: &Author, path: &Path, value: Val
 async fn import_ndjson(repo: &Repository, author: &Author, path: &Path, text: &str) -> FileResult {
     let mut result = FileResult::default();
     let mut chunk: Vec<(usize, EntryRequest)> = Vec::new();
-    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let flush = async |chunk: &mut Vec<(usize, EntryRequest)>, result: &mut FileResult| {
         if chunk.is_empty() {
             return;
@@ -186,7 +195,10 @@ async fn import_ndjson(repo: &Repository, author: &Author, path: &Path, text: &s
             // Isolate the bad lines: write the chunk line by line.
             Err(_) => {
                 for (line, request) in chunk.iter() {
-                    match repo.execute_atomic(std::slice::from_ref(request), author).await {
+                    match repo
+                        .execute_atomic(std::slice::from_ref(request), author)
+                        .await
+                    {
                         Ok(_) => result.written += 1,
                         Err(f) => result.errors.extend(
                             describe(path, &f.error)

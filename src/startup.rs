@@ -41,7 +41,10 @@ impl Application {
         let store = Store::connect(url, settings.db_max_connections)
             .await
             .context("connecting to PostgreSQL")?;
-        store.migrate().await.context("applying database migrations")?;
+        store
+            .migrate()
+            .await
+            .context("applying database migrations")?;
         Self::build_with_store(settings, store).await
     }
 
@@ -59,7 +62,9 @@ impl Application {
         let base_url = format!("{origin}/fhir");
 
         let dev_issuer = if settings.dev_issuer.enabled {
-            Some(Arc::new(DevIssuer::load_or_create(&settings.dev_issuer.key_file)?))
+            Some(Arc::new(DevIssuer::load_or_create(
+                &settings.dev_issuer.key_file,
+            )?))
         } else {
             None
         };

@@ -9,7 +9,10 @@ use serde_json::Value;
 use super::principal::{Caller, OdsCode, Principal, SystemCaller, UserCaller};
 
 fn string<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {
-    claims.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 fn strings(value: Option<&Value>) -> Vec<String> {
@@ -43,7 +46,9 @@ pub fn caller_from_claims(claims: &Value) -> Result<Caller, String> {
         let role = roles
             .iter()
             .find(|r| string(r, "person_roleid") == Some(selected))
-            .ok_or_else(|| format!("selected role {selected} is not among the token's nhsid_nrbac_roles"))?;
+            .ok_or_else(|| {
+                format!("selected role {selected} is not among the token's nhsid_nrbac_roles")
+            })?;
         let role_code = string(role, "role_code")
             .ok_or("the selected role has no role_code")?
             .to_string();
@@ -60,7 +65,8 @@ pub fn caller_from_claims(claims: &Value) -> Result<Caller, String> {
             scopes,
         })
     } else if let Some(ods) = string(claims, "ods_code") {
-        let ods_code = OdsCode::parse(ods).ok_or_else(|| format!("ods_code '{ods}' is not an ODS code"))?;
+        let ods_code =
+            OdsCode::parse(ods).ok_or_else(|| format!("ods_code '{ods}' is not an ODS code"))?;
         let client_id = string(claims, "client_id")
             .or_else(|| string(claims, "azp"))
             .or_else(|| string(claims, "sub"))
@@ -99,7 +105,9 @@ mod tests {
             ]
         });
         let caller = caller_from_claims(&claims).unwrap();
-        let Principal::User(u) = &caller.principal else { panic!("user expected") };
+        let Principal::User(u) = &caller.principal else {
+            panic!("user expected")
+        };
         assert_eq!(u.org.as_str(), "A81001");
         assert_eq!(u.job_role(), "R8000");
         assert_eq!(u.activities, vec!["B0360", "B0380"]);
@@ -118,7 +126,9 @@ mod tests {
         let caller = caller_from_claims(&claims).unwrap();
         assert_eq!(caller.org().as_str(), "RX1");
         assert_eq!(caller.id(), "rx1-pas");
-        let Principal::System(s) = &caller.principal else { panic!() };
+        let Principal::System(s) = &caller.principal else {
+            panic!()
+        };
         assert_eq!(s.scopes, vec!["system/*.cruds"]);
     }
 

@@ -110,7 +110,10 @@ pub enum DevIssuerError {
 }
 
 impl DevIssuer {
-    fn from_secret(secret: &p256::SecretKey, kid: Option<&str>) -> Result<DevIssuer, DevIssuerError> {
+    fn from_secret(
+        secret: &p256::SecretKey,
+        kid: Option<&str>,
+    ) -> Result<DevIssuer, DevIssuerError> {
         let pem = secret
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| DevIssuerError::Crypto(e.to_string()))?;

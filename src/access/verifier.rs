@@ -90,7 +90,10 @@ impl TokenVerifier {
             .json()
             .await
             .map_err(|e| unavailable("discovery document", &e))?;
-        let advertised = discovery.get("issuer").and_then(Value::as_str).unwrap_or("");
+        let advertised = discovery
+            .get("issuer")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if advertised.trim_end_matches('/') != self.issuer {
             return Err(AuthError::IssuerUnavailable(format!(
                 "discovery document at {discovery_url} names issuer '{advertised}', not '{}'",
@@ -145,8 +148,8 @@ impl TokenVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let header =
-            decode_header(token).map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
+        let header = decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         if !ALLOWED.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "signing algorithm {:?} is not accepted",

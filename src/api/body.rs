@@ -35,7 +35,8 @@ pub async fn read_body(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
@@ -76,7 +77,11 @@ pub fn return_preference(req: &HttpRequest, default: ReturnPreference) -> Return
         return default;
     };
     for part in prefer.split([',', ';']) {
-        match part.trim().strip_prefix("return=").map(|v| v.trim_matches('"')) {
+        match part
+            .trim()
+            .strip_prefix("return=")
+            .map(|v| v.trim_matches('"'))
+        {
             Some("minimal") => return ReturnPreference::Minimal,
             Some("representation") => return ReturnPreference::Representation,
             Some("OperationOutcome") => return ReturnPreference::OperationOutcome,

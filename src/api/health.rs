@@ -15,7 +15,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "not ready", "reason": reason }))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "not ready", "reason": reason }))
         }
     }
 }

@@ -29,7 +29,9 @@ fn parse_query(req: &HttpRequest) -> Result<HistoryQuery, ApiError> {
                     .ok()
                     .filter(|c| *c >= 1)
                     .ok_or_else(|| {
-                        ApiError::bad_request(format!("_count '{value}' must be a positive integer"))
+                        ApiError::bad_request(format!(
+                            "_count '{value}' must be a positive integer"
+                        ))
                     })?
                     .min(MAX_COUNT);
             }
@@ -42,7 +44,9 @@ fn parse_query(req: &HttpRequest) -> Result<HistoryQuery, ApiError> {
             }
             "_cursor" => {
                 query.cursor = Some(HistoryCursor::decode(&value).ok_or_else(|| {
-                    ApiError::bad_request("_cursor is not one this server issued; follow the Bundle's next link")
+                    ApiError::bad_request(
+                        "_cursor is not one this server issued; follow the Bundle's next link",
+                    )
                 })?);
             }
             "_format" | "_pretty" => {}
@@ -109,7 +113,10 @@ async fn history(
             _ => format!("{}/{}", row.resource_type, row.id),
         };
         bundle.entry.push(BundleEntry {
-            full_url: Some(format!("{}/{}/{}", state.base_url, row.resource_type, row.id)),
+            full_url: Some(format!(
+                "{}/{}/{}",
+                state.base_url, row.resource_type, row.id
+            )),
             request: Some(json!({ "method": row.method, "url": url })),
             response: Some(json!({
                 "status": status,
@@ -123,7 +130,10 @@ async fn history(
     Ok(bundle.into_response())
 }
 
-pub async fn system(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn system(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     history(&state, &req, HistoryScope::System).await
 }
 

@@ -55,8 +55,13 @@ pub async fn request_id(
     }
     let _entered = span.enter();
     let request = response.request();
-    let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let caller = request.extensions().get::<Caller>().map(|c| format!("{}:{}", c.kind(), c.id()));
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| format!("{}:{}", c.kind(), c.id()));
     tracing::info!(
         status = response.status().as_u16(),
         route = %route,
@@ -70,7 +75,10 @@ pub async fn request_id(
 fn bearer_token(req: &ServiceRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Every FHIR endpoint but `/metadata` needs a verified bearer token; the caller goes into the
@@ -101,7 +109,12 @@ fn reject(req: ServiceRequest, error: ApiError) -> ServiceResponse<BoxBody> {
 }
 
 fn is_json_media(value: &str) -> bool {
-    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     matches!(
         media.as_str(),
         "application/fhir+json" | "application/json" | "json" | "application/json+fhir"
@@ -115,7 +128,11 @@ pub async fn negotiate(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let format = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .ok()
-        .and_then(|q| q.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone()));
+        .and_then(|q| {
+            q.iter()
+                .find(|(k, _)| k == "_format")
+                .map(|(_, v)| v.clone())
+        });
     if let Some(format) = format
         && !is_json_media(&format)
     {
@@ -126,7 +143,11 @@ pub async fn negotiate(
         );
         return Ok(reject(req, e));
     }
-    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+    if let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    {
         let acceptable = accept.split(',').any(|part| {
             let media = part.split(';').next().unwrap_or("").trim();
             is_json_media(media) || media == "*/*" || media == "application/*" || media.is_empty()
@@ -142,10 +163,13 @@ pub async fn negotiate(
     }
     let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if has_body
-        && let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        && let Some(ct) = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
     {
-        let form_search = req.path().ends_with("/_search")
-            && ct.starts_with("application/x-www-form-urlencoded");
+        let form_search =
+            req.path().ends_with("/_search") && ct.starts_with("application/x-www-form-urlencoded");
         if !is_json_media(ct) && !form_search {
             let e = ApiError::http(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -185,5 +209,8 @@ pub async fn pretty(
         .ok()
         .and_then(|v| serde_json::to_vec_pretty(&v).ok())
         .unwrap_or_else(|| bytes.to_vec());
-    Ok(ServiceResponse::new(request, head.set_body(BoxBody::new(pretty))))
+    Ok(ServiceResponse::new(
+        request,
+        head.set_body(BoxBody::new(pretty)),
+    ))
 }

@@ -63,9 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/{type}/_search").route(web::post().to(rest::search_not_available)),
                 )
-                .service(
-                    resource("/{type}/{id}/_history").route(web::get().to(history::instance)),
-                )
+                .service(resource("/{type}/{id}/_history").route(web::get().to(history::instance)))
                 .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
                 .service(
                     resource("/{type}/{id}")

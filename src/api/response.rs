@@ -16,7 +16,10 @@ use crate::interactions::EntryOutcome;
 use crate::interactions::bundle::ReturnPreference;
 use crate::store::VersionRow;
 
-pub fn json_response(status: StatusCode, body: impl actix_web::body::MessageBody + 'static) -> HttpResponse {
+pub fn json_response(
+    status: StatusCode,
+    body: impl actix_web::body::MessageBody + 'static,
+) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, FHIR_JSON))
         .body(body)
@@ -32,7 +35,11 @@ pub fn version_response(row: VersionRow) -> HttpResponse {
 }
 
 /// The response to a create/update/delete.
-pub fn write_response(base_url: &str, outcome: EntryOutcome, prefer: ReturnPreference) -> HttpResponse {
+pub fn write_response(
+    base_url: &str,
+    outcome: EntryOutcome,
+    prefer: ReturnPreference,
+) -> HttpResponse {
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     let mut response = HttpResponse::build(status);
     if let (Some(id), Some(v)) = (&outcome.id, outcome.version_id) {
@@ -55,8 +62,11 @@ pub fn write_response(base_url: &str, outcome: EntryOutcome, prefer: ReturnPrefe
         (ReturnPreference::Representation, Some(content)) => response.body(content),
         (ReturnPreference::Minimal, _) => response.finish(),
         (_, _) => response.body(
-            operation_outcome(&[Issue::information(IssueType::Informational, outcome.message)])
-                .to_string(),
+            operation_outcome(&[Issue::information(
+                IssueType::Informational,
+                outcome.message,
+            )])
+            .to_string(),
         ),
     }
 }

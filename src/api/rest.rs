@@ -58,7 +58,9 @@ pub async fn read(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = path.into_inner();
-    Ok(version_response(state.repository.read(&resource_type, &id).await?))
+    Ok(version_response(
+        state.repository.read(&resource_type, &id).await?,
+    ))
 }
 
 pub async fn vread(
@@ -67,7 +69,10 @@ pub async fn vread(
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id, version) = path.into_inner();
     Ok(version_response(
-        state.repository.vread(&resource_type, &id, &version).await?,
+        state
+            .repository
+            .vread(&resource_type, &id, &version)
+            .await?,
     ))
 }
 
@@ -213,7 +218,9 @@ pub async fn search_not_available(path: web::Path<String>) -> Result<HttpRespons
     Err(ApiError::http(
         StatusCode::NOT_IMPLEMENTED,
         IssueType::NotSupported,
-        format!("search on {resource_type} is not available on this server yet; read by id, _history and conditional interactions are"),
+        format!(
+            "search on {resource_type} is not available on this server yet; read by id, _history and conditional interactions are"
+        ),
     ))
 }
 
@@ -221,7 +228,12 @@ pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiErr
     Err(ApiError::http(
         StatusCode::METHOD_NOT_ALLOWED,
         IssueType::NotSupported,
-        format!("{} is not allowed on {}", req.method(), req.match_pattern().unwrap_or_else(|| req.path().to_string())),
+        format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.match_pattern()
+                .unwrap_or_else(|| req.path().to_string())
+        ),
     ))
 }
 

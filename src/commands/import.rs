@@ -37,7 +37,11 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn run(settings: Settings, args: ImportArgs) -> anyhow::Result<()> {
-    let store = Store::connect(settings.require_database_url()?, (args.parallel as u32 + 2).max(4)).await?;
+    let store = Store::connect(
+        settings.require_database_url()?,
+        (args.parallel as u32 + 2).max(4),
+    )
+    .await?;
     store.migrate().await?;
     let repo = Repository::new(store);
     let files = collect_files(&args.paths)?;
@@ -66,7 +70,11 @@ pub async fn run(settings: Settings, args: ImportArgs) -> anyhow::Result<()> {
         eprintln!("error: {error}");
     }
     if report.files_failed > 0 {
-        anyhow::bail!("{} of {} files had errors", report.files_failed, report.files);
+        anyhow::bail!(
+            "{} of {} files had errors",
+            report.files_failed,
+            report.files
+        );
     }
     Ok(())
 }

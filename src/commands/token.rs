@@ -67,9 +67,10 @@ pub fn grant_from(args: &TokenArgs) -> anyhow::Result<Grant> {
 
 pub fn run(settings: &Settings, args: &TokenArgs) -> anyhow::Result<()> {
     let issuer = DevIssuer::load_or_create(&settings.dev_issuer.key_file)?;
-    let iss = args.issuer.clone().unwrap_or_else(|| {
-        format!("http://{}:{}/dev-issuer", settings.host, settings.port)
-    });
+    let iss = args
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}/dev-issuer", settings.host, settings.port));
     let claims = TokenClaims::new(&iss, &settings.auth.audience, &grant_from(args)?, args.ttl);
     println!("{}", issuer.mint(&claims)?);
     Ok(())

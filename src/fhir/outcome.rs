@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn outcome_carries_location_as_expression() {
-        let oo = operation_outcome(&[Issue::error(IssueType::Value, "bad date").at("Patient.birthDate")]);
+        let oo =
+            operation_outcome(
+                &[Issue::error(IssueType::Value, "bad date").at("Patient.birthDate")],
+            );
         assert_eq!(oo["issue"][0]["expression"][0], "Patient.birthDate");
         assert_eq!(oo["issue"][0]["severity"], "error");
         assert_eq!(oo["issue"][0]["code"], "value");

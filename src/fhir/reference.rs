@@ -26,7 +26,8 @@ pub enum ReferenceKind<'a> {
 
 fn looks_like_type(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+    matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_alphanumeric())
 }
 
 pub fn classify(reference: &str) -> ReferenceKind<'_> {
@@ -96,7 +97,10 @@ mod tests {
         );
         assert_eq!(classify("#c1"), ReferenceKind::Contained("c1"));
         assert!(matches!(classify("urn:uuid:abc"), ReferenceKind::Urn(_)));
-        assert!(matches!(classify("https://x/Patient/1"), ReferenceKind::Absolute(_)));
+        assert!(matches!(
+            classify("https://x/Patient/1"),
+            ReferenceKind::Absolute(_)
+        ));
         assert!(matches!(classify("patient/1"), ReferenceKind::Other(_)));
     }
 }

@@ -8,9 +8,9 @@ use crate::fhir::instant::format_instant;
 use crate::fhir::outcome::{Issue, IssueType, operation_outcome};
 use crate::store::Author;
 
+use super::Repository;
 use super::error::Error;
 use super::transaction::{EntryAction, EntryOutcome, EntryRequest, Target};
-use super::Repository;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleKind {
@@ -80,7 +80,10 @@ fn parse_entry(index: usize, entry: &Value, base_url: &str) -> Result<EntryReque
     let resource = entry.get("resource").cloned();
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(v) => Some(parse_etag_version(v).ok_or_else(|| {
-            entry_error(index, format!("entry.request.ifMatch '{v}' is not an ETag like W/\"3\""))
+            entry_error(
+                index,
+                format!("entry.request.ifMatch '{v}' is not an ETag like W/\"3\""),
+            )
         })?),
         None => None,
     };
@@ -91,7 +94,12 @@ fn parse_entry(index: usize, entry: &Value, base_url: &str) -> Result<EntryReque
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let resource_type = segments
         .first()
-        .ok_or_else(|| entry_error(index, format!("entry.request.url '{url}' names no resource type")))?
+        .ok_or_else(|| {
+            entry_error(
+                index,
+                format!("entry.request.url '{url}' names no resource type"),
+            )
+        })?
         .to_string();
     let need_resource = || {
         resource
@@ -237,24 +245,28 @@ impl Repository {
         base_url: &str,
     ) -> Result<BundleResults, Error> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            return Err(Error::Invalid(vec![Issue::error(
-                IssueType::Invalid,
-                "POST to the base URL takes a Bundle of type transaction or batch",
-            )
-            .at("Bundle.resourceType")]));
+            return Err(Error::Invalid(vec![
+                Issue::error(
+                    IssueType::Invalid,
+                    "POST to the base URL takes a Bundle of type transaction or batch",
+                )
+                .at("Bundle.resourceType"),
+            ]));
         }
         let kind = match bundle.get("type").and_then(Value::as_str) {
             Some("transaction") => BundleKind::Transaction,
             Some("batch") => BundleKind::Batch,
             other => {
-                return Err(Error::Invalid(vec![Issue::error(
-                    IssueType::Invalid,
-                    format!(
-                        "Bundle.type must be transaction or batch to be processed, got {}",
-                        other.unwrap_or("nothing")
-                    ),
-                )
-                .at("Bundle.type")]));
+                return Err(Error::Invalid(vec![
+                    Issue::error(
+                        IssueType::Invalid,
+                        format!(
+                            "Bundle.type must be transaction or batch to be processed, got {}",
+                            other.unwrap_or("nothing")
+                        ),
+                    )
+                    .at("Bundle.type"),
+                ]));
             }
         };
         let entries: &[Value] = match bundle.get("entry") {

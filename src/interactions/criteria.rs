@@ -104,7 +104,10 @@ impl Criteria {
                             }
                         })
                         .collect::<Vec<_>>();
-                    if group.iter().any(|q| q.system.is_none() && q.value.is_none()) {
+                    if group
+                        .iter()
+                        .any(|q| q.system.is_none() && q.value.is_none())
+                    {
                         return Err(Error::invalid(
                             IssueType::Invalid,
                             "identifier criteria need a value or a system",
@@ -141,7 +144,11 @@ mod tests {
 
     #[test]
     fn identifier_criteria_parse_system_and_value() {
-        let c = Criteria::parse("Patient", "identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C9434765919").unwrap();
+        let c = Criteria::parse(
+            "Patient",
+            "identifier=https%3A%2F%2Ffhir.nhs.uk%2FId%2Fnhs-number%7C9434765919",
+        )
+        .unwrap();
         assert_eq!(
             c.identifiers,
             vec![vec![IdentifierQuery {
@@ -176,7 +183,10 @@ mod tests {
             Criteria::parse("Patient", "name=smith"),
             Err(Error::NotSupported(_))
         ));
-        assert!(matches!(Criteria::parse("Patient", ""), Err(Error::Invalid(_))));
+        assert!(matches!(
+            Criteria::parse("Patient", ""),
+            Err(Error::Invalid(_))
+        ));
         assert!(matches!(
             Criteria::parse("Patient", "_id=bad$id"),
             Err(Error::Invalid(_))

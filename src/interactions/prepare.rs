@@ -100,7 +100,8 @@ mod tests {
 
     #[test]
     fn identifiers_single_and_repeated() {
-        let r = json!({"identifier": [{"system": "s", "value": "1"}, {"value": "2"}, {"system": "s"}]});
+        let r =
+            json!({"identifier": [{"system": "s", "value": "1"}, {"value": "2"}, {"system": "s"}]});
         assert_eq!(
             identifiers(&r),
             vec![("".into(), "2".into()), ("s".into(), "1".into())]
@@ -112,7 +113,12 @@ mod tests {
     #[test]
     fn wrong_resource_type_is_located() {
         let err = check_resource(&json!({"resourceType": "Observation"}), "Patient").unwrap_err();
-        let Error::Invalid(issues) = err else { panic!() };
-        assert_eq!(issues[0].location.as_deref(), Some("Observation.resourceType"));
+        let Error::Invalid(issues) = err else {
+            panic!()
+        };
+        assert_eq!(
+            issues[0].location.as_deref(),
+            Some("Observation.resourceType")
+        );
     }
 }

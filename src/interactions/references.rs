@@ -101,13 +101,21 @@ mod tests {
         let unresolved = rewrite(&mut r, &map);
         assert_eq!(r["subject"]["reference"], "Patient/a");
         assert_eq!(r["extension"][0]["valueUri"], "Patient/a");
-        assert!(r["text"]["div"].as_str().unwrap().contains("href=\"Patient/a\""));
+        assert!(
+            r["text"]["div"]
+                .as_str()
+                .unwrap()
+                .contains("href=\"Patient/a\"")
+        );
         assert_eq!(unresolved, vec!["urn:uuid:2".to_string()]);
     }
 
     #[test]
     fn finds_conditional_references() {
         let r = json!({"performer": [{"reference": "Practitioner?identifier=a|1"}], "subject": {"reference": "Patient/1"}});
-        assert_eq!(conditional_references(&r), vec!["Practitioner?identifier=a|1"]);
+        assert_eq!(
+            conditional_references(&r),
+            vec!["Practitioner?identifier=a|1"]
+        );
     }
 }

@@ -12,11 +12,11 @@ use crate::fhir::outcome::IssueType;
 use crate::fhir::reference::{ReferenceKind, classify};
 use crate::store::{Author, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
 
+use super::Repository;
 use super::criteria::Criteria;
 use super::error::Error;
 use super::prepare::{check_resource, identifiers, resource_id, stamp};
 use super::references::{conditional_references, rewrite};
-use super::Repository;
 
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -109,11 +109,23 @@ fn at(index: usize) -> impl Fn(Error) -> EntryFailure {
 
 /// Where each entry stands once conditions are resolved.
 enum Plan {
-    Create { id: String, resource: Value },
+    Create {
+        id: String,
+        resource: Value,
+    },
     /// A conditional create that matched: nothing is written.
-    Existing { id: String },
-    Update { id: String, resource: Value, if_match: Option<i64> },
-    Delete { id: String, if_match: Option<i64> },
+    Existing {
+        id: String,
+    },
+    Update {
+        id: String,
+        resource: Value,
+        if_match: Option<i64>,
+    },
+    Delete {
+        id: String,
+        if_match: Option<i64>,
+    },
     /// A conditional delete with no match.
     NothingToDelete,
     Read,
@@ -164,13 +176,18 @@ impl Repository {
                             None => {
                                 return Err(at(i)(Error::invalid(
                                     IssueType::Required,
-                                    format!("the resource has no id; an update of {}/{id} must carry id '{id}'", entry.resource_type),
+                                    format!(
+                                        "the resource has no id; an update of {}/{id} must carry id '{id}'",
+                                        entry.resource_type
+                                    ),
                                 )));
                             }
                             Some(body_id) if body_id != id => {
                                 return Err(at(i)(Error::invalid(
                                     IssueType::Invalid,
-                                    format!("the resource id '{body_id}' does not match the id '{id}' in the URL"),
+                                    format!(
+                                        "the resource id '{body_id}' does not match the id '{id}' in the URL"
+                                    ),
                                 )));
                             }
                             Some(_) => {}
@@ -277,7 +294,10 @@ impl Repository {
                             {
                                 return Err(at(i)(Error::invalid(
                                     IssueType::Invalid,
-                                    format!("the criteria matched {}/{id} but the resource carries id '{body_id}'", entry.resource_type),
+                                    format!(
+                                        "the criteria matched {}/{id} but the resource carries id '{body_id}'",
+                                        entry.resource_type
+                                    ),
                                 )));
                             }
                             id.clone()
@@ -296,18 +316,22 @@ impl Repository {
                         if_match: *if_match,
                     }
                 }
-                EntryAction::Delete { target, if_match } => match (target, criteria_matches.as_deref()) {
-                    (Target::Id(id), _) => Plan::Delete {
-                        id: id.clone(),
-                        if_match: *if_match,
-                    },
-                    (Target::Criteria(_), Some([id])) => Plan::Delete {
-                        id: id.clone(),
-                        if_match: *if_match,
-                    },
-                    (Target::Criteria(_), Some(m)) if m.len() > 1 => return Err(too_many(m.len())),
-                    (Target::Criteria(_), _) => Plan::NothingToDelete,
-                },
+                EntryAction::Delete { target, if_match } => {
+                    match (target, criteria_matches.as_deref()) {
+                        (Target::Id(id), _) => Plan::Delete {
+                            id: id.clone(),
+                            if_match: *if_match,
+                        },
+                        (Target::Criteria(_), Some([id])) => Plan::Delete {
+                            id: id.clone(),
+                            if_match: *if_match,
+                        },
+                        (Target::Criteria(_), Some(m)) if m.len() > 1 => {
+                            return Err(too_many(m.len()));
+                        }
+                        (Target::Criteria(_), _) => Plan::NothingToDelete,
+                    }
+                }
                 EntryAction::Read { .. } => Plan::Read,
             };
             if let Some(full_url) = &entry.full_url {
@@ -333,7 +357,10 @@ impl Repository {
         for (reference, (i, criteria)) in &reference_criteria {
             match matched(criteria).as_slice() {
                 [id] => {
-                    local_refs.insert(reference.clone(), format!("{}/{id}", criteria.resource_type));
+                    local_refs.insert(
+                        reference.clone(),
+                        format!("{}/{id}", criteria.resource_type),
+                    );
                 }
                 [] => {
                     return Err(at(*i)(Error::invalid(
@@ -360,7 +387,10 @@ impl Repository {
             if !touched.insert((entry.resource_type.clone(), id.clone())) {
                 return Err(at(i)(Error::invalid(
                     IssueType::Duplicate,
-                    format!("{}/{id} is changed by more than one entry", entry.resource_type),
+                    format!(
+                        "{}/{id} is changed by more than one entry",
+                        entry.resource_type
+                    ),
                 )));
             }
         }
@@ -390,7 +420,15 @@ impl Repository {
                     check_unresolved(&unresolved).map_err(at(i))?;
                     stamp(&mut resource, &id, 1, now);
                     results[i] = Some((201, versions.len()));
-                    versions.push(new_version(rt, &id, 1, now, Operation::Create, "POST", Some(&resource)));
+                    versions.push(new_version(
+                        rt,
+                        &id,
+                        1,
+                        now,
+                        Operation::Create,
+                        "POST",
+                        Some(&resource),
+                    ));
                 }
                 Plan::Update {
                     id,
@@ -403,7 +441,8 @@ impl Repository {
                     {
                         return Err(at(i)(Error::PreconditionFailed(format!(
                             "If-Match expected version {expected} of {rt}/{id} but the current version is {}",
-                            head.map(|h| h.version_id.to_string()).unwrap_or_else(|| "none (it does not exist)".into())
+                            head.map(|h| h.version_id.to_string())
+                                .unwrap_or_else(|| "none (it does not exist)".into())
                         ))));
                     }
                     let unresolved = rewrite(&mut resource, &local_refs);
@@ -415,7 +454,15 @@ impl Repository {
                     };
                     stamp(&mut resource, &id, version, now);
                     results[i] = Some((status, versions.len()));
-                    versions.push(new_version(rt, &id, version, now, operation, "PUT", Some(&resource)));
+                    versions.push(new_version(
+                        rt,
+                        &id,
+                        version,
+                        now,
+                        operation,
+                        "PUT",
+                        Some(&resource),
+                    ));
                 }
                 Plan::Delete { id, if_match } => {
                     let head = heads.get(&(rt.clone(), id.clone()));
@@ -424,13 +471,22 @@ impl Repository {
                     {
                         return Err(at(i)(Error::PreconditionFailed(format!(
                             "If-Match expected version {expected} of {rt}/{id} but the current version is {}",
-                            head.map(|h| h.version_id.to_string()).unwrap_or_else(|| "none".into())
+                            head.map(|h| h.version_id.to_string())
+                                .unwrap_or_else(|| "none".into())
                         ))));
                     }
                     match head {
                         Some(h) if !h.deleted => {
                             results[i] = Some((200, versions.len()));
-                            versions.push(new_version(rt, &id, h.version_id + 1, now, Operation::Delete, "DELETE", None));
+                            versions.push(new_version(
+                                rt,
+                                &id,
+                                h.version_id + 1,
+                                now,
+                                Operation::Delete,
+                                "DELETE",
+                                None,
+                            ));
                         }
                         // Deleting what is already gone (or never was) succeeds without a new version.
                         _ => {
@@ -448,16 +504,21 @@ impl Repository {
                     }
                 }
                 Plan::NothingToDelete => {
-                    unchanged.insert(i, EntryOutcome {
-                        status: 204,
-                        resource_type: rt.clone(),
-                        id: None,
-                        version_id: None,
-                        last_updated: None,
-                        content: None,
-                        message: "the conditional delete matched no resource; nothing to delete".into(),
-                        written: false,
-                    });
+                    unchanged.insert(
+                        i,
+                        EntryOutcome {
+                            status: 204,
+                            resource_type: rt.clone(),
+                            id: None,
+                            version_id: None,
+                            last_updated: None,
+                            content: None,
+                            message:
+                                "the conditional delete matched no resource; nothing to delete"
+                                    .into(),
+                            written: false,
+                        },
+                    );
                 }
                 Plan::Existing { id } => {
                     // Read after commit: the matched resource is returned as it stands.
@@ -497,7 +558,10 @@ impl Repository {
                     version_id: Some(v.version_id),
                     last_updated: Some(v.last_updated),
                     content: v.content.clone(),
-                    message: format!("{}/{} {verb} (version {})", v.resource_type, v.id, v.version_id),
+                    message: format!(
+                        "{}/{} {verb} (version {})",
+                        v.resource_type, v.id, v.version_id
+                    ),
                     written: true,
                 });
             } else if let Some(outcome) = unchanged.remove(&i) {
@@ -580,10 +644,20 @@ async fn resolve_all<'c>(
             });
         };
         for group in &c.identifiers {
-            narrow(group.iter().flat_map(|q| by_query[q].iter().cloned()).collect());
+            narrow(
+                group
+                    .iter()
+                    .flat_map(|q| by_query[q].iter().cloned())
+                    .collect(),
+            );
         }
         for ids in &c.ids {
-            narrow(tx.existing_ids(&c.resource_type, ids).await?.into_iter().collect());
+            narrow(
+                tx.existing_ids(&c.resource_type, ids)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            );
         }
         out.insert(*c, current.unwrap_or_default().into_iter().collect());
     }

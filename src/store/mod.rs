@@ -83,15 +83,16 @@ impl Store {
     /// Ready when the database answers and every migration this binary knows is applied.
     pub async fn readiness(&self) -> Result<(), String> {
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT max(version) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| format!("database unreachable: {e}"))?;
         match applied {
             Some(v) if v >= latest => Ok(()),
-            Some(v) => Err(format!("migrations pending: database at {v}, binary expects {latest}")),
+            Some(v) => Err(format!(
+                "migrations pending: database at {v}, binary expects {latest}"
+            )),
             None => Err("migrations not applied".into()),
         }
     }

@@ -101,13 +101,12 @@ impl Store {
 
     /// Whether any version of the resource was ever written (distinguishes 404 from 410).
     pub async fn exists_ever(&self, resource_type: &str, id: &str) -> Result<bool, StoreError> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM resource_head WHERE resource_type = $1 AND id = $2",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM resource_head WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 

@@ -121,15 +121,21 @@ impl WriteTx {
         let types: Vec<&str> = queries.iter().map(|q| q.resource_type.as_str()).collect();
         let systems: Vec<Option<&str>> = queries.iter().map(|q| q.system.as_deref()).collect();
         let values: Vec<Option<&str>> = queries.iter().map(|q| q.value.as_deref()).collect();
+        // Two sargable shapes instead of one OR-laden join: by value (the usual case, on the
+        // value index) and by system alone (`system|`, on the system index).
         let rows = sqlx::query(
-            "SELECT q.ord, ri.id
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(t, s, v, ord)
-             JOIN resource_identifier ri
-               ON ri.resource_type = q.t
-              AND (q.s IS NULL OR ri.system = q.s)
-              AND (q.v IS NULL OR ri.value = q.v)
-             GROUP BY q.ord, ri.id
-             ORDER BY q.ord, ri.id",
+            "WITH q AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+                     AS q(t, s, v, ord)
+             )
+             SELECT q.ord, ri.id FROM q
+             JOIN resource_identifier ri ON ri.resource_type = q.t AND ri.value = q.v
+             WHERE q.v IS NOT NULL AND (q.s IS NULL OR ri.system = q.s)
+             UNION
+             SELECT q.ord, ri.id FROM q
+             JOIN resource_identifier ri ON ri.resource_type = q.t AND ri.system = q.s
+             WHERE q.v IS NULL
+             ORDER BY 1, 2",
         )
         .bind(&types)
         .bind(&systems)
@@ -201,7 +207,11 @@ impl WriteTx {
 
     /// Writes every version with its head, identifiers and change-feed row.
     #[tracing::instrument(skip_all, fields(versions = versions.len()))]
-    pub async fn write(&mut self, versions: &[NewVersion], author: &Author) -> Result<(), StoreError> {
+    pub async fn write(
+        &mut self,
+        versions: &[NewVersion],
+        author: &Author,
+    ) -> Result<(), StoreError> {
         if versions.is_empty() {
             return Ok(());
         }

@@ -3,9 +3,21 @@
 use crate::fhir::outcome::Issue;
 
 const TYPES: &[&str] = &[
-    "AllergyIntolerance", "Bundle", "Condition", "DocumentReference", "Encounter", "Location",
-    "Medication", "MedicationRequest", "MedicationStatement", "Observation", "OperationOutcome",
-    "Organization", "Patient", "Practitioner", "PractitionerRole",
+    "AllergyIntolerance",
+    "Bundle",
+    "Condition",
+    "DocumentReference",
+    "Encounter",
+    "Location",
+    "Medication",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "OperationOutcome",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
 ];
 
 pub fn validate_resource(_resource: &serde_json::Value) -> Vec<Issue> {

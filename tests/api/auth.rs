@@ -30,7 +30,10 @@ async fn assert_refused(app: &TestApp, token: Option<&str>, expect: &str) {
     let body = outcome(response, 401).await;
     assert_eq!(body["issue"][0]["code"], "login");
     let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap();
-    assert!(diagnostics.contains(expect), "'{diagnostics}' should mention '{expect}'");
+    assert!(
+        diagnostics.contains(expect),
+        "'{diagnostics}' should mention '{expect}'"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +92,12 @@ async fn metadata_and_health_need_no_token() {
     let statement: serde_json::Value = metadata.json().await.unwrap();
     assert_eq!(statement["resourceType"], "CapabilityStatement");
     for path in ["healthz", "readyz"] {
-        let r = app.client.get(format!("{}/{path}", app.origin)).send().await.unwrap();
+        let r = app
+            .client
+            .get(format!("{}/{path}", app.origin))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
 }
@@ -97,7 +105,12 @@ async fn metadata_and_health_need_no_token() {
 #[tokio::test]
 async fn unknown_paths_need_a_token_before_saying_not_found() {
     let app = TestApp::spawn().await;
-    let r = app.client.get(app.url("Patient/1/nonsense/deeper/still")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("Patient/1/nonsense/deeper/still"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = app.get("Patient/1/nonsense/deeper/still").await;
     outcome(r, 404).await;
@@ -116,12 +129,13 @@ async fn writes_record_the_calling_trust_and_request_id() {
         .unwrap();
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
-    let (kind, id, org, request_id): (String, String, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT author_kind, author_id, author_org, request_id FROM resource_version",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let (kind, id, org, request_id): (String, String, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT author_kind, author_id, author_org, request_id FROM resource_version",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(kind, "system");
     assert_eq!(id, "rx1-pas");
     assert_eq!(org.as_deref(), Some("RX1"));
@@ -147,7 +161,10 @@ async fn clinician_tokens_carry_the_selected_role() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!((kind.as_str(), id.as_str(), org.as_deref()), ("user", "555000000042", Some("A81001")));
+    assert_eq!(
+        (kind.as_str(), id.as_str(), org.as_deref()),
+        ("user", "555000000042", Some("A81001"))
+    );
 }
 
 #[tokio::test]

@@ -51,7 +51,10 @@ async fn a_transaction_committing_late_is_not_skipped() {
 
     // `early` starts (and takes its transaction id) first but commits last.
     let mut early = store.begin_write().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()").execute(early.connection()).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(early.connection())
+        .await
+        .unwrap();
     let mut late = store.begin_write().await.unwrap();
     late.write(&[version("late")], &author()).await.unwrap();
     late.commit().await.unwrap();
@@ -76,7 +79,9 @@ async fn a_reader_racing_writers_sees_every_change_once() {
         writers.push(tokio::spawn(async move {
             for n in 0..25 {
                 let mut tx = store.begin_write().await.unwrap();
-                tx.write(&[version(&format!("w{w}-{n}"))], &author()).await.unwrap();
+                tx.write(&[version(&format!("w{w}-{n}"))], &author())
+                    .await
+                    .unwrap();
                 // Vary how long transactions stay open so commits interleave out of order.
                 tokio::time::sleep(Duration::from_millis(((w * 7 + n * 3) % 5) as u64)).await;
                 tx.commit().await.unwrap();
@@ -87,7 +92,11 @@ async fn a_reader_racing_writers_sees_every_change_once() {
     let mut position = FeedPosition::START;
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < 100 {
-        assert!(Instant::now() < deadline, "only {} of 100 changes arrived", seen.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 changes arrived",
+            seen.len()
+        );
         let (ids, p) = drain(&store, position).await;
         seen.extend(ids);
         position = p;

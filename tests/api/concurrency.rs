@@ -17,7 +17,9 @@ async fn concurrent_if_match_updates_have_exactly_one_winner() {
             .header("content-type", "application/fhir+json")
             .header("if-match", "W/\"1\"")
             .body(body.to_string());
-        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            request.send().await.unwrap().status().as_u16()
+        }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
@@ -25,7 +27,12 @@ async fn concurrent_if_match_updates_have_exactly_one_winner() {
     }
     statuses.sort();
     assert_eq!(statuses, vec![200, 412, 412, 412, 412, 412, 412, 412]);
-    let current: Value = app.get(&format!("Patient/{id}")).await.json().await.unwrap();
+    let current: Value = app
+        .get(&format!("Patient/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(current["meta"]["versionId"], "2");
     assert_eq!(app.count("resource_version").await, 2);
 }
@@ -38,9 +45,14 @@ async fn concurrent_conditional_creates_create_once() {
         let request = app
             .request(Method::POST, "Patient")
             .header("content-type", "application/fhir+json")
-            .header("if-none-exist", "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+            .header(
+                "if-none-exist",
+                "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
+            )
             .body(patient("9434765919").to_string());
-        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            request.send().await.unwrap().status().as_u16()
+        }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
@@ -62,7 +74,9 @@ async fn concurrent_update_as_create_of_one_id_converges() {
             .request(Method::PUT, "Patient/same-client-id")
             .header("content-type", "application/fhir+json")
             .body(p.to_string());
-        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            request.send().await.unwrap().status().as_u16()
+        }));
     }
     let mut statuses = Vec::new();
     for t in tasks {

@@ -19,7 +19,12 @@ async fn create_assigns_id_version_and_headers() {
         format!("{}/Patient/{id}/_history/1", app.base)
     );
     assert!(headers["last-modified"].to_str().unwrap().ends_with("GMT"));
-    assert!(headers["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/fhir+json")
+    );
 }
 
 #[tokio::test]
@@ -77,11 +82,21 @@ async fn update_refuses_missing_or_mismatched_ids_and_writes_nothing() {
     let before = app.write_footprint().await;
     let p = patient("9434765919");
     let body = outcome(app.put("Patient/abc", &p).await, 400).await;
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("no id"));
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("no id")
+    );
     let mut p2 = p.clone();
     p2["id"] = json!("other");
     let body = outcome(app.put("Patient/abc", &p2).await, 400).await;
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("does not match"));
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("does not match")
+    );
     assert_eq!(app.write_footprint().await, before);
 }
 
@@ -123,7 +138,10 @@ async fn delete_makes_reads_gone_and_keeps_history() {
     assert_eq!(r.headers()["etag"], "W/\"2\"");
     outcome(app.get(&format!("Patient/{id}")).await, 410).await;
     outcome(app.get(&format!("Patient/{id}/_history/2")).await, 410).await;
-    assert_eq!(app.get(&format!("Patient/{id}/_history/1")).await.status(), 200);
+    assert_eq!(
+        app.get(&format!("Patient/{id}/_history/1")).await.status(),
+        200
+    );
     // Deleting again changes nothing.
     let versions = app.count("resource_version").await;
     assert_eq!(app.delete(&format!("Patient/{id}")).await.status(), 204);
@@ -132,7 +150,10 @@ async fn delete_makes_reads_gone_and_keeps_history() {
     let r = app
         .request(Method::POST, "Patient")
         .header("content-type", "application/fhir+json")
-        .header("if-none-exist", "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+        .header(
+            "if-none-exist",
+            "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
+        )
         .body(patient("9434765919").to_string())
         .send()
         .await
@@ -161,7 +182,10 @@ async fn conditional_create_returns_the_existing_match() {
     let r = app
         .request(Method::POST, "Patient")
         .header("content-type", "application/fhir+json")
-        .header("if-none-exist", "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+        .header(
+            "if-none-exist",
+            "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919",
+        )
         .body(patient("9434765919").to_string())
         .send()
         .await
@@ -211,10 +235,19 @@ async fn conditional_update_creates_updates_or_refuses() {
 async fn conditional_delete_removes_the_single_match() {
     let app = TestApp::spawn().await;
     let created = app.create(&patient("9434765919")).await;
-    let r = app.delete("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await;
+    let r = app
+        .delete("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+        .await;
     assert_eq!(r.status(), 200);
-    outcome(app.get(&format!("Patient/{}", created["id"].as_str().unwrap())).await, 410).await;
-    let r = app.delete("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await;
+    outcome(
+        app.get(&format!("Patient/{}", created["id"].as_str().unwrap()))
+            .await,
+        410,
+    )
+    .await;
+    let r = app
+        .delete("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+        .await;
     assert_eq!(r.status(), 204);
     outcome(app.delete("Patient").await, 405).await;
 }
@@ -245,7 +278,12 @@ async fn prefer_header_shapes_the_response() {
     assert_eq!(oo.status(), 201);
     let body: Value = oo.json().await.unwrap();
     assert_eq!(body["resourceType"], "OperationOutcome");
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("created"));
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("created")
+    );
 }
 
 #[tokio::test]
@@ -253,11 +291,26 @@ async fn pretty_printing_on_request() {
     let app = TestApp::spawn().await;
     let created = app.create(&patient("9434765919")).await;
     let id = created["id"].as_str().unwrap();
-    let text = app.get(&format!("Patient/{id}?_pretty=true")).await.text().await.unwrap();
+    let text = app
+        .get(&format!("Patient/{id}?_pretty=true"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("\n  \""), "{text}");
-    let compact = app.get(&format!("Patient/{id}")).await.text().await.unwrap();
+    let compact = app
+        .get(&format!("Patient/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!compact.contains('\n'));
-    let error = app.get("Patient/nope?_pretty=true").await.text().await.unwrap();
+    let error = app
+        .get("Patient/nope?_pretty=true")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(error.contains("\n  \""), "{error}");
 }
 
@@ -268,12 +321,18 @@ async fn identifiers_follow_the_current_version() {
     let id = created["id"].as_str().unwrap();
     let mut changed = created.clone();
     changed["identifier"] = json!([{"system": "https://example.org/mrn", "value": "M1"}]);
-    assert_eq!(app.put(&format!("Patient/{id}"), &changed).await.status(), 200);
+    assert_eq!(
+        app.put(&format!("Patient/{id}"), &changed).await.status(),
+        200
+    );
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT system, value FROM resource_identifier WHERE id = $1")
             .bind(id)
             .fetch_all(&app.pool)
             .await
             .unwrap();
-    assert_eq!(rows, vec![("https://example.org/mrn".to_string(), "M1".to_string())]);
+    assert_eq!(
+        rows,
+        vec![("https://example.org/mrn".to_string(), "M1".to_string())]
+    );
 }

@@ -14,7 +14,13 @@ async fn malformed_json_is_a_400_naming_the_position() {
         .await
         .unwrap();
     let body = outcome(r, 400).await;
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("line 2"), "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("line 2"),
+        "{body}"
+    );
     assert_eq!(app.write_footprint().await, [0, 0, 0, 0]);
 }
 
@@ -36,7 +42,12 @@ async fn empty_and_non_object_bodies_are_refused() {
 #[tokio::test]
 async fn unknown_resource_types_are_404() {
     let app = TestApp::spawn().await;
-    let body = outcome(app.post("Patientt", &json!({"resourceType": "Patientt"})).await, 404).await;
+    let body = outcome(
+        app.post("Patientt", &json!({"resourceType": "Patientt"}))
+            .await,
+        404,
+    )
+    .await;
     assert_eq!(body["issue"][0]["code"], "not-supported");
     outcome(app.get("Patientt/1").await, 404).await;
     assert_eq!(app.write_footprint().await, [0, 0, 0, 0]);
@@ -53,10 +64,40 @@ async fn a_body_of_the_wrong_type_is_refused() {
 #[tokio::test]
 async fn wrong_methods_are_405() {
     let app = TestApp::spawn().await;
-    outcome(app.request(Method::POST, "Patient/123").send().await.unwrap(), 405).await;
-    outcome(app.request(Method::DELETE, "_history").send().await.unwrap(), 405).await;
-    outcome(app.request(Method::PATCH, "Patient/123").send().await.unwrap(), 405).await;
-    outcome(app.request(Method::PUT, "Patient").header("content-type", "application/fhir+json").body("{}").send().await.unwrap(), 405).await;
+    outcome(
+        app.request(Method::POST, "Patient/123")
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    outcome(
+        app.request(Method::DELETE, "_history")
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    outcome(
+        app.request(Method::PATCH, "Patient/123")
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    outcome(
+        app.request(Method::PUT, "Patient")
+            .header("content-type", "application/fhir+json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
 }
 
 #[tokio::test]

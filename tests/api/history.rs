@@ -7,12 +7,20 @@ fn links(bundle: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["relation"].as_str().unwrap().to_string(), l["url"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["relation"].as_str().unwrap().to_string(),
+                l["url"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 fn next_link(bundle: &Value) -> Option<String> {
-    links(bundle).into_iter().find(|(r, _)| r == "next").map(|(_, u)| u)
+    links(bundle)
+        .into_iter()
+        .find(|(r, _)| r == "next")
+        .map(|(_, u)| u)
 }
 
 async fn get_abs(app: &TestApp, url: &str) -> Value {
@@ -36,7 +44,10 @@ async fn instance_history_lists_every_version_newest_first() {
     assert_eq!(bundle["type"], "history");
     assert_eq!(bundle["total"], 3);
     let entries = bundle["entry"].as_array().unwrap();
-    let methods: Vec<&str> = entries.iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    let methods: Vec<&str> = entries
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
     assert_eq!(methods, vec!["DELETE", "PUT", "POST"]);
     assert!(entries[0].get("resource").is_none());
     assert_eq!(entries[1]["resource"]["gender"], "male");
@@ -53,17 +64,29 @@ async fn type_and_system_history_page_with_stable_links() {
     for _ in 0..5 {
         app.create(&patient("9434765919")).await;
     }
-    app.create(&json!({"resourceType": "Organization", "name": "Northshire NHS Trust"})).await;
+    app.create(&json!({"resourceType": "Organization", "name": "Northshire NHS Trust"}))
+        .await;
 
     let first = get_abs(&app, &app.url("Patient/_history?_count=2")).await;
     assert_eq!(first["entry"].as_array().unwrap().len(), 2);
-    let mut seen: Vec<String> = first["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    let mut seen: Vec<String> = first["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
     let mut next = next_link(&first);
     // A write between pages must not shift the pages already handed out.
     app.create(&patient("9434765919")).await;
     while let Some(url) = next {
         let page = get_abs(&app, &url).await;
-        seen.extend(page["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string()),
+        );
         next = next_link(&page);
     }
     let mut unique = seen.clone();
@@ -73,7 +96,12 @@ async fn type_and_system_history_page_with_stable_links() {
     assert_eq!(unique.len(), 5);
 
     let system = get_abs(&app, &app.url("_history")).await;
-    let types: Vec<&str> = system["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let types: Vec<&str> = system["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
     assert_eq!(types.len(), 7);
     assert!(types.contains(&"Organization"));
 }
@@ -93,8 +121,17 @@ async fn since_filters_history() {
         assert!(std::time::Instant::now() < deadline);
     };
     let cut = newer["meta"]["lastUpdated"].as_str().unwrap();
-    let bundle = get_abs(&app, &format!("{}?_since={}", app.url("Patient/_history"), urlencode(cut))).await;
-    let ids: Vec<&str> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    let bundle = get_abs(
+        &app,
+        &format!("{}?_since={}", app.url("Patient/_history"), urlencode(cut)),
+    )
+    .await;
+    let ids: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&newer["id"].as_str().unwrap()));
     assert!(!ids.contains(&old["id"].as_str().unwrap()));
     outcome(app.get("Patient/_history?_since=yesterday").await, 400).await;

@@ -35,8 +35,14 @@ async fn transaction_resolves_local_and_conditional_references() {
     let app = TestApp::spawn().await;
     let gp = app.create(&practitioner()).await;
     let bundle = transaction(vec![
-        post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000001", patient("9434765919")),
-        post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000002", observation_for("urn:uuid:6b9b5c6e-0000-4000-8000-000000000001")),
+        post_entry(
+            "urn:uuid:6b9b5c6e-0000-4000-8000-000000000001",
+            patient("9434765919"),
+        ),
+        post_entry(
+            "urn:uuid:6b9b5c6e-0000-4000-8000-000000000002",
+            observation_for("urn:uuid:6b9b5c6e-0000-4000-8000-000000000001"),
+        ),
     ]);
     let r = app.post("", &bundle).await;
     assert_eq!(r.status(), 200);
@@ -46,12 +52,23 @@ async fn transaction_resolves_local_and_conditional_references() {
     assert_eq!(entries[0]["response"]["status"], "201 Created");
     let patient_location = entries[0]["response"]["location"].as_str().unwrap();
     let patient_id = patient_location.split('/').nth(1).unwrap();
-    let obs_location = entries[1]["response"]["location"].as_str().unwrap().to_string();
+    let obs_location = entries[1]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let obs_id = obs_location.split('/').nth(1).unwrap();
 
-    let obs: Value = app.get(&format!("Observation/{obs_id}")).await.json().await.unwrap();
+    let obs: Value = app
+        .get(&format!("Observation/{obs_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(obs["subject"]["reference"], format!("Patient/{patient_id}"));
-    assert_eq!(obs["performer"][0]["reference"], format!("Practitioner/{}", gp["id"].as_str().unwrap()));
+    assert_eq!(
+        obs["performer"][0]["reference"],
+        format!("Practitioner/{}", gp["id"].as_str().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -62,11 +79,17 @@ async fn a_failing_entry_rolls_back_the_whole_transaction() {
     let mut bad = observation_for("urn:uuid:6b9b5c6e-0000-4000-8000-000000000001");
     bad["status"] = json!("done-and-dusted");
     let bundle = transaction(vec![
-        post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000001", patient("9434765919")),
+        post_entry(
+            "urn:uuid:6b9b5c6e-0000-4000-8000-000000000001",
+            patient("9434765919"),
+        ),
         post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000002", bad),
     ]);
     let body = outcome(app.post("", &bundle).await, 400).await;
-    assert_eq!(body["issue"][0]["expression"][0], "Bundle.entry[1].resource.status", "{body}");
+    assert_eq!(
+        body["issue"][0]["expression"][0], "Bundle.entry[1].resource.status",
+        "{body}"
+    );
     assert_eq!(app.write_footprint().await, before);
 
     // A failure found only in the database phase (an If-Match on a stale version) rolls back too.
@@ -74,7 +97,10 @@ async fn a_failing_entry_rolls_back_the_whole_transaction() {
     let before = app.write_footprint().await;
     let id = existing["id"].as_str().unwrap();
     let bundle = transaction(vec![
-        post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000003", patient("9434765919")),
+        post_entry(
+            "urn:uuid:6b9b5c6e-0000-4000-8000-000000000003",
+            patient("9434765919"),
+        ),
         json!({"resource": existing, "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": "W/\"9\""}}),
     ]);
     let body = outcome(app.post("", &bundle).await, 412).await;
@@ -91,10 +117,22 @@ async fn unresolvable_references_fail_the_transaction() {
     )]);
     // The conditional performer matches nothing: that is reported first.
     let body = outcome(app.post("", &bundle).await, 400).await;
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("matches no resource"), "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("matches no resource"),
+        "{body}"
+    );
     app.create(&practitioner()).await;
     let body = outcome(app.post("", &bundle).await, 400).await;
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("urn:uuid:6b9b5c6e-0000-4000-8000-00000000dead"), "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("urn:uuid:6b9b5c6e-0000-4000-8000-00000000dead"),
+        "{body}"
+    );
     assert_eq!(app.count("resource_version").await, 1);
 }
 
@@ -108,16 +146,33 @@ async fn if_none_exist_entries_reuse_existing_resources() {
             "resource": practitioner(),
             "request": {"method": "POST", "url": "Practitioner", "ifNoneExist": "identifier=https://fhir.hl7.org.uk/Id/gmc-number|1234567"}
         }),
-        post_entry("urn:uuid:6b9b5c6e-0000-4000-8000-000000000011", json!({
-            "resourceType": "PractitionerRole",
-            "practitioner": {"reference": "urn:uuid:6b9b5c6e-0000-4000-8000-000000000010"}
-        })),
+        post_entry(
+            "urn:uuid:6b9b5c6e-0000-4000-8000-000000000011",
+            json!({
+                "resourceType": "PractitionerRole",
+                "practitioner": {"reference": "urn:uuid:6b9b5c6e-0000-4000-8000-000000000010"}
+            }),
+        ),
     ]);
     let response: Value = app.post("", &bundle).await.json().await.unwrap();
     assert_eq!(response["entry"][0]["response"]["status"], "200 OK");
-    let role_id = response["entry"][1]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
-    let role: Value = app.get(&format!("PractitionerRole/{role_id}")).await.json().await.unwrap();
-    assert_eq!(role["practitioner"]["reference"], format!("Practitioner/{}", existing["id"].as_str().unwrap()));
+    let role_id = response["entry"][1]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let role: Value = app
+        .get(&format!("PractitionerRole/{role_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        role["practitioner"]["reference"],
+        format!("Practitioner/{}", existing["id"].as_str().unwrap())
+    );
     assert_eq!(app.count("resource_head").await, 2);
 }
 
@@ -180,16 +235,37 @@ async fn batch_entries_succeed_or_fail_independently() {
     assert_eq!(r.status(), 200);
     let response: Value = r.json().await.unwrap();
     assert_eq!(response["type"], "batch-response");
-    let statuses: Vec<&str> = response["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, vec!["201 Created", "400 Bad Request", "404 Not Found", "400 Bad Request"]);
-    assert_eq!(response["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0], "Bundle.entry[1].resource.gender");
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            "201 Created",
+            "400 Bad Request",
+            "404 Not Found",
+            "400 Bad Request"
+        ]
+    );
+    assert_eq!(
+        response["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.gender"
+    );
     assert_eq!(app.count("resource_head").await, 1);
 }
 
 #[tokio::test]
 async fn only_transaction_and_batch_bundles_are_processed() {
     let app = TestApp::spawn().await;
-    let body = outcome(app.post("", &json!({"resourceType": "Bundle", "type": "collection"})).await, 400).await;
+    let body = outcome(
+        app.post("", &json!({"resourceType": "Bundle", "type": "collection"}))
+            .await,
+        400,
+    )
+    .await;
     assert_eq!(body["issue"][0]["expression"][0], "Bundle.type");
     outcome(app.post("", &patient("9434765919")).await, 400).await;
     assert_eq!(app.write_footprint().await, [0, 0, 0, 0]);

@@ -18,8 +18,13 @@ pub fn admin_url() -> String {
 }
 
 fn with_database(admin: &str, db: &str) -> String {
-    let (server, _) = admin.rsplit_once('/').expect("DATABASE_URL has a database part");
-    let query = admin.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let (server, _) = admin
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database part");
+    let query = admin
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{server}/{db}{query}")
 }
 
@@ -107,7 +112,9 @@ impl TestApp {
         let key_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&db.url, key_dir.path());
         adjust(&mut settings);
-        let app = Application::build(settings).await.expect("application starts");
+        let app = Application::build(settings)
+            .await
+            .expect("application starts");
         let origin = app.origin().to_string();
         let base = app.base_url();
         let issuer_url = app.issuer().to_string();
@@ -168,7 +175,10 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path).send().await.expect("GET")
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
@@ -190,7 +200,10 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::DELETE, path).send().await.expect("DELETE")
+        self.request(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .expect("DELETE")
     }
 
     /// Creates a resource and returns the stored JSON.
@@ -209,7 +222,10 @@ impl TestApp {
             "resource_identifier" => "SELECT count(*) FROM resource_identifier",
             other => panic!("unknown table {other}"),
         };
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count")
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
     }
 
     /// Rows in every table a write touches: equal before and after a refused request.
