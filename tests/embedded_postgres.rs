@@ -213,6 +213,27 @@ async fn a_second_process_on_the_same_folder_is_refused() {
 }
 
 #[tokio::test]
+async fn a_cluster_of_another_major_version_is_reported_not_opened() {
+    let dir = TempDataDir::new("version");
+    std::fs::create_dir_all(dir.path().join("pgdata")).unwrap();
+    std::fs::write(dir.path().join("pgdata/PG_VERSION"), "9999\n").unwrap();
+
+    let error = EmbeddedPostgres::start(dir.path())
+        .await
+        .expect_err("no server of version 9999 is installed");
+    assert!(
+        matches!(&error, EmbeddedPgError::VersionMismatch { cluster, .. } if cluster == "9999"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("apt-get install -y postgresql-9999"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn as_root_a_data_folder_the_server_user_cannot_enter_is_explained() {
     if !running_as_root() {
         return; // only as root does the server run as another OS user

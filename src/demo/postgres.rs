@@ -825,33 +825,38 @@ impl Binaries {
     /// cannot open it), then `pg_config --bindir`, then the highest `/usr/lib/postgresql/N/bin`,
     /// then the folder of `pg_ctl` found in PATH.
     async fn find(cluster_major: Option<&str>) -> Result<Self> {
-        let mut candidates: Vec<(&str, PathBuf)> = Vec::new();
-        let mut searched: Vec<String> = Vec::new();
+        // In search order: a folder to look in, or why that source gave none.
+        let mut sources: Vec<(&str, Result<PathBuf, &str>)> = Vec::new();
         if let Some(major) = cluster_major {
-            candidates.push((
-                "the cluster's version",
-                PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
-            ));
+            let dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+            sources.push(("the cluster's version", Ok(dir)));
         }
-        match pg_config_bindir().await {
-            Some(dir) => candidates.push(("pg_config --bindir", dir)),
-            None => searched.push("pg_config: not found".to_owned()),
-        }
+        sources.push((
+            "pg_config --bindir",
+            pg_config_bindir().await.ok_or("pg_config not found"),
+        ));
         let debian = debian_bindirs();
         if debian.is_empty() {
-            searched.push("/usr/lib/postgresql/*/bin: none".to_owned());
+            sources.push(("/usr/lib/postgresql/*/bin", Err("none")));
         }
-        candidates.extend(debian.into_iter().map(|dir| ("/usr/lib/postgresql", dir)));
-        match find_program("pg_ctl", &[]).and_then(|p| p.canonicalize().ok()) {
-            Some(pg_ctl) => {
-                candidates.push(("PATH", pg_ctl.parent().unwrap_or(Path::new("/")).to_owned()))
-            }
-            None => searched.push("PATH: no pg_ctl".to_owned()),
-        }
-        for (source, dir) in candidates {
-            match Self::in_dir(&dir).await {
-                Ok(found) => return Ok(found),
-                Err(problem) => searched.push(format!("{source} {}: {problem}", dir.display())),
+        sources.extend(
+            debian
+                .into_iter()
+                .map(|dir| ("/usr/lib/postgresql", Ok(dir))),
+        );
+        let path_dir = find_program("pg_ctl", &[])
+            .and_then(|pg_ctl| pg_ctl.canonicalize().ok())
+            .and_then(|pg_ctl| pg_ctl.parent().map(Path::to_owned));
+        sources.push(("PATH", path_dir.ok_or("no pg_ctl")));
+
+        let mut searched: Vec<String> = Vec::new();
+        for (source, dir) in sources {
+            match dir {
+                Ok(dir) => match Self::in_dir(&dir).await {
+                    Ok(found) => return Ok(found),
+                    Err(problem) => searched.push(format!("{source} {}: {problem}", dir.display())),
+                },
+                Err(why) => searched.push(format!("{source}: {why}")),
             }
         }
         Err(EmbeddedPgError::BinariesMissing {
