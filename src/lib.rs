@@ -4,6 +4,7 @@ pub mod access;
 pub mod api;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod fhir;
 pub mod import;
 pub mod interactions;
