@@ -1,3 +1,4 @@
 //! shcr: a regional shared care record (FHIR R4, UK Core).
 
 pub mod fhir;
+pub mod validation;
