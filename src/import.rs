@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::fhir::comments::strip_comments;
 use crate::fhir::outcome::IssueType;
 use crate::interactions::bundle::BundleResults;
 use crate::interactions::{EntryAction, EntryRequest, Error, Repository, Target};
@@ -213,6 +214,10 @@ async fn import_ndjson(repo: &Repository, author: &Author, path: &Path, text: &s
     };
     for (n, line) in lines {
         match serde_json::from_str::<Value>(line)
+            .map(|mut v| {
+                strip_comments(&mut v);
+                v
+            })
             .map_err(|e| e.to_string())
             .and_then(resource_request)
         {
@@ -243,7 +248,10 @@ async fn import_file(repo: &Repository, author: &Author, path: &Path) -> FileRes
         return import_ndjson(repo, author, path, &text).await;
     }
     match serde_json::from_str::<Value>(&text) {
-        Ok(value) => import_json(repo, author, path, value).await,
+        Ok(mut value) => {
+            strip_comments(&mut value);
+            import_json(repo, author, path, value).await
+        }
         Err(e) => FileResult {
             errors: vec![format!(
                 "{}:{}:{}: not valid JSON: {e}",

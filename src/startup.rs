@@ -50,6 +50,8 @@ impl Application {
 
     pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
         settings.validate()?;
+        // Parse the R4 definitions now rather than on the first write.
+        crate::validation::load_definitions();
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();

@@ -54,7 +54,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
             "the request body is empty; a FHIR resource in JSON is required",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::http(
             StatusCode::BAD_REQUEST,
             IssueType::Structure,
@@ -64,7 +64,9 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
                 e.column()
             ),
         )
-    })
+    })?;
+    crate::fhir::comments::strip_comments(&mut value);
+    Ok(value)
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

@@ -1,5 +1,6 @@
 //! Small typed views over FHIR JSON shared by every module.
 
+pub mod comments;
 pub mod id;
 pub mod instant;
 pub mod outcome;
