@@ -287,7 +287,7 @@ impl Repository {
         let entries = match kind {
             BundleKind::Transaction => {
                 let requests = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
-                self.execute_atomic(&requests, author)
+                self.execute_bundle_entries(&requests, author)
                     .await
                     .map_err(|f| match f.index {
                         Some(i) => locate(f.error.at_entry(i), i),
@@ -302,7 +302,7 @@ impl Repository {
                 for (i, p) in parsed.into_iter().enumerate() {
                     out.push(match p {
                         Ok(request) => self
-                            .execute_atomic(std::slice::from_ref(&request), author)
+                            .execute_bundle_entries(std::slice::from_ref(&request), author)
                             .await
                             .map(|mut o| o.remove(0))
                             .map_err(|f| f.error.at_entry(i)),

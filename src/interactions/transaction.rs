@@ -141,10 +141,29 @@ impl Repository {
         entries: &[EntryRequest],
         author: &Author,
     ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        self.execute(entries, author, false).await
+    }
+
+    /// As `execute_atomic`, for entries of a Bundle: there every `urn:uuid:` reference must name
+    /// an entry. Outside a Bundle such a reference is left as the client wrote it.
+    pub async fn execute_bundle_entries(
+        &self,
+        entries: &[EntryRequest],
+        author: &Author,
+    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        self.execute(entries, author, true).await
+    }
+
+    async fn execute(
+        &self,
+        entries: &[EntryRequest],
+        author: &Author,
+        in_bundle: bool,
+    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match self.try_atomic(entries, author).await {
+            match self.try_atomic(entries, author, in_bundle).await {
                 Err(EntryFailure {
                     error: Error::Store(crate::store::StoreError::Conflict(_)),
                     ..
@@ -158,6 +177,7 @@ impl Repository {
         &self,
         entries: &[EntryRequest],
         author: &Author,
+        in_bundle: bool,
     ) -> Result<Vec<EntryOutcome>, EntryFailure> {
         // 1. Check every entry before touching the database.
         for (i, entry) in entries.iter().enumerate() {
@@ -417,7 +437,9 @@ impl Repository {
             match plan {
                 Plan::Create { id, mut resource } => {
                     let unresolved = rewrite(&mut resource, &local_refs);
-                    check_unresolved(&unresolved).map_err(at(i))?;
+                    if in_bundle {
+                        check_unresolved(&unresolved).map_err(at(i))?;
+                    }
                     stamp(&mut resource, &id, 1, now);
                     results[i] = Some((201, versions.len()));
                     versions.push(new_version(
@@ -446,7 +468,9 @@ impl Repository {
                         ))));
                     }
                     let unresolved = rewrite(&mut resource, &local_refs);
-                    check_unresolved(&unresolved).map_err(at(i))?;
+                    if in_bundle {
+                        check_unresolved(&unresolved).map_err(at(i))?;
+                    }
                     let (version, status, operation) = match head {
                         None => (1, 201, Operation::Create),
                         Some(h) if h.deleted => (h.version_id + 1, 201, Operation::Update),

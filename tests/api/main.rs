@@ -9,4 +9,5 @@ mod concurrency;
 mod crud;
 mod errors;
 mod history;
+mod import;
 mod transactions;
