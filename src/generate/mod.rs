@@ -119,7 +119,8 @@ pub struct GenerateSummary {
     /// Patient records carrying an NHS number that fails the check digit (flagged in truth.csv).
     pub invalid_nhs_numbers: usize,
     pub missing_nhs_numbers: usize,
-    /// Patient records whose demographics differ from the person's true details in some way.
+    /// Patient records that differ from the person's true details in some way, an unverified
+    /// NHS number included.
     pub records_with_variation: usize,
     /// Conditions in sensitive categories (mental health, sexual health, HIV, substance misuse).
     pub sensitive_conditions: usize,
@@ -224,6 +225,7 @@ pub fn write_to_dir(
         }
         progress.set_position(batch.persons_done as u64);
     }
+    progress.set_position(opts.persons as u64);
     truth.flush()?;
     let mut json = serde_json::to_vec_pretty(&summary)?;
     json.push(b'\n');
