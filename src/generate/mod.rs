@@ -493,56 +493,58 @@ fn readme(opts: &GenerateOptions, s: &GenerateSummary) -> String {
         types.push_str(&format!("  {rt:<20} {n:>9}\n"));
     }
     format!(
-        "Synthetic population for shcr (FHIR R4, UK Core). NOT REAL PEOPLE.\n\
-         \n\
-         Generated with: --persons {persons} --trusts {ntrusts} --seed {seed} (persons per bundle {ppb}).\n\
-         The same options always produce byte-identical files.\n\
-         \n\
-         Layout\n\
-         - <ODS>/0000-organisation.json  the trust's Organization, Practitioners and PractitionerRoles.\n\
-           Load it before the trust's other bundles: they point at these with conditional\n\
-           references such as Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|<ODS>\n\
-           and Practitioner?identifier=https://fhir.hl7.org.uk/Id/gmc-number|<GMC number>.\n\
-         - <ODS>/NNNN-patients.json  transaction Bundles of up to {ppb} patient records and at most\n\
-           {max} resources each,\n\
-           each Patient with its Encounters, Conditions, Observations, MedicationRequests,\n\
-           MedicationStatements, AllergyIntolerances and DocumentReferences. Every entry is a\n\
-           POST with ifNoneExist on the resource's own business identifier, so re-loading converges.\n\
-         - truth.csv  one row per Patient: which synthetic person it is and how it differs.\n\
-         - summary.json  the counts below, machine-readable.\n\
-         \n\
-         Identifier systems\n\
-         - NHS number: https://fhir.nhs.uk/Id/nhs-number, all in the 999 test range, with the UK Core\n\
-           NHSNumberVerificationStatus extension (01 mostly, some 02/03).\n\
-         - Per trust: https://fhir.<ods lower-case>.example.nhs.uk/Id/<what>, <what> one of\n\
-           local-patient-identifier, encounter, condition, observation, medication-request,\n\
-           medication-statement, allergy-intolerance, document-reference, bundle.\n\
-         - Clinicians: gmc-number / nmc-number (https://fhir.hl7.org.uk/Id/...), sds-user-id,\n\
-           sds-role-profile-id (https://fhir.nhs.uk/Id/...).\n\
-         \n\
-         truth.csv columns\n\
-         - trust_ods, local_patient_id: the Patient (identifier system as above).\n\
-         - person_key: the synthetic person; records with the same key are the same person.\n\
-         - true_nhs_number: the person's real NHS number; recorded_nhs_number: what the trust holds\n\
-           (empty if missing); nhs_number_valid: false for deliberately mistyped numbers that fail\n\
-           the modulus-11 check, empty when missing; verification_status: the extension code.\n\
-         - variations: ';'-separated, or none: nickname, given-name-typo, family-name-typo,\n\
-           family-name-changed, middle-name-missing, birth-date-day-month-swapped, previous-address,\n\
-           gender-unknown, nhs-number-missing, nhs-number-invalid, nhs-number-unverified.\n\
-         - bundle_file: where the Patient is.\n\
-         \n\
-         Dates run up to {today}. Phone numbers are from Ofcom's drama ranges; postcode districts\n\
-         are real, sectors and units synthetic; organisations and ODS codes are invented.\n\
-         Sensitive content (mental health, sexual health, HIV, substance misuse) is present but\n\
-         not labelled: labelling is the shared care record's job.\n\
-         \n\
-         Counts\n\
-         persons {persons}, patient records {records}, bundles {bundles}, resources {resources}\n\
-         records with a demographic variation {variation}, invalid NHS numbers {invalid},\n\
-         missing NHS numbers {missing}, sensitive conditions {sensitive}\n\
-         \n\
-         Trusts\n{trusts}\n\
-         Resources\n{types}",
+        r#"Synthetic population for shcr (FHIR R4, UK Core). NOT REAL PEOPLE.
+
+Generated with: --persons {persons} --trusts {ntrusts} --seed {seed} (persons per bundle {ppb}).
+The same options always produce byte-identical files.
+
+Layout
+- <ODS>/0000-organisation.json: the trust's Organization, Practitioners and PractitionerRoles.
+  Load it before the trust's other bundles: they point at these with conditional references
+  such as Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|<ODS> and
+  Practitioner?identifier=https://fhir.hl7.org.uk/Id/gmc-number|<GMC number>.
+- <ODS>/NNNN-patients.json: transaction Bundles of up to {ppb} patient records and at most {max}
+  resources, each Patient with its Encounters, Conditions, Observations, MedicationRequests,
+  MedicationStatements, AllergyIntolerances and DocumentReferences. Every entry is a POST with
+  ifNoneExist on the resource's own business identifier, so loading a file again converges.
+- truth.csv: one row per Patient, saying which synthetic person it is and how it differs.
+- summary.json: the counts below, machine-readable.
+
+Identifier systems
+- NHS number: https://fhir.nhs.uk/Id/nhs-number, all in the 999 test range, with the UK Core
+  NHSNumberVerificationStatus extension (01 mostly, some 02 and 03).
+- Per trust: https://fhir.<ods lower-case>.example.nhs.uk/Id/<what>, <what> being one of
+  local-patient-identifier, encounter, condition, observation, medication-request,
+  medication-statement, allergy-intolerance, document-reference, bundle.
+- Organisations: https://fhir.nhs.uk/Id/ods-organization-code.
+- Clinicians: https://fhir.hl7.org.uk/Id/gmc-number or .../nmc-number, plus
+  https://fhir.nhs.uk/Id/sds-user-id; PractitionerRole: https://fhir.nhs.uk/Id/sds-role-profile-id.
+
+truth.csv columns
+- trust_ods, local_patient_id: the Patient (identifier system as above).
+- person_key: the synthetic person; records with the same key are the same person.
+- true_nhs_number: the person's NHS number; recorded_nhs_number: what the trust holds (empty
+  if missing); nhs_number_valid: false for deliberately mistyped numbers that fail the
+  modulus-11 check, empty when missing; verification_status: the extension's code.
+- variations: ';'-separated, or none. nickname, given-name-typo, family-name-typo,
+  family-name-changed, middle-name-missing, birth-date-day-month-swapped, previous-address,
+  gender-unknown, nhs-number-missing, nhs-number-invalid, nhs-number-unverified.
+- bundle_file: the file holding the Patient.
+
+Dates run up to {today}. Phone numbers are in Ofcom's drama ranges; postcode districts are
+real, sectors and units synthetic; organisations and their ODS codes are invented.
+Sensitive content (mental health, sexual health, HIV, substance misuse) is present but not
+labelled: labelling is the shared care record's job.
+
+Counts
+persons {persons}, patient records {records}, bundles {bundles}, resources {resources}
+records differing from the truth {variation}, invalid NHS numbers {invalid},
+missing NHS numbers {missing}, sensitive conditions {sensitive}
+
+Trusts
+{trusts}
+Resources
+{types}"#,
         persons = opts.persons,
         ntrusts = opts.trusts,
         seed = opts.seed,
