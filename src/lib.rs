@@ -6,6 +6,8 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod fhir;
+pub mod generate;
+pub mod identity;
 pub mod import;
 pub mod interactions;
 pub mod startup;

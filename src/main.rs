@@ -25,6 +25,12 @@ enum Command {
     Token(commands::token::TokenArgs),
     /// Load FHIR Bundles and resources from files or folders.
     Import(commands::import::ImportArgs),
+    /// Write a synthetic UK population as transaction Bundles per trust.
+    Generate(commands::generate::GenerateArgs),
+    /// Everything on one machine: private PostgreSQL, synthetic data, dev tokens.
+    Demo(commands::demo::DemoArgs),
+    /// Measure ingest throughput and read/vread/update latency.
+    Bench(commands::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -37,5 +43,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => commands::serve::migrate(settings).await,
         Command::Token(args) => commands::token::run(&settings, &args),
         Command::Import(args) => commands::import::run(settings, args).await,
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Demo(args) => commands::demo::run(settings, args).await,
+        Command::Bench(args) => commands::bench::run(settings, args).await,
     }
 }

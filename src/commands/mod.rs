@@ -1,5 +1,8 @@
 //! The `shcr` subcommands. `main.rs` parses the command line and calls these.
 
+pub mod bench;
+pub mod demo;
+pub mod generate;
 pub mod import;
 pub mod serve;
 pub mod token;

@@ -1,0 +1,3 @@
+//! Identity: NHS numbers, linking each trust's Patient to one Person.
+
+pub mod nhs_number;
