@@ -54,7 +54,10 @@ fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration, errors: usi
         percentile(&samples, 50.0),
         percentile(&samples, 99.0),
         percentile(&samples, 99.9),
-        samples.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN),
+        samples
+            .last()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN),
     );
 }
 
@@ -117,9 +120,11 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     }
     if let (Some(admin), Some(name), false) = (admin_url, db_name, args.keep) {
         let mut conn = PgConnection::connect(&admin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
     }
     let _ = std::fs::remove_dir_all(&temp);
     result
@@ -139,7 +144,9 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         3600,
     ))?;
     let target = Arc::new(Target {
-        client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
         base: app.base_url(),
         token,
     });
@@ -148,7 +155,9 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until_stopped());
     println!(
         "machine: {} cores; persons {}, trusts {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         args.persons,
         args.trusts
     );
@@ -163,7 +172,10 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let (orgs, patients): (Vec<_>, Vec<_>) =
         generate(&opts).partition(|b| b.file_name.contains("organisation"));
     for b in &orgs {
-        target.post("", b.bundle.to_string()).await.map_err(anyhow::Error::msg)?;
+        target
+            .post("", b.bundle.to_string())
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     let bodies: Vec<(String, usize)> = patients
         .iter()
@@ -176,8 +188,12 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.ingest_concurrency {
-        let (queue, latencies, errors, target) =
-            (queue.clone(), latencies.clone(), errors.clone(), target.clone());
+        let (queue, latencies, errors, target) = (
+            queue.clone(),
+            latencies.clone(),
+            errors.clone(),
+            target.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().await.next();
@@ -207,7 +223,12 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         args.ingest_concurrency
     );
     let bundle_latencies = std::mem::take(&mut *latencies.lock().await);
-    report("bundle", bundle_latencies, elapsed, errors.load(Ordering::Relaxed));
+    report(
+        "bundle",
+        bundle_latencies,
+        elapsed,
+        errors.load(Ordering::Relaxed),
+    );
 
     // Latency: read, vread and update of random Observations by `clients` concurrent clients.
     let ids: Arc<Vec<String>> = Arc::new(

@@ -39,7 +39,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            println!("starting a private PostgreSQL in {}", data_dir.join("pg").display());
+            println!(
+                "starting a private PostgreSQL in {}",
+                data_dir.join("pg").display()
+            );
             let pg = EmbeddedPostgres::start(&data_dir.join("pg")).await?;
             settings.database_url = Some(pg.database_url());
             Some(pg)
@@ -53,7 +56,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve_demo(mut settings: Settings, args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn serve_demo(
+    mut settings: Settings,
+    args: &DemoArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     settings.port = args.port;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = data_dir.join("dev-issuer-key.pem");
@@ -141,11 +148,18 @@ async fn serve_demo(mut settings: Settings, args: &DemoArgs, data_dir: &std::pat
     println!("trust system token (RX1, 12 h):\n  export TRUST_TOKEN={trust}");
     println!();
     if let Some(id) = sample {
-        println!("try:\n  curl -H \"Authorization: Bearer $CLINICIAN_TOKEN\" {base}/Patient/{id}?_pretty=true");
+        println!(
+            "try:\n  curl -H \"Authorization: Bearer $CLINICIAN_TOKEN\" {base}/Patient/{id}?_pretty=true"
+        );
     }
-    println!("  curl -H \"Authorization: Bearer $CLINICIAN_TOKEN\" '{base}/_history?_count=5&_pretty=true'");
+    println!(
+        "  curl -H \"Authorization: Bearer $CLINICIAN_TOKEN\" '{base}/_history?_count=5&_pretty=true'"
+    );
     println!();
-    println!("Ctrl-C stops shcr and its PostgreSQL; the next run reuses the data in {}", data_dir.display());
+    println!(
+        "Ctrl-C stops shcr and its PostgreSQL; the next run reuses the data in {}",
+        data_dir.display()
+    );
 
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());

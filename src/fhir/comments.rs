@@ -66,7 +66,8 @@ mod tests {
             v,
             json!({"resourceType": "Patient", "name": [{"family": "Smith"}]})
         );
-        let mut aligned = json!({"given": ["A", "B"], "_given": [{"fhir_comments": ["x"]}, {"id": "g2"}]});
+        let mut aligned =
+            json!({"given": ["A", "B"], "_given": [{"fhir_comments": ["x"]}, {"id": "g2"}]});
         strip_comments(&mut aligned);
         assert_eq!(aligned["_given"], json!([null, {"id": "g2"}]));
     }

@@ -145,7 +145,7 @@ pub fn generate(opts: &GenerateOptions) -> impl Iterator<Item = GeneratedBundle>
     Generator::new(opts).map(|batch| batch.bundle)
 }
 
-/// Writes `DIR/<ODS>/NNNN-….json`, `DIR/truth.csv`, `DIR/summary.json` and `DIR/README.txt`.
+/// Writes `DIR/<ODS>/NNNN-….json`, `DIR/truth.csv`, `DIR/summary.txt` (JSON, named so `shcr import DIR` passes it by) and `DIR/README.txt`.
 /// `progress` counts persons. Refuses a non-empty directory so that no stale file from an
 /// earlier, larger run is mistaken for part of this one.
 pub fn write_to_dir(
@@ -229,7 +229,7 @@ pub fn write_to_dir(
     truth.flush()?;
     let mut json = serde_json::to_vec_pretty(&summary)?;
     json.push(b'\n');
-    fs::write(out.join("summary.json"), json)?;
+    fs::write(out.join("summary.txt"), json)?;
     fs::write(out.join("README.txt"), readme(opts, &summary))?;
     Ok(summary)
 }
@@ -508,7 +508,8 @@ Layout
   MedicationStatements, AllergyIntolerances and DocumentReferences. Every entry is a POST with
   ifNoneExist on the resource's own business identifier, so loading a file again converges.
 - truth.csv: one row per Patient, saying which synthetic person it is and how it differs.
-- summary.json: the counts below, machine-readable.
+- summary.txt: the counts below, machine-readable (JSON; not named .json so that
+  `shcr import` of this folder reads only FHIR).
 
 Identifier systems
 - NHS number: https://fhir.nhs.uk/Id/nhs-number, all in the 999 test range, with the UK Core

@@ -11,7 +11,9 @@ use shcr::store::{Author, Store};
 use crate::common::TestApp;
 
 fn fixtures(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(sub)
 }
 
 async fn import(app: &TestApp, paths: &[PathBuf]) -> ImportReport {
@@ -27,11 +29,13 @@ async fn import(app: &TestApp, paths: &[PathBuf]) -> ImportReport {
 }
 
 async fn heads(app: &TestApp, resource_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM resource_head WHERE resource_type = $1 AND NOT deleted")
-        .bind(resource_type)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM resource_head WHERE resource_type = $1 AND NOT deleted",
+    )
+    .bind(resource_type)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
 }
 
 /// UK Core examples that are not valid R4 JSON even after dropping `fhir_comments`: the
@@ -39,16 +43,34 @@ async fn heads(app: &TestApp, resource_type: &str) -> i64 {
 /// example, whose GETs name another server.
 const UKCORE_REFUSED: &[(&str, &str)] = &[
     ("Extension-UKCore-CuffSize-Example.json", "Device.type"),
-    ("Extension-UKCore-ListWarningCode-Example.json", "List.subject"),
+    (
+        "Extension-UKCore-ListWarningCode-Example.json",
+        "List.subject",
+    ),
     ("UKCore-Bundle-Batch-Example.json", "Bundle.entry[0]"),
-    ("UKCore-Composition-Discharge-Example.json", "Composition.identifier"),
-    ("UKCore-Device-BloodPressure-Sphygmomanometer-Example.json", "Device.type"),
-    ("UKCore-Device-BloodSpotContainer-Example.json", "Device.type"),
+    (
+        "UKCore-Composition-Discharge-Example.json",
+        "Composition.identifier",
+    ),
+    (
+        "UKCore-Device-BloodPressure-Sphygmomanometer-Example.json",
+        "Device.type",
+    ),
+    (
+        "UKCore-Device-BloodSpotContainer-Example.json",
+        "Device.type",
+    ),
     ("UKCore-Device-ColostomyBag-Example.json", "Device.type"),
-    ("UKCore-Device-SoftwareAsAMedicalDevice-Example.json", "Device.type"),
+    (
+        "UKCore-Device-SoftwareAsAMedicalDevice-Example.json",
+        "Device.type",
+    ),
     ("UKCore-List-EmptyList-Example.json", "List.subject"),
     ("UKCore-List-Sn-NoAllergyData-Example.json", "List.subject"),
-    ("UKCore-QuestionnaireResponse-InpatientSurvey-Example.json", "QuestionnaireResponse.identifier"),
+    (
+        "UKCore-QuestionnaireResponse-InpatientSurvey-Example.json",
+        "QuestionnaireResponse.identifier",
+    ),
 ];
 
 #[tokio::test]
@@ -89,7 +111,9 @@ async fn synthea_bundles_import_with_references_resolved_across_files() {
     .await
     .unwrap();
     for reference in [
-        encounter["participant"][0]["individual"]["reference"].as_str().unwrap(),
+        encounter["participant"][0]["individual"]["reference"]
+            .as_str()
+            .unwrap(),
         encounter["serviceProvider"]["reference"].as_str().unwrap(),
     ] {
         assert!(!reference.contains('?'), "{reference}");
@@ -106,8 +130,15 @@ async fn synthea_bundles_import_with_references_resolved_across_files() {
         ],
     )
     .await;
-    assert_eq!(again.unchanged, 1191 * 3, "Location, Organization and Practitioner entries match");
-    assert_eq!(again.written, 1191, "PractitionerRole entries carry no If-None-Exist");
+    assert_eq!(
+        again.unchanged,
+        1191 * 3,
+        "Location, Organization and Practitioner entries match"
+    );
+    assert_eq!(
+        again.written, 1191,
+        "PractitionerRole entries carry no If-None-Exist"
+    );
     assert_eq!(app.count("resource_version").await, versions + 1191);
 }
 
@@ -116,10 +147,18 @@ async fn uk_core_examples_import_and_bad_files_are_named() {
     let app = TestApp::spawn().await;
     let report = import(&app, &[fixtures("ukcore")]).await;
     assert_eq!(report.files, 134);
-    assert_eq!(report.files_failed, UKCORE_REFUSED.len(), "{:#?}", report.errors);
+    assert_eq!(
+        report.files_failed,
+        UKCORE_REFUSED.len(),
+        "{:#?}",
+        report.errors
+    );
     for (file, location) in UKCORE_REFUSED {
         assert!(
-            report.errors.iter().any(|e| e.contains(file) && e.contains(location)),
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains(file) && e.contains(location)),
             "no error naming {file} at {location}: {:#?}",
             report.errors
         );
@@ -144,7 +183,11 @@ async fn uk_core_examples_import_and_bad_files_are_named() {
 async fn unreadable_files_are_reported_and_the_rest_imported() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a-broken.json"), "{\"resourceType\": \"Patient\",").unwrap();
+    std::fs::write(
+        dir.path().join("a-broken.json"),
+        "{\"resourceType\": \"Patient\",",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("b-good.ndjson"),
         format!(
@@ -158,7 +201,39 @@ async fn unreadable_files_are_reported_and_the_rest_imported() {
     assert_eq!(report.files, 2);
     assert_eq!(report.written, 2);
     assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
-    assert!(report.errors[0].contains("a-broken.json:1:"), "{}", report.errors[0]);
-    assert!(report.errors[1].contains("b-good.ndjson:3:") && report.errors[1].contains("Patient.gender"), "{}", report.errors[1]);
+    assert!(
+        report.errors[0].contains("a-broken.json:1:"),
+        "{}",
+        report.errors[0]
+    );
+    assert!(
+        report.errors[1].contains("b-good.ndjson:3:")
+            && report.errors[1].contains("Patient.gender"),
+        "{}",
+        report.errors[1]
+    );
     assert_eq!(heads(&app, "Patient").await, 2);
+}
+
+#[tokio::test]
+async fn a_generated_population_imports_without_errors() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("population");
+    let opts = shcr::generate::GenerateOptions {
+        persons: 60,
+        trusts: 3,
+        seed: 11,
+        ..Default::default()
+    };
+    let summary =
+        shcr::generate::write_to_dir(&opts, &out, &indicatif::ProgressBar::hidden()).unwrap();
+    let report = import(&app, &[out]).await;
+    assert!(report.errors.is_empty(), "{:#?}", report.errors);
+    assert_eq!(report.written, summary.resources);
+    assert_eq!(heads(&app, "Patient").await, summary.patient_records as i64);
+    // Re-importing converges: every entry carries If-None-Exist on its business identifier.
+    let again = import(&app, &[dir.path().join("population")]).await;
+    assert_eq!(again.written, 0, "{:#?}", again.errors);
+    assert_eq!(again.unchanged, summary.resources);
 }
