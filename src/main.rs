@@ -36,7 +36,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    // The demo talks to a person at a terminal: readable log lines unless asked otherwise.
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("SHCR_LOG_FORMAT").is_none() {
+        settings.log_format = "pretty".into();
+    }
     shcr::telemetry::init(&settings.log_format);
     match cli.command {
         Command::Serve => commands::serve::serve(settings).await,

@@ -1,6 +1,7 @@
 //! Bearer-token verification against an OIDC issuer: discovery document, JWKS (cached, refreshed
 //! on an unknown key id and after a maximum age), signature, issuer, audience, expiry.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -40,6 +41,13 @@ const ALLOWED: &[Algorithm] = &[
 /// make us hammer the issuer.
 const MIN_FORCED_REFRESH: Duration = Duration::from_secs(10);
 
+/// A verified token is trusted again without re-checking its signature for at most this long
+/// (never past its own `exp`): signature checks dominate the cost of a small read.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_CAPACITY: usize = 10_000;
+
+type TokenDigest = [u8; 32];
+
 struct Keys {
     set: JwkSet,
     fetched: Instant,
@@ -53,6 +61,7 @@ pub struct TokenVerifier {
     http: reqwest::Client,
     keys: RwLock<Option<Keys>>,
     refresh: Mutex<Option<Instant>>,
+    verified: std::sync::Mutex<HashMap<TokenDigest, (Caller, Instant)>>,
 }
 
 impl TokenVerifier {
@@ -68,6 +77,7 @@ impl TokenVerifier {
                 .expect("HTTP client"),
             keys: RwLock::new(None),
             refresh: Mutex::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,6 +139,11 @@ impl TokenVerifier {
             return Ok(());
         }
         let set = self.fetch_keys().await?;
+        let changed = self.keys.read().await.as_ref().map(|k| &k.set) != Some(&set);
+        if changed {
+            // Tokens verified with a key the issuer no longer publishes must be checked again.
+            self.verified.lock().expect("cache lock").clear();
+        }
         *self.keys.write().await = Some(Keys {
             set,
             fetched: Instant::now(),
@@ -148,6 +163,28 @@ impl TokenVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        use sha2::Digest;
+        let digest: TokenDigest = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some((caller, until)) = self.verified.lock().expect("cache lock").get(&digest)
+            && Instant::now() < *until
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, exp) = self.verify_uncached(token).await?;
+        let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+        let remaining = Duration::from_secs(exp.saturating_sub(now_unix).max(0) as u64);
+        let mut cache = self.verified.lock().expect("cache lock");
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(
+            digest,
+            (caller.clone(), Instant::now() + remaining.min(CACHE_TTL)),
+        );
+        Ok(caller)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Caller, i64), AuthError> {
         let header = decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         if !ALLOWED.contains(&header.alg) {
@@ -190,6 +227,10 @@ impl TokenVerifier {
                 other => format!("{other:?}"),
             })
         })?;
-        caller_from_claims(&data.claims).map_err(AuthError::Invalid)
+        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok((
+            caller_from_claims(&data.claims).map_err(AuthError::Invalid)?,
+            exp,
+        ))
     }
 }

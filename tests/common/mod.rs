@@ -90,12 +90,14 @@ pub struct TestApp {
 }
 
 pub fn test_settings(db_url: &str, key_dir: &std::path::Path) -> Settings {
-    let mut settings = Settings::default();
-    settings.database_url = Some(db_url.to_string());
-    settings.port = 0;
-    settings.workers = Some(2);
-    settings.db_max_connections = 8;
-    settings.max_body_bytes = 256 * 1024;
+    let mut settings = Settings {
+        database_url: Some(db_url.to_string()),
+        port: 0,
+        workers: Some(2),
+        db_max_connections: 8,
+        max_body_bytes: 256 * 1024,
+        ..Settings::default()
+    };
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = key_dir.join("dev-issuer.pem");
     settings
