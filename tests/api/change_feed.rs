@@ -65,7 +65,18 @@ async fn a_transaction_committing_late_is_not_skipped() {
     assert!(seen.is_empty(), "{seen:?}");
 
     early.commit().await.unwrap();
-    let (seen, _) = drain(&store, position).await;
+    // Transaction ids are cluster-wide: other databases' open transactions (other tests) can hold
+    // the snapshot horizon back for a moment, so poll with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut position = position;
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "only {seen:?} arrived");
+        let (ids, p) = drain(&store, position).await;
+        seen.extend(ids);
+        position = p;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(seen, vec!["early".to_string(), "late".to_string()]);
 }
 

@@ -109,7 +109,10 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-        shcr::telemetry::init("json");
+        // Server logs would drown the test output; TEST_LOG=1 shows them.
+        if std::env::var_os("TEST_LOG").is_some() {
+            shcr::telemetry::init("pretty");
+        }
         let db = TestDatabase::create().await;
         let key_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&db.url, key_dir.path());
