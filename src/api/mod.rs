@@ -38,6 +38,12 @@ async fn metadata(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
 fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(rest::method_not_allowed))
 }
@@ -52,6 +58,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/dev-issuer/jwks").route(web::get().to(dev_issuer::jwks)))
         .service(resource("/fhir/metadata").route(web::get().to(metadata)))
+        .service(
+            resource("/metrics")
+                .wrap(from_fn(middleware::authenticate))
+                .route(web::get().to(metrics_text)),
+        )
         .service(
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))

@@ -174,3 +174,31 @@ async fn request_ids_are_generated_when_absent() {
     let id = r.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }
+
+#[tokio::test]
+async fn metrics_need_a_token_and_count_requests() {
+    let app = TestApp::spawn().await;
+    let anonymous = app
+        .client
+        .get(format!("{}/metrics", app.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    app.get("Patient/unknown").await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.origin))
+        .header(AUTHORIZATION, format!("Bearer {}", app.trust_token("RX1")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("shcr_http_request_duration_seconds_count{interaction=\"read\",resource_type=\"Patient\",status_class=\"4xx\"}"),
+        "{text}"
+    );
+    assert!(text.contains("shcr_http_errors_total{status=\"404\"}"));
+}

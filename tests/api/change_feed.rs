@@ -111,7 +111,7 @@ async fn a_reader_racing_writers_sees_every_change_once() {
         let (ids, p) = drain(&store, position).await;
         seen.extend(ids);
         position = p;
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for w in writers {
         w.await.unwrap();
