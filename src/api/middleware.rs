@@ -58,6 +58,24 @@ pub async fn request_id(
     let route = request
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
+    let status = response.status().as_u16();
+    let resource_type = request
+        .match_info()
+        .get("type")
+        .filter(|t| crate::validation::is_resource_type(t))
+        .unwrap_or("");
+    crate::metrics::HTTP_REQUESTS
+        .with_label_values(&[
+            crate::metrics::interaction(method.as_str(), &route),
+            resource_type,
+            &format!("{}xx", status / 100),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    if status >= 400 {
+        crate::metrics::HTTP_ERRORS
+            .with_label_values(&[&status.to_string()])
+            .inc();
+    }
     let caller = request
         .extensions()
         .get::<Caller>()
