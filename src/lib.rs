@@ -10,6 +10,7 @@ pub mod generate;
 pub mod identity;
 pub mod import;
 pub mod interactions;
+pub mod search;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
