@@ -38,10 +38,6 @@ impl FhirType {
         MODEL.by_name.get(name).copied()
     }
 
-    pub fn is_primitive(self) -> bool {
-        self != FhirType::UNKNOWN && MODEL.types[self.0 as usize].kind == Kind::Primitive
-    }
-
     pub fn is_resource(self) -> bool {
         self != FhirType::UNKNOWN && MODEL.types[self.0 as usize].kind == Kind::Resource
     }
