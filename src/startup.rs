@@ -14,6 +14,8 @@ use crate::access::dev_issuer::DevIssuer;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::interactions::Repository;
+use crate::search::indexer::{IndexOptions, SearchIndex};
+use crate::search::params::Registry;
 use crate::store::Store;
 
 pub struct Application {
@@ -22,6 +24,7 @@ pub struct Application {
     issuer: String,
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
+    search: Arc<SearchIndex>,
     server: Server,
 }
 
@@ -79,10 +82,30 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let registry = Arc::new(
+            Registry::load(settings.search_params_dir.as_deref())
+                .context("loading search parameters")?,
+        );
+        for (url, why) in registry.unsupported() {
+            tracing::warn!(parameter = %url, reason = %why, "search parameter not supported");
+        }
+        let search = crate::search::indexer::start(
+            store.clone(),
+            registry.clone(),
+            IndexOptions {
+                dir: settings.index_dir.clone(),
+                base: base_url.clone(),
+            },
+        )
+        .await
+        .context("opening the search index")?;
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
-            capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
-                .to_string(),
+            capability_statement: api::capabilities::capability_statement(
+                &base_url, &issuer, &registry,
+            )
+            .to_string(),
+            search: search.clone(),
             base_url,
             max_body_bytes: settings.max_body_bytes,
             verifier,
@@ -109,6 +132,7 @@ impl Application {
             issuer,
             dev_issuer,
             store,
+            search,
             server,
         })
     }
@@ -136,6 +160,10 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn search(&self) -> Arc<SearchIndex> {
+        self.search.clone()
     }
 
     pub fn handle(&self) -> ServerHandle {

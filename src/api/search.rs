@@ -30,9 +30,11 @@ fn pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
 impl From<SearchError> for ApiError {
     fn from(e: SearchError) -> ApiError {
         match e {
-            SearchError::Index(i) => {
-                ApiError::http(StatusCode::SERVICE_UNAVAILABLE, IssueType::Transient, i.to_string())
-            }
+            SearchError::Index(i) => ApiError::http(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueType::Transient,
+                i.to_string(),
+            ),
             SearchError::Plan(crate::search::plan::PlanError::TooCostly(m)) => {
                 ApiError::http(StatusCode::BAD_REQUEST, IssueType::TooCostly, m)
             }
@@ -64,14 +66,21 @@ fn shape(row: &VersionRow, q: &SearchQuery) -> Option<String> {
             return true;
         }
         if !q.elements.is_empty() {
-            return q.elements.iter().any(|e| e == name || is_choice_of(name, e));
+            return q
+                .elements
+                .iter()
+                .any(|e| e == name || is_choice_of(name, e));
         }
         match q.summary {
             Summary::Text => matches!(name, "text" | "id" | "meta"),
             Summary::Data => name != "text",
             Summary::True => crate::validation::summary_elements(&row.resource_type)
                 .iter()
-                .any(|e| e == name || e.strip_suffix("[x]").is_some_and(|stem| is_choice_of(name, stem))),
+                .any(|e| {
+                    e == name
+                        || e.strip_suffix("[x]")
+                            .is_some_and(|stem| is_choice_of(name, stem))
+                }),
             _ => true,
         }
     };
@@ -111,11 +120,12 @@ async fn run(
     compartment: Option<&str>,
     path: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = parse(&state.search.registry, types, &params, lenient(req))
-        .map_err(|e| ApiError::Http {
+    let mut q = parse(&state.search.registry, types, &params, lenient(req)).map_err(|e| {
+        ApiError::Http {
             status: StatusCode::BAD_REQUEST,
             issue: e.issue(),
-        })?;
+        }
+    })?;
     if let Some(patient) = compartment {
         q.clauses.push(compartment_clause(patient));
     }
@@ -161,7 +171,10 @@ async fn run(
     for (rows, mode) in [(&result.matches, "match"), (&result.includes, "include")] {
         for row in rows {
             bundle.entry.push(BundleEntry {
-                full_url: Some(format!("{}/{}/{}", state.base_url, row.resource_type, row.id)),
+                full_url: Some(format!(
+                    "{}/{}/{}",
+                    state.base_url, row.resource_type, row.id
+                )),
                 resource: shape(row, &q).and_then(raw),
                 search: Some(json!({ "mode": mode })),
                 request: None,

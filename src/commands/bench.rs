@@ -111,6 +111,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     settings.port = 0;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = temp.join("key.pem");
+    settings.index_dir = Some(temp.join("index"));
     settings.max_body_bytes = 64 * 1024 * 1024;
     settings.db_max_connections = 32;
     let result = bench(settings, &args).await;

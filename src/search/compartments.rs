@@ -42,7 +42,11 @@ mod tests {
     #[test]
     fn observation_and_allergy_params() {
         assert!(patient_params("Observation").iter().any(|p| p == "subject"));
-        assert!(patient_params("AllergyIntolerance").iter().any(|p| p == "patient"));
+        assert!(
+            patient_params("AllergyIntolerance")
+                .iter()
+                .any(|p| p == "patient")
+        );
         assert!(patient_params("Organization").is_empty());
     }
 }

@@ -7,10 +7,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
+use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, DocPredicateQuery, FunctionPredicate, Occur, Query, TermSetQuery};
+use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
+use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
 use tantivy::{DocAddress, DocId, Score, SegmentReader, Term};
 
 use super::extract::IndexValue;
@@ -132,8 +133,13 @@ impl RankReader {
                         }
                         packed_loaded = true;
                     }
-                    super::index::unpack_sort_key(&self.buf, code)
-                        .map(|(min, max)| if s.descending { max.to_vec() } else { min.to_vec() })
+                    super::index::unpack_sort_key(&self.buf, code).map(|(min, max)| {
+                        if s.descending {
+                            max.to_vec()
+                        } else {
+                            min.to_vec()
+                        }
+                    })
                 }
             };
             keys.push(key);
@@ -168,7 +174,10 @@ fn encode_cursor(rank: &Rank, backwards: bool) -> String {
     let keys: Vec<Option<String>> = rank
         .keys
         .iter()
-        .map(|k| k.as_ref().map(|b| b.iter().map(|x| format!("{x:02x}")).collect()))
+        .map(|k| {
+            k.as_ref()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        })
         .collect();
     URL_SAFE_NO_PAD.encode(serde_json::json!({"k": keys, "b": backwards}).to_string())
 }
@@ -199,10 +208,12 @@ fn beyond(cursor: Rank, sort: Vec<SortKey>, backwards: bool) -> Box<dyn Query> {
     let descending = cursor.descending.clone();
     let cursor = Arc::new(cursor);
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
-        let mut reader = RankReader::new(segment, &sort, descending.clone());
+        // The predicate must be `Fn + Sync`; the reader's scratch buffer sits behind a lock
+        // nobody contends (one segment is searched by one thread).
+        let reader = std::sync::Mutex::new(RankReader::new(segment, &sort, descending.clone()));
         let cursor = cursor.clone();
         Ok(move |doc: DocId| {
-            let r = reader.rank(doc);
+            let r = reader.lock().expect("rank reader").rank(doc);
             match r.partial_cmp(&cursor) {
                 Some(Ordering::Less) => !backwards,
                 Some(Ordering::Greater) => backwards,
@@ -219,7 +230,11 @@ pub struct Engine<'a> {
 }
 
 impl Engine<'_> {
-    pub async fn search(&self, q: &SearchQuery, policy: PolicyFilter) -> Result<SearchResult, SearchError> {
+    pub async fn search(
+        &self,
+        q: &SearchQuery,
+        policy: PolicyFilter,
+    ) -> Result<SearchResult, SearchError> {
         self.index.wait_fresh(FRESHNESS_TIMEOUT).await?;
         let searcher = self.index.searcher();
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
@@ -232,7 +247,10 @@ impl Engine<'_> {
         if let Some(policy) = policy {
             // The policy is part of the query before any counting or paging: pages stay full
             // and totals true.
-            query = Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, policy)]));
+            query = Box::new(BooleanQuery::new(vec![
+                (Occur::Must, query),
+                (Occur::Must, policy),
+            ]));
         }
         let total = match (q.total, q.summary) {
             (_, Summary::Count) | (TotalMode::Accurate | TotalMode::Estimate, _) => {
@@ -254,7 +272,8 @@ impl Engine<'_> {
         let descending = descending_flags(&sort);
         let (cursor, backwards) = match &q.cursor {
             Some(c) => {
-                let (rank, backwards) = decode_cursor(c, descending.clone()).ok_or(SearchError::BadCursor)?;
+                let (rank, backwards) =
+                    decode_cursor(c, descending.clone()).ok_or(SearchError::BadCursor)?;
                 (Some(rank), backwards)
             }
             None => (None, false),
@@ -269,9 +288,13 @@ impl Engine<'_> {
         let limit = q.count + 1;
         let (sort_for_collector, flags) = (sort.clone(), descending.clone());
         let collector = TopDocs::with_limit(limit).tweak_score(move |segment: &SegmentReader| {
-            let mut reader = RankReader::new(segment, &sort_for_collector, flags.clone());
+            let reader = std::cell::RefCell::new(RankReader::new(
+                segment,
+                &sort_for_collector,
+                flags.clone(),
+            ));
             move |doc: DocId, _score: Score| {
-                let r = reader.rank(doc);
+                let r = reader.borrow_mut().rank(doc);
                 // Walking backwards, the documents nearest the cursor come first.
                 Reversed {
                     rank: r,
@@ -372,7 +395,11 @@ impl Engine<'_> {
                     }
                     let codes = self.include_codes(t, inc);
                     for code in codes {
-                        for v in planner.packed_values(std::slice::from_ref(d), &code)?.into_iter().flatten() {
+                        for v in planner
+                            .packed_values(std::slice::from_ref(d), &code)?
+                            .into_iter()
+                            .flatten()
+                        {
                             if let IndexValue::Reference {
                                 resource_type: Some(rt),
                                 id: Some(id),
@@ -424,7 +451,10 @@ impl Engine<'_> {
                 }
             }
             first_round = false;
-            let new: Vec<(String, String)> = found.into_iter().filter(|k| seen.insert(k.clone())).collect();
+            let new: Vec<(String, String)> = found
+                .into_iter()
+                .filter(|k| seen.insert(k.clone()))
+                .collect();
             if new.is_empty() {
                 break;
             }
@@ -452,7 +482,12 @@ impl Engine<'_> {
         Ok(out)
     }
 
-    fn docs_for(&self, planner: &Planner<'_>, t: &str, id: &str) -> Result<Vec<DocAddress>, SearchError> {
+    fn docs_for(
+        &self,
+        planner: &Planner<'_>,
+        t: &str,
+        id: &str,
+    ) -> Result<Vec<DocAddress>, SearchError> {
         let key = Term::from_field_text(self.index.fields.key, &format!("{t}/{id}"));
         let hits = planner.searcher.search(
             &tantivy::query::TermQuery::new(key, tantivy::schema::IndexRecordOption::Basic),

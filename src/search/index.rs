@@ -133,7 +133,9 @@ pub fn is_local(url: &str, base: &str) -> bool {
 fn sort_key(value: &IndexValue) -> Option<Vec<u8>> {
     Some(match value {
         IndexValue::String { normalised, .. } => normalised.as_bytes().to_vec(),
-        IndexValue::Token { code, text, .. } => code.as_ref().or(text.as_ref())?.as_bytes().to_vec(),
+        IndexValue::Token { code, text, .. } => {
+            code.as_ref().or(text.as_ref())?.as_bytes().to_vec()
+        }
         IndexValue::Reference { url, .. } => url.as_bytes().to_vec(),
         IndexValue::Date { low, .. } => hex_i64(*low).into_bytes(),
         IndexValue::Number { value, .. } | IndexValue::Quantity { value, .. } => {
@@ -170,7 +172,7 @@ pub fn pack_sort_keys(extracted: &[Extracted<'_>]) -> Vec<u8> {
 /// The (smallest, largest) sort keys of `code` in packed sort keys.
 pub fn unpack_sort_key<'a>(bytes: &'a [u8], code: &str) -> Option<(&'a [u8], &'a [u8])> {
     let mut rest = bytes;
-    let mut take = |rest: &mut &'a [u8]| -> Option<&'a [u8]> {
+    let take = |rest: &mut &'a [u8]| -> Option<&'a [u8]> {
         let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
         let part = rest.get(4..4 + len)?;
         *rest = &rest[4 + len..];
@@ -187,7 +189,13 @@ pub fn unpack_sort_key<'a>(bytes: &'a [u8], code: &str) -> Option<(&'a [u8], &'a
     None
 }
 
-fn add_values(doc: &mut TantivyDocument, f: &Fields, code: &str, values: &[IndexValue], base: &str) {
+fn add_values(
+    doc: &mut TantivyDocument,
+    f: &Fields,
+    code: &str,
+    values: &[IndexValue],
+    base: &str,
+) {
     for v in values {
         match v {
             IndexValue::String { normalised, exact } => {
@@ -213,7 +221,10 @@ fn add_values(doc: &mut TantivyDocument, f: &Fields, code: &str, values: &[Index
                 }
                 if let Some(text) = text {
                     let folded = super::normalise::fold_string(text);
-                    for word in folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                    for word in folded
+                        .split(|c: char| !c.is_alphanumeric())
+                        .filter(|w| !w.is_empty())
+                    {
                         doc.add_text(f.token_text, join(&[code, word]));
                     }
                 }
@@ -234,8 +245,14 @@ fn add_values(doc: &mut TantivyDocument, f: &Fields, code: &str, values: &[Index
                     }
                 }
                 if let Some((system, value)) = identifier {
-                    doc.add_text(f.reference_identifier, join(&[code, system.as_deref().unwrap_or(""), value]));
-                    doc.add_text(f.reference_identifier, join(&[code, &ANY.to_string(), value]));
+                    doc.add_text(
+                        f.reference_identifier,
+                        join(&[code, system.as_deref().unwrap_or(""), value]),
+                    );
+                    doc.add_text(
+                        f.reference_identifier,
+                        join(&[code, &ANY.to_string(), value]),
+                    );
                 }
             }
             IndexValue::Date { low, high } => {
@@ -252,18 +269,18 @@ fn add_values(doc: &mut TantivyDocument, f: &Fields, code: &str, values: &[Index
                 unit,
                 ..
             } => {
-                for q in quantity_qualifiers(system.as_deref(), unit_code.as_deref(), unit.as_deref()) {
+                for q in
+                    quantity_qualifiers(system.as_deref(), unit_code.as_deref(), unit.as_deref())
+                {
                     doc.add_text(f.number, join(&[code, &q, &hex_f64(*value)]));
                 }
             }
             IndexValue::Uri(u) => doc.add_text(f.uri, join(&[code, u])),
-            IndexValue::Composite(items) => {
+            IndexValue::Composite(parts) => {
                 // Components are indexed under `code$i` so terms can pre-select candidates; the
                 // packed items decide which components belong together.
-                for item in items {
-                    for (i, component) in item.iter().enumerate() {
-                        add_values(doc, f, &format!("{code}${i}"), component, base);
-                    }
+                for (i, component) in parts.iter().enumerate() {
+                    add_values(doc, f, &format!("{code}${i}"), component, base);
                 }
             }
             IndexValue::Position { .. } => {}
@@ -272,7 +289,12 @@ fn add_values(doc: &mut TantivyDocument, f: &Fields, code: &str, values: &[Index
 }
 
 /// The document for a resource's current version.
-pub fn document(f: &Fields, registry: &Registry, base: &str, row: &IndexRow<'_>) -> TantivyDocument {
+pub fn document(
+    f: &Fields,
+    registry: &Registry,
+    base: &str,
+    row: &IndexRow<'_>,
+) -> TantivyDocument {
     let mut doc = TantivyDocument::new();
     doc.add_text(f.resource_type, row.resource_type);
     doc.add_text(f.id, row.id);

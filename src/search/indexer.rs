@@ -155,7 +155,11 @@ pub async fn start(
         if position.is_none() {
             let started = Instant::now();
             match indexer.rebuild(|_| {}).await {
-                Ok(n) => tracing::info!(resources = n, seconds = started.elapsed().as_secs_f64(), "search index built"),
+                Ok(n) => tracing::info!(
+                    resources = n,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "search index built"
+                ),
                 Err(e) => tracing::error!(error = %e, "building the search index failed"),
             }
         }
@@ -188,9 +192,11 @@ impl Indexer {
         let restart = self.store.feed_restart_point().await?;
         {
             let writer = self.writer.clone();
-            tokio::task::spawn_blocking(move || writer.lock().expect("writer").delete_all_documents())
-                .await
-                .expect("join")?;
+            tokio::task::spawn_blocking(move || {
+                writer.lock().expect("writer").delete_all_documents()
+            })
+            .await
+            .expect("join")?;
         }
         let mut after: Option<(String, String)> = None;
         let mut total = 0;
@@ -267,7 +273,11 @@ impl Indexer {
     async fn poll(&mut self) -> Result<bool, IndexError> {
         let poll = self.store.poll_feed(self.position, BATCH).await?;
         let mut changed: Vec<&Change> = poll.ordered.iter().collect();
-        changed.extend(poll.above.iter().filter(|c| !self.applied_above.contains(&c.position)));
+        changed.extend(
+            poll.above
+                .iter()
+                .filter(|c| !self.applied_above.contains(&c.position)),
+        );
         if changed.is_empty() {
             return Ok(false);
         }
@@ -310,7 +320,9 @@ impl Indexer {
         self.applied_above.retain(|p| *p > position);
         self.commit().await?;
         if let Some(newest) = newest {
-            let lag = (time::OffsetDateTime::now_utc() - newest).as_seconds_f64().max(0.0);
+            let lag = (time::OffsetDateTime::now_utc() - newest)
+                .as_seconds_f64()
+                .max(0.0);
             *self.shared.lag_seconds.lock().expect("lag lock") = lag;
             crate::metrics::INDEX_LAG.set(lag);
         }
@@ -346,7 +358,8 @@ impl Indexer {
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, failures, "search indexing failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
+                        .await;
                     continue;
                 }
             };

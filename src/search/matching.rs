@@ -13,7 +13,14 @@ fn date_slack(low: i64, now: i64) -> i64 {
     ((now - low).abs() / 10).max(DAY)
 }
 
-pub fn date_matches(prefix: Prefix, v_low: i64, v_high: i64, q_low: i64, q_high: i64, now: i64) -> bool {
+pub fn date_matches(
+    prefix: Prefix,
+    v_low: i64,
+    v_high: i64,
+    q_low: i64,
+    q_high: i64,
+    now: i64,
+) -> bool {
     let contained = v_low >= q_low && v_high <= q_high;
     match prefix {
         Prefix::Eq => contained,
@@ -76,7 +83,10 @@ pub fn quantity_unit_matches(
 /// Every word of `query` (folded) starts a word of `text` (folded).
 pub fn words_match(query: &str, text: &str) -> bool {
     let folded = fold_string(text);
-    let words: Vec<&str> = folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = folded
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
     query
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -97,11 +107,15 @@ pub fn reference_matches(v: &IndexValue, m: &ReferenceMatch, base: &str) -> bool
         return false;
     };
     match m {
-        ReferenceMatch::Local { resource_type: t, id: want } => {
+        ReferenceMatch::Local {
+            resource_type: t,
+            id: want,
+        } => {
             let local = !url.contains("://") || url.starts_with(base);
             local
                 && id.as_deref() == Some(want.as_str())
-                && t.as_ref().is_none_or(|t| resource_type.as_deref() == Some(t.as_str()))
+                && t.as_ref()
+                    .is_none_or(|t| resource_type.as_deref() == Some(t.as_str()))
         }
         ReferenceMatch::Url(u) => url == u,
         ReferenceMatch::Identifier { system, value } => identifier
@@ -119,43 +133,85 @@ pub fn value_matches(v: &IndexValue, p: &ValuePredicate, base: &str, now: i64) -
                 StringMode::Exact => exact == text,
             }
         }
-        (ValuePredicate::Token { system, code }, IndexValue::Token { system: vs, code: vc, .. }) => {
+        (
+            ValuePredicate::Token { system, code },
+            IndexValue::Token {
+                system: vs,
+                code: vc,
+                ..
+            },
+        ) => {
             system_matches(system, vs.as_deref())
                 && match code {
                     None => vs.is_some(),
                     Some(c) => vc.as_deref() == Some(c.as_str()),
                 }
         }
-        (ValuePredicate::TokenText(q), IndexValue::Token { text: Some(t), .. }) => words_match(q, t),
+        (ValuePredicate::TokenText(q), IndexValue::Token { text: Some(t), .. }) => {
+            words_match(q, t)
+        }
         (
-            ValuePredicate::OfType { type_system, type_code, value },
-            IndexValue::Token { code, of_type: Some((ts, tc)), .. },
+            ValuePredicate::OfType {
+                type_system,
+                type_code,
+                value,
+            },
+            IndexValue::Token {
+                code,
+                of_type: Some((ts, tc)),
+                ..
+            },
         ) => ts == type_system && tc == type_code && code.as_deref() == Some(value.as_str()),
-        (ValuePredicate::Reference(m), v @ IndexValue::Reference { .. }) => reference_matches(v, m, base),
+        (ValuePredicate::Reference(m), v @ IndexValue::Reference { .. }) => {
+            reference_matches(v, m, base)
+        }
         (ValuePredicate::Date { prefix, low, high }, IndexValue::Date { low: vl, high: vh }) => {
             date_matches(*prefix, *vl, *vh, *low, *high, now)
         }
-        (ValuePredicate::Number { prefix, value, low, high }, IndexValue::Number { value: v, .. }) => {
-            number_matches(*prefix, *v, *value, *low, *high)
-        }
         (
-            ValuePredicate::Quantity { prefix, value, low, high, qualifier },
-            IndexValue::Quantity { value: v, system, code, unit, .. },
+            ValuePredicate::Number {
+                prefix,
+                value,
+                low,
+                high,
+            },
+            IndexValue::Number { value: v, .. },
+        ) => number_matches(*prefix, *v, *value, *low, *high),
+        (
+            ValuePredicate::Quantity {
+                prefix,
+                value,
+                low,
+                high,
+                qualifier,
+            },
+            IndexValue::Quantity {
+                value: v,
+                system,
+                code,
+                unit,
+                ..
+            },
         ) => {
-            quantity_unit_matches(qualifier, system.as_deref(), code.as_deref(), unit.as_deref())
-                && number_matches(*prefix, *v, *value, *low, *high)
+            quantity_unit_matches(
+                qualifier,
+                system.as_deref(),
+                code.as_deref(),
+                unit.as_deref(),
+            ) && number_matches(*prefix, *v, *value, *low, *high)
         }
         (ValuePredicate::Uri { mode, uri }, IndexValue::Uri(v)) => match mode {
             UriMode::Exact => v == uri,
             UriMode::Below => v.starts_with(uri.as_str()),
             UriMode::Above => uri.starts_with(v.as_str()),
         },
-        (ValuePredicate::Composite(parts), IndexValue::Composite(items)) => items.iter().any(|item| {
-            item.len() == parts.len()
-                && parts.iter().zip(item).all(|(p, values)| {
-                    values.iter().any(|v| value_matches(v, p, base, now))
-                })
-        }),
+        (ValuePredicate::Composite(parts), IndexValue::Composite(components)) => {
+            components.len() == parts.len()
+                && parts
+                    .iter()
+                    .zip(components)
+                    .all(|(p, values)| values.iter().any(|v| value_matches(v, p, base, now)))
+        }
         _ => false,
     }
 }
@@ -173,12 +229,47 @@ mod tests {
         let straddling = (1_575_158_400_000_000, june.1);
         let now = 1_800_000_000_000_000;
         assert!(date_matches(Prefix::Eq, june.0, june.1, ql, qh, now));
-        assert!(!date_matches(Prefix::Eq, straddling.0, straddling.1, ql, qh, now));
-        assert!(date_matches(Prefix::Ne, straddling.0, straddling.1, ql, qh, now));
+        assert!(!date_matches(
+            Prefix::Eq,
+            straddling.0,
+            straddling.1,
+            ql,
+            qh,
+            now
+        ));
+        assert!(date_matches(
+            Prefix::Ne,
+            straddling.0,
+            straddling.1,
+            ql,
+            qh,
+            now
+        ));
         assert!(date_matches(Prefix::Ge, june.0, june.1, ql, qh, now));
-        assert!(!date_matches(Prefix::Ge, straddling.0, straddling.1, ql, qh, now));
-        assert!(date_matches(Prefix::Le, straddling.0, straddling.1, ql, qh, now));
-        assert!(date_matches(Prefix::Lt, straddling.0, straddling.1, ql, qh, now));
+        assert!(!date_matches(
+            Prefix::Ge,
+            straddling.0,
+            straddling.1,
+            ql,
+            qh,
+            now
+        ));
+        assert!(date_matches(
+            Prefix::Le,
+            straddling.0,
+            straddling.1,
+            ql,
+            qh,
+            now
+        ));
+        assert!(date_matches(
+            Prefix::Lt,
+            straddling.0,
+            straddling.1,
+            ql,
+            qh,
+            now
+        ));
         assert!(!date_matches(Prefix::Gt, june.0, june.1, ql, qh, now));
         assert!(date_matches(Prefix::Sa, qh + 1, qh + 2, ql, qh, now));
         assert!(date_matches(Prefix::Eb, ql - 2, ql - 1, ql, qh, now));
@@ -196,10 +287,25 @@ mod tests {
 
     #[test]
     fn quantity_units() {
-        assert!(quantity_unit_matches("http://unitsofmeasure.org|mg", Some("http://unitsofmeasure.org"), Some("mg"), None));
+        assert!(quantity_unit_matches(
+            "http://unitsofmeasure.org|mg",
+            Some("http://unitsofmeasure.org"),
+            Some("mg"),
+            None
+        ));
         assert!(quantity_unit_matches("|mg", None, None, Some("mg")));
-        assert!(!quantity_unit_matches("http://unitsofmeasure.org|g", Some("http://unitsofmeasure.org"), Some("mg"), None));
-        assert!(quantity_unit_matches(super::super::terms::any(), None, None, None));
+        assert!(!quantity_unit_matches(
+            "http://unitsofmeasure.org|g",
+            Some("http://unitsofmeasure.org"),
+            Some("mg"),
+            None
+        ));
+        assert!(quantity_unit_matches(
+            super::super::terms::any(),
+            None,
+            None,
+            None
+        ));
     }
 
     #[test]

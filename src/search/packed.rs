@@ -109,16 +109,13 @@ impl Writer {
                 self.u8(7);
                 self.str(u);
             }
-            IndexValue::Composite(items) => {
+            IndexValue::Composite(components) => {
                 self.u8(8);
-                self.u32(items.len() as u32);
-                for item in items {
-                    self.u32(item.len() as u32);
-                    for component in item {
-                        self.u32(component.len() as u32);
-                        for v in component {
-                            self.value(v);
-                        }
+                self.u32(components.len() as u32);
+                for component in components {
+                    self.u32(component.len() as u32);
+                    for v in component {
+                        self.value(v);
                     }
                 }
             }
@@ -165,13 +162,16 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn i64(&mut self) -> Option<i64> {
-        self.take(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn f64(&mut self) -> Option<f64> {
-        self.take(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn str(&mut self) -> Option<&'a str> {
         let n = self.u32()? as usize;
@@ -227,20 +227,15 @@ impl<'a> Reader<'a> {
             },
             7 => IndexValue::Uri(self.str()?.to_string()),
             8 => {
-                let items = self.u32()?;
-                let mut out = Vec::with_capacity(items as usize);
-                for _ in 0..items {
-                    let components = self.u32()?;
-                    let mut item = Vec::with_capacity(components as usize);
-                    for _ in 0..components {
-                        let n = self.u32()?;
-                        let mut values = Vec::with_capacity(n as usize);
-                        for _ in 0..n {
-                            values.push(self.value()?);
-                        }
-                        item.push(values);
+                let components = self.u32()?;
+                let mut out = Vec::with_capacity(components as usize);
+                for _ in 0..components {
+                    let n = self.u32()?;
+                    let mut values = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        values.push(self.value()?);
                     }
-                    out.push(item);
+                    out.push(values);
                 }
                 IndexValue::Composite(out)
             }
@@ -258,7 +253,9 @@ pub fn unpack(bytes: &[u8], code: &str) -> Vec<IndexValue> {
     let mut r = Reader(bytes);
     while let Some(c) = r.str() {
         let Some(len) = r.u32() else { break };
-        let Some(body) = r.take(len as usize) else { break };
+        let Some(body) = r.take(len as usize) else {
+            break;
+        };
         if c == code {
             let mut b = Reader(body);
             let n = b.u32().unwrap_or(0);
@@ -274,8 +271,11 @@ mod tests {
 
     #[test]
     fn groups_round_trip_and_are_found_by_code() {
-        let dates = vec![IndexValue::Date { low: 1, high: 2 }, IndexValue::Date { low: -5, high: 9 }];
-        let composite = vec![IndexValue::Composite(vec![vec![
+        let dates = vec![
+            IndexValue::Date { low: 1, high: 2 },
+            IndexValue::Date { low: -5, high: 9 },
+        ];
+        let composite = vec![IndexValue::Composite(vec![
             vec![IndexValue::Token {
                 system: Some("http://loinc.org".into()),
                 code: Some("8480-6".into()),
@@ -290,8 +290,14 @@ mod tests {
                 code: Some("mm[Hg]".into()),
                 unit: None,
             }],
-        ]])];
-        let bytes = pack([("date", dates.as_slice()), ("code-value-quantity", composite.as_slice())].into_iter());
+        ])];
+        let bytes = pack(
+            [
+                ("date", dates.as_slice()),
+                ("code-value-quantity", composite.as_slice()),
+            ]
+            .into_iter(),
+        );
         assert_eq!(unpack(&bytes, "date"), dates);
         assert_eq!(unpack(&bytes, "code-value-quantity"), composite);
         assert!(unpack(&bytes, "missing").is_empty());

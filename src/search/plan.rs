@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
+use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
 use tantivy::query::{
-    AllQuery, BooleanQuery, DocPredicateQuery, EmptyQuery, FunctionPredicate, Occur, Query,
-    RangeQuery, RegexQuery, TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
+    TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Searcher, SegmentReader, Term};
@@ -17,7 +18,9 @@ use super::extract::IndexValue;
 use super::indexer::SearchIndex;
 use super::matching::value_matches;
 use super::params::ParamType;
-use super::query::{Clause, Prefix, ReferenceMatch, StringMode, SystemMatch, UriMode, ValuePredicate};
+use super::query::{
+    Clause, Prefix, ReferenceMatch, StringMode, SystemMatch, UriMode, ValuePredicate,
+};
 use super::terms::{ANY, hex_f64, hex_i64, join, prefix, prefix_end};
 
 /// Sub-searches (chains, `_has`) may produce at most this many ids.
@@ -29,6 +32,8 @@ pub enum PlanError {
     TooCostly(String),
     #[error(transparent)]
     Tantivy(#[from] tantivy::TantivyError),
+    #[error("reading the index: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 type Q = Box<dyn Query>;
@@ -59,7 +64,9 @@ fn all(qs: Vec<Q>) -> Q {
     match qs.len() {
         0 => Box::new(AllQuery),
         1 => qs.into_iter().next().expect("one"),
-        _ => Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Must, q)).collect())),
+        _ => Box::new(BooleanQuery::new(
+            qs.into_iter().map(|q| (Occur::Must, q)).collect(),
+        )),
     }
 }
 
@@ -67,12 +74,17 @@ fn any_of(qs: Vec<Q>) -> Q {
     match qs.len() {
         0 => Box::new(EmptyQuery),
         1 => qs.into_iter().next().expect("one"),
-        _ => Box::new(BooleanQuery::new(qs.into_iter().map(|q| (Occur::Should, q)).collect())),
+        _ => Box::new(BooleanQuery::new(
+            qs.into_iter().map(|q| (Occur::Should, q)).collect(),
+        )),
     }
 }
 
 fn not(q: Q) -> Q {
-    Box::new(BooleanQuery::new(vec![(Occur::Must, Box::new(AllQuery)), (Occur::MustNot, q)]))
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, Box::new(AllQuery)),
+        (Occur::MustNot, q),
+    ]))
 }
 
 /// The packed values of `code` on a document decide the match.
@@ -83,11 +95,14 @@ fn packed_predicate(index: &SearchIndex, code: &str, p: ValuePredicate, now: i64
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
         let column = segment.fast_fields().bytes("packed")?;
         let (code, base, p) = (code.clone(), base.clone(), p.clone());
-        let mut buf = Vec::new();
         Ok(move |doc: DocId| {
-            let Some(column) = column.as_ref() else { return false };
-            let Some(ord) = column.term_ords(doc).next() else { return false };
-            buf.clear();
+            let Some(column) = column.as_ref() else {
+                return false;
+            };
+            let Some(ord) = column.term_ords(doc).next() else {
+                return false;
+            };
+            let mut buf = Vec::new();
             if !column.ord_to_bytes(ord, &mut buf).unwrap_or(false) {
                 return false;
             }
@@ -148,7 +163,11 @@ impl Planner<'_> {
                 narrative_only,
                 text,
             } => {
-                let field = if *narrative_only { f.narrative } else { f.content };
+                let field = if *narrative_only {
+                    f.narrative
+                } else {
+                    f.content
+                };
                 let mut analyzer = self
                     .index
                     .index
@@ -175,7 +194,9 @@ impl Planner<'_> {
                 let targets = self.matching_keys(target_types, std::slice::from_ref(inner))?;
                 let terms: Vec<Term> = targets
                     .iter()
-                    .map(|(t, id)| Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")])))
+                    .map(|(t, id)| {
+                        Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
+                    })
                     .collect();
                 if terms.is_empty() {
                     Box::new(EmptyQuery)
@@ -188,7 +209,10 @@ impl Planner<'_> {
                 reference_code,
                 inner,
             } => {
-                let sources = self.matching_docs(std::slice::from_ref(source_type), std::slice::from_ref(inner))?;
+                let sources = self.matching_docs(
+                    std::slice::from_ref(source_type),
+                    std::slice::from_ref(inner),
+                )?;
                 let mut ids = BTreeSet::new();
                 for values in self.packed_values(&sources, reference_code)? {
                     for v in values {
@@ -210,7 +234,10 @@ impl Planner<'_> {
                         "_has matches more than {MAX_INTERMEDIATE} resources; narrow it"
                     )));
                 }
-                let terms: Vec<Term> = ids.iter().map(|id| Term::from_field_text(f.id, id)).collect();
+                let terms: Vec<Term> = ids
+                    .iter()
+                    .map(|id| Term::from_field_text(f.id, id))
+                    .collect();
                 if terms.is_empty() {
                     Box::new(EmptyQuery)
                 } else {
@@ -287,7 +314,11 @@ impl Planner<'_> {
                 Some(ord) => col.ord_to_bytes(ord, &mut buf)?,
                 None => false,
             };
-            out.push(if found { super::packed::unpack(&buf, code) } else { Vec::new() });
+            out.push(if found {
+                super::packed::unpack(&buf, code)
+            } else {
+                Vec::new()
+            });
         }
         Ok(out)
     }
@@ -323,7 +354,11 @@ impl Planner<'_> {
                     .filter(|w| !w.is_empty())
                     .map(|w| prefixed(f.token_text, format!("{p}{w}")))
                     .collect();
-                if words.is_empty() { Box::new(EmptyQuery) } else { all(words) }
+                if words.is_empty() {
+                    Box::new(EmptyQuery)
+                } else {
+                    all(words)
+                }
             }
             ValuePredicate::OfType {
                 type_system,
@@ -334,37 +369,72 @@ impl Planner<'_> {
                 &join(&[&format!("{code}:of-type"), type_system, type_code, value]),
             ),
             ValuePredicate::Reference(m) => self.reference(code, m),
-            ValuePredicate::Date { prefix: pre, low, high } => {
+            ValuePredicate::Date {
+                prefix: pre,
+                low,
+                high,
+            } => {
                 let lo = |b: Bound<i64>, t: Bound<i64>| {
-                    range(f.low, bound_hex(&p, b, Side::Low), bound_hex(&p, t, Side::High))
+                    range(
+                        f.low,
+                        bound_hex(&p, b, Side::Low),
+                        bound_hex(&p, t, Side::High),
+                    )
                 };
                 let hi = |b: Bound<i64>, t: Bound<i64>| {
-                    range(f.high, bound_hex(&p, b, Side::Low), bound_hex(&p, t, Side::High))
+                    range(
+                        f.high,
+                        bound_hex(&p, b, Side::Low),
+                        bound_hex(&p, t, Side::High),
+                    )
                 };
                 use Bound::*;
                 let exact = |q: Q| q;
-                let checked = |q: Q| all(vec![q, packed_predicate(self.index, code, v.clone(), self.now)]);
+                let checked = |q: Q| {
+                    all(vec![
+                        q,
+                        packed_predicate(self.index, code, v.clone(), self.now),
+                    ])
+                };
                 match pre {
                     Prefix::Gt => exact(hi(Excluded(*high), Unbounded)),
                     Prefix::Lt => exact(lo(Unbounded, Excluded(*low))),
                     Prefix::Sa => exact(lo(Excluded(*high), Unbounded)),
                     Prefix::Eb => exact(hi(Unbounded, Excluded(*low))),
-                    Prefix::Eq => checked(all(vec![lo(Included(*low), Unbounded), hi(Unbounded, Included(*high))])),
+                    Prefix::Eq => checked(all(vec![
+                        lo(Included(*low), Unbounded),
+                        hi(Unbounded, Included(*high)),
+                    ])),
                     Prefix::Ge => checked(hi(Included(*low), Unbounded)),
                     Prefix::Le => checked(lo(Unbounded, Included(*high))),
                     Prefix::Ne | Prefix::Ap => checked(term(f.has, code)),
                 }
             }
-            ValuePredicate::Number { prefix: pre, value, low, high } => {
-                self.numeric(&format!("{p}{ANY}{}", super::terms::SEP), *pre, *value, *low, *high)
-            }
+            ValuePredicate::Number {
+                prefix: pre,
+                value,
+                low,
+                high,
+            } => self.numeric(
+                &format!("{p}{ANY}{}", super::terms::SEP),
+                *pre,
+                *value,
+                *low,
+                *high,
+            ),
             ValuePredicate::Quantity {
                 prefix: pre,
                 value,
                 low,
                 high,
                 qualifier,
-            } => self.numeric(&format!("{p}{qualifier}{}", super::terms::SEP), *pre, *value, *low, *high),
+            } => self.numeric(
+                &format!("{p}{qualifier}{}", super::terms::SEP),
+                *pre,
+                *value,
+                *low,
+                *high,
+            ),
             ValuePredicate::Uri { mode, uri } => match mode {
                 UriMode::Exact => term(f.uri, &join(&[code, uri])),
                 UriMode::Below => prefixed(f.uri, format!("{p}{uri}")),

@@ -117,10 +117,7 @@ pub enum ReferenceMatch {
     /// An absolute URL or canonical, as written.
     Url(String),
     /// `:identifier`
-    Identifier {
-        system: SystemMatch,
-        value: String,
-    },
+    Identifier { system: SystemMatch, value: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,7 +515,9 @@ fn reference_value(
     name: &str,
 ) -> Result<ValuePredicate, QueryError> {
     if value.starts_with("http://") || value.starts_with("https://") || value.starts_with("urn:") {
-        return Ok(ValuePredicate::Reference(ReferenceMatch::Url(value.to_string())));
+        return Ok(ValuePredicate::Reference(ReferenceMatch::Url(
+            value.to_string(),
+        )));
     }
     let (t, id) = match value.split_once('/') {
         Some((t, id)) => (Some(t.to_string()), id.to_string()),
@@ -550,11 +549,7 @@ fn reference_value(
     }))
 }
 
-fn param_for<'r>(
-    registry: &'r Registry,
-    types: &[String],
-    code: &str,
-) -> Option<&'r SearchParam> {
+fn param_for<'r>(registry: &'r Registry, types: &[String], code: &str) -> Option<&'r SearchParam> {
     let first = registry.get(types.first()?, code)?;
     types
         .iter()
@@ -571,7 +566,10 @@ fn parse_clause(
     depth: usize,
 ) -> Result<Clause, QueryError> {
     if depth > 3 {
-        return Err(QueryError::unsupported(name, "chains deeper than three levels"));
+        return Err(QueryError::unsupported(
+            name,
+            "chains deeper than three levels",
+        ));
     }
     if value.is_empty() {
         return Err(QueryError::new(name, "has no value"));
@@ -585,17 +583,29 @@ fn parse_clause(
     if let Some(rest) = name.strip_prefix("_has:") {
         let parts: Vec<&str> = rest.splitn(3, ':').collect();
         let [source_type, reference_code, inner_name] = parts.as_slice() else {
-            return Err(QueryError::new(name, "_has takes _has:Type:reference-parameter:parameter"));
+            return Err(QueryError::new(
+                name,
+                "_has takes _has:Type:reference-parameter:parameter",
+            ));
         };
         if !crate::validation::is_resource_type(source_type) {
-            return Err(QueryError::new(name, format!("'{source_type}' is not a resource type")));
+            return Err(QueryError::new(
+                name,
+                format!("'{source_type}' is not a resource type"),
+            ));
         }
         let source = vec![source_type.to_string()];
         let reference = param_for(registry, &source, reference_code).ok_or_else(|| {
-            QueryError::new(name, format!("{source_type} has no search parameter '{reference_code}'"))
+            QueryError::new(
+                name,
+                format!("{source_type} has no search parameter '{reference_code}'"),
+            )
         })?;
         if reference.param_type != ParamType::Reference {
-            return Err(QueryError::new(name, format!("'{reference_code}' is not a reference parameter")));
+            return Err(QueryError::new(
+                name,
+                format!("'{reference_code}' is not a reference parameter"),
+            ));
         }
         let inner = parse_clause(registry, &source, inner_name, value, depth + 1)?;
         return Ok(Clause::Has {
@@ -612,12 +622,18 @@ fn parse_clause(
         let param = param_for(registry, types, code)
             .ok_or_else(|| QueryError::new(name, format!("unknown search parameter '{code}'")))?;
         if param.param_type != ParamType::Reference {
-            return Err(QueryError::new(name, format!("'{code}' is not a reference parameter, so it cannot be chained")));
+            return Err(QueryError::new(
+                name,
+                format!("'{code}' is not a reference parameter, so it cannot be chained"),
+            ));
         }
         let target_types: Vec<String> = match type_modifier {
             Some(t) => {
                 if !param.targets.is_empty() && !param.targets.iter().any(|x| x == t) {
-                    return Err(QueryError::new(name, format!("'{code}' cannot refer to a {t}")));
+                    return Err(QueryError::new(
+                        name,
+                        format!("'{code}' cannot refer to a {t}"),
+                    ));
                 }
                 vec![t.to_string()]
             }
@@ -633,7 +649,9 @@ fn parse_clause(
                     0 => {
                         return Err(QueryError::new(
                             name,
-                            format!("no resource type '{code}' refers to has a parameter '{inner_code}'"),
+                            format!(
+                                "no resource type '{code}' refers to has a parameter '{inner_code}'"
+                            ),
                         ));
                     }
                     1 => candidates,
@@ -716,14 +734,23 @@ fn parse_include(registry: &Registry, name: &str, value: &str) -> Result<Include
         }
     };
     if !crate::validation::is_resource_type(source_type) {
-        return Err(QueryError::new(name, format!("'{source_type}' is not a resource type")));
+        return Err(QueryError::new(
+            name,
+            format!("'{source_type}' is not a resource type"),
+        ));
     }
     if code != "*" {
         let param = registry.get(source_type, code).ok_or_else(|| {
-            QueryError::new(name, format!("{source_type} has no search parameter '{code}'"))
+            QueryError::new(
+                name,
+                format!("{source_type} has no search parameter '{code}'"),
+            )
         })?;
         if param.param_type != ParamType::Reference {
-            return Err(QueryError::new(name, format!("'{code}' is not a reference parameter")));
+            return Err(QueryError::new(
+                name,
+                format!("'{code}' is not a reference parameter"),
+            ));
         }
     }
     Ok(Include {
@@ -798,7 +825,10 @@ fn parse_one(
                 };
                 let known = param_for(registry, &q.resource_types, code).is_some();
                 if !known {
-                    return Err(QueryError::new(name, format!("cannot sort by unknown parameter '{code}'")));
+                    return Err(QueryError::new(
+                        name,
+                        format!("cannot sort by unknown parameter '{code}'"),
+                    ));
                 }
                 q.sort.push(SortKey {
                     code: code.to_string(),
@@ -821,7 +851,12 @@ fn parse_one(
                 "data" => Summary::Data,
                 "count" => Summary::Count,
                 "false" => Summary::False,
-                _ => return Err(QueryError::new(name, "takes true, text, data, count or false")),
+                _ => {
+                    return Err(QueryError::new(
+                        name,
+                        "takes true, text, data, count or false",
+                    ));
+                }
             }
         }
         "_elements" => {
@@ -837,7 +872,10 @@ fn parse_one(
         "_cursor" => q.cursor = Some(value.to_string()),
         "_format" | "_pretty" | "_type" => {}
         "_contained" | "_containedType" | "_list" | "_query" | "_filter" => {
-            return Err(QueryError::unsupported(name, "is not supported by this server"));
+            return Err(QueryError::unsupported(
+                name,
+                "is not supported by this server",
+            ));
         }
         _ => {
             let clause = parse_clause(registry, &q.resource_types, name, value, 0)?;

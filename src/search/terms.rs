@@ -42,7 +42,11 @@ pub fn hex_i64(v: i64) -> String {
 /// Order-preserving hex of a float (numbers and quantities); NaN never reaches here.
 pub fn hex_f64(v: f64) -> String {
     let bits = v.to_bits();
-    let ordered = if bits >> 63 == 1 { !bits } else { bits | (1u64 << 63) };
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1u64 << 63)
+    };
     format!("{ordered:016x}")
 }
 
@@ -84,7 +88,17 @@ mod tests {
         for w in ints.windows(2) {
             assert!(hex_i64(w[0]) < hex_i64(w[1]), "{w:?}");
         }
-        let floats = [f64::NEG_INFINITY, -1e9, -2.5, -0.0, 0.0, 1e-9, 2.5, 1e300, f64::INFINITY];
+        let floats = [
+            f64::NEG_INFINITY,
+            -1e9,
+            -2.5,
+            -0.0,
+            0.0,
+            1e-9,
+            2.5,
+            1e300,
+            f64::INFINITY,
+        ];
         for w in floats.windows(2) {
             assert!(hex_f64(w[0]) <= hex_f64(w[1]), "{w:?}");
         }

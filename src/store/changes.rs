@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FeedPosition {
     pub txid: i64,
     pub seq: i64,
@@ -148,11 +148,17 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let ordered: Vec<Change> = ordered.iter().map(change_from_row).collect::<Result<_, _>>()?;
+        let ordered: Vec<Change> = ordered
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<_, _>>()?;
         Ok(FeedPoll {
             more: ordered.len() as i64 >= limit,
             ordered,
-            above: above.iter().map(change_from_row).collect::<Result<_, _>>()?,
+            above: above
+                .iter()
+                .map(change_from_row)
+                .collect::<Result<_, _>>()?,
         })
     }
 

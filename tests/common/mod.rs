@@ -96,6 +96,8 @@ pub fn test_settings(db_url: &str, key_dir: &std::path::Path) -> Settings {
         workers: Some(2),
         db_max_connections: 8,
         max_body_bytes: 256 * 1024,
+        // In memory: each test starts with an empty database anyway.
+        index_dir: None,
         ..Settings::default()
     };
     settings.dev_issuer.enabled = true;
