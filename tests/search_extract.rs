@@ -99,6 +99,7 @@ fn every_r4_definition_compiles_and_fits_the_model() {
         assert!(REGISTRY.by_url(url).is_some(), "{url} not loaded");
     }
     assert_eq!(failures, Vec::<String>::new());
+    assert_eq!(REGISTRY.params().count(), 1375);
     // Loading also checks every expression, per base type, against the R4 model.
     assert_eq!(REGISTRY.unsupported(), &[] as &[(String, String)]);
 }
@@ -264,6 +265,12 @@ fn an_operator_folder_adds_and_replaces_parameters() {
     let why = &registry.unsupported()[1].1;
     assert!(why.contains("no element 'nmae' on Patient"), "{why}");
     assert!(registry.get("Patient", "broken").is_none());
+    assert!(
+        registry
+            .by_url("https://example.nhs.uk/SearchParameter/broken")
+            .is_none()
+    );
+    assert!(registry.params().all(|p| p.code != "misspelt"));
     assert!(registry.get("Patient", "misspelt").is_none());
 }
 
