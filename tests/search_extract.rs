@@ -99,6 +99,7 @@ fn every_r4_definition_compiles_and_fits_the_model() {
         assert!(REGISTRY.by_url(url).is_some(), "{url} not loaded");
     }
     assert_eq!(failures, Vec::<String>::new());
+    assert_eq!(REGISTRY.params().count(), 1375);
     // Loading also checks every expression, per base type, against the R4 model.
     assert_eq!(REGISTRY.unsupported(), &[] as &[(String, String)]);
 }
@@ -264,6 +265,12 @@ fn an_operator_folder_adds_and_replaces_parameters() {
     let why = &registry.unsupported()[1].1;
     assert!(why.contains("no element 'nmae' on Patient"), "{why}");
     assert!(registry.get("Patient", "broken").is_none());
+    assert!(
+        registry
+            .by_url("https://example.nhs.uk/SearchParameter/broken")
+            .is_none()
+    );
+    assert!(registry.params().all(|p| p.code != "misspelt"));
     assert!(registry.get("Patient", "misspelt").is_none());
 }
 
@@ -889,4 +896,91 @@ fn text_and_content_are_plain_text() {
         !content.contains("female"),
         "codes are searched through their own parameters"
     );
+
+    let odd = json!({"resourceType": "Patient", "text": {"status": "generated",
+        "div": "<div>Fish &chips; Zoë &ééééééééé; &#x1F600; &bogus; a&b <unclosed"}});
+    assert_eq!(
+        text_content(&odd).0,
+        "Fish &chips; Zoë &ééééééééé; \u{1F600} &bogus; a&b"
+    );
+    let cut = json!({"resourceType": "Patient", "text": {"div": "<div>x</é"}});
+    assert_eq!(text_content(&cut).0, "x");
+}
+
+/// Ingest must never fail on a resource search cannot make sense of: swap values for others of
+/// the wrong kind or awkward content throughout the real fixtures, and extract.
+#[test]
+fn extraction_survives_malformed_values() {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const STRINGS: [&str; 14] = [
+        "",
+        " ",
+        "é<&",
+        "<é",
+        "&#xFFFFFF;",
+        "2020-13-45T",
+        "9999-12-31T23:59:59.9999999+14:00",
+        "-0001",
+        "#",
+        "Patient/",
+        "/_history/",
+        "a|",
+        "urn:uuid:",
+        "Zoë\u{0301}\u{200B}",
+    ];
+    fn mutate(v: &mut Value, rng: &mut ChaCha8Rng) {
+        if rng.random_ratio(1, 8) {
+            *v = match rng.random_range(0..7) {
+                0 => json!(STRINGS[rng.random_range(0..STRINGS.len())]),
+                1 => json!(1e308),
+                2 => json!(u64::MAX),
+                3 => json!(-0.0),
+                4 => json!(null),
+                5 => json!([]),
+                _ => json!({}),
+            };
+            return;
+        }
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(|i| mutate(i, rng)),
+            Value::Object(obj) => {
+                for (k, item) in obj.iter_mut() {
+                    if k != "resourceType" {
+                        mutate(item, rng);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(20_240_501);
+    let bundle = fixture("synthea/Leonor133_Kassulke119_aa63742a-73b9-7bcd-72fd-418b3422fb91.json");
+    let mut resources: Vec<Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    resources.push(fixture("ukcore/UKCore-Patient-RichardSmith-Example.json"));
+    resources.push(fixture(
+        "ukcore/UKCore-Observation-VitalSigns-BloodPressure-Example.json",
+    ));
+    for round in 0..4 {
+        for r in &resources {
+            let mut r = r.clone();
+            mutate(&mut r, &mut rng);
+            let extracted = extract(&REGISTRY, &r);
+            let _ = text_content(&r);
+            for e in &extracted {
+                for v in &e.values {
+                    if let IndexValue::Date { low, high } = v {
+                        assert!(low <= high, "round {round}: {} {v:?}", e.param.code);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -619,8 +619,10 @@ fn xhtml_text(div: &str) -> String {
         raw.push_str(&rest[..i]);
         rest = &rest[i..];
         if rest.starts_with('<') {
-            let end = rest.find('>').map_or(rest.len(), |e| e + 1);
-            let tag = &rest[1..end.saturating_sub(1).max(1)];
+            let (tag, end) = match rest.find('>') {
+                Some(e) => (&rest[1..e], e + 1),
+                None => (&rest[1..], rest.len()),
+            };
             let name = tag
                 .trim_start_matches('/')
                 .split(|c: char| c.is_whitespace() || c == '/')
@@ -634,7 +636,8 @@ fn xhtml_text(div: &str) -> String {
             }
             rest = &rest[end..];
         } else {
-            let end = rest[..rest.len().min(12)].find(';');
+            // Entity names are short; a `;` further on belongs to the text.
+            let end = rest.find(';').filter(|&e| e <= 12);
             let decoded = end.and_then(|e| entity(&rest[1..e]));
             match (end, decoded) {
                 (Some(e), Some(c)) => {

@@ -243,12 +243,24 @@ pub fn number_range(n: &Number) -> Option<(f64, f64, f64)> {
         return Some((value, value - 0.5, value + 0.5));
     }
     let mut buf = StackString::default();
-    let decimals = if write!(buf, "{value}").is_ok() {
-        buf.as_str().split_once('.').map_or(0, |(_, f)| f.len())
-    } else {
-        0
+    match write!(buf, "{value}") {
+        Ok(()) => decimal_range(buf.as_str()),
+        // Too long for the buffer: hundreds of digits, so the precision is immaterial.
+        Err(_) => Some((value, value, value)),
+    }
+}
+
+/// A decimal as written (a search value such as `5.40`, or `1e2`) with the range its
+/// precision implies: half a unit of its last digit either side, so `5.40` → `[5.395, 5.405]`
+/// and `1e2` → `[50, 150]`.
+pub fn decimal_range(text: &str) -> Option<(f64, f64, f64)> {
+    let value: f64 = text.parse().ok().filter(|v: &f64| v.is_finite())?;
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
+        None => (text, 0),
     };
-    let half = 0.5 * 10f64.powi(-(decimals as i32));
+    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
+    let half = 0.5 * 10f64.powi(exponent - decimals);
     Some((value, value - half, value + half))
 }
 
@@ -421,6 +433,12 @@ mod tests {
         assert!((lo - 5.35).abs() < 1e-12 && (hi - 5.45).abs() < 1e-12);
         let (_, lo, hi) = n("0.001");
         assert!((lo - 0.0005).abs() < 1e-15 && (hi - 0.0015).abs() < 1e-15);
+        let (v, lo, hi) = decimal_range("5.40").unwrap();
+        assert_eq!(v, 5.4);
+        assert!((lo - 5.395).abs() < 1e-12 && (hi - 5.405).abs() < 1e-12);
+        assert_eq!(decimal_range("1e2"), Some((100.0, 50.0, 150.0)));
+        assert_eq!(decimal_range("-3"), Some((-3.0, -3.5, -2.5)));
+        assert_eq!(decimal_range("abc"), None);
     }
 
     #[test]

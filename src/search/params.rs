@@ -157,6 +157,8 @@ struct TypeParams {
 #[derive(Debug)]
 pub struct Registry {
     params: Vec<SearchParam>,
+    /// Whether a parameter applies to at least one resource type; the others are unsupported.
+    usable: Vec<bool>,
     by_url: HashMap<String, usize>,
     by_type: HashMap<String, TypeParams>,
     unsupported: Vec<(String, String)>,
@@ -268,6 +270,7 @@ impl Registry {
             }
         }
 
+        let mut usable = vec![false; params.len()];
         let mut by_type: HashMap<String, TypeParams> = HashMap::new();
         let concrete = crate::validation::resource_types().map(|t| (t, true));
         let abstracts = [("Resource", false), ("DomainResource", false)];
@@ -304,6 +307,7 @@ impl Registry {
                 } else {
                     p.expression.clone()
                 };
+                usable[i] = true;
                 entry.by_code.insert(code.to_string(), entry.bound.len());
                 entry.bound.push(Bound {
                     param: i,
@@ -317,6 +321,7 @@ impl Registry {
         unsupported.dedup();
         Ok(Registry {
             params,
+            usable,
             by_url,
             by_type,
             unsupported,
@@ -349,9 +354,19 @@ impl Registry {
         Some(&self.params[t.bound[i].param])
     }
 
+    /// Every loaded parameter, once each, in load order: what an index schema built from the
+    /// definitions iterates over.
+    pub fn params(&self) -> impl Iterator<Item = &SearchParam> {
+        self.params
+            .iter()
+            .zip(&self.usable)
+            .filter_map(|(p, &usable)| usable.then_some(p))
+    }
+
     /// A parameter by its canonical url (as composite components refer to them).
     pub fn by_url(&self, url: &str) -> Option<&SearchParam> {
-        self.by_url.get(url).map(|&i| &self.params[i])
+        let &i = self.by_url.get(url)?;
+        self.usable[i].then(|| &self.params[i])
     }
 
     /// Definitions left out, each with its url and the reason. A definition that fails on only

@@ -18,6 +18,29 @@ pub(crate) struct Eval<'a> {
 }
 
 impl<'a> Eval<'a> {
+    /// Runs `f` over what `target` selects from `focus`. Every path starts with `$this` or
+    /// a type filter that keeps the whole focus (`Patient.` on a Patient): those use the focus
+    /// as it is, sparing a collection per parameter on the ingest path.
+    fn with_input(
+        &self,
+        target: &'a Expr,
+        focus: &[Node<'a>],
+        f: impl FnOnce(&[Node<'a>], &mut Vec<Node<'a>>),
+        out: &mut Vec<Node<'a>>,
+    ) {
+        let whole_focus = match target {
+            Expr::This => true,
+            Expr::TypeFilter(TypeSpec(t)) => focus.iter().all(|n| n.is_a(*t)),
+            _ => false,
+        };
+        if whole_focus {
+            f(focus, out);
+        } else {
+            let input = self.collect(target, focus);
+            f(&input, out);
+        }
+    }
+
     fn collect(&self, e: &'a Expr, focus: &[Node<'a>]) -> Vec<Node<'a>> {
         let mut out = Vec::new();
         self.eval(e, focus, &mut out);
@@ -36,23 +59,19 @@ impl<'a> Eval<'a> {
             Expr::Num(n) => out.push(Node::Number(*n)),
             Expr::Empty => {}
             Expr::Child(target, name) => {
-                if let Expr::This = **target {
-                    for n in focus {
-                        child(n, name, out);
-                    }
-                } else {
-                    for n in &self.collect(target, focus) {
-                        child(n, name, out);
-                    }
-                }
+                self.with_input(
+                    target,
+                    focus,
+                    |input, out| {
+                        for n in input {
+                            child(n, name, out);
+                        }
+                    },
+                    out,
+                );
             }
             Expr::Call(target, func) => {
-                if let Expr::This = **target {
-                    self.call(func, focus, out);
-                } else {
-                    let input = self.collect(target, focus);
-                    self.call(func, &input, out);
-                }
+                self.with_input(target, focus, |input, out| self.call(func, input, out), out);
             }
             Expr::Index(target, index) => {
                 let input = self.collect(target, focus);
@@ -92,13 +111,9 @@ impl<'a> Eval<'a> {
                 }
             }
             Expr::As(target, TypeSpec(t)) => {
-                if let Expr::This = **target {
-                    out.extend(focus.iter().filter(|n| n.is_a(*t)));
-                } else {
-                    let from = out.len();
-                    self.eval(target, focus, out);
-                    retain_from(out, from, |n| n.is_a(*t));
-                }
+                let from = out.len();
+                self.eval(target, focus, out);
+                retain_from(out, from, |n| n.is_a(*t));
             }
         }
     }
