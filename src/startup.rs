@@ -28,6 +28,16 @@ pub struct Application {
     server: Server,
 }
 
+/// The built-in search parameters, parsed and compiled once per process.
+fn builtin_registry() -> anyhow::Result<Arc<Registry>> {
+    static BUILTIN: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
+    if let Some(r) = BUILTIN.get() {
+        return Ok(r.clone());
+    }
+    let registry = Arc::new(Registry::load(None).context("loading search parameters")?);
+    Ok(BUILTIN.get_or_init(|| registry).clone())
+}
+
 /// The host clients on this machine use to reach a listener bound to `host`.
 fn connect_host(host: &str) -> &str {
     match host {
@@ -82,10 +92,10 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
-        let registry = Arc::new(
-            Registry::load(settings.search_params_dir.as_deref())
-                .context("loading search parameters")?,
-        );
+        let registry = match &settings.search_params_dir {
+            Some(dir) => Arc::new(Registry::load(Some(dir)).context("loading search parameters")?),
+            None => builtin_registry()?,
+        };
         for (url, why) in registry.unsupported() {
             tracing::warn!(parameter = %url, reason = %why, "search parameter not supported");
         }

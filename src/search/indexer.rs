@@ -20,6 +20,10 @@ const BATCH: i64 = 2000;
 /// Even without notifications the feed is polled this often.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+/// After a change notification, how long to wait for more before applying them.
+const COMMIT_GATHER: Duration = Duration::from_millis(25);
+/// Applied changes are committed at least this often even when no search is waiting.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -44,6 +48,8 @@ pub struct SearchIndex {
     next_generation: AtomicU64,
     completed: watch::Sender<u64>,
     wake: Notify,
+    /// Searches waiting for freshness: while any wait, every poll commits at once.
+    waiters: std::sync::atomic::AtomicUsize,
     ready: AtomicBool,
     /// When the last applied change was committed, for the index-lag metric.
     lag_seconds: Mutex<f64>,
@@ -82,14 +88,17 @@ impl SearchIndex {
     /// Waits until a feed poll that started after this call has been applied: every write
     /// committed before the call is then searchable.
     pub async fn wait_fresh(&self, timeout: Duration) -> Result<(), IndexError> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         let ticket = self.next_generation.load(Ordering::SeqCst);
         let mut completed = self.completed.subscribe();
         self.wake.notify_one();
         let wait = completed.wait_for(|done| *done >= ticket);
-        match tokio::time::timeout(timeout, wait).await {
+        let result = match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(IndexError::Timeout(timeout)),
-        }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     pub fn searcher(&self) -> tantivy::Searcher {
@@ -141,6 +150,7 @@ pub async fn start(
         next_generation: AtomicU64::new(1),
         completed,
         wake: Notify::new(),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
     });
@@ -269,8 +279,9 @@ impl Indexer {
         .expect("join")
     }
 
-    /// Applies one poll of the feed; returns whether more ordered rows are waiting.
-    async fn poll(&mut self) -> Result<bool, IndexError> {
+    /// Applies one poll of the feed to the writer (not yet committed); returns whether more
+    /// ordered rows are waiting and whether anything was applied.
+    async fn poll(&mut self) -> Result<(bool, bool), IndexError> {
         let poll = self.store.poll_feed(self.position, BATCH).await?;
         let mut changed: Vec<&Change> = poll.ordered.iter().collect();
         changed.extend(
@@ -279,7 +290,7 @@ impl Indexer {
                 .filter(|c| !self.applied_above.contains(&c.position)),
         );
         if changed.is_empty() {
-            return Ok(false);
+            return Ok((false, false));
         }
         let newest = changed.iter().map(|c| c.recorded_at).max();
         let mut keys: Vec<(String, String)> = changed
@@ -318,7 +329,6 @@ impl Indexer {
         }
         let position = self.position;
         self.applied_above.retain(|p| *p > position);
-        self.commit().await?;
         if let Some(newest) = newest {
             let lag = (time::OffsetDateTime::now_utc() - newest)
                 .as_seconds_f64()
@@ -326,7 +336,7 @@ impl Indexer {
             *self.shared.lag_seconds.lock().expect("lag lock") = lag;
             crate::metrics::INDEX_LAG.set(lag);
         }
-        Ok(poll.more)
+        Ok((poll.more, true))
     }
 
     async fn follow(mut self) {
@@ -344,15 +354,31 @@ impl Indexer {
             }
         };
         let mut failures = 0u32;
+        let mut uncommitted = false;
+        let mut last_commit = Instant::now();
         loop {
             let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
             let more = match self.poll().await {
-                Ok(more) => {
+                Ok((more, applied)) => {
                     failures = 0;
-                    if !more {
-                        self.shared.ready.store(true, Ordering::Release);
+                    uncommitted |= applied;
+                    // Commits are what cost (each makes a segment to merge later), so background
+                    // changes are gathered; a waiting search gets its commit at once.
+                    let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0;
+                    if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
+                        if let Err(e) = self.commit().await {
+                            tracing::error!(error = %e, "committing the search index failed");
+                            continue;
+                        }
+                        uncommitted = false;
+                        last_commit = Instant::now();
                     }
-                    self.shared.completed.send_replace(generation);
+                    if !uncommitted {
+                        if !more {
+                            self.shared.ready.store(true, Ordering::Release);
+                        }
+                        self.shared.completed.send_replace(generation);
+                    }
                     more
                 }
                 Err(e) => {
@@ -366,6 +392,11 @@ impl Indexer {
             if more {
                 continue;
             }
+            let idle = if uncommitted {
+                MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed())
+            } else {
+                IDLE_POLL
+            };
             let wake = self.shared.wake.notified();
             match listener.as_mut() {
                 Some(l) => {
@@ -374,15 +405,22 @@ impl Indexer {
                         n = l.recv() => {
                             if n.is_err() {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
+                            } else {
+                                // Let a burst of commits gather into one index commit; a
+                                // search that is waiting cuts this short through `wake`.
+                                tokio::select! {
+                                    _ = self.shared.wake.notified() => {}
+                                    _ = tokio::time::sleep(COMMIT_GATHER) => {}
+                                }
                             }
                         }
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = tokio::time::sleep(idle) => {}
                     }
                 }
                 None => {
                     tokio::select! {
                         _ = wake => {}
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = tokio::time::sleep(idle) => {}
                     }
                 }
             }
@@ -417,6 +455,7 @@ pub async fn reindex(
         next_generation: AtomicU64::new(1),
         completed,
         wake: Notify::new(),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
     });
