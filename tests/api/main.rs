@@ -10,4 +10,5 @@ mod crud;
 mod errors;
 mod history;
 mod import;
+mod search;
 mod transactions;
