@@ -7,6 +7,7 @@ mod auth;
 mod change_feed;
 mod concurrency;
 mod crud;
+mod differential;
 mod errors;
 mod history;
 mod import;

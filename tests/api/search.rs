@@ -371,7 +371,10 @@ async fn date_parameters_with_prefixes_and_precision() {
     );
     // `ap` reaches 10% of the distance to now either side (about three months here).
     let near = app.search_ids("Observation?date=ap2024-06-01").await;
-    assert!(near.contains(&key(&w.bp)) && near.contains(&key(&w.heart_rate)), "{near:?}");
+    assert!(
+        near.contains(&key(&w.bp)) && near.contains(&key(&w.heart_rate)),
+        "{near:?}"
+    );
     assert!(!near.contains(&key(&w.weight)));
     outcome(app.get("Patient?birthdate=yesterday").await, 400).await;
 }
