@@ -152,6 +152,7 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         token,
     });
     let pool = app.store().pool().clone();
+    let search = app.search();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     println!(
@@ -294,6 +295,7 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     }
     handle.stop(true).await;
     server.await??;
+    search.shutdown().await;
     Ok(())
 }
 

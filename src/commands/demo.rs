@@ -163,10 +163,12 @@ async fn serve_demo(
     );
 
     let handle = app.handle();
+    let search = app.search();
     let server = tokio::spawn(app.run_until_stopped());
     super::serve::shutdown_signal().await;
     println!("stopping shcr");
     handle.stop(true).await;
     server.await??;
+    search.shutdown().await;
     Ok(())
 }

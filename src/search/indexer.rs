@@ -53,6 +53,10 @@ pub struct SearchIndex {
     ready: AtomicBool,
     /// When the last applied change was committed, for the index-lag metric.
     lag_seconds: Mutex<f64>,
+    /// Set to stop the indexer; it then commits, releases the writer (and the folder's lock)
+    /// and reports `stopped`.
+    stop: watch::Sender<bool>,
+    stopped: watch::Sender<bool>,
 }
 
 fn payload(position: FeedPosition) -> String {
@@ -104,6 +108,19 @@ impl SearchIndex {
     pub fn searcher(&self) -> tantivy::Searcher {
         self.reader.searcher()
     }
+
+    /// Asks the indexer to stop without waiting (for `Drop`).
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    /// Stops the indexer: pending changes are committed and the index folder released.
+    pub async fn shutdown(&self) {
+        let mut stopped = self.stopped.subscribe();
+        self.request_stop();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stopped.wait_for(|s| *s)).await;
+    }
 }
 
 /// The indexer task's own state.
@@ -153,6 +170,8 @@ pub async fn start(
         waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
+        stop: watch::channel(false).0,
+        stopped: watch::channel(false).0,
     });
     let mut indexer = Indexer {
         shared: shared.clone(),
@@ -356,7 +375,11 @@ impl Indexer {
         let mut failures = 0u32;
         let mut uncommitted = false;
         let mut last_commit = Instant::now();
+        let mut stop = self.shared.stop.subscribe();
         loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
             let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
             let more = match self.poll().await {
                 Ok((more, applied)) => {
@@ -401,6 +424,7 @@ impl Indexer {
             match listener.as_mut() {
                 Some(l) => {
                     tokio::select! {
+                        _ = stop.changed() => {}
                         _ = wake => {}
                         n = l.recv() => {
                             if n.is_err() {
@@ -419,12 +443,20 @@ impl Indexer {
                 }
                 None => {
                     tokio::select! {
+                        _ = stop.changed() => {}
                         _ = wake => {}
                         _ = tokio::time::sleep(idle) => {}
                     }
                 }
             }
         }
+        if uncommitted && let Err(e) = self.commit().await {
+            tracing::error!(error = %e, "committing the search index at shutdown failed");
+        }
+        let stopped = self.shared.stopped.clone();
+        // Dropping the writer releases the folder's lock before anyone is told.
+        drop(self);
+        stopped.send_replace(true);
     }
 }
 
@@ -458,6 +490,8 @@ pub async fn reindex(
         waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
+        stop: watch::channel(false).0,
+        stopped: watch::channel(false).0,
     });
     let mut indexer = Indexer {
         shared,

@@ -797,3 +797,85 @@ async fn metadata_lists_the_search_parameters() {
             .any(|i| i["code"] == "search-type")
     );
 }
+
+#[tokio::test]
+async fn the_index_survives_restarts_and_rebuilds_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    let first = {
+        let d = index_dir.clone();
+        TestApp::spawn_with(move |s| s.index_dir = Some(d)).await
+    };
+    let p = first
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Persistent"}]}))
+        .await;
+    assert_eq!(
+        first.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+    let url = first.db.url.clone();
+    let db = first.keep_database().await;
+    // A second server process on the same folder resumes from the stored feed position.
+    let meta_before = std::fs::read_to_string(index_dir.join("meta.json")).unwrap();
+    assert!(
+        meta_before.contains("txid"),
+        "the feed position is kept in the index: {meta_before}"
+    );
+    let again = {
+        let d = index_dir.clone();
+        TestApp::spawn_on_with(&url, move |s| s.index_dir = Some(d)).await
+    };
+    assert_eq!(
+        again.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+    drop(again);
+    // A corrupt index is thrown away and rebuilt from PostgreSQL.
+    std::fs::write(index_dir.join("meta.json"), "not json").unwrap();
+    let rebuilt = {
+        let d = index_dir.clone();
+        TestApp::spawn_on_with(&url, move |s| s.index_dir = Some(d)).await
+    };
+    assert_eq!(
+        rebuilt.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+    drop(rebuilt);
+    // So is a missing one.
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    let fresh = {
+        let d = index_dir.clone();
+        TestApp::spawn_on_with(&url, move |s| s.index_dir = Some(d)).await
+    };
+    assert_eq!(
+        fresh.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+}
+
+#[tokio::test]
+async fn reindex_rebuilds_from_the_database() {
+    let app = TestApp::spawn().await;
+    let w = world(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = app.search.registry.clone();
+    let n = shcr::search::indexer::reindex(
+        shcr::store::Store::from_pool(app.pool.clone()),
+        registry,
+        &dir.path().join("rebuilt"),
+        app.base.clone(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 7);
+    let reopened = TestApp::spawn_on_with(&app.db.url, {
+        let d = dir.path().join("rebuilt");
+        move |s| s.index_dir = Some(d)
+    })
+    .await;
+    assert_eq!(
+        reopened.search_ids("Patient?family=bronte").await,
+        vec![key(&w.zoe)]
+    );
+}

@@ -121,11 +121,15 @@ impl TestApp {
 
     /// A second server on an existing test database (that database is not dropped by it).
     pub async fn spawn_on(url: &str) -> TestApp {
+        Self::spawn_on_with(url, |_| {}).await
+    }
+
+    pub async fn spawn_on_with(url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         let db = TestDatabase {
             name: String::new(),
             url: url.to_string(),
         };
-        Self::start(db, |_| {}).await
+        Self::start(db, adjust).await
     }
 
     async fn start(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) -> TestApp {
@@ -265,11 +269,34 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops this server but keeps its database for other servers; the returned value drops
+    /// the database when it goes.
+    pub async fn keep_database(mut self) -> TestDatabase {
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDatabase {
+                name: String::new(),
+                url: String::new(),
+            },
+        );
+        self.stop().await;
+        db
+    }
+
+    /// Stops the server and the indexer and waits until the index folder is released.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.search.shutdown().await;
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         let handle = self.handle.clone();
         // Stopping is best effort; the database drop terminates remaining connections.
         drop(handle.stop(false));
+        self.search.request_stop();
     }
 }
 
