@@ -17,7 +17,6 @@ use tantivy::{DocId, Searcher, SegmentReader, Term};
 use super::extract::IndexValue;
 use super::indexer::SearchIndex;
 use super::matching::value_matches;
-use super::params::ParamType;
 use super::query::{
     Clause, Prefix, ReferenceMatch, StringMode, SystemMatch, UriMode, ValuePredicate,
 };
@@ -144,13 +143,13 @@ impl Planner<'_> {
         Ok(match clause {
             Clause::Values {
                 code,
-                param_type,
+                param_type: _,
                 values,
                 negated,
             } => {
                 let alternatives = values
                     .iter()
-                    .map(|v| self.value(code, *param_type, v))
+                    .map(|v| self.value(code, v))
                     .collect::<Vec<_>>();
                 let q = any_of(alternatives);
                 if *negated { not(q) } else { q }
@@ -323,7 +322,7 @@ impl Planner<'_> {
         Ok(out)
     }
 
-    fn value(&self, code: &str, param_type: ParamType, v: &ValuePredicate) -> Q {
+    fn value(&self, code: &str, v: &ValuePredicate) -> Q {
         let f = &self.index.fields;
         let p = prefix(code);
         match v {
@@ -456,7 +455,7 @@ impl Planner<'_> {
                 let mut qs: Vec<Q> = parts
                     .iter()
                     .enumerate()
-                    .map(|(i, part)| self.value(&format!("{code}${i}"), param_type, part))
+                    .map(|(i, part)| self.value(&format!("{code}${i}"), part))
                     .collect();
                 qs.push(packed_predicate(self.index, code, v.clone(), self.now));
                 all(qs)

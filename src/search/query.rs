@@ -310,7 +310,6 @@ fn parse_number(param: &str, s: &str) -> Result<(f64, f64, f64), QueryError> {
 }
 
 fn parse_value(
-    registry: &Registry,
     param: &SearchParam,
     name: &str,
     modifier: Option<&str>,
@@ -495,7 +494,7 @@ fn parse_value(
                 let mut component = param.clone();
                 component.param_type = component_type;
                 component.components.clear();
-                components.push(parse_value(registry, &component, name, None, part)?);
+                components.push(parse_value(&component, name, None, part)?);
             }
             ValuePredicate::Composite(components)
         }
@@ -702,7 +701,7 @@ fn parse_clause(
     }
     let values = split_or(value)
         .iter()
-        .map(|v| parse_value(registry, param, name, modifier, v))
+        .map(|v| parse_value(param, name, modifier, v))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Clause::Values {
         code: code.to_string(),

@@ -829,7 +829,7 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         again.search_ids("Patient?family=persistent").await,
         vec![key(&p)]
     );
-    drop(again);
+    again.stop().await;
     // A corrupt index is thrown away and rebuilt from PostgreSQL.
     std::fs::write(index_dir.join("meta.json"), "not json").unwrap();
     let rebuilt = {
@@ -840,7 +840,7 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         rebuilt.search_ids("Patient?family=persistent").await,
         vec![key(&p)]
     );
-    drop(rebuilt);
+    rebuilt.stop().await;
     // So is a missing one.
     std::fs::remove_dir_all(&index_dir).unwrap();
     let fresh = {
@@ -851,6 +851,8 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         fresh.search_ids("Patient?family=persistent").await,
         vec![key(&p)]
     );
+    fresh.stop().await;
+    drop(db);
 }
 
 #[tokio::test]
