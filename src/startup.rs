@@ -23,6 +23,8 @@ pub struct Application {
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
     server: Server,
+    /// Inbound messaging, NATS consumer and subscription delivery (src/events).
+    events: crate::events::Runtime,
 }
 
 /// The host clients on this machine use to reach a listener bound to `host`.
@@ -79,6 +81,15 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let events = crate::events::Runtime::start(
+            &settings,
+            Repository::new(store.clone()),
+            verifier.clone(),
+            &base_url,
+        )
+        .await
+        .context("starting events (messaging, NATS, subscriptions)")?;
+        let events_state = web::Data::from(events.state.clone());
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
             capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
@@ -92,6 +103,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(events_state.clone())
                 .wrap(from_fn(api::middleware::pretty))
                 .wrap(from_fn(api::middleware::request_id))
                 .configure(api::configure)
@@ -110,6 +122,7 @@ impl Application {
             dev_issuer,
             store,
             server,
+            events,
         })
     }
 
@@ -142,7 +155,16 @@ impl Application {
         self.server.handle()
     }
 
+    /// The events runtime: platform events, the NATS client, the inbound path.
+    pub fn events(&self) -> &crate::events::Runtime {
+        &self.events
+    }
+
+    /// Serves until the server is stopped, then stops the background work (in-flight messages
+    /// finish; unacknowledged ones are redelivered to whichever replica runs next).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.events.stop().await;
+        result
     }
 }

@@ -7,6 +7,7 @@ mod dev_issuer;
 pub mod error;
 mod health;
 mod history;
+mod messaging;
 pub mod middleware;
 pub mod response;
 pub mod rest;
@@ -69,6 +70,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .wrap(from_fn(middleware::authenticate))
                 .service(resource("").route(web::post().to(rest::bundle)))
                 .service(resource("/").route(web::post().to(rest::bundle)))
+                // Events (src/events): before the generic `/{type}` routes, which would take
+                // `$process-message` for a resource type.
+                .service(
+                    resource("/$process-message").route(web::post().to(messaging::process_message)),
+                )
+                .service(
+                    resource("/Subscription/{id}/$status")
+                        .route(web::get().to(messaging::subscription_status)),
+                )
+                .service(
+                    resource("/Subscription/{id}/$events")
+                        .route(web::get().to(messaging::subscription_events)),
+                )
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
                 .service(

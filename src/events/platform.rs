@@ -1,0 +1,69 @@
+//! Platform events: things operators must hear about (a dead letter, a subscription in error,
+//! the search index falling behind). Each is logged, kept in `platform_event`, counted in
+//! Prometheus and, when NATS is configured, published as `<platform prefix>.<event code>`.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::fhir::instant::{format_instant, now_millis};
+
+pub const DEAD_LETTER: &str = "dead-letter-1";
+pub const SUBSCRIPTION_ERROR: &str = "subscription-error-1";
+pub const INDEX_LAG: &str = "index-lag-1";
+
+#[derive(Clone)]
+pub struct Platform {
+    pool: PgPool,
+    nats: Option<async_nats::Client>,
+    subject_prefix: String,
+}
+
+impl Platform {
+    pub fn new(pool: PgPool, nats: Option<async_nats::Client>, subject_prefix: String) -> Platform {
+        Platform {
+            pool,
+            nats,
+            subject_prefix,
+        }
+    }
+
+    /// Best effort: a platform event that cannot be stored or published is logged instead;
+    /// it must never fail the work that raised it.
+    pub async fn emit(&self, code: &str, detail: Value) {
+        tracing::warn!(event = code, detail = %detail, "platform event");
+        if let Err(e) = sqlx::query("INSERT INTO platform_event (code, detail) VALUES ($1, $2)")
+            .bind(code)
+            .bind(&detail)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::error!(error = %e, event = code, "platform event not stored");
+        }
+        if let Some(client) = &self.nats {
+            let body = json!({
+                "event": code,
+                "occurred": format_instant(now_millis()),
+                "detail": detail,
+            });
+            let subject = format!("{}.{code}", self.subject_prefix);
+            if let Err(e) = client.publish(subject, body.to_string().into()).await {
+                tracing::error!(error = %e, event = code, "platform event not published");
+            }
+        }
+    }
+
+    /// The hook the search indexer calls with how far it trails the change feed. Sets the
+    /// `shcr_index_lag_seconds` gauge and raises an `index-lag-1` platform event when the lag
+    /// passes `threshold_seconds`.
+    // TODO(search): call from the indexer's follow loop once the tantivy index lands.
+    pub async fn report_index_lag(&self, seconds: f64, threshold_seconds: f64) {
+        super::metrics::INDEX_LAG.set(seconds);
+        if seconds > threshold_seconds {
+            self.emit(
+                INDEX_LAG,
+                json!({"lagSeconds": seconds, "thresholdSeconds": threshold_seconds}),
+            )
+            .await;
+        }
+    }
+}
