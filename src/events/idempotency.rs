@@ -80,7 +80,8 @@ pub async fn store_response(
     response: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE event_idempotency SET response = $4 WHERE org = $1 AND scope = $2 AND key = $3",
+        "UPDATE event_idempotency SET response = $4, created_at = clock_timestamp()
+         WHERE org = $1 AND scope = $2 AND key = $3",
     )
     .bind(org)
     .bind(scope)
