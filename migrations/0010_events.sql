@@ -59,6 +59,10 @@ CREATE TABLE event_version (
     org            text   NOT NULL,
     message_id     text   NOT NULL,
     event_code     text   NOT NULL,
+    -- The version is one of the message's focus resources (what the event is about), not a
+    -- supporting resource such as the Patient an Encounter refers to. Topics fed by the event
+    -- notify about focus versions only.
+    focus          boolean NOT NULL,
     PRIMARY KEY (resource_type, id, version_id)
 );
 

@@ -11,8 +11,8 @@ use super::error::ApiError;
 use super::middleware::RequestId;
 use super::response::json_response;
 use super::rest::caller;
-use crate::events::subscriptions::notification::{self, SubscriptionRow};
 use crate::events::subscriptions::Payload;
+use crate::events::subscriptions::notification::{self, SubscriptionRow};
 use crate::events::{EventsState, ingest};
 use crate::fhir::outcome::IssueType;
 
@@ -48,12 +48,10 @@ pub async fn process_message(
                 StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             match ingest::error_response(&events.base_url, &bundle, &error) {
                 Some(message) => Ok(json_response(status, message.to_string())),
-                None => Err(ApiError::Interaction(
-                    crate::interactions::Error::Located {
-                        status: error.status,
-                        issues: error.issues,
-                    },
-                )),
+                None => Err(ApiError::Interaction(crate::interactions::Error::Located {
+                    status: error.status,
+                    issues: error.issues,
+                })),
             }
         }
     }
@@ -86,13 +84,8 @@ pub async fn subscription_status(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let sub = owned_subscription(&state, &req, &path.into_inner()).await?;
-    let status = notification::status_parameters(
-        &events.base_url,
-        &sub,
-        "query-status",
-        &[],
-        sub.payload,
-    );
+    let status =
+        notification::status_parameters(&events.base_url, &sub, "query-status", &[], sub.payload);
     let bundle = serde_json::json!({
         "resourceType": "Bundle",
         "id": crate::fhir::id::new_id(),

@@ -106,7 +106,10 @@ async fn write_once(
     }
     let first = &stored["outcomes"][0];
     let status = first["status"].as_u64().unwrap_or(200) as u16;
-    let resource_type = first["resourceType"].as_str().unwrap_or_default().to_string();
+    let resource_type = first["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let id = first["id"].as_str().map(str::to_string);
     let version_id = first["versionId"].as_i64();
     // Versions never change, so the stored version is the response body the first time.

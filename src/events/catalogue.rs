@@ -218,8 +218,7 @@ impl Catalogue {
         if system.is_some_and(|s| s != self.event_system) {
             return None;
         }
-        self.event(code)
-            .filter(|e| e.class != EventClass::Platform)
+        self.event(code).filter(|e| e.class != EventClass::Platform)
     }
 
     pub fn topic_by_url(&self, url: &str) -> Option<&Topic> {
@@ -296,10 +295,15 @@ mod tests {
     #[test]
     fn the_built_in_catalogue_is_consistent() {
         let c = Catalogue::built_in();
-        let admitted = c.topic_by_url(&format!("{}/admitted", c.topic_base)).unwrap();
+        let admitted = c
+            .topic_by_url(&format!("{}/admitted", c.topic_base))
+            .unwrap();
         assert!(admitted.events.contains("encounter-admitted-1"));
         assert!(c.inbound_event(None, "encounter-admitted-1").is_some());
-        assert!(c.inbound_event(None, "dead-letter-1").is_none(), "platform events are ours");
+        assert!(
+            c.inbound_event(None, "dead-letter-1").is_none(),
+            "platform events are ours"
+        );
         assert!(
             c.inbound_event(Some("http://other"), "encounter-admitted-1")
                 .is_none()
@@ -310,7 +314,9 @@ mod tests {
     #[test]
     fn triggers_match_on_type_interaction_and_conditions() {
         let c = Catalogue::built_in();
-        let admitted = c.topic_by_url(&format!("{}/admitted", c.topic_base)).unwrap();
+        let admitted = c
+            .topic_by_url(&format!("{}/admitted", c.topic_base))
+            .unwrap();
         let inpatient = json!({"status": "in-progress", "class": {"code": "IMP"}});
         let outpatient = json!({"status": "in-progress", "class": {"code": "AMB"}});
         assert!(admitted.matches(None, "Encounter", "create", Some(&inpatient)));

@@ -22,7 +22,10 @@ pub enum Claim {
     /// First use: proceed and store the response before commit.
     New,
     /// Seen before (and committed): answer with what was stored.
-    Repeat { fingerprint: String, response: Value },
+    Repeat {
+        fingerprint: String,
+        response: Value,
+    },
 }
 
 /// sha-256 over the parts, hex.

@@ -235,10 +235,17 @@ impl Inbound {
 
     /// Replays a dead letter: the sender recorded at receipt stands in for the token (tokens
     /// are never stored); a message whose sender was never verified cannot be replayed.
-    pub async fn replay(&self, d: &super::dead_letter::DeadLetter) -> Result<Processed, MessageError> {
+    pub async fn replay(
+        &self,
+        d: &super::dead_letter::DeadLetter,
+    ) -> Result<Processed, MessageError> {
         let subject = d.subject.clone().unwrap_or_default();
         let (ods, event) = self.parse_subject(&subject)?;
-        let caller = match d.headers.get("authenticatedAs").and_then(caller_from_record) {
+        let caller = match d
+            .headers
+            .get("authenticatedAs")
+            .and_then(caller_from_record)
+        {
             Some(c) => c,
             None if self.authentication == Authentication::Subject => {
                 let raw = RawMessage {

@@ -244,7 +244,11 @@ fn relocate(location: &str, message: &InboundMessage) -> String {
     };
     match rest[..close].parse::<usize>() {
         Ok(k) if k < message.entries.len() => {
-            format!("Bundle.entry[{}]{}", message.entries[k].index, &rest[close + 1..])
+            format!(
+                "Bundle.entry[{}]{}",
+                message.entries[k].index,
+                &rest[close + 1..]
+            )
         }
         _ => location.to_string(),
     }
@@ -384,6 +388,7 @@ impl WriteHook for MessageHook<'_> {
         let mut vt = Vec::new();
         let mut vid = Vec::new();
         let mut vver = Vec::new();
+        let mut vfocus = Vec::new();
         for (i, (e, o)) in m.entries.iter().zip(outcomes).enumerate() {
             if stale.contains_key(&i) {
                 continue;
@@ -399,6 +404,7 @@ impl WriteHook for MessageHook<'_> {
                     vt.push(e.resource_type.as_str());
                     vid.push(id.as_str());
                     vver.push(version);
+                    vfocus.push(e.focus);
                 }
             }
         }
@@ -422,13 +428,16 @@ impl WriteHook for MessageHook<'_> {
         .await
         .map_err(db)?;
         sqlx::query(
-            "INSERT INTO event_version (resource_type, id, version_id, org, message_id, event_code)
-             SELECT t, i, v, $4, $5, $6 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(t, i, v)
+            "INSERT INTO event_version
+                 (resource_type, id, version_id, org, message_id, event_code, focus)
+             SELECT t, i, v, $5, $6, $7, f
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS x(t, i, v, f)
              ON CONFLICT DO NOTHING",
         )
         .bind(&vt)
         .bind(&vid)
         .bind(&vver)
+        .bind(&vfocus)
         .bind(org)
         .bind(&m.message_id)
         .bind(&m.event.code)
@@ -483,19 +492,21 @@ impl WriteHook for MessageHook<'_> {
             if e.focus
                 && let Some(id) = &o.id
             {
-                focus.push(json!({"reference": format!("{}/{}/{id}", self.base_url, e.resource_type)}));
+                focus.push(
+                    json!({"reference": format!("{}/{}/{id}", self.base_url, e.resource_type)}),
+                );
             }
         }
-        let response = response_message(
-            self.base_url,
-            &m.header,
-            "ok",
-            &issues,
-            focus,
-        );
-        idempotency::store_response(tx.connection(), org, SCOPE_MESSAGE, &m.message_id, &response)
-            .await
-            .map_err(db)?;
+        let response = response_message(self.base_url, &m.header, "ok", &issues, focus);
+        idempotency::store_response(
+            tx.connection(),
+            org,
+            SCOPE_MESSAGE,
+            &m.message_id,
+            &response,
+        )
+        .await
+        .map_err(db)?;
         self.response = Some(response);
         Ok(())
     }
@@ -550,5 +561,11 @@ pub fn error_response(base_url: &str, bundle: &Value, error: &MessageError) -> O
     } else {
         "fatal-error"
     };
-    Some(response_message(base_url, &header, code, &error.issues, Vec::new()))
+    Some(response_message(
+        base_url,
+        &header,
+        code,
+        &error.issues,
+        Vec::new(),
+    ))
 }

@@ -47,7 +47,11 @@ pub struct InboundMessage {
 }
 
 fn invalid(code: IssueType, location: &str, message: impl Into<String>) -> MessageError {
-    MessageError::permanent("invalid", 400, vec![Issue::error(code, message).at(location)])
+    MessageError::permanent(
+        "invalid",
+        400,
+        vec![Issue::error(code, message).at(location)],
+    )
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -200,10 +204,7 @@ pub fn parse(bundle: &Value, catalogue: &Catalogue) -> Result<InboundMessage, Me
             )
         })?;
     let focus: Vec<&str> = match header.get("focus") {
-        Some(Value::Array(f)) => f
-            .iter()
-            .filter_map(|r| str_at(r, "reference"))
-            .collect(),
+        Some(Value::Array(f)) => f.iter().filter_map(|r| str_at(r, "reference")).collect(),
         _ => Vec::new(),
     };
     if focus.is_empty() {
@@ -218,7 +219,11 @@ pub fn parse(bundle: &Value, catalogue: &Catalogue) -> Result<InboundMessage, Me
     for (index, entry) in entries.iter().enumerate().skip(1) {
         let at = format!("Bundle.entry[{index}]");
         let mut resource = entry.get("resource").cloned().ok_or_else(|| {
-            invalid(IssueType::Required, &at, "every entry of a message carries a resource")
+            invalid(
+                IssueType::Required,
+                &at,
+                "every entry of a message carries a resource",
+            )
         })?;
         let resource_type = str_at(&resource, "resourceType").unwrap_or("").to_string();
         if matches!(resource_type.as_str(), "MessageHeader" | "Bundle" | "") {

@@ -21,7 +21,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub static INBOUND: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("events_inbound_messages_total", "Inbound messages by outcome"),
+            Opts::new(
+                "events_inbound_messages_total",
+                "Inbound messages by outcome",
+            ),
             &["outcome"],
         )
         .expect("counter"),
@@ -58,7 +61,10 @@ pub static INGEST_LAG: LazyLock<Histogram> = LazyLock::new(|| {
 pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
-            Opts::new("events_dead_letters_total", "Messages dead-lettered, by reason"),
+            Opts::new(
+                "events_dead_letters_total",
+                "Messages dead-lettered, by reason",
+            ),
             &["reason"],
         )
         .expect("counter"),

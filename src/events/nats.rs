@@ -72,7 +72,10 @@ fn raw_message(message: &async_nats::Message, published: time::OffsetDateTime) -
         .map(|h| {
             h.iter()
                 .filter_map(|(k, values)| {
-                    Some((k.to_string().to_ascii_lowercase(), values.first()?.as_str().to_string()))
+                    Some((
+                        k.to_string().to_ascii_lowercase(),
+                        values.first()?.as_str().to_string(),
+                    ))
                 })
                 .collect()
         })
@@ -95,7 +98,11 @@ pub struct Consumer {
 impl Consumer {
     /// Runs until `shutdown` turns true, reconnecting after broker errors. Messages in flight
     /// at shutdown finish (or are redelivered later: nothing is acknowledged early).
-    pub async fn run(self: Arc<Self>, client: async_nats::Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         loop {
             if *shutdown.borrow() {
@@ -159,15 +166,18 @@ impl Consumer {
             }
         }
         // Let handlers in flight finish before the process exits.
-        let _ = permits
-            .acquire_many(self.settings.concurrency as u32)
-            .await;
+        let _ = permits.acquire_many(self.settings.concurrency as u32).await;
         tracing::info!("NATS consumer stopped");
     }
 
     async fn handle(&self, message: jetstream::Message) {
         let info = match message.info() {
-            Ok(i) => (i.stream.to_string(), i.stream_sequence, i.delivered, i.published),
+            Ok(i) => (
+                i.stream.to_string(),
+                i.stream_sequence,
+                i.delivered,
+                i.published,
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "a JetStream message without delivery info");
                 return;
@@ -190,7 +200,12 @@ impl Consumer {
             Err(error) if error.transient && delivered < self.settings.max_deliver => {
                 let backoff = &self.settings.backoff_seconds;
                 let delay = backoff[((delivered - 1).max(0) as usize).min(backoff.len() - 1)];
-                tracing::warn!(sequence, delivered, reason = error.reason_code, "message failed; retrying later");
+                tracing::warn!(
+                    sequence,
+                    delivered,
+                    reason = error.reason_code,
+                    "message failed; retrying later"
+                );
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs_f64(delay))))
                     .await;
@@ -208,7 +223,8 @@ impl Consumer {
                     error.reason_code = "exhausted";
                 }
                 let origin = format!("nats:{stream}:{sequence}");
-                let letter = dead_letter_for(origin, &raw, caller.as_ref(), &error, delivered as i32);
+                let letter =
+                    dead_letter_for(origin, &raw, caller.as_ref(), &error, delivered as i32);
                 match dead_letter::record(&self.pool, &letter).await {
                     Ok(id) => {
                         tracing::warn!(sequence, dead_letter = ?id, reason = error.reason_code, detail = %error.summary(), "message dead-lettered");

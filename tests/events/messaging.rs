@@ -20,8 +20,12 @@ async fn held_family(app: &TestApp) -> String {
 async fn a_message_upserts_its_resources_and_answers_ok() {
     let app = TestApp::spawn().await;
     let token = app.trust_token("RX1");
-    let (status, response) =
-        post_message(&app, &token, &admission("RX1", "m-1", &at(0), "P1", "E1", "Smith")).await;
+    let (status, response) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-1", &at(0), "P1", "E1", "Smith"),
+    )
+    .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response_code(&response), "ok");
     assert_eq!(response["type"], "message");
@@ -59,7 +63,11 @@ async fn the_same_message_twice_is_applied_once() {
     let (status, second) = post_message(&app, &token, &message).await;
     assert_eq!(status, 200);
     assert_eq!(first, second, "a repeat gets the stored response");
-    assert_eq!(app.write_footprint().await, footprint, "nothing written again");
+    assert_eq!(
+        app.write_footprint().await,
+        footprint,
+        "nothing written again"
+    );
 
     // The same id with different content is not a repeat: it is refused.
     let other = admission("RX1", "m-dup", &at(0), "P1", "E1", "Jones");
@@ -72,13 +80,21 @@ async fn the_same_message_twice_is_applied_once() {
 async fn an_older_event_is_recorded_as_stale_and_never_overwrites() {
     let app = TestApp::spawn().await;
     let token = app.trust_token("RX1");
-    let (_, r) =
-        post_message(&app, &token, &admission("RX1", "m-new", &at(10), "P1", "E1", "Newer")).await;
+    let (_, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-new", &at(10), "P1", "E1", "Newer"),
+    )
+    .await;
     assert_eq!(response_code(&r), "ok");
     let versions = app.count("resource_version").await;
 
-    let (status, r) =
-        post_message(&app, &token, &admission("RX1", "m-old", &at(5), "P1", "E1", "Older")).await;
+    let (status, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-old", &at(5), "P1", "E1", "Older"),
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(response_code(&r), "ok", "a stale event is not an error");
     let outcome = &r["entry"][1]["resource"];
@@ -87,11 +103,19 @@ async fn an_older_event_is_recorded_as_stale_and_never_overwrites() {
         "the response says what was held back: {outcome}"
     );
     assert_eq!(held_family(&app).await, "Newer");
-    assert_eq!(app.count("resource_version").await, versions, "nothing written");
+    assert_eq!(
+        app.count("resource_version").await,
+        versions,
+        "nothing written"
+    );
     assert_eq!(scalar(&app, "SELECT count(*) FROM event_stale").await, 2);
 
-    let (_, r) =
-        post_message(&app, &token, &admission("RX1", "m-later", &at(20), "P1", "E1", "Latest")).await;
+    let (_, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-later", &at(20), "P1", "E1", "Latest"),
+    )
+    .await;
     assert_eq!(response_code(&r), "ok");
     assert_eq!(held_family(&app).await, "Latest");
 }
@@ -145,14 +169,20 @@ async fn malformed_and_unknown_messages_are_fatal_errors_with_locations() {
     let (status, r) = post_message(&app, &token, &unknown).await;
     assert_eq!(status, 400);
     assert_eq!(response_code(&r), "fatal-error");
-    assert_eq!(r["entry"][1]["resource"]["issue"][0]["code"], "code-invalid");
+    assert_eq!(
+        r["entry"][1]["resource"]["issue"][0]["code"],
+        "code-invalid"
+    );
 
     let mut keyless = admission("RX1", "m-2", &at(0), "P1", "E1", "Smith");
     keyless["entry"][2]["resource"]["identifier"] = json!([]);
     let (status, r) = post_message(&app, &token, &keyless).await;
     assert_eq!(status, 400, "{r}");
     let issue = &r["entry"][1]["resource"]["issue"][0];
-    assert_eq!(issue["expression"][0], "Bundle.entry[2].resource.identifier");
+    assert_eq!(
+        issue["expression"][0],
+        "Bundle.entry[2].resource.identifier"
+    );
 
     let mut invalid = admission("RX1", "m-3", &at(0), "P1", "E1", "Smith");
     invalid["entry"][2]["resource"]["status"] = json!("bogus");
@@ -162,7 +192,10 @@ async fn malformed_and_unknown_messages_are_fatal_errors_with_locations() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(location.starts_with("Bundle.entry[2].resource"), "{location}");
+    assert!(
+        location.starts_with("Bundle.entry[2].resource"),
+        "{location}"
+    );
     assert_eq!(app.count("resource_head").await, 0);
 
     // Not a message at all: a plain OperationOutcome.

@@ -15,7 +15,10 @@ pub fn nats_url() -> String {
 }
 
 pub fn local_system(ods: &str, what: &str) -> String {
-    format!("https://fhir.{}.example.nhs.uk/Id/{what}", ods.to_lowercase())
+    format!(
+        "https://fhir.{}.example.nhs.uk/Id/{what}",
+        ods.to_lowercase()
+    )
 }
 
 /// An admission message: the Encounter (focus) and its Patient, both keyed by the trust's own
@@ -107,5 +110,8 @@ where
 }
 
 pub async fn scalar(app: &TestApp, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&app.pool).await.expect(sql)
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.pool)
+        .await
+        .expect(sql)
 }

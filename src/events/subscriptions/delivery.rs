@@ -67,7 +67,9 @@ impl Delivery {
             }
             if listener.is_none() {
                 listener = async {
-                    let mut l = PgListener::connect_with(self.repository.store().pool()).await.ok()?;
+                    let mut l = PgListener::connect_with(self.repository.store().pool())
+                        .await
+                        .ok()?;
                     l.listen(EVENTS_CHANNEL).await.ok()?;
                     Some(l)
                 }
@@ -185,7 +187,10 @@ impl Delivery {
                         .with_label_values(&[channel])
                         .observe((now - e.occurred_at).as_seconds_f64().max(0.0));
                 }
-                let through = events.last().map(|e| e.number).unwrap_or(sub.delivered_through);
+                let through = events
+                    .last()
+                    .map(|e| e.number)
+                    .unwrap_or(sub.delivered_through);
                 sqlx::query(
                     "UPDATE subscription_state SET status = 'active', handshake_done = true,
                          delivered_through = $2, failures = 0, last_error = NULL,
@@ -227,7 +232,9 @@ impl Delivery {
                 .execute(&mut *tx)
                 .await?;
                 if give_up {
-                    metrics::SUBSCRIPTION_ERRORS.with_label_values(&[channel]).inc();
+                    metrics::SUBSCRIPTION_ERRORS
+                        .with_label_values(&[channel])
+                        .inc();
                     transition = Some(Transition {
                         subscription: sub.id.clone(),
                         version_id: sub.version_id,
@@ -307,7 +314,9 @@ impl Delivery {
         if row.version_id != t.version_id {
             return;
         }
-        let Some(mut resource) = row.content.and_then(|c| serde_json::from_str::<Value>(&c).ok())
+        let Some(mut resource) = row
+            .content
+            .and_then(|c| serde_json::from_str::<Value>(&c).ok())
         else {
             return;
         };

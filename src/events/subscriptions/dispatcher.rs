@@ -163,7 +163,7 @@ impl Dispatcher {
         changes: &[Change],
         active: &mut [Active],
     ) -> Result<usize, sqlx::Error> {
-        // Which event produced each version (messages only).
+        // Which event produced each focus version (messages only).
         let keys: Vec<(String, String, i64)> = changes
             .iter()
             .map(|c| (c.resource_type.clone(), c.id.clone(), c.version_id))
@@ -174,7 +174,8 @@ impl Dispatcher {
         let rows = sqlx::query(
             "SELECT e.resource_type, e.id, e.version_id, e.event_code
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, v)
-             JOIN event_version e ON e.resource_type = k.t AND e.id = k.i AND e.version_id = k.v",
+             JOIN event_version e ON e.resource_type = k.t AND e.id = k.i AND e.version_id = k.v
+             WHERE e.focus",
         )
         .bind(&types)
         .bind(&ids)
@@ -184,7 +185,11 @@ impl Dispatcher {
         let mut event_codes: HashMap<(String, String, i64), String> = HashMap::new();
         for r in rows {
             event_codes.insert(
-                (r.try_get("resource_type")?, r.try_get("id")?, r.try_get("version_id")?),
+                (
+                    r.try_get("resource_type")?,
+                    r.try_get("id")?,
+                    r.try_get("version_id")?,
+                ),
                 r.try_get("event_code")?,
             );
         }
@@ -227,7 +232,11 @@ impl Dispatcher {
         let mut e_seqs = Vec::new();
         let mut e_times = Vec::new();
         for change in changes {
-            let key = (change.resource_type.clone(), change.id.clone(), change.version_id);
+            let key = (
+                change.resource_type.clone(),
+                change.id.clone(),
+                change.version_id,
+            );
             let code = event_codes.get(&key).map(String::as_str);
             let content = contents.get(&key);
             for sub in active.iter_mut() {
@@ -312,13 +321,11 @@ impl Dispatcher {
         };
         if owner.kind == "system" && owner.id == SERVER_AUTHOR_ID {
             // Our own status write-back: the client's subscription did not change.
-            sqlx::query(
-                "UPDATE subscription_state SET version_id = $2 WHERE subscription_id = $1",
-            )
-            .bind(&change.id)
-            .bind(change.version_id)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE subscription_state SET version_id = $2 WHERE subscription_id = $1")
+                .bind(&change.id)
+                .bind(change.version_id)
+                .execute(&mut *tx)
+                .await?;
             return Ok(());
         }
         let content: Value = row

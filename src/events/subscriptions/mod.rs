@@ -311,12 +311,9 @@ impl PayloadPolicy for ConfiguredPolicy {
             .and_then(|m| m.get("security"))
             .and_then(Value::as_array)
             .is_some_and(|labels| {
-                labels.iter().any(|l| {
-                    matches!(
-                        l.get("code").and_then(Value::as_str),
-                        Some("R") | Some("V")
-                    )
-                })
+                labels
+                    .iter()
+                    .any(|l| matches!(l.get("code").and_then(Value::as_str), Some("R") | Some("V")))
             });
         !restricted && self.may_subscribe_full_resource(owner)
     }
@@ -379,11 +376,26 @@ mod tests {
         let mut settings = SubscriptionSettings::default();
         let c = Catalogue::built_in();
         let deny = ConfiguredPolicy::new(&settings);
-        let e = parse_spec(&subscription("full-resource"), &owner(), &c, &settings, &deny);
+        let e = parse_spec(
+            &subscription("full-resource"),
+            &owner(),
+            &c,
+            &settings,
+            &deny,
+        );
         assert!(e.unwrap_err().contains("not permitted"));
         settings.full_resource_clients = vec!["rx1-portal".into()];
         let allow = ConfiguredPolicy::new(&settings);
-        assert!(parse_spec(&subscription("full-resource"), &owner(), &c, &settings, &allow).is_ok());
+        assert!(
+            parse_spec(
+                &subscription("full-resource"),
+                &owner(),
+                &c,
+                &settings,
+                &allow
+            )
+            .is_ok()
+        );
         let restricted = json!({"meta": {"security": [{"code": "R"}]}});
         assert!(!allow.may_send_resource(&owner(), "Encounter", &restricted));
     }
@@ -394,8 +406,16 @@ mod tests {
             param: "patient".into(),
             value: "Patient/p1".into(),
         };
-        assert!(f.matches("Encounter", "e", Some(&json!({"subject": {"reference": "Patient/p1"}}))));
-        assert!(!f.matches("Encounter", "e", Some(&json!({"subject": {"reference": "Patient/p2"}}))));
+        assert!(f.matches(
+            "Encounter",
+            "e",
+            Some(&json!({"subject": {"reference": "Patient/p1"}}))
+        ));
+        assert!(!f.matches(
+            "Encounter",
+            "e",
+            Some(&json!({"subject": {"reference": "Patient/p2"}}))
+        ));
         assert!(f.matches("Patient", "p1", None));
     }
 

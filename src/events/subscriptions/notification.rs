@@ -70,7 +70,8 @@ impl SubscriptionRow {
     }
 
     pub async fn load(pool: &PgPool, id: &str) -> Result<Option<SubscriptionRow>, sqlx::Error> {
-        let sql = format!("SELECT {ROW_COLUMNS} FROM subscription_state s WHERE s.subscription_id = $1");
+        let sql =
+            format!("SELECT {ROW_COLUMNS} FROM subscription_state s WHERE s.subscription_id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(pool)
@@ -183,8 +184,16 @@ pub fn bundle(
         for e in events {
             let (method, url, status) = match e.operation.as_str() {
                 "create" => ("POST", e.resource_type.clone(), "201"),
-                "delete" => ("DELETE", format!("{}/{}", e.resource_type, e.resource_id), "204"),
-                _ => ("PUT", format!("{}/{}", e.resource_type, e.resource_id), "200"),
+                "delete" => (
+                    "DELETE",
+                    format!("{}/{}", e.resource_type, e.resource_id),
+                    "204",
+                ),
+                _ => (
+                    "PUT",
+                    format!("{}/{}", e.resource_type, e.resource_id),
+                    "200",
+                ),
             };
             let mut entry = json!({
                 "fullUrl": format!("{base_url}/{}/{}", e.resource_type, e.resource_id),
