@@ -108,7 +108,8 @@ fn message(k: usize) -> Value {
 /// Local identifier value → (the text that tells which message's state is held, and for
 /// Encounters the local identifier of the Patient it refers to).
 async fn state(app: &TestApp, resource_type: &str) -> HashMap<String, (String, String)> {
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT i.value, v.content->'name'->0->>'family', v.content->'period'->>'start',
                 v.content->'subject'->>'reference'
          FROM resource_head h

@@ -191,8 +191,7 @@ async fn a_receiver_that_fails_then_recovers_gets_every_notification_numbered_wi
         receiver
             .of_type("event-notification")
             .iter()
-            .map(event_numbers)
-            .flatten()
+            .flat_map(event_numbers)
             .count()
             == 2
     })
