@@ -333,3 +333,57 @@ async fn full_resource_payloads_are_refused_unless_the_owner_is_allowed() {
     );
     receiver.handle.stop(false).await;
 }
+
+#[tokio::test]
+async fn a_nats_channel_gets_a_handshake_heartbeats_and_numbered_events() {
+    use futures_util::StreamExt;
+
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (stream, prefix) = (format!("SHCR_TEST_{id}"), format!("shcrtest.{id}"));
+    let app = {
+        let (stream, prefix) = (stream.clone(), prefix.clone());
+        TestApp::spawn_with(move |s| {
+            s.events.nats.url = Some(nats_url());
+            s.events.nats.stream = stream;
+            s.events.nats.subject_prefix = prefix;
+            s.events.subscriptions.poll_interval_ms = 100;
+        })
+        .await
+    };
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let subject = format!("shcrnotify.{id}");
+    let mut inbox = client.subscribe(subject.clone()).await.unwrap();
+    let mut sub = subscription("unused", "id-only");
+    sub["channel"] = json!({
+        "extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period", "valueUnsignedInt": 1}],
+        "type": "message",
+        "endpoint": format!("nats:{subject}"),
+        "payload": "application/fhir+json"
+    });
+    app.create(&sub).await;
+    async fn next(inbox: &mut async_nats::Subscriber) -> Value {
+        let m = tokio::time::timeout(Duration::from_secs(20), inbox.next())
+            .await
+            .expect("a notification within 20 s")
+            .unwrap();
+        serde_json::from_slice::<Value>(&m.payload).unwrap()
+    }
+    assert_eq!(notification_type(&next(&mut inbox).await), "handshake");
+    assert_eq!(notification_type(&next(&mut inbox).await), "heartbeat");
+    let (status, _) = post_message(
+        &app,
+        &app.trust_token("RX1"),
+        &admission("RX1", "m-1", &at(0), "P1", "E1", "Smith"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut numbers = Vec::new();
+    while numbers.is_empty() {
+        let b = next(&mut inbox).await;
+        if notification_type(&b) == "event-notification" {
+            numbers = event_numbers(&b);
+        }
+    }
+    assert_eq!(numbers, vec![1]);
+    let _ = async_nats::jetstream::new(client).delete_stream(&stream).await;
+}
