@@ -87,7 +87,8 @@ pub struct SubscriptionSettings {
     pub request_timeout_seconds: u64,
     /// Events per notification Bundle at most.
     pub batch_size: i64,
-    /// Fallback poll when no wake-up arrives, milliseconds.
+    /// How often the dispatcher looks at the change feed, and the delivery workers' fallback
+    /// when no wake-up arrives, milliseconds.
     pub poll_interval_ms: u64,
     /// Client ids allowed `full-resource` payloads. Empty: nobody (deny by default); access
     /// control (consent, labels) will refine this per resource.
@@ -135,7 +136,7 @@ impl Default for SubscriptionSettings {
             backoff_max_seconds: 300,
             request_timeout_seconds: 10,
             batch_size: 100,
-            poll_interval_ms: 1000,
+            poll_interval_ms: 100,
             full_resource_clients: Vec::new(),
             allowed_endpoints: Vec::new(),
         }

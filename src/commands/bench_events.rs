@@ -344,6 +344,13 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         published.as_secs_f64()
     );
 
+    let processing = &crate::events::metrics::PROCESSING;
+    println!(
+        "  mean time to apply one message (parse, authenticate, write, commit): {:.1} ms over {}",
+        processing.get_sample_sum() / processing.get_sample_count().max(1) as f64 * 1000.0,
+        processing.get_sample_count()
+    );
+
     // 2. Lag at a steady rate: publish (client send) to commit.
     let lag_count = args.rate * args.lag_seconds as usize;
     let first = args.messages;

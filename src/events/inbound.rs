@@ -62,9 +62,22 @@ fn caller_from_record(v: &Value) -> Option<Caller> {
     })
 }
 
+/// A trust sends many messages under one token: its signature is checked once a minute, and
+/// each message's publish time is judged against the cached `exp`/`nbf`.
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const TOKEN_CACHE_CAPACITY: usize = 1_000;
+
+struct CachedToken {
+    caller: Caller,
+    exp: i64,
+    nbf: Option<i64>,
+    verified: std::time::Instant,
+}
+
 pub struct Inbound {
     ingest: Ingest,
     verifier: Arc<TokenVerifier>,
+    tokens: std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedToken>>,
     authentication: Authentication,
     subject_prefix: String,
 }
@@ -86,6 +99,7 @@ impl Inbound {
         Inbound {
             ingest,
             verifier,
+            tokens: Default::default(),
             authentication,
             subject_prefix: subject_prefix.trim_end_matches('.').to_string(),
         }
@@ -150,7 +164,30 @@ impl Inbound {
                             )],
                         )
                     })?;
-                self.verifier
+                use sha2::Digest;
+                let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+                let at = raw.published.unix_timestamp();
+                let leeway = self.verifier.leeway_seconds() as i64;
+                let expired = || {
+                    MessageError::permanent(
+                        "unauthenticated",
+                        401,
+                        vec![Issue::error(
+                            IssueType::Login,
+                            "invalid token: the token was not valid when the message was published",
+                        )],
+                    )
+                };
+                if let Some(c) = self.tokens.lock().expect("cache").get(&digest)
+                    && c.verified.elapsed() < TOKEN_CACHE_TTL
+                {
+                    if c.exp + leeway < at || c.nbf.is_some_and(|n| n - leeway > at) {
+                        return Err(expired());
+                    }
+                    return Ok(c.caller.clone());
+                }
+                let (caller, exp, nbf) = self
+                    .verifier
                     .verify_as_of(token, raw.published)
                     .await
                     .map_err(|e| match e {
@@ -162,7 +199,21 @@ impl Inbound {
                             401,
                             vec![Issue::error(IssueType::Login, other.to_string())],
                         ),
-                    })
+                    })?;
+                let mut cache = self.tokens.lock().expect("cache");
+                if cache.len() >= TOKEN_CACHE_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(
+                    digest,
+                    CachedToken {
+                        caller: caller.clone(),
+                        exp,
+                        nbf,
+                        verified: std::time::Instant::now(),
+                    },
+                );
+                Ok(caller)
             }
         }
     }

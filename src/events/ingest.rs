@@ -284,25 +284,57 @@ impl WriteHook for MessageHook<'_> {
         let m = self.message;
         let org = m.sender.as_str();
         let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
-        match idempotency::claim(
-            tx.connection(),
-            org,
-            SCOPE_MESSAGE,
-            &m.message_id,
-            &self.fingerprint,
+        // One round trip for the common case: claim the message id and read the source times
+        // held for its resources.
+        let types: Vec<&str> = m.entries.iter().map(|e| e.resource_type.as_str()).collect();
+        let systems: Vec<&str> = m.entries.iter().map(|e| e.key.0.as_str()).collect();
+        let values: Vec<&str> = m.entries.iter().map(|e| e.key.1.as_str()).collect();
+        let row = sqlx::query(
+            "WITH claim AS (
+                 INSERT INTO event_idempotency (org, scope, key, fingerprint, response)
+                 VALUES ($1, 'message', $2, $3, 'null'::jsonb)
+                 ON CONFLICT DO NOTHING
+                 RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM claim) AS claimed,
+                    COALESCE((
+                        SELECT json_agg(json_build_array(k.ord, s.source_time, s.message_id))
+                        FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS k(t, sy, v, ord)
+                        JOIN event_source_state s
+                          ON s.org = $1 AND s.resource_type = k.t AND s.system = k.sy AND s.value = k.v
+                    ), '[]'::json) AS held",
         )
+        .bind(org)
+        .bind(&m.message_id)
+        .bind(&self.fingerprint)
+        .bind(&types)
+        .bind(&systems)
+        .bind(&values)
+        .fetch_one(tx.connection())
         .await
-        .map_err(db)?
-        {
-            Claim::New => {}
-            Claim::Repeat {
+        .map_err(db)?;
+        let claimed: bool = row.try_get("claimed").map_err(db)?;
+        if !claimed {
+            // Seen before (the statement above waited for a concurrent first to commit; this
+            // new statement sees its row).
+            if let Claim::Repeat {
                 fingerprint,
                 response,
-            } => {
+            } = idempotency::claim(
+                tx.connection(),
+                org,
+                SCOPE_MESSAGE,
+                &m.message_id,
+                &self.fingerprint,
+            )
+            .await
+            .map_err(db)?
+            {
                 self.repeat = Some((fingerprint, response));
                 return Ok(HookDecision::Abort);
             }
         }
+        let held: Value = row.try_get("held").map_err(db)?;
 
         // A trust may only replace what it wrote itself.
         let existing: Vec<(String, String)> = m
@@ -333,28 +365,17 @@ impl WriteHook for MessageHook<'_> {
             }
         }
 
-        // Stale: the state held came from a later (or the same) event of this source.
-        let types: Vec<&str> = m.entries.iter().map(|e| e.resource_type.as_str()).collect();
-        let systems: Vec<&str> = m.entries.iter().map(|e| e.key.0.as_str()).collect();
-        let values: Vec<&str> = m.entries.iter().map(|e| e.key.1.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT k.ord, s.source_time, s.message_id
-             FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(t, sy, v, ord)
-             JOIN event_source_state s
-               ON s.org = $1 AND s.resource_type = k.t AND s.system = k.sy AND s.value = k.v",
-        )
-        .bind(org)
-        .bind(&types)
-        .bind(&systems)
-        .bind(&values)
-        .fetch_all(tx.connection())
-        .await
-        .map_err(db)?;
         let mut hold = HashSet::new();
-        for row in rows {
-            let ord: i64 = row.try_get("ord").map_err(db)?;
-            let held_time: OffsetDateTime = row.try_get("source_time").map_err(db)?;
-            let held_message: String = row.try_get("message_id").map_err(db)?;
+        for item in held.as_array().into_iter().flatten() {
+            let (Some(ord), Some(held_time), Some(held_message)) = (
+                item[0].as_i64(),
+                item[1]
+                    .as_str()
+                    .and_then(crate::fhir::instant::parse_instant),
+                item[2].as_str().map(str::to_string),
+            ) else {
+                continue;
+            };
             let i = (ord - 1) as usize;
             // Same source time: the message id breaks the tie, so every arrival order ends in
             // the same state.
@@ -408,42 +429,6 @@ impl WriteHook for MessageHook<'_> {
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO event_source_state
-                 (org, resource_type, system, value, resource_id, source_time, message_id)
-             SELECT $1, t, s, v, i, $6, $7
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, s, v, i)
-             ON CONFLICT (org, resource_type, system, value) DO UPDATE
-               SET resource_id = excluded.resource_id, source_time = excluded.source_time,
-                   message_id = excluded.message_id, updated_at = now()",
-        )
-        .bind(org)
-        .bind(&t)
-        .bind(&sy)
-        .bind(&v)
-        .bind(&ids)
-        .bind(m.timestamp)
-        .bind(&m.message_id)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO event_version
-                 (resource_type, id, version_id, org, message_id, event_code, focus)
-             SELECT t, i, v, $5, $6, $7, f
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS x(t, i, v, f)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&vt)
-        .bind(&vid)
-        .bind(&vver)
-        .bind(&vfocus)
-        .bind(org)
-        .bind(&m.message_id)
-        .bind(&m.event.code)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
         for s in &self.stale {
             let e = &m.entries[s.entry];
             sqlx::query(
@@ -498,13 +483,40 @@ impl WriteHook for MessageHook<'_> {
             }
         }
         let response = response_message(self.base_url, &m.header, "ok", &issues, focus);
-        idempotency::store_response(
-            tx.connection(),
-            org,
-            SCOPE_MESSAGE,
-            &m.message_id,
-            &response,
+        // Source times, triggering events and the response, in one round trip.
+        sqlx::query(
+            "WITH state AS (
+                 INSERT INTO event_source_state
+                     (org, resource_type, system, value, resource_id, source_time, message_id)
+                 SELECT $1, t, s, v, i, $6, $2
+                 FROM unnest($3::text[], $4::text[], $5::text[], $7::text[]) AS x(t, s, v, i)
+                 ON CONFLICT (org, resource_type, system, value) DO UPDATE
+                   SET resource_id = excluded.resource_id, source_time = excluded.source_time,
+                       message_id = excluded.message_id, updated_at = now()
+             ), versions AS (
+                 INSERT INTO event_version
+                     (resource_type, id, version_id, org, message_id, event_code, focus)
+                 SELECT t, i, v, $1, $2, $8, f
+                 FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bool[]) AS x(t, i, v, f)
+                 ON CONFLICT DO NOTHING
+             )
+             UPDATE event_idempotency SET response = $13, created_at = clock_timestamp()
+             WHERE org = $1 AND scope = 'message' AND key = $2",
         )
+        .bind(org)
+        .bind(&m.message_id)
+        .bind(&t)
+        .bind(&sy)
+        .bind(&v)
+        .bind(m.timestamp)
+        .bind(&ids)
+        .bind(&m.event.code)
+        .bind(&vt)
+        .bind(&vid)
+        .bind(&vver)
+        .bind(&vfocus)
+        .bind(&response)
+        .execute(tx.connection())
         .await
         .map_err(db)?;
         self.response = Some(response);

@@ -385,5 +385,7 @@ async fn a_nats_channel_gets_a_handshake_heartbeats_and_numbered_events() {
         }
     }
     assert_eq!(numbers, vec![1]);
-    let _ = async_nats::jetstream::new(client).delete_stream(&stream).await;
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await;
 }

@@ -1,14 +1,14 @@
 //! Follows the change feed from a persisted cursor and turns changes into numbered
 //! subscription events. One dispatcher works at a time across replicas (the cursor row is
 //! locked with SKIP LOCKED); the cursor, the new events and the counters move in one
-//! transaction, so a crash repeats a batch but never loses or doubles an event.
+//! transaction, so a crash repeats a batch but never loses or doubles an event. Delivery
+//! workers are woken with NOTIFY once per batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Row};
 use tokio::sync::watch;
 
@@ -18,7 +18,6 @@ use crate::store::{Change, FeedPosition, Store};
 
 use super::{Filter, PayloadPolicy, SERVER_AUTHOR_ID, parse_spec};
 
-pub const CHANGE_CHANNEL: &str = "shcr_change_feed";
 pub const EVENTS_CHANNEL: &str = "shcr_subscription_events";
 const BATCH: i64 = 500;
 
@@ -38,31 +37,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Polls the feed every `poll_interval_ms` (an index probe when idle). Writers do not
+    /// NOTIFY: that would serialise their commits (see migration 0010).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
-        let mut listener = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if listener.is_none() {
-                listener = match PgListener::connect_with(self.store.pool()).await {
-                    Ok(mut l) => match l.listen(CHANGE_CHANNEL).await {
-                        Ok(()) => Some(l),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "LISTEN failed; polling");
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no listener connection; polling");
-                        None
-                    }
-                };
-            }
-            // Drain: a notification arrives at commit, but the feed only hands out a
-            // transaction once no older one is still running, so keep polling briefly while
-            // rows exist past the cursor.
+            // Drain. The feed only hands out a transaction once no older one is still running,
+            // so while rows exist past the cursor that are not yet safe, look again shortly.
             loop {
                 match self.run_once().await {
                     Ok(Step::Moved) => continue,
@@ -78,17 +62,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let woken = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                r = woken => if let Err(e) = r {
-                    tracing::warn!(error = %e, "listener lost; reconnecting");
-                    listener = None;
-                },
                 _ = tokio::time::sleep(poll) => {}
                 _ = shutdown.changed() => break,
             }
