@@ -29,6 +29,10 @@ pub struct Settings {
     pub log_format: String,
     /// Inbound messaging, NATS JetStream and outbound subscriptions.
     pub events: EventsSettings,
+    /// Folder of the local search index; unset keeps it in memory (rebuilt at every start).
+    pub index_dir: Option<PathBuf>,
+    /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
+    pub search_params_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +193,8 @@ impl Default for Settings {
             },
             log_format: "json".into(),
             events: EventsSettings::default(),
+            index_dir: Some(PathBuf::from(".shcr/index")),
+            search_params_dir: None,
         }
     }
 }

@@ -35,6 +35,8 @@ enum Command {
     DeadLetter(commands::dead_letter::DeadLetterArgs),
     /// Measure NATS inbound throughput and lag, and notification delivery lag.
     BenchEvents(commands::bench_events::BenchEventsArgs),
+    /// Rebuild the local search index from PostgreSQL.
+    Reindex(commands::reindex::ReindexArgs),
 }
 
 #[tokio::main]
@@ -56,5 +58,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench::run(settings, args).await,
         Command::DeadLetter(args) => commands::dead_letter::run(settings, args).await,
         Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
+        Command::Reindex(args) => commands::reindex::run(settings, args).await,
     }
 }

@@ -14,6 +14,8 @@ use crate::access::dev_issuer::DevIssuer;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::interactions::Repository;
+use crate::search::indexer::{IndexOptions, SearchIndex};
+use crate::search::params::Registry;
 use crate::store::Store;
 
 pub struct Application {
@@ -22,9 +24,20 @@ pub struct Application {
     issuer: String,
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
+    search: Arc<SearchIndex>,
     server: Server,
     /// Inbound messaging, NATS consumer and subscription delivery (src/events).
     events: crate::events::Runtime,
+}
+
+/// The built-in search parameters, parsed and compiled once per process.
+fn builtin_registry() -> anyhow::Result<Arc<Registry>> {
+    static BUILTIN: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
+    if let Some(r) = BUILTIN.get() {
+        return Ok(r.clone());
+    }
+    let registry = Arc::new(Registry::load(None).context("loading search parameters")?);
+    Ok(BUILTIN.get_or_init(|| registry).clone())
 }
 
 /// The host clients on this machine use to reach a listener bound to `host`.
@@ -81,6 +94,23 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let registry = match &settings.search_params_dir {
+            Some(dir) => Arc::new(Registry::load(Some(dir)).context("loading search parameters")?),
+            None => builtin_registry()?,
+        };
+        for (url, why) in registry.unsupported() {
+            tracing::warn!(parameter = %url, reason = %why, "search parameter not supported");
+        }
+        let search = crate::search::indexer::start(
+            store.clone(),
+            registry.clone(),
+            IndexOptions {
+                dir: settings.index_dir.clone(),
+                base: base_url.clone(),
+            },
+        )
+        .await
+        .context("opening the search index")?;
         let events = crate::events::Runtime::start(
             &settings,
             Repository::new(store.clone()),
@@ -92,8 +122,11 @@ impl Application {
         let events_state = web::Data::from(events.state.clone());
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
-            capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
-                .to_string(),
+            capability_statement: api::capabilities::capability_statement(
+                &base_url, &issuer, &registry,
+            )
+            .to_string(),
+            search: search.clone(),
             base_url,
             max_body_bytes: settings.max_body_bytes,
             verifier,
@@ -121,6 +154,7 @@ impl Application {
             issuer,
             dev_issuer,
             store,
+            search,
             server,
             events,
         })
@@ -149,6 +183,10 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn search(&self) -> Arc<SearchIndex> {
+        self.search.clone()
     }
 
     pub fn handle(&self) -> ServerHandle {

@@ -11,7 +11,12 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready when the database answers and its schema matches this binary.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let index_ready = state.search.is_ready();
     match state.repository.store().readiness().await {
+        Ok(()) if !index_ready => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not ready",
+            "reason": "the search index is still catching up with the database"
+        })),
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");

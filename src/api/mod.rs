@@ -11,6 +11,7 @@ mod messaging;
 pub mod middleware;
 pub mod response;
 pub mod rest;
+mod search;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub struct AppState {
     pub dev_issuer: Option<Arc<DevIssuer>>,
     /// Rendered once at start-up: it only changes with the binary and configuration.
     pub capability_statement: String,
+    pub search: Arc<crate::search::indexer::SearchIndex>,
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {
@@ -68,8 +70,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))
                 .wrap(from_fn(middleware::authenticate))
-                .service(resource("").route(web::post().to(rest::bundle)))
-                .service(resource("/").route(web::post().to(rest::bundle)))
+                .service(
+                    resource("")
+                        .route(web::post().to(rest::bundle))
+                        .route(web::get().to(search::search_system)),
+                )
+                .service(
+                    resource("/")
+                        .route(web::post().to(rest::bundle))
+                        .route(web::get().to(search::search_system)),
+                )
                 // Events (src/events): before the generic `/{type}` routes, which would take
                 // `$process-message` for a resource type.
                 .service(
@@ -85,11 +95,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
-                .service(
-                    resource("/{type}/_search").route(web::post().to(rest::search_not_available)),
-                )
+                .service(resource("/{type}/_search").route(web::post().to(search::search_post)))
                 .service(resource("/{type}/{id}/_history").route(web::get().to(history::instance)))
                 .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
+                .service(
+                    resource("/{compartment}/{id}/{type}")
+                        .route(web::get().to(search::search_compartment)),
+                )
                 .service(
                     resource("/{type}/{id}")
                         .route(web::get().to(rest::read))
@@ -98,7 +110,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/{type}")
-                        .route(web::get().to(rest::search_not_available))
+                        .route(web::get().to(search::search_type))
                         .route(web::post().to(rest::create))
                         .route(web::put().to(rest::conditional_update))
                         .route(web::delete().to(rest::conditional_delete)),

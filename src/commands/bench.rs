@@ -111,6 +111,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     settings.port = 0;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = temp.join("key.pem");
+    settings.index_dir = Some(temp.join("index"));
     settings.max_body_bytes = 64 * 1024 * 1024;
     settings.db_max_connections = 32;
     let result = bench(settings, &args).await;
@@ -151,6 +152,7 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         token,
     });
     let pool = app.store().pool().clone();
+    let search = app.search();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     println!(
@@ -293,6 +295,7 @@ async fn bench(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     }
     handle.stop(true).await;
     server.await??;
+    search.shutdown().await;
     Ok(())
 }
 

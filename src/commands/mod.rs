@@ -6,5 +6,6 @@ pub mod dead_letter;
 pub mod demo;
 pub mod generate;
 pub mod import;
+pub mod reindex;
 pub mod serve;
 pub mod token;
