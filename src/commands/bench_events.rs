@@ -101,6 +101,7 @@ pub async fn run(mut settings: Settings, args: BenchEventsArgs) -> anyhow::Resul
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = temp.join("key.pem");
     settings.db_max_connections = 32;
+    settings.index_dir = Some(temp.join("index"));
     settings.events.nats.url = Some(nats_url);
     settings.events.nats.stream = format!("SHCR_BENCH_{id}");
     settings.events.nats.subject_prefix = format!("shcrbench.{id}");

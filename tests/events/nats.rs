@@ -336,6 +336,7 @@ fn serve(db: &TestDatabase, names: &Names, dir: &std::path::Path) -> std::proces
         .env("SHCR_PORT", "0")
         .env("SHCR_DEV_ISSUER__ENABLED", "true")
         .env("SHCR_DEV_ISSUER__KEY_FILE", dir.join("key.pem"))
+        .env("SHCR_INDEX_DIR", dir.join("index"))
         .env("SHCR_EVENTS__NATS__URL", nats_url())
         .env("SHCR_EVENTS__NATS__STREAM", &names.stream)
         .env("SHCR_EVENTS__NATS__SUBJECT_PREFIX", &names.prefix)
