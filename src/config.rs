@@ -43,6 +43,8 @@ pub struct EventsSettings {
     /// How long message ids and Idempotency-Keys are remembered, hours. A repeat older than
     /// this is processed again (and then converges by business identifier and source time).
     pub idempotency_retention_hours: u64,
+    /// Search-index lag (seconds) above which an `index-lag-1` platform event is raised.
+    pub index_lag_alert_seconds: f64,
     pub nats: NatsSettings,
     pub subscriptions: SubscriptionSettings,
 }
@@ -106,6 +108,7 @@ impl Default for EventsSettings {
         EventsSettings {
             catalogue: None,
             idempotency_retention_hours: 30 * 24,
+            index_lag_alert_seconds: 30.0,
             nats: NatsSettings::default(),
             subscriptions: SubscriptionSettings::default(),
         }

@@ -111,11 +111,13 @@ impl Application {
         )
         .await
         .context("opening the search index")?;
+        let lag_source = search.clone();
         let events = crate::events::Runtime::start(
             &settings,
             Repository::new(store.clone()),
             verifier.clone(),
             &base_url,
+            move || lag_source.lag_seconds(),
         )
         .await
         .context("starting events (messaging, NATS, subscriptions)")?;

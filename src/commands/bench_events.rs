@@ -3,8 +3,9 @@
 //! rest-hook subscriptions. A fresh database and private stream each run; the server, the
 //! publisher and the rest-hook receiver share this machine. Figures go to BENCHMARKS.md.
 //!
-//! "Searchable" lag needs the search index, which is not in this build: the figures are
-//! committed lag. TODO(search): once the indexer reports its feed position, also wait for it.
+//! Searchable lag is measured by probing: for every 20th message of the steady phase, a search
+//! by its Encounter identifier repeats every 10 ms until it finds it (searches wait for the
+//! index to reach the feed position they started at).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -352,17 +353,57 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         processing.get_sample_count()
     );
 
-    // 2. Lag at a steady rate: publish (client send) to commit.
+    // 2. Lag at a steady rate: publish (client send) to commit, and for every 20th message
+    // to searchable (a search by its Encounter identifier finds it).
     let lag_count = args.rate * args.lag_seconds as usize;
     let first = args.messages;
-    let sent = publish_paced(
+    let http = reqwest::Client::new();
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    let mut probe_tasks = Vec::new();
+    let publishing = tokio::spawn(publish_paced(
         publisher.clone(),
         first,
         lag_count,
         args.rate,
         args.patients,
-    )
-    .await?;
+    ));
+    let probe_started = Instant::now();
+    for k in (first..first + lag_count).step_by(20) {
+        // Start probing when message k is due to be sent.
+        let due =
+            probe_started + Duration::from_secs_f64((k - first) as f64 / args.rate.max(1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, base, token, probes) =
+            (http.clone(), base.clone(), token.clone(), probes.clone());
+        probe_tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let url = format!(
+                "{base}/Encounter?identifier=https%3A%2F%2Ffhir.rx1.example.nhs.uk%2FId%2Fencounter%7CE{k}"
+            );
+            while t.elapsed() < Duration::from_secs(60) {
+                let found = match http.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .map(|b| b["entry"].as_array().is_some_and(|e| !e.is_empty()))
+                        .unwrap_or(false),
+                    Err(_) => false,
+                };
+                if found {
+                    probes
+                        .lock()
+                        .unwrap()
+                        .push(t.elapsed().as_secs_f64() * 1000.0);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let sent = publishing.await??;
+    for t in probe_tasks {
+        t.await?;
+    }
     wait_applied(&pool, (first + lag_count) as i64, Duration::from_secs(600)).await?;
     let lags = commit_lags(&pool, &sent).await?;
     println!(
@@ -370,6 +411,11 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         args.rate,
         args.lag_seconds,
         summary(lags)
+    );
+    let probed = std::mem::take(&mut *probes.lock().unwrap());
+    println!(
+        "inbound lag (publish → found by a search on its identifier, every 20th message): {}",
+        summary(probed)
     );
 
     // 3. Notification lag with many rest-hook subscriptions.
@@ -416,7 +462,6 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     let receiver = receiver.disable_signals().run();
     let receiver_handle = receiver.handle();
     tokio::spawn(receiver);
-    let http = reqwest::Client::new();
     for n in 0..args.subscriptions {
         let sub = json!({
             "resourceType": "Subscription", "status": "requested", "reason": "bench",
@@ -470,7 +515,6 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         args.notify_seconds,
         summary(lags)
     );
-    println!("searchable lag: not measured (TODO: the search index is not in this build)");
 
     receiver_handle.stop(true).await;
     handle.stop(true).await;

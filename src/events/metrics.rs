@@ -133,18 +133,6 @@ pub static SUBSCRIPTION_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Seconds the search index trails the change feed (set by the indexer through
-/// `platform::report_index_lag`).
-pub static INDEX_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
-    register(
-        prometheus::Gauge::new(
-            "index_lag_seconds",
-            "How far the search index trails the change feed",
-        )
-        .expect("gauge"),
-    )
-});
-
 pub fn observe_processing(elapsed: Duration, result: &Result<Processed, MessageError>) {
     PROCESSING.observe(elapsed.as_secs_f64());
     let outcome = match result {

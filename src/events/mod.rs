@@ -97,11 +97,13 @@ pub fn inbound(
 
 impl Runtime {
     /// Starts the background tasks this configuration asks for.
+    /// `index_lag` reads how far the search index trails the change feed (seconds).
     pub async fn start(
         settings: &Settings,
         repository: Repository,
         verifier: Arc<TokenVerifier>,
         base_url: &str,
+        index_lag: impl Fn() -> f64 + Send + 'static,
     ) -> anyhow::Result<Runtime> {
         let catalogue = Arc::new(Catalogue::load(settings.events.catalogue.as_deref())?);
         let nats = connect_nats(settings).await?;
@@ -162,6 +164,11 @@ impl Runtime {
                 tasks.push(tokio::spawn(delivery.clone().run(watcher.clone())));
             }
         }
+        tasks.push(tokio::spawn(platform.clone().watch_index_lag(
+            index_lag,
+            settings.events.index_lag_alert_seconds,
+            watcher.clone(),
+        )));
         let retention = settings.events.idempotency_retention_hours;
         let mut prune_stop = watcher.clone();
         let prune_pool = pool.clone();

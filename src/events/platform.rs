@@ -52,18 +52,32 @@ impl Platform {
         }
     }
 
-    /// The hook the search indexer calls with how far it trails the change feed. Sets the
-    /// `shcr_index_lag_seconds` gauge and raises an `index-lag-1` platform event when the lag
-    /// passes `threshold_seconds`.
-    // TODO(search): call from the indexer's follow loop once the tantivy index lands.
-    pub async fn report_index_lag(&self, seconds: f64, threshold_seconds: f64) {
-        super::metrics::INDEX_LAG.set(seconds);
-        if seconds > threshold_seconds {
-            self.emit(
-                INDEX_LAG,
-                json!({"lagSeconds": seconds, "thresholdSeconds": threshold_seconds}),
-            )
-            .await;
+    /// Watches the search index's lag (`lag` reads it) and raises one `index-lag-1` platform
+    /// event each time it passes `threshold_seconds` (again only after it has recovered), so an
+    /// operator hears that searches are waiting on the index without a flood of events.
+    pub async fn watch_index_lag(
+        self,
+        lag: impl Fn() -> f64 + Send + 'static,
+        threshold_seconds: f64,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut raised = false;
+        loop {
+            let seconds = lag();
+            if seconds > threshold_seconds && !raised {
+                raised = true;
+                self.emit(
+                    INDEX_LAG,
+                    json!({"lagSeconds": seconds, "thresholdSeconds": threshold_seconds}),
+                )
+                .await;
+            } else if seconds <= threshold_seconds {
+                raised = false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => break,
+            }
         }
     }
 }
