@@ -47,13 +47,18 @@ impl Dispatcher {
             }
             // Drain. The feed only hands out a transaction once no older one is still running,
             // so while rows exist past the cursor that are not yet safe, look again shortly.
+            let mut waits = 0;
             loop {
                 match self.run_once().await {
                     Ok(Step::Moved) => continue,
-                    Ok(Step::Waiting) => {
+                    // Bounded, so a long transaction elsewhere in the cluster (it holds the feed
+                    // horizon) costs a poll interval, and shutdown is still seen.
+                    Ok(Step::Waiting) if waits < 20 => {
+                        waits += 1;
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
+                    Ok(Step::Waiting) => break,
                     Ok(Step::Idle) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "subscription dispatcher failed; retrying");
