@@ -1,6 +1,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+// Indexing and JSON handling allocate many small objects; mimalloc is markedly faster at that
+// than glibc malloc (measured on reindex and ingest, see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use shcr::commands;
 use shcr::config::Settings;
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,6 +20,14 @@ const BATCH: i64 = 2000;
 /// The feed is polled this often when no search asks for freshness.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+/// Threads for building documents and for tantivy's indexing: one per core, at most four.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
 /// Applied changes are committed at least this often even when no search is waiting.
 const MAX_COMMIT_DELAY: Duration = Duration::from_millis(250);
 
@@ -124,7 +132,7 @@ impl SearchIndex {
 /// The indexer task's own state.
 struct Indexer {
     shared: Arc<SearchIndex>,
-    writer: Arc<Mutex<IndexWriter>>,
+    writer: Arc<RwLock<IndexWriter>>,
     store: Store,
     position: FeedPosition,
     /// Rows applied early (above the ordered prefix), so a later poll does not redo them.
@@ -150,7 +158,7 @@ pub async fn start(
         }
         Some(dir) => open_checked(dir)?,
     };
-    let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+    let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), WRITER_MEMORY)?;
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
@@ -173,7 +181,7 @@ pub async fn start(
     });
     let mut indexer = Indexer {
         shared: shared.clone(),
-        writer: Arc::new(Mutex::new(writer)),
+        writer: Arc::new(RwLock::new(writer)),
         store: store.clone(),
         position: position.unwrap_or(FeedPosition::START),
         applied_above: HashSet::new(),
@@ -220,64 +228,73 @@ impl Indexer {
         {
             let writer = self.writer.clone();
             tokio::task::spawn_blocking(move || {
-                writer.lock().expect("writer").delete_all_documents()
+                writer.read().expect("writer").delete_all_documents()
             })
             .await
             .expect("join")?;
         }
-        let mut after: Option<(String, String)> = None;
+        // Reading the next batch from PostgreSQL overlaps with indexing the current one.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<HeadState>, IndexError>>(2);
+        let store = self.store.clone();
+        let reader = tokio::spawn(async move {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let batch = store
+                    .scan_heads(after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), BATCH)
+                    .await
+                    .map_err(IndexError::from);
+                let last = match &batch {
+                    Ok(b) => b.last().map(|h| (h.resource_type.clone(), h.id.clone())),
+                    Err(_) => None,
+                };
+                let done = last.is_none();
+                if tx.send(batch).await.is_err() || done {
+                    break;
+                }
+                after = last;
+            }
+        });
         let mut total = 0;
-        loop {
-            let batch = self
-                .store
-                .scan_heads(after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), BATCH)
-                .await?;
-            let Some(last) = batch.last() else { break };
-            after = Some((last.resource_type.clone(), last.id.clone()));
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            if batch.is_empty() {
+                break;
+            }
             total += batch.len();
             self.index_heads(batch).await?;
             progress(total);
         }
+        reader.abort();
         self.position = restart;
         self.applied_above.clear();
         self.commit().await?;
         Ok(total)
     }
 
+    /// Replaces the documents of `heads`, building documents on every core.
     async fn index_heads(&self, heads: Vec<HeadState>) -> Result<(), IndexError> {
-        let shared = self.shared.clone();
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
-            let writer = writer.lock().expect("writer");
-            let f = shared.fields;
-            for head in heads {
-                writer.delete_term(Term::from_field_text(
-                    f.key,
-                    &format!("{}/{}", head.resource_type, head.id),
-                ));
-                if head.deleted {
-                    continue;
-                }
-                let Some(content) = head.content.as_deref() else { continue };
-                let Ok(resource) = serde_json::from_str::<Value>(content) else {
-                    tracing::error!(resource_type = %head.resource_type, id = %head.id, "stored resource is not JSON; not indexed");
-                    continue;
-                };
-                let micros = (head.last_updated.unix_timestamp_nanos() / 1000) as i64;
-                let row = IndexRow {
-                    resource_type: &head.resource_type,
-                    id: &head.id,
-                    version_id: head.version_id,
-                    last_updated_micros: micros,
-                    author_org: head.author_org.as_deref(),
-                    resource: &resource,
-                };
-                writer.add_document(document(&f, &shared.registry, &shared.base, &row))?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("join")
+        let threads = worker_threads();
+        let chunk = heads.len().div_ceil(threads).max(1);
+        let mut chunks = Vec::with_capacity(threads);
+        let mut rest = heads;
+        while rest.len() > chunk {
+            let tail = rest.split_off(chunk);
+            chunks.push(rest);
+            rest = tail;
+        }
+        chunks.push(rest);
+        let tasks: Vec<_> = chunks
+            .into_iter()
+            .map(|heads| {
+                let shared = self.shared.clone();
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || index_chunk(&shared, &writer, heads))
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join")?;
+        }
+        Ok(())
     }
 
     async fn commit(&self) -> Result<(), IndexError> {
@@ -285,7 +302,7 @@ impl Indexer {
         let payload = payload(self.position);
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
-            let mut writer = writer.lock().expect("writer");
+            let mut writer = writer.write().expect("writer");
             let mut prepared = writer.prepare_commit()?;
             prepared.set_payload(&payload);
             prepared.commit()?;
@@ -424,6 +441,44 @@ impl Indexer {
     }
 }
 
+fn index_chunk(
+    shared: &SearchIndex,
+    writer: &RwLock<IndexWriter>,
+    heads: Vec<HeadState>,
+) -> Result<(), IndexError> {
+    // Adding and deleting take `&IndexWriter`: chunks share the read side; commits take the
+    // write side.
+    let writer = writer.read().expect("writer");
+    let f = shared.fields;
+    for head in heads {
+        writer.delete_term(Term::from_field_text(
+            f.key,
+            &format!("{}/{}", head.resource_type, head.id),
+        ));
+        if head.deleted {
+            continue;
+        }
+        let Some(content) = head.content.as_deref() else {
+            continue;
+        };
+        let Ok(resource) = serde_json::from_str::<Value>(content) else {
+            tracing::error!(resource_type = %head.resource_type, id = %head.id, "stored resource is not JSON; not indexed");
+            continue;
+        };
+        let micros = (head.last_updated.unix_timestamp_nanos() / 1000) as i64;
+        let row = IndexRow {
+            resource_type: &head.resource_type,
+            id: &head.id,
+            version_id: head.version_id,
+            last_updated_micros: micros,
+            author_org: head.author_org.as_deref(),
+            resource: &resource,
+        };
+        writer.add_document(document(&f, &shared.registry, &shared.base, &row))?;
+    }
+    Ok(())
+}
+
 /// `shcr reindex`: rebuilds the index in `dir` from PostgreSQL.
 pub async fn reindex(
     store: Store,
@@ -436,7 +491,7 @@ pub async fn reindex(
         std::fs::remove_dir_all(dir)?;
     }
     let (index, fields) = open_or_create(dir)?;
-    let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+    let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), WRITER_MEMORY)?;
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
@@ -459,7 +514,7 @@ pub async fn reindex(
     });
     let mut indexer = Indexer {
         shared,
-        writer: Arc::new(Mutex::new(writer)),
+        writer: Arc::new(RwLock::new(writer)),
         store,
         position: FeedPosition::START,
         applied_above: HashSet::new(),
