@@ -57,6 +57,8 @@ if [[ -d $repo/.sqlx ]]; then
 fi
 
 step "cargo fmt" cargo fmt --all -- --check
+# The Helm chart: lint, render (default, production-like and ci/ values) and schema validation.
+step "helm chart" "$repo/scripts/helm-check.sh"
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 
 test_log=$(mktemp)
