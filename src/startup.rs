@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::access::TokenVerifier;
 use crate::access::dev_issuer::DevIssuer;
+use crate::api::health::Readiness;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::interactions::Repository;
@@ -22,6 +23,7 @@ pub struct Application {
     issuer: String,
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
+    readiness: Readiness,
     server: Server,
 }
 
@@ -79,6 +81,7 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let readiness = Readiness::default();
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
             capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
@@ -87,6 +90,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             verifier,
             dev_issuer: dev_issuer.clone(),
+            readiness: readiness.clone(),
         });
 
         let mut server = HttpServer::new(move || {
@@ -109,6 +113,7 @@ impl Application {
             issuer,
             dev_issuer,
             store,
+            readiness,
             server,
         })
     }
@@ -136,6 +141,11 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where components add `/readyz` checks (the search index: caught up with the feed).
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     pub fn handle(&self) -> ServerHandle {

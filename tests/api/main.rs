@@ -10,4 +10,5 @@ mod crud;
 mod errors;
 mod history;
 mod import;
+mod observability;
 mod transactions;

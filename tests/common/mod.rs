@@ -83,6 +83,10 @@ pub struct TestApp {
     pub pool: PgPool,
     pub issuer_url: String,
     pub issuer: Arc<DevIssuer>,
+    /// Where a test adds `/readyz` checks.
+    pub readiness: shcr::api::health::Readiness,
+    /// The store the server uses, for store functions the API does not expose.
+    pub store: shcr::store::Store,
     handle: actix_web::dev::ServerHandle,
     _key_dir: tempfile::TempDir,
     // Dropped last: the database outlives the server and pool above.
@@ -125,9 +129,13 @@ impl TestApp {
         let issuer_url = app.issuer().to_string();
         let issuer = app.dev_issuer().expect("dev issuer enabled in tests");
         let pool = app.store().pool().clone();
+        let store = app.store().clone();
+        let readiness = app.readiness().clone();
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
+            readiness,
+            store,
             origin,
             base,
             client: reqwest::Client::new(),
