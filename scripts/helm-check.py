@@ -231,6 +231,25 @@ def expect_render_failure(name: str, values: dict, mentions: str) -> None:
     problem(name, "rendered, but should have been refused")
 
 
+def check_dashboard() -> None:
+    """The Grafana dashboard parses and asks only for metrics shcr exports (src/metrics.rs)."""
+    import json
+    import re
+
+    dashboard = json.loads((CHART / "dashboards" / "shcr-overview.json").read_text())
+    source = (REPO / "src" / "metrics.rs").read_text()
+    exported = set(re.findall(r'"([a-z_]+)",\s*\n?\s*"', source)) | set(re.findall(r'::new\(\s*"([a-z_]+)"', source))
+    # The process collector's own metrics.
+    exported |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for metric in re.findall(r"\bshcr_([a-z_]+)", target["expr"]):
+                base = re.sub(r"_(bucket|count|sum)$", "", metric)
+                if metric not in exported and base not in exported:
+                    problem("dashboard", f"panel '{panel['title']}' uses shcr_{metric}, which src/metrics.rs does not export")
+    print(f"  ok   dashboard: {len(dashboard['panels'])} panels, metrics all exported" if not problems else "  ...  dashboard")
+
+
 def main() -> int:
     print(f"Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
           f"schemas for Kubernetes {', '.join(KUBE_VERSIONS)}")
@@ -246,6 +265,7 @@ def main() -> int:
         print(f"  ok   {name}: {len(documents)} manifests ({', '.join(kinds)})" if not problems else
               f"  ...  {name}: {len(documents)} manifests")
 
+    check_dashboard()
     expect_render_failure("no issuer", {"auth": {"issuer": ""}}, "auth.issuer is required")
     expect_render_failure("no database secret", {"database": {"existingSecret": ""}}, "database.existingSecret")
     data_files = [p for d in ("search-params", "consent-policies") for p in (REPO / d).iterdir()
