@@ -95,8 +95,9 @@ pub struct BenchArgs {
     /// FHIR base URL of a running server to measure instead of starting shcr here.
     #[arg(long)]
     pub target_url: Option<String>,
-    /// Bearer token for `--target-url` (none: requests carry no Authorization header).
-    #[arg(long, env = "SHCR_BENCH_TOKEN", hide_env_values = true)]
+    /// Bearer token for `--target-url` (none: requests carry no Authorization header). Not an
+    /// `SHCR_` variable: those are configuration keys, and unknown ones are refused.
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Name of the measured server in the results.
     #[arg(long, default_value = "shcr")]
