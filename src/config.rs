@@ -27,6 +27,10 @@ pub struct Settings {
     pub dev_issuer: DevIssuerSettings,
     /// `json` (default) or `pretty`.
     pub log_format: String,
+    /// Folder of the local search index; unset keeps it in memory (rebuilt at every start).
+    pub index_dir: Option<PathBuf>,
+    /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
+    pub search_params_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +78,8 @@ impl Default for Settings {
                 key_file: PathBuf::from(".shcr/dev-issuer-key.pem"),
             },
             log_format: "json".into(),
+            index_dir: Some(PathBuf::from(".shcr/index")),
+            search_params_dir: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod import;
 pub mod interactions;
 pub mod metrics;
+pub mod search;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

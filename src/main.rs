@@ -31,6 +31,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Measure ingest throughput and read/vread/update latency.
     Bench(commands::bench::BenchArgs),
+    /// Rebuild the local search index from PostgreSQL.
+    Reindex(commands::reindex::ReindexArgs),
 }
 
 #[tokio::main]
@@ -50,5 +52,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Demo(args) => commands::demo::run(settings, args).await,
         Command::Bench(args) => commands::bench::run(settings, args).await,
+        Command::Reindex(args) => commands::reindex::run(settings, args).await,
     }
 }

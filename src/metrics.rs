@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -54,6 +54,17 @@ pub static HTTP_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
             &["status"],
         )
         .expect("counter"),
+    )
+});
+
+/// Seconds between the commit of the newest change the search index applied and applying it.
+pub static INDEX_LAG: LazyLock<Gauge> = LazyLock::new(|| {
+    register(
+        Gauge::new(
+            "search_index_lag_seconds",
+            "Time from commit to searchable for the last indexed change",
+        )
+        .expect("gauge"),
     )
 });
 

@@ -15,6 +15,8 @@ use crate::api::health::Readiness;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::interactions::Repository;
+use crate::search::indexer::{IndexOptions, SearchIndex};
+use crate::search::params::Registry;
 use crate::store::Store;
 
 pub struct Application {
@@ -24,7 +26,18 @@ pub struct Application {
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
     readiness: Readiness,
+    search: Arc<SearchIndex>,
     server: Server,
+}
+
+/// The built-in search parameters, parsed and compiled once per process.
+fn builtin_registry() -> anyhow::Result<Arc<Registry>> {
+    static BUILTIN: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
+    if let Some(r) = BUILTIN.get() {
+        return Ok(r.clone());
+    }
+    let registry = Arc::new(Registry::load(None).context("loading search parameters")?);
+    Ok(BUILTIN.get_or_init(|| registry).clone())
 }
 
 /// The host clients on this machine use to reach a listener bound to `host`.
@@ -82,10 +95,30 @@ impl Application {
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
         let readiness = Readiness::default();
+        let registry = match &settings.search_params_dir {
+            Some(dir) => Arc::new(Registry::load(Some(dir)).context("loading search parameters")?),
+            None => builtin_registry()?,
+        };
+        for (url, why) in registry.unsupported() {
+            tracing::warn!(parameter = %url, reason = %why, "search parameter not supported");
+        }
+        let search = crate::search::indexer::start(
+            store.clone(),
+            registry.clone(),
+            IndexOptions {
+                dir: settings.index_dir.clone(),
+                base: base_url.clone(),
+            },
+        )
+        .await
+        .context("opening the search index")?;
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
-            capability_statement: api::capabilities::capability_statement(&base_url, &issuer)
-                .to_string(),
+            capability_statement: api::capabilities::capability_statement(
+                &base_url, &issuer, &registry,
+            )
+            .to_string(),
+            search: search.clone(),
             base_url,
             max_body_bytes: settings.max_body_bytes,
             verifier,
@@ -114,6 +147,7 @@ impl Application {
             dev_issuer,
             store,
             readiness,
+            search,
             server,
         })
     }
@@ -143,9 +177,13 @@ impl Application {
         &self.store
     }
 
-    /// Where components add `/readyz` checks (the search index: caught up with the feed).
+    /// Where components add `/readyz` checks besides the database, migrations and index.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    pub fn search(&self) -> Arc<SearchIndex> {
+        self.search.clone()
     }
 
     pub fn handle(&self) -> ServerHandle {

@@ -87,7 +87,10 @@ impl Provider {
         let body: Value = response.json().await.expect("token response JSON");
         assert_eq!(status, 200, "token endpoint: {body}");
         assert_eq!(body["token_type"], "Bearer");
-        body["access_token"].as_str().expect("access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     /// A trust's system token (client credentials), for shcr or for `resource`.

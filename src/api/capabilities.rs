@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::interactions::criteria::SUPPORTED_PARAMETERS;
+use crate::search::params::{ParamType, Registry};
 
 /// Date of this capability set; changes with the interactions below.
 const RELEASE_DATE: &str = "2026-11-25";
@@ -16,14 +17,32 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
 
 /// Whole-system interactions.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
-pub fn capability_statement(base_url: &str, issuer: &str) -> Value {
+pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -> Value {
     let resources: Vec<Value> = crate::validation::resource_types()
         .map(|t| {
+            let search_params: Vec<Value> = registry
+                .params_for(t)
+                .map(|p| {
+                    json!({
+                        "name": p.code,
+                        "definition": p.url,
+                        "type": p.param_type.code(),
+                        "documentation": p.description,
+                    })
+                })
+                .collect();
+            let includes: Vec<String> = registry
+                .params_for(t)
+                .filter(|p| p.param_type == ParamType::Reference)
+                .map(|p| format!("{t}:{}", p.code))
+                .collect();
             json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
@@ -36,6 +55,9 @@ pub fn capability_statement(base_url: &str, issuer: &str) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "local"],
+                "searchInclude": includes,
+                "searchRevInclude": includes,
+                "searchParam": search_params,
             })
         })
         .collect();

@@ -3,9 +3,8 @@
 //! `/readyz` runs every readiness check and answers 200 only when all pass; otherwise 503 with a
 //! JSON body naming each failing check and why, so an operator (or `kubectl port-forward` and
 //! curl) sees at once whether the database, the migrations or the local search index holds a pod
-//! back. Built in: `database` and `migrations`. Other components add theirs through
-//! `Readiness::register` (the search indexer: `search-index`, ready once it has caught up with
-//! the change feed).
+//! back. Built in: `database`, `migrations` and `search-index` (ready once the local index has
+//! caught up with the change feed). Other components add theirs through `Readiness::register`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -52,8 +51,8 @@ async fn bounded(check: impl Future<Output = Result<(), String>>) -> Result<(), 
         .unwrap_or_else(|_| Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())))
 }
 
-/// Ready when the database answers, its schema matches this binary and every registered check
-/// passes.
+/// Ready when the database answers, its schema matches this binary, the index has caught up and
+/// every registered check passes.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.repository.store();
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
@@ -72,6 +71,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     results.push(("database", database));
     results.push(("migrations", migrations));
+    // The local index must have caught up with the change feed, or searches would miss writes.
+    let index = if state.search.is_ready() {
+        Ok(())
+    } else {
+        Err(format!(
+            "still catching up with the change feed (the last applied change was {:.1} s old)",
+            state.search.lag_seconds()
+        ))
+    };
+    results.push(("search-index", index));
     for (name, check) in state.readiness.checks() {
         results.push((name, bounded(check()).await));
     }

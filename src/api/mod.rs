@@ -10,6 +10,7 @@ mod history;
 pub mod middleware;
 pub mod response;
 pub mod rest;
+mod search;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub struct AppState {
     pub capability_statement: String,
     /// Checks `/readyz` runs besides the database and migrations (e.g. the search index).
     pub readiness: health::Readiness,
+    pub search: Arc<crate::search::indexer::SearchIndex>,
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {
@@ -71,15 +73,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))
                 .wrap(from_fn(middleware::authenticate))
-                .service(resource("").route(web::post().to(rest::bundle)))
-                .service(resource("/").route(web::post().to(rest::bundle)))
+                .service(
+                    resource("")
+                        .route(web::post().to(rest::bundle))
+                        .route(web::get().to(search::search_system)),
+                )
+                .service(
+                    resource("/")
+                        .route(web::post().to(rest::bundle))
+                        .route(web::get().to(search::search_system)),
+                )
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
-                .service(
-                    resource("/{type}/_search").route(web::post().to(rest::search_not_available)),
-                )
+                .service(resource("/{type}/_search").route(web::post().to(search::search_post)))
                 .service(resource("/{type}/{id}/_history").route(web::get().to(history::instance)))
                 .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(rest::vread)))
+                .service(
+                    resource("/{compartment}/{id}/{type}")
+                        .route(web::get().to(search::search_compartment)),
+                )
                 .service(
                     resource("/{type}/{id}")
                         .route(web::get().to(rest::read))
@@ -88,7 +100,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/{type}")
-                        .route(web::get().to(rest::search_not_available))
+                        .route(web::get().to(search::search_type))
                         .route(web::post().to(rest::create))
                         .route(web::put().to(rest::conditional_update))
                         .route(web::delete().to(rest::conditional_delete)),

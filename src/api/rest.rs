@@ -211,19 +211,6 @@ pub async fn bundle(
     ))
 }
 
-/// Search is served by the search index (a later capability); until then say so plainly.
-pub async fn search_not_available(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let resource_type = path.into_inner();
-    Repository::check_type(&resource_type)?;
-    Err(ApiError::http(
-        StatusCode::NOT_IMPLEMENTED,
-        IssueType::NotSupported,
-        format!(
-            "search on {resource_type} is not available on this server yet; read by id, _history and conditional interactions are"
-        ),
-    ))
-}
-
 pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::http(
         StatusCode::METHOD_NOT_ALLOWED,

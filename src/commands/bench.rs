@@ -316,6 +316,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     settings.port = 0;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = temp.join("key.pem");
+    settings.index_dir = Some(temp.join("index"));
     settings.max_body_bytes = 64 * 1024 * 1024;
     settings.db_max_connections = 32;
     let result = bench_in_process(settings, args.keep, args).await;
@@ -352,11 +353,14 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
         3600,
     ))?;
     let base = app.base_url();
+    let search = app.search();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     let result = bench(base, Some(token), args).await;
     handle.stop(true).await;
     server.await??;
+    // Commits and releases the index folder before the database and folder are removed.
+    search.shutdown().await;
     result.map(|_| keep)
 }
 

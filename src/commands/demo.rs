@@ -64,6 +64,7 @@ async fn serve_demo(
     settings.port = args.port;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = data_dir.join("dev-issuer-key.pem");
+    settings.index_dir = Some(data_dir.join("index"));
     let app = Application::build(settings.clone()).await?;
     let repo = Repository::new(app.store().clone());
 
@@ -162,10 +163,12 @@ async fn serve_demo(
     );
 
     let handle = app.handle();
+    let search = app.search();
     let server = tokio::spawn(app.run_until_stopped());
     super::serve::shutdown_signal().await;
     println!("stopping shcr");
     handle.stop(true).await;
     server.await??;
+    search.shutdown().await;
     Ok(())
 }

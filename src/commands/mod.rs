@@ -4,5 +4,6 @@ pub mod bench;
 pub mod demo;
 pub mod generate;
 pub mod import;
+pub mod reindex;
 pub mod serve;
 pub mod token;

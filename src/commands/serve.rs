@@ -7,12 +7,14 @@ use crate::store::Store;
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     let handle = app.handle();
+    let search = app.search();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         handle.stop(true).await;
     });
     app.run_until_stopped().await?;
+    search.shutdown().await;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FeedPosition {
     pub txid: i64,
     pub seq: i64,
@@ -77,5 +77,101 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(horizon)
+    }
+}
+
+/// One poll of the feed for a follower that must also see transactions committed above the
+/// ordered prefix (see `Store::poll_feed`).
+#[derive(Debug, Clone, Default)]
+pub struct FeedPoll {
+    /// Rows of transactions older than every running one: safe to advance a cursor over.
+    pub ordered: Vec<Change>,
+    /// Whether `ordered` stopped at the limit (more ordered rows wait).
+    pub more: bool,
+    /// Committed rows of transactions newer than the oldest running one. A cursor must not pass
+    /// them (an older transaction may still commit below them), but a reader that wants every
+    /// committed write now can apply them early.
+    pub above: Vec<Change>,
+}
+
+fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<Change, sqlx::Error> {
+    Ok(Change {
+        position: FeedPosition {
+            txid: r.try_get("txid")?,
+            seq: r.try_get("seq")?,
+        },
+        resource_type: r.try_get("resource_type")?,
+        id: r.try_get("id")?,
+        version_id: r.try_get("version_id")?,
+        operation: r.try_get("operation")?,
+        recorded_at: r.try_get("recorded_at")?,
+    })
+}
+
+impl Store {
+    /// Everything committed after `after`, split at the snapshot's xmin: the ordered prefix (up
+    /// to `limit`) and the committed rows above it. One snapshot answers both, so no write
+    /// committed before the call is missing from the union.
+    pub async fn poll_feed(&self, after: FeedPosition, limit: i64) -> Result<FeedPoll, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let xmin: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
+        let ordered = sqlx::query(
+            "SELECT txid::text::bigint AS txid, seq, resource_type, id, version_id, operation,
+                    recorded_at
+             FROM change_feed
+             WHERE (txid, seq) > ($1::text::xid8, $2) AND txid < $3::text::xid8
+             ORDER BY txid, seq
+             LIMIT $4",
+        )
+        .bind(after.txid.to_string())
+        .bind(after.seq)
+        .bind(xmin.to_string())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let above = sqlx::query(
+            "SELECT txid::text::bigint AS txid, seq, resource_type, id, version_id, operation,
+                    recorded_at
+             FROM change_feed
+             WHERE txid >= $1::text::xid8 AND (txid, seq) > ($2::text::xid8, $3)
+             ORDER BY txid, seq",
+        )
+        .bind(xmin.to_string())
+        .bind(after.txid.to_string())
+        .bind(after.seq)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let ordered: Vec<Change> = ordered
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(FeedPoll {
+            more: ordered.len() as i64 >= limit,
+            ordered,
+            above: above
+                .iter()
+                .map(change_from_row)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The position just before every transaction not yet older than all running ones: a full
+    /// scan taken after this call, followed by the feed from here, misses nothing.
+    pub async fn feed_restart_point(&self) -> Result<FeedPosition, StoreError> {
+        let xmin: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(FeedPosition {
+            txid: xmin - 1,
+            seq: i64::MAX,
+        })
     }
 }

@@ -6,9 +6,9 @@ mod history;
 mod read;
 mod write;
 
-pub use changes::{Change, FeedPosition};
+pub use changes::{Change, FeedPoll, FeedPosition};
 pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
-pub use read::{Current, VersionRow};
+pub use read::{Current, HeadState, VersionRow};
 pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx};
 
 use sqlx::PgPool;

@@ -124,3 +124,112 @@ impl Store {
             .map_err(StoreError::from)
     }
 }
+
+/// The current state of a resource as the search indexer needs it.
+#[derive(Debug, Clone)]
+pub struct HeadState {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: OffsetDateTime,
+    pub deleted: bool,
+    pub author_org: Option<String>,
+    pub content: Option<String>,
+}
+
+impl HeadState {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<HeadState, sqlx::Error> {
+        Ok(HeadState {
+            resource_type: row.try_get("resource_type")?,
+            id: row.try_get("id")?,
+            version_id: row.try_get("version_id")?,
+            last_updated: row.try_get("last_updated")?,
+            deleted: row.try_get("deleted")?,
+            author_org: row.try_get("author_org")?,
+            content: row.try_get("content")?,
+        })
+    }
+}
+
+impl Store {
+    /// Current state of each `(type, id)`; keys never written are absent.
+    pub async fn heads(&self, keys: &[(String, String)]) -> Result<Vec<HeadState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.deleted,
+                    v.author_org, v.content::text AS content
+             FROM unnest($1::text[], $2::text[]) AS k(t, i)
+             JOIN resource_head h ON h.resource_type = k.t AND h.id = k.i
+             JOIN resource_version v
+               ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(HeadState::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Current, non-deleted resources after `after` in `(type, id)` order, for a full reindex.
+    pub async fn scan_heads(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<HeadState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.deleted,
+                    v.author_org, v.content::text AS content
+             FROM resource_head h
+             JOIN resource_version v
+               ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+             WHERE NOT h.deleted
+               AND ($1::text IS NULL OR (h.resource_type, h.id) > ($1, $2))
+             ORDER BY h.resource_type, h.id
+             LIMIT $3",
+        )
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(HeadState::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Versions by `(type, id, version)`, for assembling search results exactly as indexed.
+    pub async fn versions(
+        &self,
+        keys: &[(String, String, i64)],
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let vids: Vec<i64> = keys.iter().map(|k| k.2).collect();
+        let rows = sqlx::query(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
+                    v.content::text AS content
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, n)
+             JOIN resource_version v ON v.resource_type = k.t AND v.id = k.i AND v.version_id = k.n",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&vids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(VersionRow::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+}

@@ -75,3 +75,30 @@ pub fn resource_types() -> impl Iterator<Item = &'static str> {
 pub fn load_definitions() {
     std::sync::LazyLock::force(&model::MODEL);
 }
+
+const SUMMARY_TSV: &str = include_str!("../../definitions/r4/summary.tsv");
+
+static SUMMARY: std::sync::LazyLock<std::collections::HashMap<&'static str, Vec<String>>> =
+    std::sync::LazyLock::new(|| {
+        SUMMARY_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (t, names) = l.split_once('\t')?;
+                Some((
+                    t,
+                    names
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                ))
+            })
+            .collect()
+    });
+
+/// Top-level elements of `resource_type` marked isSummary (choice elements as `name[x]`), for
+/// `_summary=true`.
+pub fn summary_elements(resource_type: &str) -> &'static [String] {
+    SUMMARY.get(resource_type).map(Vec::as_slice).unwrap_or(&[])
+}

@@ -91,14 +91,28 @@ async fn metadata_and_health_need_no_token() {
     assert_eq!(metadata.status(), 200);
     let statement: serde_json::Value = metadata.json().await.unwrap();
     assert_eq!(statement["resourceType"], "CapabilityStatement");
-    for path in ["healthz", "readyz"] {
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Ready once the (empty) search index has caught up with the database.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
         let r = app
             .client
-            .get(format!("{}/{path}", app.origin))
+            .get(format!("{}/readyz", app.origin))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

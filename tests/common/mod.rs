@@ -52,6 +52,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         let admin = admin_url();
         let name = self.name.clone();
         // Drop runs inside the test's runtime; use a thread with its own to finish the work.
@@ -87,6 +90,7 @@ pub struct TestApp {
     pub readiness: shcr::api::health::Readiness,
     /// The store the server uses, for store functions the API does not expose.
     pub store: shcr::store::Store,
+    pub search: Arc<shcr::search::indexer::SearchIndex>,
     handle: actix_web::dev::ServerHandle,
     _key_dir: tempfile::TempDir,
     // Dropped last: the database outlives the server and pool above.
@@ -100,6 +104,8 @@ pub fn test_settings(db_url: &str, key_dir: &std::path::Path) -> Settings {
         workers: Some(2),
         db_max_connections: 8,
         max_body_bytes: 256 * 1024,
+        // In memory: each test starts with an empty database anyway.
+        index_dir: None,
         ..Settings::default()
     };
     settings.dev_issuer.enabled = true;
@@ -113,11 +119,28 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let db = TestDatabase::create().await;
+        Self::start(db, adjust).await
+    }
+
+    /// A second server on an existing test database (that database is not dropped by it).
+    pub async fn spawn_on(url: &str) -> TestApp {
+        Self::spawn_on_with(url, |_| {}).await
+    }
+
+    pub async fn spawn_on_with(url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let db = TestDatabase {
+            name: String::new(),
+            url: url.to_string(),
+        };
+        Self::start(db, adjust).await
+    }
+
+    async fn start(db: TestDatabase, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         // Server logs would drown the test output; TEST_LOG=1 shows them.
         if std::env::var_os("TEST_LOG").is_some() {
             shcr::telemetry::init("pretty");
         }
-        let db = TestDatabase::create().await;
         let key_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&db.url, key_dir.path());
         adjust(&mut settings);
@@ -131,6 +154,7 @@ impl TestApp {
         let pool = app.store().pool().clone();
         let store = app.store().clone();
         let readiness = app.readiness().clone();
+        let search = app.search();
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
@@ -142,6 +166,7 @@ impl TestApp {
             pool,
             issuer_url,
             issuer,
+            search,
             handle,
             _key_dir: key_dir,
             db,
@@ -252,12 +277,71 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops this server but keeps its database for other servers; the returned value drops
+    /// the database when it goes.
+    pub async fn keep_database(mut self) -> TestDatabase {
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDatabase {
+                name: String::new(),
+                url: String::new(),
+            },
+        );
+        self.stop().await;
+        db
+    }
+
+    /// Stops the server and the indexer and waits until the index folder is released.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.search.shutdown().await;
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         let handle = self.handle.clone();
         // Stopping is best effort; the database drop terminates remaining connections.
         drop(handle.stop(false));
+        self.search.request_stop();
     }
+}
+
+impl TestApp {
+    /// Runs a search (path relative to the base) and returns the Bundle.
+    pub async fn search(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["type"], "searchset", "{body}");
+        body
+    }
+
+    /// `Type/id` of the matches of a search, in order.
+    pub async fn search_ids(&self, path: &str) -> Vec<String> {
+        match_ids(&self.search(path).await)
+    }
+}
+
+pub fn match_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Asserts an OperationOutcome body and returns it.

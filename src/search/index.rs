@@ -1,0 +1,349 @@
+//! The tantivy index: its schema, and the document a resource becomes. One schema for every
+//! resource type; parameters are prefixes inside shared fields (see `terms`).
+
+use std::path::Path;
+
+use serde_json::Value;
+use tantivy::schema::{
+    BytesOptions, FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema,
+    TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAnalyzer};
+use tantivy::{Index, TantivyDocument};
+
+use super::compartments::patient_params;
+use super::extract::{Extracted, IndexValue, extract, text_content};
+use super::params::{ParamType, Registry};
+use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
+
+/// Bumped whenever the document layout changes: an index of another version is rebuilt.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const FOLDED: &str = "folded";
+
+#[derive(Clone, Copy)]
+pub struct Fields {
+    pub resource_type: Field,
+    pub id: Field,
+    /// `Type/id`: the delete key.
+    pub key: Field,
+    pub version: Field,
+    pub last_updated: Field,
+    pub token: Field,
+    pub token_text: Field,
+    pub string: Field,
+    pub exact: Field,
+    pub reference: Field,
+    pub reference_identifier: Field,
+    pub low: Field,
+    pub high: Field,
+    pub number: Field,
+    pub uri: Field,
+    /// Codes of parameters with at least one value (`:missing`).
+    pub has: Field,
+    /// `Patient/{id}` of every patient compartment the resource is in.
+    pub compartment: Field,
+    /// ODS code of the trust that wrote the version (for access policies).
+    pub author_org: Field,
+    pub narrative: Field,
+    pub content: Field,
+    /// Packed values for predicates terms cannot decide.
+    pub packed: Field,
+    /// Packed sort keys.
+    pub sort: Field,
+}
+
+pub fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(FOLDED)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let fields = Fields {
+        resource_type: b.add_text_field("type", STRING | FAST),
+        id: b.add_text_field("id", STRING | STORED | FAST),
+        key: b.add_text_field("key", STRING),
+        version: b.add_i64_field("version", STORED | FAST),
+        last_updated: b.add_i64_field("last_updated", INDEXED | FAST),
+        token: b.add_text_field("tok", STRING),
+        token_text: b.add_text_field("toktext", STRING),
+        string: b.add_text_field("str", STRING),
+        exact: b.add_text_field("strx", STRING),
+        reference: b.add_text_field("ref", STRING),
+        reference_identifier: b.add_text_field("refid", STRING),
+        low: b.add_text_field("lo", STRING),
+        high: b.add_text_field("hi", STRING),
+        number: b.add_text_field("num", STRING),
+        uri: b.add_text_field("uri", STRING),
+        has: b.add_text_field("has", STRING),
+        compartment: b.add_text_field("comp", STRING),
+        author_org: b.add_text_field("org", STRING),
+        narrative: b.add_text_field("narrative", text.clone()),
+        content: b.add_text_field("content", text),
+        packed: b.add_bytes_field("packed", BytesOptions::default().set_fast()),
+        sort: b.add_bytes_field("sort", BytesOptions::default().set_fast()),
+    };
+    (b.build(), fields)
+}
+
+fn register_tokenizers(index: &Index) {
+    index.tokenizers().register(
+        FOLDED,
+        TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(LowerCaser)
+            .filter(AsciiFoldingFilter)
+            .build(),
+    );
+}
+
+/// Opens the index in `dir`, or creates it. `Err` means the folder holds something unusable;
+/// the caller rebuilds.
+pub fn open_or_create(dir: &Path) -> tantivy::Result<(Index, Fields)> {
+    let (schema, fields) = schema();
+    std::fs::create_dir_all(dir)?;
+    let directory = tantivy::directory::MmapDirectory::open(dir)?;
+    let index = Index::open_or_create(directory, schema)?;
+    register_tokenizers(&index);
+    Ok((index, fields))
+}
+
+pub fn in_memory() -> (Index, Fields) {
+    let (schema, fields) = schema();
+    let index = Index::create_in_ram(schema);
+    register_tokenizers(&index);
+    (index, fields)
+}
+
+/// What the indexer knows of a resource besides its JSON.
+pub struct IndexRow<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub version_id: i64,
+    pub last_updated_micros: i64,
+    pub author_org: Option<&'a str>,
+    pub resource: &'a Value,
+}
+
+/// Whether a reference value names a resource on this server.
+pub fn is_local(url: &str, base: &str) -> bool {
+    !url.contains("://") || url.starts_with(base)
+}
+
+fn sort_key(value: &IndexValue) -> Option<Vec<u8>> {
+    Some(match value {
+        IndexValue::String { normalised, .. } => normalised.as_bytes().to_vec(),
+        IndexValue::Token { code, text, .. } => {
+            code.as_ref().or(text.as_ref())?.as_bytes().to_vec()
+        }
+        IndexValue::Reference { url, .. } => url.as_bytes().to_vec(),
+        IndexValue::Date { low, .. } => hex_i64(*low).into_bytes(),
+        IndexValue::Number { value, .. } | IndexValue::Quantity { value, .. } => {
+            hex_f64(*value).into_bytes()
+        }
+        IndexValue::Uri(u) => u.as_bytes().to_vec(),
+        _ => return None,
+    })
+}
+
+fn sort_key_high(value: &IndexValue) -> Option<Vec<u8>> {
+    match value {
+        IndexValue::Date { high, .. } => Some(hex_i64(*high).into_bytes()),
+        other => sort_key(other),
+    }
+}
+
+/// Sort keys: per parameter its smallest key (ascending sorts) and largest (descending).
+pub fn pack_sort_keys(extracted: &[Extracted<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in extracted {
+        let min = e.values.iter().filter_map(sort_key).min();
+        let max = e.values.iter().filter_map(sort_key_high).max();
+        if let (Some(min), Some(max)) = (min, max) {
+            for part in [e.param.code.as_bytes(), &min, &max] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    out
+}
+
+/// The (smallest, largest) sort keys of `code` in packed sort keys.
+pub fn unpack_sort_key<'a>(bytes: &'a [u8], code: &str) -> Option<(&'a [u8], &'a [u8])> {
+    let mut rest = bytes;
+    let take = |rest: &mut &'a [u8]| -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let part = rest.get(4..4 + len)?;
+        *rest = &rest[4 + len..];
+        Some(part)
+    };
+    while !rest.is_empty() {
+        let c = take(&mut rest)?;
+        let min = take(&mut rest)?;
+        let max = take(&mut rest)?;
+        if c == code.as_bytes() {
+            return Some((min, max));
+        }
+    }
+    None
+}
+
+fn add_values(
+    doc: &mut TantivyDocument,
+    f: &Fields,
+    code: &str,
+    values: &[IndexValue],
+    base: &str,
+) {
+    for v in values {
+        match v {
+            IndexValue::String { normalised, exact } => {
+                doc.add_text(f.string, join(&[code, normalised]));
+                doc.add_text(f.exact, join(&[code, exact]));
+            }
+            IndexValue::Token {
+                system,
+                code: value,
+                text,
+                of_type,
+            } => {
+                if let Some(value) = value {
+                    let system = system.as_deref().unwrap_or("");
+                    doc.add_text(f.token, join(&[code, system, value]));
+                    doc.add_text(f.token, join(&[code, &ANY.to_string(), value]));
+                    if let Some((ts, tc)) = of_type {
+                        doc.add_text(f.token, join(&[&format!("{code}:of-type"), ts, tc, value]));
+                    }
+                }
+                if let Some(system) = system.as_deref().filter(|s| !s.is_empty()) {
+                    doc.add_text(f.token, join(&[code, system, &ANY.to_string()]));
+                }
+                if let Some(text) = text {
+                    let folded = super::normalise::fold_string(text);
+                    for word in folded
+                        .split(|c: char| !c.is_alphanumeric())
+                        .filter(|w| !w.is_empty())
+                    {
+                        doc.add_text(f.token_text, join(&[code, word]));
+                    }
+                }
+            }
+            IndexValue::Reference {
+                resource_type,
+                id,
+                url,
+                identifier,
+                ..
+            } => {
+                if !url.is_empty() {
+                    if let (true, Some(t), Some(id)) = (is_local(url, base), resource_type, id) {
+                        doc.add_text(f.reference, join(&[code, &format!("{t}/{id}")]));
+                        doc.add_text(f.reference, join(&[code, &format!("{ANY}/{id}")]));
+                    } else {
+                        doc.add_text(f.reference, join(&[code, url]));
+                    }
+                }
+                if let Some((system, value)) = identifier {
+                    doc.add_text(
+                        f.reference_identifier,
+                        join(&[code, system.as_deref().unwrap_or(""), value]),
+                    );
+                    doc.add_text(
+                        f.reference_identifier,
+                        join(&[code, &ANY.to_string(), value]),
+                    );
+                }
+            }
+            IndexValue::Date { low, high } => {
+                doc.add_text(f.low, join(&[code, &hex_i64(*low)]));
+                doc.add_text(f.high, join(&[code, &hex_i64(*high)]));
+            }
+            IndexValue::Number { value, .. } => {
+                doc.add_text(f.number, join(&[code, &ANY.to_string(), &hex_f64(*value)]));
+            }
+            IndexValue::Quantity {
+                value,
+                system,
+                code: unit_code,
+                unit,
+                ..
+            } => {
+                for q in
+                    quantity_qualifiers(system.as_deref(), unit_code.as_deref(), unit.as_deref())
+                {
+                    doc.add_text(f.number, join(&[code, &q, &hex_f64(*value)]));
+                }
+            }
+            IndexValue::Uri(u) => doc.add_text(f.uri, join(&[code, u])),
+            IndexValue::Composite(parts) => {
+                // Components are indexed under `code$i` so terms can pre-select candidates; the
+                // packed items decide which components belong together.
+                for (i, component) in parts.iter().enumerate() {
+                    add_values(doc, f, &format!("{code}${i}"), component, base);
+                }
+            }
+            IndexValue::Position { .. } => {}
+        }
+    }
+}
+
+/// The document for a resource's current version.
+pub fn document(
+    f: &Fields,
+    registry: &Registry,
+    base: &str,
+    row: &IndexRow<'_>,
+) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_text(f.resource_type, row.resource_type);
+    doc.add_text(f.id, row.id);
+    doc.add_text(f.key, format!("{}/{}", row.resource_type, row.id));
+    doc.add_i64(f.version, row.version_id);
+    doc.add_i64(f.last_updated, row.last_updated_micros);
+    if let Some(org) = row.author_org {
+        doc.add_text(f.author_org, org);
+    }
+    let extracted = extract(registry, row.resource);
+    let compartment_params = patient_params(row.resource_type);
+    if row.resource_type == "Patient" {
+        doc.add_text(f.compartment, format!("Patient/{}", row.id));
+    }
+    let mut packed_groups: Vec<(&str, &[IndexValue])> = Vec::new();
+    for e in &extracted {
+        let code = e.param.code.as_str();
+        doc.add_text(f.has, code);
+        add_values(&mut doc, f, code, &e.values, base);
+        if matches!(
+            e.param.param_type,
+            ParamType::Date | ParamType::Composite | ParamType::Reference
+        ) {
+            packed_groups.push((code, &e.values));
+        }
+        if compartment_params.iter().any(|p| p == code) {
+            for v in &e.values {
+                if let IndexValue::Reference {
+                    resource_type: Some(t),
+                    id: Some(id),
+                    url,
+                    ..
+                } = v
+                    && t == "Patient"
+                    && is_local(url, base)
+                {
+                    doc.add_text(f.compartment, format!("Patient/{id}"));
+                }
+            }
+        }
+    }
+    doc.add_bytes(f.packed, &super::packed::pack(packed_groups.into_iter()));
+    doc.add_bytes(f.sort, &pack_sort_keys(&extracted));
+    let (narrative, content) = text_content(row.resource);
+    if !narrative.is_empty() {
+        doc.add_text(f.narrative, narrative);
+    }
+    if !content.is_empty() {
+        doc.add_text(f.content, content);
+    }
+    doc
+}

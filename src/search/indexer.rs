@@ -1,0 +1,504 @@
+//! Keeps the local index in step with PostgreSQL: follows the change feed, indexes each changed
+//! resource's current state, and lets a search wait until every write committed before it began
+//! is searchable. Owns the index writer; searches only ever read.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+use tokio::sync::{Notify, watch};
+
+use super::index::{Fields, IndexRow, SCHEMA_VERSION, document, in_memory, open_or_create};
+use super::params::Registry;
+use crate::store::{Change, FeedPosition, HeadState, Store};
+
+const BATCH: i64 = 2000;
+/// Even without notifications the feed is polled this often.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+/// After a change notification, how long to wait for more before applying them.
+const COMMIT_GATHER: Duration = Duration::from_millis(25);
+/// Applied changes are committed at least this often even when no search is waiting.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("search index: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the search index did not catch up within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The shared, read side of the index plus the handle searches use to wait for freshness.
+pub struct SearchIndex {
+    pub index: Index,
+    pub fields: Fields,
+    pub reader: IndexReader,
+    pub registry: Arc<Registry>,
+    /// FHIR base URL: absolute references under it are local.
+    pub base: String,
+    next_generation: AtomicU64,
+    completed: watch::Sender<u64>,
+    wake: Notify,
+    /// Searches waiting for freshness: while any wait, every poll commits at once.
+    waiters: std::sync::atomic::AtomicUsize,
+    ready: AtomicBool,
+    /// When the last applied change was committed, for the index-lag metric.
+    lag_seconds: Mutex<f64>,
+    /// Set to stop the indexer; it then commits, releases the writer (and the folder's lock)
+    /// and reports `stopped`.
+    stop: watch::Sender<bool>,
+    stopped: watch::Sender<bool>,
+}
+
+fn payload(position: FeedPosition) -> String {
+    serde_json::json!({"schema": SCHEMA_VERSION, "txid": position.txid, "seq": position.seq})
+        .to_string()
+}
+
+/// The feed position the index reflects, if the index was written by this schema version.
+fn read_position(index: &Index) -> tantivy::Result<Option<FeedPosition>> {
+    let metas = index.load_metas()?;
+    let Some(p) = metas.payload else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(&p).unwrap_or(Value::Null);
+    if v["schema"].as_u64() != Some(u64::from(SCHEMA_VERSION)) {
+        return Ok(None);
+    }
+    Ok(Some(FeedPosition {
+        txid: v["txid"].as_i64().unwrap_or(0),
+        seq: v["seq"].as_i64().unwrap_or(0),
+    }))
+}
+
+impl SearchIndex {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        *self.lag_seconds.lock().expect("lag lock")
+    }
+
+    /// Waits until a feed poll that started after this call has been applied: every write
+    /// committed before the call is then searchable.
+    pub async fn wait_fresh(&self, timeout: Duration) -> Result<(), IndexError> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let ticket = self.next_generation.load(Ordering::SeqCst);
+        let mut completed = self.completed.subscribe();
+        self.wake.notify_one();
+        let wait = completed.wait_for(|done| *done >= ticket);
+        let result = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(IndexError::Timeout(timeout)),
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    pub fn searcher(&self) -> tantivy::Searcher {
+        self.reader.searcher()
+    }
+
+    /// Asks the indexer to stop without waiting (for `Drop`).
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    /// Stops the indexer: pending changes are committed and the index folder released.
+    pub async fn shutdown(&self) {
+        let mut stopped = self.stopped.subscribe();
+        self.request_stop();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stopped.wait_for(|s| *s)).await;
+    }
+}
+
+/// The indexer task's own state.
+struct Indexer {
+    shared: Arc<SearchIndex>,
+    writer: Arc<Mutex<IndexWriter>>,
+    store: Store,
+    position: FeedPosition,
+    /// Rows applied early (above the ordered prefix), so a later poll does not redo them.
+    applied_above: HashSet<FeedPosition>,
+}
+
+pub struct IndexOptions {
+    /// `None`: an in-memory index (tests that do not care about restarts).
+    pub dir: Option<PathBuf>,
+    pub base: String,
+}
+
+/// Opens (or rebuilds) the index and starts following the feed.
+pub async fn start(
+    store: Store,
+    registry: Arc<Registry>,
+    options: IndexOptions,
+) -> Result<Arc<SearchIndex>, IndexError> {
+    let (index, fields, position) = match &options.dir {
+        None => {
+            let (index, fields) = in_memory();
+            (index, fields, None)
+        }
+        Some(dir) => open_checked(dir)?,
+    };
+    let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    let (completed, _) = watch::channel(0);
+    let shared = Arc::new(SearchIndex {
+        index,
+        fields,
+        reader,
+        registry,
+        base: options.base,
+        next_generation: AtomicU64::new(1),
+        completed,
+        wake: Notify::new(),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
+        ready: AtomicBool::new(false),
+        lag_seconds: Mutex::new(0.0),
+        stop: watch::channel(false).0,
+        stopped: watch::channel(false).0,
+    });
+    let mut indexer = Indexer {
+        shared: shared.clone(),
+        writer: Arc::new(Mutex::new(writer)),
+        store: store.clone(),
+        position: position.unwrap_or(FeedPosition::START),
+        applied_above: HashSet::new(),
+    };
+    tokio::spawn(async move {
+        if position.is_none() {
+            let started = Instant::now();
+            match indexer.rebuild(|_| {}).await {
+                Ok(n) => tracing::info!(
+                    resources = n,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "search index built"
+                ),
+                Err(e) => tracing::error!(error = %e, "building the search index failed"),
+            }
+        }
+        indexer.follow().await;
+    });
+    Ok(shared)
+}
+
+/// Opens the index in `dir`; a missing, corrupt or outdated one is wiped (the caller rebuilds).
+fn open_checked(dir: &Path) -> Result<(Index, Fields, Option<FeedPosition>), IndexError> {
+    match open_or_create(dir).and_then(|(index, fields)| {
+        let position = read_position(&index)?;
+        Ok((index, fields, position))
+    }) {
+        Ok((index, fields, Some(position))) => Ok((index, fields, Some(position))),
+        Ok((_, _, None)) | Err(_) => {
+            tracing::warn!(dir = %dir.display(), "search index missing, outdated or unreadable: rebuilding");
+            if dir.exists() {
+                std::fs::remove_dir_all(dir)?;
+            }
+            let (index, fields) = open_or_create(dir)?;
+            Ok((index, fields, None))
+        }
+    }
+}
+
+impl Indexer {
+    /// Re-indexes every current resource from PostgreSQL; returns how many.
+    async fn rebuild(&mut self, mut progress: impl FnMut(usize)) -> Result<usize, IndexError> {
+        let restart = self.store.feed_restart_point().await?;
+        {
+            let writer = self.writer.clone();
+            tokio::task::spawn_blocking(move || {
+                writer.lock().expect("writer").delete_all_documents()
+            })
+            .await
+            .expect("join")?;
+        }
+        let mut after: Option<(String, String)> = None;
+        let mut total = 0;
+        loop {
+            let batch = self
+                .store
+                .scan_heads(after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), BATCH)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some((last.resource_type.clone(), last.id.clone()));
+            total += batch.len();
+            self.index_heads(batch).await?;
+            progress(total);
+        }
+        self.position = restart;
+        self.applied_above.clear();
+        self.commit().await?;
+        Ok(total)
+    }
+
+    async fn index_heads(&self, heads: Vec<HeadState>) -> Result<(), IndexError> {
+        let shared = self.shared.clone();
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
+            let writer = writer.lock().expect("writer");
+            let f = shared.fields;
+            for head in heads {
+                writer.delete_term(Term::from_field_text(
+                    f.key,
+                    &format!("{}/{}", head.resource_type, head.id),
+                ));
+                if head.deleted {
+                    continue;
+                }
+                let Some(content) = head.content.as_deref() else { continue };
+                let Ok(resource) = serde_json::from_str::<Value>(content) else {
+                    tracing::error!(resource_type = %head.resource_type, id = %head.id, "stored resource is not JSON; not indexed");
+                    continue;
+                };
+                let micros = (head.last_updated.unix_timestamp_nanos() / 1000) as i64;
+                let row = IndexRow {
+                    resource_type: &head.resource_type,
+                    id: &head.id,
+                    version_id: head.version_id,
+                    last_updated_micros: micros,
+                    author_org: head.author_org.as_deref(),
+                    resource: &resource,
+                };
+                writer.add_document(document(&f, &shared.registry, &shared.base, &row))?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("join")
+    }
+
+    async fn commit(&self) -> Result<(), IndexError> {
+        let writer = self.writer.clone();
+        let payload = payload(self.position);
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
+            let mut writer = writer.lock().expect("writer");
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&payload);
+            prepared.commit()?;
+            shared.reader.reload()?;
+            Ok(())
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Applies one poll of the feed to the writer (not yet committed); returns whether more
+    /// ordered rows are waiting and whether anything was applied.
+    async fn poll(&mut self) -> Result<(bool, bool), IndexError> {
+        let poll = self.store.poll_feed(self.position, BATCH).await?;
+        let mut changed: Vec<&Change> = poll.ordered.iter().collect();
+        changed.extend(
+            poll.above
+                .iter()
+                .filter(|c| !self.applied_above.contains(&c.position)),
+        );
+        if changed.is_empty() {
+            return Ok((false, false));
+        }
+        let newest = changed.iter().map(|c| c.recorded_at).max();
+        let mut keys: Vec<(String, String)> = changed
+            .iter()
+            .map(|c| (c.resource_type.clone(), c.id.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        // A key whose head row is gone cannot happen today (deletions are versions), but a
+        // missing head must still drop the document.
+        let heads = self.store.heads(&keys).await?;
+        let found: HashMap<(String, String), ()> = heads
+            .iter()
+            .map(|h| ((h.resource_type.clone(), h.id.clone()), ()))
+            .collect();
+        let mut all = heads;
+        for (t, id) in keys {
+            if !found.contains_key(&(t.clone(), id.clone())) {
+                all.push(HeadState {
+                    resource_type: t,
+                    id,
+                    version_id: 0,
+                    last_updated: time::OffsetDateTime::UNIX_EPOCH,
+                    deleted: true,
+                    author_org: None,
+                    content: None,
+                });
+            }
+        }
+        self.index_heads(all).await?;
+        if let Some(last) = poll.ordered.last() {
+            self.position = last.position;
+        }
+        for c in &poll.above {
+            self.applied_above.insert(c.position);
+        }
+        let position = self.position;
+        self.applied_above.retain(|p| *p > position);
+        if let Some(newest) = newest {
+            let lag = (time::OffsetDateTime::now_utc() - newest)
+                .as_seconds_f64()
+                .max(0.0);
+            *self.shared.lag_seconds.lock().expect("lag lock") = lag;
+            crate::metrics::INDEX_LAG.set(lag);
+        }
+        Ok((poll.more, true))
+    }
+
+    async fn follow(mut self) {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(self.store.pool()).await {
+            Ok(mut l) => match l.listen("shcr_change_feed").await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; the index will poll");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no LISTEN connection; the index will poll");
+                None
+            }
+        };
+        let mut failures = 0u32;
+        let mut uncommitted = false;
+        let mut last_commit = Instant::now();
+        let mut stop = self.shared.stop.subscribe();
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
+            let more = match self.poll().await {
+                Ok((more, applied)) => {
+                    failures = 0;
+                    uncommitted |= applied;
+                    // Commits are what cost (each makes a segment to merge later), so background
+                    // changes are gathered; a waiting search gets its commit at once.
+                    let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0;
+                    if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
+                        if let Err(e) = self.commit().await {
+                            tracing::error!(error = %e, "committing the search index failed");
+                            continue;
+                        }
+                        uncommitted = false;
+                        last_commit = Instant::now();
+                    }
+                    if !uncommitted {
+                        if !more {
+                            self.shared.ready.store(true, Ordering::Release);
+                        }
+                        self.shared.completed.send_replace(generation);
+                    }
+                    more
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "search indexing failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
+                        .await;
+                    continue;
+                }
+            };
+            if more {
+                continue;
+            }
+            let idle = if uncommitted {
+                MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed())
+            } else {
+                IDLE_POLL
+            };
+            let wake = self.shared.wake.notified();
+            match listener.as_mut() {
+                Some(l) => {
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        _ = wake => {}
+                        n = l.recv() => {
+                            if n.is_err() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            } else {
+                                // Let a burst of commits gather into one index commit; a
+                                // search that is waiting cuts this short through `wake`.
+                                tokio::select! {
+                                    _ = self.shared.wake.notified() => {}
+                                    _ = tokio::time::sleep(COMMIT_GATHER) => {}
+                                }
+                            }
+                        }
+                        _ = tokio::time::sleep(idle) => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        _ = wake => {}
+                        _ = tokio::time::sleep(idle) => {}
+                    }
+                }
+            }
+        }
+        if uncommitted && let Err(e) = self.commit().await {
+            tracing::error!(error = %e, "committing the search index at shutdown failed");
+        }
+        let stopped = self.shared.stopped.clone();
+        // Dropping the writer releases the folder's lock before anyone is told.
+        drop(self);
+        stopped.send_replace(true);
+    }
+}
+
+/// `shcr reindex`: rebuilds the index in `dir` from PostgreSQL.
+pub async fn reindex(
+    store: Store,
+    registry: Arc<Registry>,
+    dir: &Path,
+    base: String,
+    progress: impl FnMut(usize),
+) -> Result<usize, IndexError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    let (index, fields) = open_or_create(dir)?;
+    let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    let (completed, _) = watch::channel(0);
+    let shared = Arc::new(SearchIndex {
+        index,
+        fields,
+        reader,
+        registry,
+        base,
+        next_generation: AtomicU64::new(1),
+        completed,
+        wake: Notify::new(),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
+        ready: AtomicBool::new(false),
+        lag_seconds: Mutex::new(0.0),
+        stop: watch::channel(false).0,
+        stopped: watch::channel(false).0,
+    });
+    let mut indexer = Indexer {
+        shared,
+        writer: Arc::new(Mutex::new(writer)),
+        store,
+        position: FeedPosition::START,
+        applied_above: HashSet::new(),
+    };
+    indexer.rebuild(progress).await
+}

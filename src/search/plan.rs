@@ -1,0 +1,550 @@
+//! Turns a parsed search into a tantivy query. Terms select candidates exactly where they can;
+//! where they cannot (date containment, composite pairs) a predicate over the packed values
+//! decides, with the same `matching` functions the reference evaluator uses.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
+    TermSetQuery,
+};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{DocId, Searcher, SegmentReader, Term};
+
+use super::extract::IndexValue;
+use super::indexer::SearchIndex;
+use super::matching::value_matches;
+use super::query::{
+    Clause, Prefix, ReferenceMatch, StringMode, SystemMatch, UriMode, ValuePredicate,
+};
+use super::terms::{ANY, hex_f64, hex_i64, join, prefix, prefix_end};
+
+/// Sub-searches (chains, `_has`) may produce at most this many ids.
+pub const MAX_INTERMEDIATE: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    TooCostly(String),
+    #[error(transparent)]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("reading the index: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Q = Box<dyn Query>;
+
+fn term(field: Field, text: &str) -> Q {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn range(field: Field, low: Bound<String>, high: Bound<String>) -> Q {
+    let map = |b: Bound<String>| match b {
+        Bound::Included(s) => Bound::Included(Term::from_field_text(field, &s)),
+        Bound::Excluded(s) => Bound::Excluded(Term::from_field_text(field, &s)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    Box::new(RangeQuery::new(map(low), map(high)))
+}
+
+/// Terms of `code` on `field` starting with `start` (the code's own prefix included).
+fn prefixed(field: Field, start: String) -> Q {
+    let end = prefix_end(&start);
+    range(field, Bound::Included(start), Bound::Excluded(end))
+}
+
+fn all(qs: Vec<Q>) -> Q {
+    match qs.len() {
+        0 => Box::new(AllQuery),
+        1 => qs.into_iter().next().expect("one"),
+        _ => Box::new(BooleanQuery::new(
+            qs.into_iter().map(|q| (Occur::Must, q)).collect(),
+        )),
+    }
+}
+
+fn any_of(qs: Vec<Q>) -> Q {
+    match qs.len() {
+        0 => Box::new(EmptyQuery),
+        1 => qs.into_iter().next().expect("one"),
+        _ => Box::new(BooleanQuery::new(
+            qs.into_iter().map(|q| (Occur::Should, q)).collect(),
+        )),
+    }
+}
+
+fn not(q: Q) -> Q {
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, Box::new(AllQuery)),
+        (Occur::MustNot, q),
+    ]))
+}
+
+/// The packed values of `code` on a document decide the match.
+fn packed_predicate(index: &SearchIndex, code: &str, p: ValuePredicate, now: i64) -> Q {
+    let code = code.to_string();
+    let base = index.base.clone();
+    let p = Arc::new(p);
+    let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
+        let column = segment.fast_fields().bytes("packed")?;
+        let (code, base, p) = (code.clone(), base.clone(), p.clone());
+        Ok(move |doc: DocId| {
+            let Some(column) = column.as_ref() else {
+                return false;
+            };
+            let Some(ord) = column.term_ords(doc).next() else {
+                return false;
+            };
+            let mut buf = Vec::new();
+            if !column.ord_to_bytes(ord, &mut buf).unwrap_or(false) {
+                return false;
+            }
+            super::packed::unpack(&buf, &code)
+                .iter()
+                .any(|v| value_matches(v, &p, &base, now))
+        })
+    });
+    Box::new(DocPredicateQuery::from(predicate))
+}
+
+pub struct Planner<'a> {
+    pub index: &'a SearchIndex,
+    pub searcher: &'a Searcher,
+    pub now: i64,
+}
+
+impl Planner<'_> {
+    pub fn types(&self, types: &[String]) -> Q {
+        any_of(
+            types
+                .iter()
+                .map(|t| term(self.index.fields.resource_type, t))
+                .collect(),
+        )
+    }
+
+    /// The whole query: the types, then every clause (AND).
+    pub fn query(&self, types: &[String], clauses: &[Clause]) -> Result<Q, PlanError> {
+        let mut parts = vec![self.types(types)];
+        for c in clauses {
+            parts.push(self.clause(types, c)?);
+        }
+        Ok(all(parts))
+    }
+
+    fn clause(&self, types: &[String], clause: &Clause) -> Result<Q, PlanError> {
+        let f = &self.index.fields;
+        Ok(match clause {
+            Clause::Values {
+                code,
+                param_type: _,
+                values,
+                negated,
+            } => {
+                let alternatives = values
+                    .iter()
+                    .map(|v| self.value(code, v))
+                    .collect::<Vec<_>>();
+                let q = any_of(alternatives);
+                if *negated { not(q) } else { q }
+            }
+            Clause::Missing { code, missing } => {
+                let has = term(f.has, code);
+                if *missing { not(has) } else { has }
+            }
+            Clause::FullText {
+                narrative_only,
+                text,
+            } => {
+                let field = if *narrative_only {
+                    f.narrative
+                } else {
+                    f.content
+                };
+                let mut analyzer = self
+                    .index
+                    .index
+                    .tokenizers()
+                    .get(super::index::FOLDED)
+                    .expect("folded tokenizer");
+                let mut stream = analyzer.token_stream(text);
+                let mut words = Vec::new();
+                while let Some(token) = stream.next() {
+                    words.push(term(field, &token.text));
+                }
+                if words.is_empty() {
+                    Box::new(EmptyQuery)
+                } else {
+                    all(words)
+                }
+            }
+            Clause::Compartment(patient) => term(f.compartment, patient),
+            Clause::Chain {
+                code,
+                target_types,
+                inner,
+            } => {
+                let targets = self.matching_keys(target_types, std::slice::from_ref(inner))?;
+                let terms: Vec<Term> = targets
+                    .iter()
+                    .map(|(t, id)| {
+                        Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
+                    })
+                    .collect();
+                if terms.is_empty() {
+                    Box::new(EmptyQuery)
+                } else {
+                    Box::new(TermSetQuery::new(terms))
+                }
+            }
+            Clause::Has {
+                source_type,
+                reference_code,
+                inner,
+            } => {
+                let sources = self.matching_docs(
+                    std::slice::from_ref(source_type),
+                    std::slice::from_ref(inner),
+                )?;
+                let mut ids = BTreeSet::new();
+                for values in self.packed_values(&sources, reference_code)? {
+                    for v in values {
+                        if let IndexValue::Reference {
+                            resource_type: Some(t),
+                            id: Some(id),
+                            url,
+                            ..
+                        } = v
+                            && types.contains(&t)
+                            && super::index::is_local(&url, &self.index.base)
+                        {
+                            ids.insert(id);
+                        }
+                    }
+                }
+                if ids.len() > MAX_INTERMEDIATE {
+                    return Err(PlanError::TooCostly(format!(
+                        "_has matches more than {MAX_INTERMEDIATE} resources; narrow it"
+                    )));
+                }
+                let terms: Vec<Term> = ids
+                    .iter()
+                    .map(|id| Term::from_field_text(f.id, id))
+                    .collect();
+                if terms.is_empty() {
+                    Box::new(EmptyQuery)
+                } else {
+                    Box::new(TermSetQuery::new(terms))
+                }
+            }
+        })
+    }
+
+    /// Doc addresses matching `clauses` on `types`, bounded.
+    pub fn matching_docs(
+        &self,
+        types: &[String],
+        clauses: &[Clause],
+    ) -> Result<Vec<tantivy::DocAddress>, PlanError> {
+        let q = self.query(types, clauses)?;
+        let docs = self
+            .searcher
+            .search(&q, &tantivy::collector::DocSetCollector)?;
+        if docs.len() > MAX_INTERMEDIATE {
+            return Err(PlanError::TooCostly(format!(
+                "a chained or _has search matches more than {MAX_INTERMEDIATE} resources; narrow it"
+            )));
+        }
+        Ok(docs.into_iter().collect())
+    }
+
+    /// `(type, id)` of the documents matching `clauses` on `types`.
+    pub fn matching_keys(
+        &self,
+        types: &[String],
+        clauses: &[Clause],
+    ) -> Result<Vec<(String, String)>, PlanError> {
+        let docs = self.matching_docs(types, clauses)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for d in docs {
+            out.push(self.key_of(d)?);
+        }
+        Ok(out)
+    }
+
+    pub fn key_of(&self, d: tantivy::DocAddress) -> Result<(String, String), PlanError> {
+        let segment = self.searcher.segment_reader(d.segment_ord);
+        let ff = segment.fast_fields();
+        let read = |name: &str| -> Result<String, PlanError> {
+            let col = ff.str(name)?.ok_or_else(|| {
+                PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!("{name} column")))
+            })?;
+            let mut s = String::new();
+            if let Some(ord) = col.term_ords(d.doc_id).next() {
+                col.ord_to_str(ord, &mut s)?;
+            }
+            Ok(s)
+        };
+        Ok((read("type")?, read("id")?))
+    }
+
+    /// The packed values of `code` on each document.
+    pub fn packed_values(
+        &self,
+        docs: &[tantivy::DocAddress],
+        code: &str,
+    ) -> Result<Vec<Vec<IndexValue>>, PlanError> {
+        let mut out = Vec::with_capacity(docs.len());
+        let mut buf = Vec::new();
+        for d in docs {
+            let segment = self.searcher.segment_reader(d.segment_ord);
+            let Some(col) = segment.fast_fields().bytes("packed")? else {
+                out.push(Vec::new());
+                continue;
+            };
+            buf.clear();
+            let found = match col.term_ords(d.doc_id).next() {
+                Some(ord) => col.ord_to_bytes(ord, &mut buf)?,
+                None => false,
+            };
+            out.push(if found {
+                super::packed::unpack(&buf, code)
+            } else {
+                Vec::new()
+            });
+        }
+        Ok(out)
+    }
+
+    fn value(&self, code: &str, v: &ValuePredicate) -> Q {
+        let f = &self.index.fields;
+        let p = prefix(code);
+        match v {
+            ValuePredicate::String { mode, text } => match mode {
+                StringMode::StartsWith => prefixed(f.string, format!("{p}{text}")),
+                StringMode::Exact => term(f.exact, &join(&[code, text])),
+                StringMode::Contains => {
+                    let pattern = format!("{}.*{}.*", regex_escape(&p), regex_escape(text));
+                    match RegexQuery::from_pattern(&pattern, f.string) {
+                        Ok(q) => Box::new(q),
+                        Err(_) => Box::new(EmptyQuery),
+                    }
+                }
+            },
+            ValuePredicate::Token { system, code: c } => {
+                let text = match (system, c) {
+                    (SystemMatch::Any, Some(c)) => join(&[code, &ANY.to_string(), c]),
+                    (SystemMatch::None, Some(c)) => join(&[code, "", c]),
+                    (SystemMatch::Is(s), Some(c)) => join(&[code, s, c]),
+                    (SystemMatch::Is(s), None) => join(&[code, s, &ANY.to_string()]),
+                    (_, None) => return term(f.has, code),
+                };
+                term(f.token, &text)
+            }
+            ValuePredicate::TokenText(text) => {
+                let words: Vec<Q> = text
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(|w| prefixed(f.token_text, format!("{p}{w}")))
+                    .collect();
+                if words.is_empty() {
+                    Box::new(EmptyQuery)
+                } else {
+                    all(words)
+                }
+            }
+            ValuePredicate::OfType {
+                type_system,
+                type_code,
+                value,
+            } => term(
+                f.token,
+                &join(&[&format!("{code}:of-type"), type_system, type_code, value]),
+            ),
+            ValuePredicate::Reference(m) => self.reference(code, m),
+            ValuePredicate::Date {
+                prefix: pre,
+                low,
+                high,
+            } => {
+                let lo = |b: Bound<i64>, t: Bound<i64>| {
+                    range(
+                        f.low,
+                        bound_hex(&p, b, Side::Low),
+                        bound_hex(&p, t, Side::High),
+                    )
+                };
+                let hi = |b: Bound<i64>, t: Bound<i64>| {
+                    range(
+                        f.high,
+                        bound_hex(&p, b, Side::Low),
+                        bound_hex(&p, t, Side::High),
+                    )
+                };
+                use Bound::*;
+                let exact = |q: Q| q;
+                let checked = |q: Q| {
+                    all(vec![
+                        q,
+                        packed_predicate(self.index, code, v.clone(), self.now),
+                    ])
+                };
+                match pre {
+                    Prefix::Gt => exact(hi(Excluded(*high), Unbounded)),
+                    Prefix::Lt => exact(lo(Unbounded, Excluded(*low))),
+                    Prefix::Sa => exact(lo(Excluded(*high), Unbounded)),
+                    Prefix::Eb => exact(hi(Unbounded, Excluded(*low))),
+                    Prefix::Eq => checked(all(vec![
+                        lo(Included(*low), Unbounded),
+                        hi(Unbounded, Included(*high)),
+                    ])),
+                    Prefix::Ge => checked(hi(Included(*low), Unbounded)),
+                    Prefix::Le => checked(lo(Unbounded, Included(*high))),
+                    Prefix::Ne | Prefix::Ap => checked(term(f.has, code)),
+                }
+            }
+            ValuePredicate::Number {
+                prefix: pre,
+                value,
+                low,
+                high,
+            } => self.numeric(
+                &format!("{p}{ANY}{}", super::terms::SEP),
+                *pre,
+                *value,
+                *low,
+                *high,
+            ),
+            ValuePredicate::Quantity {
+                prefix: pre,
+                value,
+                low,
+                high,
+                qualifier,
+            } => self.numeric(
+                &format!("{p}{qualifier}{}", super::terms::SEP),
+                *pre,
+                *value,
+                *low,
+                *high,
+            ),
+            ValuePredicate::Uri { mode, uri } => match mode {
+                UriMode::Exact => term(f.uri, &join(&[code, uri])),
+                UriMode::Below => prefixed(f.uri, format!("{p}{uri}")),
+                UriMode::Above => {
+                    // Every ancestor path of the given URL, itself included.
+                    let mut terms = Vec::new();
+                    let mut end = uri.len();
+                    loop {
+                        terms.push(Term::from_field_text(f.uri, &join(&[code, &uri[..end]])));
+                        match uri[..end].rfind('/') {
+                            Some(i) if i > uri.find("://").map(|s| s + 3).unwrap_or(0) => end = i,
+                            _ => break,
+                        }
+                    }
+                    Box::new(TermSetQuery::new(terms))
+                }
+            },
+            ValuePredicate::Composite(parts) => {
+                let mut qs: Vec<Q> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, part)| self.value(&format!("{code}${i}"), part))
+                    .collect();
+                qs.push(packed_predicate(self.index, code, v.clone(), self.now));
+                all(qs)
+            }
+        }
+    }
+
+    fn reference(&self, code: &str, m: &ReferenceMatch) -> Q {
+        let f = &self.index.fields;
+        match m {
+            ReferenceMatch::Local { resource_type, id } => {
+                let target = match resource_type {
+                    Some(t) => format!("{t}/{id}"),
+                    None => format!("{ANY}/{id}"),
+                };
+                term(f.reference, &join(&[code, &target]))
+            }
+            ReferenceMatch::Url(u) => {
+                // A URL under this server's base is a local reference.
+                if let Some(rest) = u.strip_prefix(&format!("{}/", self.index.base))
+                    && let Some((t, id)) = rest.split_once('/')
+                {
+                    return term(f.reference, &join(&[code, &format!("{t}/{id}")]));
+                }
+                term(f.reference, &join(&[code, u]))
+            }
+            ReferenceMatch::Identifier { system, value } => {
+                let s = match system {
+                    SystemMatch::Any => ANY.to_string(),
+                    SystemMatch::None => String::new(),
+                    SystemMatch::Is(s) => s.clone(),
+                };
+                term(f.reference_identifier, &join(&[code, &s, value]))
+            }
+        }
+    }
+
+    /// Number and quantity prefixes as term ranges over `start` + hex(value).
+    fn numeric(&self, start: &str, pre: Prefix, value: f64, low: f64, high: f64) -> Q {
+        let f = self.index.fields.number;
+        let at = |v: f64| format!("{start}{}", hex_f64(v));
+        let first = start.to_string();
+        let last = prefix_end(start);
+        use Bound::*;
+        let r = |a: Bound<String>, b: Bound<String>| range(f, a, b);
+        match pre {
+            Prefix::Eq => r(Included(at(low)), Excluded(at(high))),
+            Prefix::Ne => any_of(vec![
+                r(Included(first.clone()), Excluded(at(low))),
+                r(Included(at(high)), Excluded(last.clone())),
+            ]),
+            Prefix::Gt => r(Excluded(at(value)), Excluded(last)),
+            Prefix::Lt => r(Included(first), Excluded(at(value))),
+            Prefix::Ge => r(Included(at(value)), Excluded(last)),
+            Prefix::Le => r(Included(first), Included(at(value))),
+            Prefix::Sa => r(Included(at(high)), Excluded(last)),
+            Prefix::Eb => r(Included(first), Excluded(at(low))),
+            Prefix::Ap => {
+                let slack = (value.abs() * 0.1).max(high - low);
+                r(Included(at(value - slack)), Included(at(value + slack)))
+            }
+        }
+    }
+}
+
+enum Side {
+    Low,
+    High,
+}
+
+/// A date bound as a term bound within the parameter's own prefix.
+fn bound_hex(p: &str, b: Bound<i64>, side: Side) -> Bound<String> {
+    match b {
+        Bound::Included(v) => Bound::Included(format!("{p}{}", hex_i64(v))),
+        Bound::Excluded(v) => Bound::Excluded(format!("{p}{}", hex_i64(v))),
+        Bound::Unbounded => match side {
+            Side::Low => Bound::Included(p.to_string()),
+            Side::High => Bound::Excluded(prefix_end(p)),
+        },
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
