@@ -23,7 +23,7 @@ def load(folder: Path) -> dict[str, dict]:
         result = json.loads(path.read_text())
         if "label" not in result:
             continue
-        for extra in ("storage", "scan"):
+        for extra in ("storage", "scan", "reindex"):
             side = folder / f"{result['label']}-{extra}.json"
             if side.exists():
                 result[extra] = json.loads(side.read_text())
@@ -108,6 +108,12 @@ def main() -> int:
             line += (f"; reading every version's JSON back (`\\copy … TO /dev/null`): {scan['scan_seconds']:.2f} s = "
                      f"{versions / scan['scan_seconds']:,.0f} versions/s")
         print(line + ".")
+        print()
+    reindex = first.get("reindex")
+    if reindex and reindex.get("resources"):
+        print(f"Index rebuild (`shcr reindex` into an empty folder, one process): {reindex['resources']:,} current "
+              f"resources in {reindex['seconds']:.1f} s = {reindex['resources'] / reindex['seconds']:,.0f} resources/s; "
+              f"index {reindex['index_bytes'] / 1e6:,.1f} MB = {reindex['index_bytes'] / reindex['resources']:,.0f} B per resource.")
         print()
     table = {label: rows(r) for label, r in servers.items()}
     names = list(dict.fromkeys(n for t in table.values() for n in t))

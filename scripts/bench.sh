@@ -177,6 +177,14 @@ psql -X -q -d "$db" -c "\copy (SELECT content FROM resource_version) TO '/dev/nu
 scan_seconds=$(echo "$(date +%s.%N) - $scan_started" | bc)
 printf '{"scan_seconds": %s}\n' "$scan_seconds" >"$out/shcr-scan.json"
 log "storage: $(cat "$out/shcr-storage.json"); full scan of the versions' JSON: ${scan_seconds}s"
+# An index rebuild from PostgreSQL (`shcr reindex`) into a fresh folder, timed: the rate behind
+# the rebuild estimates of docs/scaling.md.
+reindex_line=$(DATABASE_URL=$db RUST_LOG=warn "$shcr" reindex --index-dir "$out/index" | tail -n 1)
+log "reindex: $reindex_line"
+read -r indexed reindex_seconds < <(sed -nE 's/^indexed ([0-9]+) resources .* in ([0-9.]+)s.*/\1 \2/p' <<<"$reindex_line")
+printf '{"resources": %s, "seconds": %s, "index_bytes": %s}\n' "${indexed:-0}" "${reindex_seconds:-0}" \
+    "$(du -sb "$out/index" | cut -f1)" >"$out/shcr-reindex.json"
+rm -rf "$out/index"
 stop_server
 
 # --- helios-hfs --------------------------------------------------------------------------------
