@@ -174,7 +174,7 @@ psql -X -q -A -t -d "$db" -c "SELECT json_build_object(
     'change_feed_bytes', pg_total_relation_size('change_feed'))" >"$out/shcr-storage.json"
 scan_started=$(date +%s.%N)
 psql -X -q -d "$db" -c "\copy (SELECT content FROM resource_version) TO '/dev/null'"
-scan_seconds=$(echo "$(date +%s.%N) - $scan_started" | bc)
+scan_seconds=$(awk -v a="$scan_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
 printf '{"scan_seconds": %s}\n' "$scan_seconds" >"$out/shcr-scan.json"
 log "storage: $(cat "$out/shcr-storage.json"); full scan of the versions' JSON: ${scan_seconds}s"
 # An index rebuild from PostgreSQL (`shcr reindex`) into a fresh folder, timed: the rate behind
