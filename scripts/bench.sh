@@ -205,7 +205,7 @@ if $compare; then
     create_db "$server_db"
     port=$(free_port)
     log "helios-hfs: serving on 127.0.0.1:$port (database $server_db)"
-    HFS_UI_ENABLED=false HFS_BASE_URL=http://127.0.0.1:$port HFS_LOG_LEVEL=warn \
+    HFS_STORAGE_BACKEND=postgres HFS_UI_ENABLED=false HFS_BASE_URL=http://127.0.0.1:$port HFS_LOG_LEVEL=warn \
         HFS_REQUEST_TIMEOUT=300 \
         "$hfs" --host 127.0.0.1 --port "$port" --database-url "$(db_url "$server_db")" \
         --data-dir "$out/hfs-data" --max-body-size 67108864 >"$out/helios-hfs.log" 2>&1 &
