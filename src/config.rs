@@ -27,10 +27,127 @@ pub struct Settings {
     pub dev_issuer: DevIssuerSettings,
     /// `json` (default) or `pretty`.
     pub log_format: String,
+    /// Inbound messaging, NATS JetStream and outbound subscriptions.
+    pub events: EventsSettings,
     /// Folder of the local search index; unset keeps it in memory (rebuilt at every start).
     pub index_dir: Option<PathBuf>,
     /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
     pub search_params_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Event catalogue file; the catalogue built into the binary when unset.
+    pub catalogue: Option<PathBuf>,
+    /// How long message ids and Idempotency-Keys are remembered, hours. A repeat older than
+    /// this is processed again (and then converges by business identifier and source time).
+    pub idempotency_retention_hours: u64,
+    /// Search-index lag (seconds) above which an `index-lag-1` platform event is raised.
+    pub index_lag_alert_seconds: f64,
+    pub nats: NatsSettings,
+    pub subscriptions: SubscriptionSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// NATS server URL(s); unset means no NATS consumer and no NATS channel.
+    pub url: Option<String>,
+    /// JetStream stream holding inbound messages (created if missing, when `create_stream`).
+    pub stream: String,
+    /// Inbound subjects are `<subject_prefix>.<ODS code>.<event code>`.
+    pub subject_prefix: String,
+    /// Durable consumer name: replicas share it, so each message goes to one of them.
+    pub consumer: String,
+    pub create_stream: bool,
+    /// How a message proves which trust sent it: `token` (an `Authorization: Bearer` header
+    /// with the trust's system token, verified as of the time the broker accepted the
+    /// message) or `subject` (trust the broker: each trust's NATS user may only publish under
+    /// its own ODS code). The ODS code in the subject must match the sender either way.
+    pub authentication: String,
+    /// Deliveries of a message failing transiently before it is dead-lettered.
+    pub max_deliver: i64,
+    /// Redelivery delay after the n-th failure (the last value repeats), seconds.
+    pub backoff_seconds: Vec<f64>,
+    /// Seconds the broker waits for an acknowledgement before redelivering.
+    pub ack_wait_seconds: u64,
+    /// Messages processed at the same time.
+    pub concurrency: usize,
+    /// Platform events are published as `<platform_subject_prefix>.<event code>`.
+    pub platform_subject_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionSettings {
+    /// Run the change-feed dispatcher and delivery workers in this process.
+    pub enabled: bool,
+    /// Subscriptions delivered to at the same time.
+    pub workers: usize,
+    /// Consecutive failed deliveries before a subscription goes into `error`.
+    pub max_failures: u32,
+    /// First retry delay, milliseconds; doubles per failure up to `backoff_max_seconds`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_seconds: u64,
+    pub request_timeout_seconds: u64,
+    /// Events per notification Bundle at most.
+    pub batch_size: i64,
+    /// How often the dispatcher looks at the change feed, and the delivery workers' fallback
+    /// when no wake-up arrives, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Client ids allowed `full-resource` payloads. Empty: nobody (deny by default); access
+    /// control (consent, labels) will refine this per resource.
+    pub full_resource_clients: Vec<String>,
+    /// rest-hook endpoints must start with one of these; empty allows any http(s) URL.
+    pub allowed_endpoints: Vec<String>,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        EventsSettings {
+            catalogue: None,
+            idempotency_retention_hours: 30 * 24,
+            index_lag_alert_seconds: 30.0,
+            nats: NatsSettings::default(),
+            subscriptions: SubscriptionSettings::default(),
+        }
+    }
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: None,
+            stream: "SHCR_INBOUND".into(),
+            subject_prefix: "shcr.inbound".into(),
+            consumer: "shcr-ingest".into(),
+            create_stream: true,
+            authentication: "token".into(),
+            max_deliver: 5,
+            backoff_seconds: vec![1.0, 5.0, 30.0, 120.0],
+            ack_wait_seconds: 30,
+            concurrency: 8,
+            platform_subject_prefix: "shcr.platform".into(),
+        }
+    }
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        SubscriptionSettings {
+            enabled: true,
+            workers: 4,
+            max_failures: 10,
+            backoff_initial_ms: 1000,
+            backoff_max_seconds: 300,
+            request_timeout_seconds: 10,
+            batch_size: 100,
+            poll_interval_ms: 100,
+            full_resource_clients: Vec::new(),
+            allowed_endpoints: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +195,7 @@ impl Default for Settings {
                 key_file: PathBuf::from(".shcr/dev-issuer-key.pem"),
             },
             log_format: "json".into(),
+            events: EventsSettings::default(),
             index_dir: Some(PathBuf::from(".shcr/index")),
             search_params_dir: None,
         }
@@ -144,6 +262,26 @@ impl Settings {
                 "log_format must be json or pretty, got {}",
                 self.log_format
             )));
+        }
+        let nats = &self.events.nats;
+        if !matches!(nats.authentication.as_str(), "token" | "subject") {
+            return Err(ConfigError::Invalid(format!(
+                "events.nats.authentication must be token or subject, got {}",
+                nats.authentication
+            )));
+        }
+        if nats.max_deliver < 1 || nats.concurrency == 0 || nats.backoff_seconds.is_empty() {
+            return Err(ConfigError::Invalid(
+                "events.nats: max_deliver and concurrency must be at least 1 and backoff_seconds not empty"
+                    .into(),
+            ));
+        }
+        let subs = &self.events.subscriptions;
+        if subs.workers == 0 || subs.batch_size < 1 || subs.max_failures == 0 {
+            return Err(ConfigError::Invalid(
+                "events.subscriptions: workers, batch_size and max_failures must be at least 1"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod fhir;
 pub mod generate;
 pub mod identity;

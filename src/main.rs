@@ -31,6 +31,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Measure ingest throughput and read/vread/update latency.
     Bench(commands::bench::BenchArgs),
+    /// Review and replay messages that could not be applied.
+    DeadLetter(commands::dead_letter::DeadLetterArgs),
+    /// Measure NATS inbound throughput and lag, and notification delivery lag.
+    BenchEvents(commands::bench_events::BenchEventsArgs),
     /// Rebuild the local search index from PostgreSQL.
     Reindex(commands::reindex::ReindexArgs),
 }
@@ -52,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Demo(args) => commands::demo::run(settings, args).await,
         Command::Bench(args) => commands::bench::run(settings, args).await,
+        Command::DeadLetter(args) => commands::dead_letter::run(settings, args).await,
+        Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
     }
 }

@@ -82,6 +82,9 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
     match (method, route) {
         (_, "/fhir/metadata") => "capabilities",
         ("POST", "/fhir") | ("POST", "/fhir/") => "transaction",
+        ("POST", "/fhir/$process-message") => "process-message",
+        ("GET", "/fhir/Subscription/{id}/$status") => "subscription-status",
+        ("GET", "/fhir/Subscription/{id}/$events") => "subscription-events",
         ("GET", "/fhir/_history") => "history-system",
         ("GET", "/fhir/{type}/_history") => "history-type",
         ("GET", "/fhir/{type}/{id}/_history") => "history-instance",

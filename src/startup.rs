@@ -28,6 +28,8 @@ pub struct Application {
     readiness: Readiness,
     search: Arc<SearchIndex>,
     server: Server,
+    /// Inbound messaging, NATS consumer and subscription delivery (src/events).
+    events: crate::events::Runtime,
 }
 
 /// The built-in search parameters, parsed and compiled once per process.
@@ -112,6 +114,17 @@ impl Application {
         )
         .await
         .context("opening the search index")?;
+        let lag_source = search.clone();
+        let events = crate::events::Runtime::start(
+            &settings,
+            Repository::new(store.clone()),
+            verifier.clone(),
+            &base_url,
+            move || lag_source.lag_seconds(),
+        )
+        .await
+        .context("starting events (messaging, NATS, subscriptions)")?;
+        let events_state = web::Data::from(events.state.clone());
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),
             capability_statement: api::capabilities::capability_statement(
@@ -129,6 +142,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(events_state.clone())
                 .wrap(from_fn(api::middleware::pretty))
                 .wrap(from_fn(api::middleware::request_id))
                 .configure(api::configure)
@@ -149,6 +163,7 @@ impl Application {
             readiness,
             search,
             server,
+            events,
         })
     }
 
@@ -190,7 +205,16 @@ impl Application {
         self.server.handle()
     }
 
+    /// The events runtime: platform events, the NATS client, the inbound path.
+    pub fn events(&self) -> &crate::events::Runtime {
+        &self.events
+    }
+
+    /// Serves until the server is stopped, then stops the background work (in-flight messages
+    /// finish; unacknowledged ones are redelivered to whichever replica runs next).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.events.stop().await;
+        result
     }
 }

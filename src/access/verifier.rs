@@ -190,7 +190,7 @@ impl TokenVerifier {
         {
             return Ok(caller.clone());
         }
-        let (caller, exp) = self.verify_uncached(token).await?;
+        let (caller, exp, _) = self.verify_uncached(token, None).await?;
         let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
         let remaining = Duration::from_secs(exp.saturating_sub(now_unix).max(0) as u64);
         let mut cache = self.verified.lock().expect("cache lock");
@@ -204,7 +204,30 @@ impl TokenVerifier {
         Ok(caller)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<(Caller, i64), AuthError> {
+    /// Verifies a token that travelled with a queued message: signature, issuer and audience as
+    /// usual, but `exp`/`nbf` are judged at `as_of` (when the broker accepted the message), not
+    /// now, so a message redelivered or replayed after its token expired is still attributable
+    /// to the trust that sent it. Never for requests: those must be valid when they arrive.
+    /// Returns the caller with the token's `exp` and `nbf`, so a caller that caches the result
+    /// can judge later messages carrying the same token against their own publish times.
+    pub async fn verify_as_of(
+        &self,
+        token: &str,
+        as_of: time::OffsetDateTime,
+    ) -> Result<(Caller, i64, Option<i64>), AuthError> {
+        self.verify_uncached(token, Some(as_of.unix_timestamp()))
+            .await
+    }
+
+    pub fn leeway_seconds(&self) -> u64 {
+        self.leeway
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        as_of: Option<i64>,
+    ) -> Result<(Caller, i64, Option<i64>), AuthError> {
         let header = decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         if !ALLOWED.contains(&header.alg) {
@@ -234,6 +257,10 @@ impl TokenVerifier {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = self.leeway;
+        if as_of.is_some() {
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+        }
         let data = decode::<Value>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             AuthError::Invalid(match e.kind() {
@@ -248,9 +275,26 @@ impl TokenVerifier {
             })
         })?;
         let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let nbf = data.claims.get("nbf").and_then(Value::as_i64);
+        if let Some(at) = as_of {
+            let leeway = self.leeway as i64;
+            if exp + leeway < at {
+                return Err(AuthError::Invalid(
+                    "token had expired when the message was published".into(),
+                ));
+            }
+            if let Some(nbf) = nbf
+                && nbf - leeway > at
+            {
+                return Err(AuthError::Invalid(
+                    "token was not yet valid when the message was published (nbf)".into(),
+                ));
+            }
+        }
         Ok((
             caller_from_claims(&data.claims).map_err(AuthError::Invalid)?,
             exp,
+            nbf,
         ))
     }
 }

@@ -98,6 +98,16 @@ pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -
             },
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+            // Events (src/events): routed in `api::configure` before the per-type routes.
+            "operation": [
+                {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
+                {"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"},
+                {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"},
+            ],
+        }],
+        "messaging": [{
+            "documentation": "Message Bundles by POST [base]/$process-message (synchronous) or on NATS JetStream subjects <prefix>.<ODS>.<event code>; event codes in the event catalogue.",
+            "supportedMessage": [{"mode": "receiver", "definition": "https://fhir.shcr.example.nhs.uk/MessageDefinition/shcr-events"}],
         }]
     })
 }

@@ -7,6 +7,7 @@ mod dev_issuer;
 pub mod error;
 pub mod health;
 mod history;
+mod messaging;
 pub mod middleware;
 pub mod response;
 pub mod rest;
@@ -82,6 +83,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/")
                         .route(web::post().to(rest::bundle))
                         .route(web::get().to(search::search_system)),
+                )
+                // Events (src/events): before the generic `/{type}` routes, which would take
+                // `$process-message` for a resource type.
+                .service(
+                    resource("/$process-message").route(web::post().to(messaging::process_message)),
+                )
+                .service(
+                    resource("/Subscription/{id}/$status")
+                        .route(web::get().to(messaging::subscription_status)),
+                )
+                .service(
+                    resource("/Subscription/{id}/$events")
+                        .route(web::get().to(messaging::subscription_events)),
                 )
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))

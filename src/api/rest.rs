@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::middleware::RequestId;
 use super::response::{version_response, write_response};
 use crate::access::Caller;
+use crate::events::idempotency;
 use crate::fhir::outcome::IssueType;
 use crate::interactions::bundle::ReturnPreference;
 use crate::interactions::{EntryAction, EntryRequest, Repository, Target};
@@ -33,6 +34,9 @@ async fn write_one(
     req: &HttpRequest,
     entry: EntryRequest,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(key) = idempotency_key(req)? {
+        return write_once(state, req, entry, &key).await;
+    }
     let author = author(req)?;
     let mut outcomes = state
         .repository
@@ -41,6 +45,98 @@ async fn write_one(
         .map_err(|f| ApiError::Interaction(f.error))?;
     let prefer = return_preference(req, ReturnPreference::Representation);
     Ok(write_response(&state.base_url, outcomes.remove(0), prefer))
+}
+
+/// `Idempotency-Key`: a client's retry of a write returns the first response instead of
+/// writing again (keys are per caller organisation; see `events::idempotency`).
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("").trim();
+    if key.is_empty()
+        || key.len() > idempotency::MAX_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {} printable characters",
+            idempotency::MAX_KEY_LEN
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+async fn write_once(
+    state: &AppState,
+    req: &HttpRequest,
+    entry: EntryRequest,
+    key: &str,
+) -> Result<HttpResponse, ApiError> {
+    let author = author(req)?;
+    let org = author.org.clone().unwrap_or_default();
+    let body = match &entry.action {
+        EntryAction::Create { resource, .. } | EntryAction::Update { resource, .. } => {
+            resource.to_string()
+        }
+        _ => String::new(),
+    };
+    let fingerprint = idempotency::fingerprint(&[
+        req.method().as_str().as_bytes(),
+        req.uri().to_string().as_bytes(),
+        format!("{:?}", if_match(req)?).as_bytes(),
+        body.as_bytes(),
+    ]);
+    let mut hook = idempotency::RestIdempotency::new(&org, key, fingerprint.clone());
+    let prefer = return_preference(req, ReturnPreference::Representation);
+    let outcome = state
+        .repository
+        .execute_with_hook(std::slice::from_ref(&entry), &author, false, &mut hook)
+        .await
+        .map_err(|f| ApiError::Interaction(f.error))?;
+    if let Some(mut outcomes) = outcome {
+        return Ok(write_response(&state.base_url, outcomes.remove(0), prefer));
+    }
+    let (stored_fingerprint, stored) = hook.repeat.expect("abort means a repeat");
+    if stored_fingerprint != fingerprint {
+        return Err(ApiError::http(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::Duplicate,
+            "this Idempotency-Key was already used for a different request; use a new key",
+        ));
+    }
+    let first = &stored["outcomes"][0];
+    let status = first["status"].as_u64().unwrap_or(200) as u16;
+    let resource_type = first["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let id = first["id"].as_str().map(str::to_string);
+    let version_id = first["versionId"].as_i64();
+    // Versions never change, so the stored version is the response body the first time.
+    let row = match (&id, version_id) {
+        (Some(id), Some(v)) if status != 204 => state
+            .repository
+            .vread(&resource_type, id, &v.to_string())
+            .await
+            .ok(),
+        _ => None,
+    };
+    let outcome = crate::interactions::EntryOutcome {
+        status,
+        resource_type,
+        id,
+        version_id,
+        last_updated: row.as_ref().map(|r| r.last_updated),
+        content: row.and_then(|r| r.content),
+        message: first["message"].as_str().unwrap_or_default().to_string(),
+        written: false,
+    };
+    let mut response = write_response(&state.base_url, outcome, prefer);
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    Ok(response)
 }
 
 /// Query string without the parameters that shape the response, as conditional criteria.

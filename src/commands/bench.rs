@@ -65,7 +65,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Persons generated and ingested (each is seen by 1–3 trusts).
     #[arg(long, default_value_t = 1000)]
@@ -203,6 +203,19 @@ impl Results {
     }
 }
 
+/// Prints one measure (the in-process search phases print, they do not go into `Results`).
+fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration, errors: usize) {
+    samples.sort();
+    println!(
+        "{name:<8} n={:<7} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {errors}",
+        samples.len(),
+        samples.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&samples, 50.0),
+        percentile(&samples, 99.0),
+        percentile(&samples, 99.9),
+    );
+}
+
 /// One-minute load average, to say how busy the machine was.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -226,6 +239,23 @@ impl Target {
             Some(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
             None => request,
         }
+    }
+
+    /// POST a resource or Bundle to `{base}/{path}`.
+    async fn post(&self, path: &str, body: String) -> Result<Value, String> {
+        let r = self
+            .request(reqwest::Method::POST, format!("{}/{path}", self.base))
+            .header(CONTENT_TYPE, "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let body: Value = r.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", body["issue"][0]["diagnostics"]));
+        }
+        Ok(body)
     }
 
     async fn post_bundle(&self, body: String) -> Result<Value, String> {
@@ -354,9 +384,29 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
     ))?;
     let base = app.base_url();
     let search = app.search();
+    let pool = app.store().pool().clone();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
-    let result = bench(base, Some(token), args).await;
+    let result = match bench(base.clone(), Some(token.clone()), args.clone()).await {
+        // The search mix samples its queries from the database and reads the index's own size,
+        // so it runs only here, against the server in this process.
+        Ok(()) => {
+            let target = Arc::new(Target {
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(256)
+                    .build()?,
+                base,
+                token: Some(token),
+            });
+            async {
+                search_phase(&target, &pool, &args).await?;
+                commit_to_searchable(&target, 200).await?;
+                index_footprint(&settings, &search, &pool).await
+            }
+            .await
+        }
+        Err(e) => Err(e),
+    };
     handle.stop(true).await;
     server.await??;
     // Commits and releases the index folder before the database and folder are removed.
@@ -624,6 +674,211 @@ async fn latency(bench: &mut Bench, phase: Phase) -> anyhow::Result<()> {
                 .measure(phase.name(), samples, started.elapsed(), errors);
         }
     }
+    Ok(())
+}
+
+/// Values real queries would carry, sampled from the ingested data.
+struct Samples {
+    patients: Vec<(String, String, String, String)>,
+    codes: Vec<String>,
+}
+
+async fn samples(pool: &sqlx::PgPool) -> anyhow::Result<Samples> {
+    let patients: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT v.id,
+                coalesce(v.content->'name'->0->>'family', ''),
+                coalesce(v.content->>'birthDate', ''),
+                coalesce((SELECT i->>'value' FROM jsonb_array_elements(v.content->'identifier') i
+                          WHERE i->>'system' = 'https://fhir.nhs.uk/Id/nhs-number' LIMIT 1), '')
+         FROM resource_head h JOIN resource_version v USING (resource_type, id, version_id)
+         WHERE h.resource_type = 'Patient' AND NOT h.deleted
+         ORDER BY md5(v.id) LIMIT 500",
+    )
+    .fetch_all(pool)
+    .await?;
+    let codes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT v.content->'code'->'coding'->0->>'code'
+         FROM resource_version v WHERE v.resource_type = 'Observation' LIMIT 50",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Samples { patients, codes })
+}
+
+/// The search mix of BENCHMARKS.md, one query kind per `n`.
+fn mix_query(kind: usize, n: usize, s: &Samples) -> String {
+    let (id, family, birth, nhs) = &s.patients[n % s.patients.len()];
+    let code = &s.codes[n % s.codes.len().max(1)];
+    match kind {
+        0 => format!("Patient?family={family}&birthdate={birth}"),
+        1 => format!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
+        2 => format!("Observation?subject=Patient/{id}&code={code}&date=ge2015-01-01"),
+        3 => format!("Condition?subject=Patient/{id}&clinical-status=active"),
+        4 => format!("Patient?_id={id}&_revinclude=Condition:subject"),
+        5 => format!("Observation?subject:Patient.family={family}&_count=20"),
+        _ => format!("Encounter?_content={}&_count=20", family.to_lowercase()),
+    }
+}
+
+const MIX: [&str; 7] = [
+    "family+birthdate",
+    "nhs-number",
+    "obs patient+code+date",
+    "condition patient+status",
+    "_revinclude",
+    "chained",
+    "_content",
+];
+
+async fn search_phase(
+    target: &Arc<Target>,
+    pool: &sqlx::PgPool,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let s = Arc::new(samples(pool).await?);
+    if s.patients.is_empty() || s.codes.is_empty() {
+        anyhow::bail!("nothing ingested to search");
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds * 2);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let (s, target) = (s.clone(), target.clone());
+        clients.push(tokio::spawn(async move {
+            let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); MIX.len()];
+            let mut errors = 0usize;
+            let mut n = c * 7919;
+            while Instant::now() < deadline {
+                n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
+                let kind = n % MIX.len();
+                let url = format!("{}/{}", target.base, mix_query(kind, n / 7, &s));
+                let t = Instant::now();
+                let ok = target
+                    .client
+                    .get(url)
+                    .header(
+                        AUTHORIZATION,
+                        format!("Bearer {}", target.token.as_deref().unwrap_or_default()),
+                    )
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    samples[kind].push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut by_kind: Vec<Vec<Duration>> = vec![Vec::new(); MIX.len()];
+    let mut errors = 0;
+    for c in clients {
+        let (samples, e) = c.await?;
+        for (k, v) in samples.into_iter().enumerate() {
+            by_kind[k].extend(v);
+        }
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    let all: Vec<Duration> = by_kind.iter().flatten().copied().collect();
+    report("search", all, elapsed, errors);
+    for (k, v) in by_kind.into_iter().enumerate() {
+        report(&format!("  {}", MIX[k]), v, elapsed, 0);
+    }
+    Ok(())
+}
+
+/// Creates resources and immediately searches for each: the search's latency is the time from
+/// commit to searchable (it waits for the index to catch up).
+async fn commit_to_searchable(target: &Target, n: usize) -> anyhow::Result<()> {
+    let mut lags = Vec::with_capacity(n);
+    for i in 0..n {
+        let family = format!("Lagtest{i}x{}", std::process::id());
+        target
+            .post(
+                "Patient",
+                serde_json::json!({"resourceType": "Patient", "name": [{"family": family}]})
+                    .to_string(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        let found: Value = target
+            .client
+            .get(format!("{}/Patient?family:exact={family}", target.base))
+            .header(
+                AUTHORIZATION,
+                format!("Bearer {}", target.token.as_deref().unwrap_or_default()),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        if found["total"] != 1 {
+            anyhow::bail!("a resource was not searchable right after its commit");
+        }
+        lags.push(t.elapsed());
+        // Spread the writes so each one meets an idle indexer, as a clinician's would.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report("commit→searchable", lags, Duration::from_secs(1), 0);
+    Ok(())
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dir_size(&p)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Index size, server memory, and a full reindex's rate.
+async fn index_footprint(
+    settings: &Settings,
+    search: &Arc<crate::search::indexer::SearchIndex>,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &settings.index_dir {
+        println!("index size on disk: {:.1} MB", dir_size(dir) as f64 / 1e6);
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(rss) = status.lines().find(|l| l.starts_with("VmRSS"))
+    {
+        println!(
+            "process memory (server + bench client): {}",
+            rss.trim_start_matches("VmRSS:").trim()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("shcr-bench-reindex-{}", std::process::id()));
+    let started = Instant::now();
+    let n = crate::search::indexer::reindex(
+        crate::store::Store::from_pool(pool.clone()),
+        search.registry.clone(),
+        &dir,
+        search.base.clone(),
+        |_| {},
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "reindex: {n} resources in {secs:.1}s = {:.0} resources/s",
+        n as f64 / secs
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

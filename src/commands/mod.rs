@@ -1,6 +1,8 @@
 //! The `shcr` subcommands. `main.rs` parses the command line and calls these.
 
 pub mod bench;
+pub mod bench_events;
+pub mod dead_letter;
 pub mod demo;
 pub mod generate;
 pub mod import;

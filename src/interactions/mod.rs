@@ -10,7 +10,9 @@ mod references;
 mod transaction;
 
 pub use error::Error;
-pub use transaction::{EntryAction, EntryOutcome, EntryRequest, Target};
+pub use transaction::{
+    EntryAction, EntryFailure, EntryOutcome, EntryRequest, HookDecision, NoHook, Target, WriteHook,
+};
 
 use crate::fhir::outcome::IssueType;
 use crate::store::{Current, HistoryPage, HistoryQuery, HistoryScope, Store, VersionRow};

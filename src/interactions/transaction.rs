@@ -107,6 +107,65 @@ fn at(index: usize) -> impl Fn(Error) -> EntryFailure {
     }
 }
 
+/// What a write hook decides once the transaction holds its locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookDecision {
+    /// Write every entry except those listed: each held entry keeps its resource as it stands
+    /// (its `fullUrl` still resolves to the matched resource, so other entries can refer to it).
+    Proceed { hold: HashSet<usize> },
+    /// Write nothing and roll back; the hook knows why (e.g. a repeated idempotency key).
+    Abort,
+}
+
+/// Lets another module take part in the engine's write transaction without writing resource
+/// tables itself: `events` records idempotency keys, source timestamps and stale events in the
+/// same transaction as the versions they concern, so a crash can never separate them.
+///
+/// Both calls run inside the transaction and may write the hook's own tables through
+/// `WriteTx::connection`. A lost race on a new resource retries the whole unit, so a hook must
+/// expect `on_locked` again after a rollback and keep no state from the earlier attempt.
+pub trait WriteHook: Send {
+    /// After conditional criteria are resolved under their advisory locks (concurrent writers
+    /// of the same business identifiers wait here), before anything is written. `matched[i]`
+    /// is the id entry `i`'s criteria matched, when they matched exactly one resource.
+    fn on_locked(
+        &mut self,
+        tx: &mut WriteTx,
+        matched: &[Option<String>],
+    ) -> impl std::future::Future<Output = Result<HookDecision, Error>> + Send;
+
+    /// After every version is written, before commit. `outcomes` is in entry order; entries
+    /// written nothing (held, matched conditional creates) carry no version yet.
+    fn before_commit(
+        &mut self,
+        tx: &mut WriteTx,
+        outcomes: &[EntryOutcome],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+}
+
+/// The engine without a hook.
+pub struct NoHook;
+
+impl WriteHook for NoHook {
+    async fn on_locked(
+        &mut self,
+        _tx: &mut WriteTx,
+        _matched: &[Option<String>],
+    ) -> Result<HookDecision, Error> {
+        Ok(HookDecision::Proceed {
+            hold: HashSet::new(),
+        })
+    }
+
+    async fn before_commit(
+        &mut self,
+        _tx: &mut WriteTx,
+        _outcomes: &[EntryOutcome],
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 /// Where each entry stands once conditions are resolved.
 enum Plan {
     Create {
@@ -128,6 +187,10 @@ enum Plan {
     },
     /// A conditional delete with no match.
     NothingToDelete,
+    /// Held back by the write hook: nothing is written; the resource stays as it stands.
+    Held {
+        id: Option<String>,
+    },
     Read,
 }
 
@@ -160,10 +223,25 @@ impl Repository {
         author: &Author,
         in_bundle: bool,
     ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        let outcomes = self
+            .execute_with_hook(entries, author, in_bundle, &mut NoHook)
+            .await?;
+        Ok(outcomes.expect("NoHook never aborts"))
+    }
+
+    /// As `execute_atomic` (or `execute_bundle_entries` when `in_bundle`), with a hook taking
+    /// part in the transaction. `None` when the hook aborted: nothing was written.
+    pub async fn execute_with_hook<H: WriteHook>(
+        &self,
+        entries: &[EntryRequest],
+        author: &Author,
+        in_bundle: bool,
+        hook: &mut H,
+    ) -> Result<Option<Vec<EntryOutcome>>, EntryFailure> {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match self.try_atomic(entries, author, in_bundle).await {
+            match self.try_atomic(entries, author, in_bundle, hook).await {
                 Err(EntryFailure {
                     error: Error::Store(crate::store::StoreError::Conflict(_)),
                     ..
@@ -173,12 +251,13 @@ impl Repository {
         }
     }
 
-    async fn try_atomic(
+    async fn try_atomic<H: WriteHook>(
         &self,
         entries: &[EntryRequest],
         author: &Author,
         in_bundle: bool,
-    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        hook: &mut H,
+    ) -> Result<Option<Vec<EntryOutcome>>, EntryFailure> {
         // 1. Check every entry before touching the database.
         for (i, entry) in entries.iter().enumerate() {
             Self::check_type(&entry.resource_type).map_err(at(i))?;
@@ -280,6 +359,21 @@ impl Repository {
             .collect();
         let matches = resolve_all(&mut tx, &all).await?;
         let matched = |c: &Criteria| matches.get(c).cloned().unwrap_or_default();
+        let single_matches: Vec<Option<String>> = (0..entries.len())
+            .map(|i| match entry_criteria.get(&i).map(&matched).as_deref() {
+                Some([id]) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let hold = match hook
+            .on_locked(&mut tx, &single_matches)
+            .await
+            .map_err(|error| EntryFailure { index: None, error })?
+        {
+            HookDecision::Proceed { hold } => hold,
+            // Dropping the transaction rolls it back.
+            HookDecision::Abort => return Ok(None),
+        };
 
         // 4. Decide what each entry does.
         let mut plans: Vec<Plan> = Vec::with_capacity(entries.len());
@@ -293,6 +387,19 @@ impl Repository {
                 )))
             };
             let plan = match &entry.action {
+                _ if hold.contains(&i) => Plan::Held {
+                    id: match &entry.action {
+                        EntryAction::Update {
+                            target: Target::Id(id),
+                            ..
+                        }
+                        | EntryAction::Delete {
+                            target: Target::Id(id),
+                            ..
+                        } => Some(id.clone()),
+                        _ => single_matches[i].clone(),
+                    },
+                },
                 EntryAction::Create { resource, .. } => match criteria_matches.as_deref() {
                     Some([id]) => Plan::Existing { id: id.clone() },
                     Some(m) if m.len() > 1 => return Err(too_many(m.len())),
@@ -359,6 +466,7 @@ impl Repository {
                     Plan::Create { id, .. } | Plan::Existing { id } | Plan::Update { id, .. } => {
                         Some(id)
                     }
+                    Plan::Held { id } => id.as_ref(),
                     _ => None,
                 };
                 if let Some(id) = target_id
@@ -557,39 +665,55 @@ impl Repository {
                         written: false,
                     });
                 }
+                Plan::Held { id } => {
+                    unchanged.insert(
+                        i,
+                        EntryOutcome {
+                            status: 200,
+                            resource_type: rt.clone(),
+                            id,
+                            version_id: None,
+                            last_updated: None,
+                            content: None,
+                            message: format!("{rt}: kept as it stands; nothing was written"),
+                            written: false,
+                        },
+                    );
+                }
                 Plan::Read => {}
             }
         }
 
-        // 7. Write everything, then commit.
+        // 7. Write everything, let the hook add its rows, then commit.
         tx.write(&versions, author).await?;
+        let pending: Vec<EntryOutcome> = (0..entries.len())
+            .map(|i| match (results[i], unchanged.get(&i)) {
+                (Some((status, v)), _) => written_outcome(status, &versions[v]),
+                (None, Some(outcome)) => outcome.clone(),
+                (None, None) => EntryOutcome {
+                    status: 200,
+                    resource_type: entries[i].resource_type.clone(),
+                    id: None,
+                    version_id: None,
+                    last_updated: None,
+                    content: None,
+                    message: String::new(),
+                    written: false,
+                },
+            })
+            .collect();
+        hook.before_commit(&mut tx, &pending)
+            .await
+            .map_err(|error| EntryFailure { index: None, error })?;
         tx.commit().await?;
 
         // 8. Responses in request order; reads (and matched conditional creates) see the new state.
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
-            if let Some((status, v)) = results[i] {
-                let v = &versions[v];
-                let verb = match (v.operation, status) {
-                    (Operation::Delete, _) => "deleted",
-                    (_, 201) => "created",
-                    _ => "updated",
-                };
-                outcomes.push(EntryOutcome {
-                    status,
-                    resource_type: v.resource_type.clone(),
-                    id: Some(v.id.clone()),
-                    version_id: Some(v.version_id),
-                    last_updated: Some(v.last_updated),
-                    content: v.content.clone(),
-                    message: format!(
-                        "{}/{} {verb} (version {})",
-                        v.resource_type, v.id, v.version_id
-                    ),
-                    written: true,
-                });
+            if results[i].is_some() {
+                outcomes.push(pending[i].clone());
             } else if let Some(outcome) = unchanged.remove(&i) {
-                if outcome.status == 200 && outcome.content.is_none() {
+                if outcome.status == 200 && outcome.content.is_none() && outcome.id.is_some() {
                     let id = outcome.id.clone().unwrap_or_default();
                     let row = self.read(&entry.resource_type, &id).await.map_err(at(i))?;
                     outcomes.push(EntryOutcome::from_row(200, row, outcome.message));
@@ -605,7 +729,28 @@ impl Repository {
                 outcomes.push(EntryOutcome::from_row(200, row, String::new()));
             }
         }
-        Ok(outcomes)
+        Ok(Some(outcomes))
+    }
+}
+
+fn written_outcome(status: u16, v: &NewVersion) -> EntryOutcome {
+    let verb = match (v.operation, status) {
+        (Operation::Delete, _) => "deleted",
+        (_, 201) => "created",
+        _ => "updated",
+    };
+    EntryOutcome {
+        status,
+        resource_type: v.resource_type.clone(),
+        id: Some(v.id.clone()),
+        version_id: Some(v.version_id),
+        last_updated: Some(v.last_updated),
+        content: v.content.clone(),
+        message: format!(
+            "{}/{} {verb} (version {})",
+            v.resource_type, v.id, v.version_id
+        ),
+        written: true,
     }
 }
 

@@ -17,11 +17,9 @@ use super::params::Registry;
 use crate::store::{Change, FeedPosition, HeadState, Store};
 
 const BATCH: i64 = 2000;
-/// Even without notifications the feed is polled this often.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The feed is polled this often when no search asks for freshness.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
-/// After a change notification, how long to wait for more before applying them.
-const COMMIT_GATHER: Duration = Duration::from_millis(25);
 /// Applied changes are committed at least this often even when no search is waiting.
 const MAX_COMMIT_DELAY: Duration = Duration::from_millis(250);
 
@@ -359,19 +357,6 @@ impl Indexer {
     }
 
     async fn follow(mut self) {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(self.store.pool()).await {
-            Ok(mut l) => match l.listen("shcr_change_feed").await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; the index will poll");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no LISTEN connection; the index will poll");
-                None
-            }
-        };
         let mut failures = 0u32;
         let mut uncommitted = false;
         let mut last_commit = Instant::now();
@@ -420,34 +405,13 @@ impl Indexer {
             } else {
                 IDLE_POLL
             };
-            let wake = self.shared.wake.notified();
-            match listener.as_mut() {
-                Some(l) => {
-                    tokio::select! {
-                        _ = stop.changed() => {}
-                        _ = wake => {}
-                        n = l.recv() => {
-                            if n.is_err() {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            } else {
-                                // Let a burst of commits gather into one index commit; a
-                                // search that is waiting cuts this short through `wake`.
-                                tokio::select! {
-                                    _ = self.shared.wake.notified() => {}
-                                    _ = tokio::time::sleep(COMMIT_GATHER) => {}
-                                }
-                            }
-                        }
-                        _ = tokio::time::sleep(idle) => {}
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        _ = stop.changed() => {}
-                        _ = wake => {}
-                        _ = tokio::time::sleep(idle) => {}
-                    }
-                }
+            // Searches wake the indexer themselves (`wait_fresh`), so a poll is due only for
+            // writes nobody searches for yet: a timer suffices, and writers never pay for a
+            // NOTIFY, which PostgreSQL serialises across all committing transactions.
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
         if uncommitted && let Err(e) = self.commit().await {

@@ -109,57 +109,40 @@ fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<Change, sqlx::Error> {
 }
 
 impl Store {
-    /// Everything committed after `after`, split at the snapshot's xmin: the ordered prefix (up
-    /// to `limit`) and the committed rows above it. One snapshot answers both, so no write
-    /// committed before the call is missing from the union.
+    /// Everything committed after `after`, split at the snapshot's xmin: the ordered prefix and
+    /// the committed rows above it. One statement, so one snapshot answers both, and no write
+    /// committed before the call is missing from the union. Rows come in `(txid, seq)` order, so
+    /// every ordered row precedes every row above the xmin; `limit` bounds the whole answer.
     pub async fn poll_feed(&self, after: FeedPosition, limit: i64) -> Result<FeedPoll, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let xmin: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
-        let ordered = sqlx::query(
-            "SELECT txid::text::bigint AS txid, seq, resource_type, id, version_id, operation,
-                    recorded_at
-             FROM change_feed
-             WHERE (txid, seq) > ($1::text::xid8, $2) AND txid < $3::text::xid8
+        let rows = sqlx::query(
+            "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+             SELECT txid::text::bigint AS txid, seq, resource_type, id, version_id, operation,
+                    recorded_at, txid < s.xmin AS settled
+             FROM change_feed, s
+             WHERE (txid, seq) > ($1::text::xid8, $2)
              ORDER BY txid, seq
-             LIMIT $4",
+             LIMIT $3",
         )
         .bind(after.txid.to_string())
         .bind(after.seq)
-        .bind(xmin.to_string())
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let above = sqlx::query(
-            "SELECT txid::text::bigint AS txid, seq, resource_type, id, version_id, operation,
-                    recorded_at
-             FROM change_feed
-             WHERE txid >= $1::text::xid8 AND (txid, seq) > ($2::text::xid8, $3)
-             ORDER BY txid, seq",
-        )
-        .bind(xmin.to_string())
-        .bind(after.txid.to_string())
-        .bind(after.seq)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let ordered: Vec<Change> = ordered
-            .iter()
-            .map(change_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(FeedPoll {
-            more: ordered.len() as i64 >= limit,
-            ordered,
-            above: above
-                .iter()
-                .map(change_from_row)
-                .collect::<Result<_, _>>()?,
-        })
+        let more = rows.len() as i64 >= limit;
+        let mut poll = FeedPoll {
+            more,
+            ..FeedPoll::default()
+        };
+        for r in &rows {
+            let settled: bool = r.try_get("settled")?;
+            let change = change_from_row(r)?;
+            if settled {
+                poll.ordered.push(change);
+            } else {
+                poll.above.push(change);
+            }
+        }
+        Ok(poll)
     }
 
     /// The position just before every transaction not yet older than all running ones: a full

@@ -8,7 +8,7 @@ mod write;
 
 pub use changes::{Change, FeedPoll, FeedPosition};
 pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
-pub use read::{Current, HeadState, VersionRow};
+pub use read::{Current, HeadState, Owner, VersionRow};
 pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx};
 
 use sqlx::PgPool;

@@ -123,6 +123,102 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+
+    /// Every current, non-deleted resource of one type with the organisation that wrote its
+    /// current version: the subscription manager loads its Subscriptions (and their owners)
+    /// this way at start-up. Meant for small, administrative types only.
+    pub async fn current_of_type(
+        &self,
+        resource_type: &str,
+    ) -> Result<Vec<(VersionRow, Owner)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
+                    v.content::text AS content, v.author_kind, v.author_id, v.author_org
+             FROM resource_head h
+             JOIN resource_version v
+               ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+             WHERE h.resource_type = $1 AND NOT h.deleted
+             ORDER BY h.id",
+        )
+        .bind(resource_type)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((VersionRow::from_row(r)?, Owner::from_row(r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Many versions in one round trip (absent ones are skipped): notification payloads and
+    /// topic conditions read the versions a batch of changes produced.
+    pub async fn vread_many(
+        &self,
+        keys: &[(String, String, i64)],
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let versions: Vec<i64> = keys.iter().map(|k| k.2).collect();
+        let rows = sqlx::query(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
+                    v.content::text AS content
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, n)
+             JOIN resource_version v
+               ON v.resource_type = k.t AND v.id = k.i AND v.version_id = k.n",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(VersionRow::from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// One version with the author who wrote it.
+    pub async fn vread_with_owner(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> Result<Option<(VersionRow, Owner)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT resource_type, id, version_id, last_updated, deleted, method,
+                    content::text AS content, author_kind, author_id, author_org
+             FROM resource_version WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(version_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok::<_, sqlx::Error>((VersionRow::from_row(&r)?, Owner::from_row(&r)?)))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+}
+
+/// Who wrote a stored version (its write provenance), as policy decisions need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `system` or `user`.
+    pub kind: String,
+    pub id: String,
+    pub org: Option<String>,
+}
+
+impl Owner {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Owner, sqlx::Error> {
+        Ok(Owner {
+            kind: row.try_get("author_kind")?,
+            id: row.try_get("author_id")?,
+            org: row.try_get("author_org")?,
+        })
+    }
 }
 
 /// The current state of a resource as the search indexer needs it.

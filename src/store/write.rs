@@ -331,6 +331,38 @@ impl WriteTx {
         Ok(())
     }
 
+    /// The organisation that wrote the current version of each given resource (absent keys do
+    /// not exist). Lets an ingest path refuse to overwrite another trust's resource.
+    pub async fn head_orgs(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT v.resource_type, v.id, v.author_org
+             FROM unnest($1::text[], $2::text[]) AS k(t, i)
+             JOIN resource_head h ON h.resource_type = k.t AND h.id = k.i
+             JOIN resource_version v
+               ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            out.insert(
+                (row.try_get("resource_type")?, row.try_get("id")?),
+                row.try_get("author_org")?,
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())

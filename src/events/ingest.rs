@@ -1,0 +1,583 @@
+//! Applying an inbound message, whichever door it came through (`$process-message` or NATS):
+//! authorise the sender, upsert every resource by the sender's business identifier in one
+//! transaction, hold back anything older than the state already held, remember the message id,
+//! and answer with a response message.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::access::{Caller, OdsCode, Principal};
+use crate::fhir::id::new_id;
+use crate::fhir::instant::format_instant;
+use crate::fhir::outcome::{Issue, IssueType, operation_outcome};
+use crate::interactions::{
+    EntryAction, EntryOutcome, EntryRequest, HookDecision, Repository, Target, WriteHook,
+};
+use crate::store::{Author, WriteTx};
+
+use super::catalogue::Catalogue;
+use super::error::MessageError;
+use super::idempotency::{self, Claim, SCOPE_MESSAGE};
+use super::message::{self, HeaderInfo, InboundMessage};
+use super::metrics;
+
+/// Facts the transport adds: a NATS subject names the trust and the event, and they must agree
+/// with the MessageHeader.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    pub subject_ods: Option<OdsCode>,
+    pub subject_event: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Applied now (some resources may have been held back as stale).
+    Applied,
+    /// Applied before: the stored response is returned, nothing is written.
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub message_id: String,
+    pub disposition: Disposition,
+    /// Resources written / held back as stale.
+    pub written: usize,
+    pub stale: usize,
+    /// The response message Bundle (`response.code` ok).
+    pub response: Value,
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    repository: Repository,
+    catalogue: Arc<Catalogue>,
+    /// This server's FHIR base: the response's source endpoint and focus URLs.
+    base_url: String,
+}
+
+impl Ingest {
+    pub fn new(repository: Repository, catalogue: Arc<Catalogue>, base_url: String) -> Ingest {
+        Ingest {
+            repository,
+            catalogue,
+            base_url,
+        }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Applies one message Bundle sent by `caller`.
+    #[tracing::instrument(skip_all, fields(message_id))]
+    pub async fn process(
+        &self,
+        bundle: &Value,
+        caller: &Caller,
+        envelope: &Envelope,
+    ) -> Result<Processed, MessageError> {
+        let started = std::time::Instant::now();
+        let result = self.process_inner(bundle, caller, envelope).await;
+        metrics::observe_processing(started.elapsed(), &result);
+        result
+    }
+
+    async fn process_inner(
+        &self,
+        bundle: &Value,
+        caller: &Caller,
+        envelope: &Envelope,
+    ) -> Result<Processed, MessageError> {
+        let Principal::System(_) = &caller.principal else {
+            return Err(MessageError::forbidden(
+                None,
+                "messages are sent by a trust's system (an application-restricted token), not by a person",
+            ));
+        };
+        let message = message::parse(bundle, &self.catalogue)?;
+        tracing::Span::current().record("message_id", message.message_id.as_str());
+        if &message.sender != caller.org() {
+            return Err(MessageError::forbidden(
+                Some("Bundle.entry[0].resource.sender"),
+                format!(
+                    "the message names sender {} but the caller is {}: a trust may only send its own messages",
+                    message.sender,
+                    caller.org()
+                ),
+            ));
+        }
+        if let Some(ods) = &envelope.subject_ods
+            && ods != &message.sender
+        {
+            return Err(MessageError::forbidden(
+                Some("Bundle.entry[0].resource.sender"),
+                format!(
+                    "the message was published under {ods} but names sender {}",
+                    message.sender
+                ),
+            ));
+        }
+        if let Some(event) = &envelope.subject_event
+            && event != &message.event.code
+        {
+            return Err(MessageError::permanent(
+                "invalid",
+                400,
+                vec![
+                    Issue::error(
+                        IssueType::Invalid,
+                        format!(
+                            "the message was published under event '{event}' but its MessageHeader says '{}'",
+                            message.event.code
+                        ),
+                    )
+                    .at("Bundle.entry[0].resource.eventCoding"),
+                ],
+            ));
+        }
+
+        let requests: Vec<EntryRequest> = message
+            .entries
+            .iter()
+            .map(|e| EntryRequest {
+                resource_type: e.resource_type.clone(),
+                full_url: e.full_url.clone(),
+                action: EntryAction::Update {
+                    target: Target::Criteria(message::identifier_criteria(&e.key.0, &e.key.1)),
+                    resource: e.resource.clone(),
+                    if_match: None,
+                },
+            })
+            .collect();
+        let author = Author {
+            kind: "system",
+            id: caller.id().to_string(),
+            org: Some(message.sender.to_string()),
+            request_id: envelope
+                .request_id
+                .clone()
+                .or_else(|| Some(format!("message:{}", message.message_id))),
+        };
+        let mut hook = MessageHook {
+            message: &message,
+            fingerprint: idempotency::fingerprint(&[bundle.to_string().as_bytes()]),
+            base_url: &self.base_url,
+            repeat: None,
+            stale: Vec::new(),
+            response: None,
+        };
+        let outcome = self
+            .repository
+            .execute_with_hook(&requests, &author, true, &mut hook)
+            .await
+            .map_err(|f| {
+                let mut e = MessageError::from(f.error);
+                if let Some(i) = f.index {
+                    let at = format!("Bundle.entry[{}]", message.entries[i].index);
+                    for issue in &mut e.issues {
+                        issue.location = Some(match issue.location.take() {
+                            Some(l) if l.starts_with("Bundle.entry[") => {
+                                // The engine numbers entries without the MessageHeader.
+                                relocate(&l, &message)
+                            }
+                            Some(l) => match l.find('.') {
+                                Some(dot) => format!("{at}.resource{}", &l[dot..]),
+                                None => format!("{at}.resource"),
+                            },
+                            None => at.clone(),
+                        });
+                    }
+                }
+                e
+            })?;
+        match outcome {
+            None => {
+                let (fingerprint, response) = hook.repeat.take().expect("abort means a repeat");
+                if fingerprint != hook.fingerprint {
+                    return Err(MessageError::permanent(
+                        "conflict",
+                        409,
+                        vec![Issue::error(
+                            IssueType::Duplicate,
+                            format!(
+                                "message id '{}' was already used by {} for a different message",
+                                message.message_id, message.sender
+                            ),
+                        )
+                        .at("Bundle.identifier")],
+                    ));
+                }
+                Ok(Processed {
+                    message_id: message.message_id.clone(),
+                    disposition: Disposition::Duplicate,
+                    written: 0,
+                    stale: 0,
+                    response,
+                })
+            }
+            Some(outcomes) => Ok(Processed {
+                message_id: message.message_id.clone(),
+                disposition: Disposition::Applied,
+                written: outcomes.iter().filter(|o| o.written).count(),
+                stale: hook.stale.len(),
+                response: hook.response.take().expect("stored before commit"),
+            }),
+        }
+    }
+}
+
+/// `Bundle.entry[k]` of the engine (MessageHeader excluded) → the message's own numbering.
+fn relocate(location: &str, message: &InboundMessage) -> String {
+    let rest = &location["Bundle.entry[".len()..];
+    let Some(close) = rest.find(']') else {
+        return location.to_string();
+    };
+    match rest[..close].parse::<usize>() {
+        Ok(k) if k < message.entries.len() => {
+            format!(
+                "Bundle.entry[{}]{}",
+                message.entries[k].index,
+                &rest[close + 1..]
+            )
+        }
+        _ => location.to_string(),
+    }
+}
+
+struct StaleEntry {
+    entry: usize,
+    resource_id: Option<String>,
+    held_time: OffsetDateTime,
+    held_message: String,
+}
+
+/// Takes part in the write transaction: claims the message id, refuses to overwrite another
+/// trust's resources, holds back stale entries, and records source times, the triggering
+/// event of each version, and the response.
+struct MessageHook<'a> {
+    message: &'a InboundMessage,
+    fingerprint: String,
+    base_url: &'a str,
+    repeat: Option<(String, Value)>,
+    stale: Vec<StaleEntry>,
+    response: Option<Value>,
+}
+
+impl WriteHook for MessageHook<'_> {
+    async fn on_locked(
+        &mut self,
+        tx: &mut WriteTx,
+        matched: &[Option<String>],
+    ) -> Result<HookDecision, crate::interactions::Error> {
+        self.repeat = None;
+        self.stale.clear();
+        let m = self.message;
+        let org = m.sender.as_str();
+        let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
+        // One round trip for the common case: claim the message id and read the source times
+        // held for its resources.
+        let types: Vec<&str> = m.entries.iter().map(|e| e.resource_type.as_str()).collect();
+        let systems: Vec<&str> = m.entries.iter().map(|e| e.key.0.as_str()).collect();
+        let values: Vec<&str> = m.entries.iter().map(|e| e.key.1.as_str()).collect();
+        let row = sqlx::query(
+            "WITH claim AS (
+                 INSERT INTO event_idempotency (org, scope, key, fingerprint, response)
+                 VALUES ($1, 'message', $2, $3, 'null'::jsonb)
+                 ON CONFLICT DO NOTHING
+                 RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM claim) AS claimed,
+                    COALESCE((
+                        SELECT json_agg(json_build_array(k.ord, s.source_time, s.message_id))
+                        FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS k(t, sy, v, ord)
+                        JOIN event_source_state s
+                          ON s.org = $1 AND s.resource_type = k.t AND s.system = k.sy AND s.value = k.v
+                    ), '[]'::json) AS held",
+        )
+        .bind(org)
+        .bind(&m.message_id)
+        .bind(&self.fingerprint)
+        .bind(&types)
+        .bind(&systems)
+        .bind(&values)
+        .fetch_one(tx.connection())
+        .await
+        .map_err(db)?;
+        let claimed: bool = row.try_get("claimed").map_err(db)?;
+        if !claimed {
+            // Seen before (the statement above waited for a concurrent first to commit; this
+            // new statement sees its row).
+            if let Claim::Repeat {
+                fingerprint,
+                response,
+            } = idempotency::claim(
+                tx.connection(),
+                org,
+                SCOPE_MESSAGE,
+                &m.message_id,
+                &self.fingerprint,
+            )
+            .await
+            .map_err(db)?
+            {
+                self.repeat = Some((fingerprint, response));
+                return Ok(HookDecision::Abort);
+            }
+        }
+        let held: Value = row.try_get("held").map_err(db)?;
+
+        // A trust may only replace what it wrote itself.
+        let existing: Vec<(String, String)> = m
+            .entries
+            .iter()
+            .zip(matched)
+            .filter_map(|(e, id)| Some((e.resource_type.clone(), id.clone()?)))
+            .collect();
+        let orgs = tx.head_orgs(&existing).await?;
+        for (i, (e, id)) in m.entries.iter().zip(matched).enumerate() {
+            let Some(id) = id else { continue };
+            if let Some(Some(owner)) = orgs.get(&(e.resource_type.clone(), id.clone()))
+                && owner != org
+            {
+                return Err(crate::interactions::Error::Located {
+                    status: 403,
+                    issues: vec![
+                        Issue::error(
+                            IssueType::Forbidden,
+                            format!(
+                                "{}/{id} with identifier {}|{} was written by {owner}; {org} may not replace it",
+                                e.resource_type, e.key.0, e.key.1
+                            ),
+                        )
+                        .at(format!("Bundle.entry[{}].resource.identifier", m.entries[i].index)),
+                    ],
+                });
+            }
+        }
+
+        let mut hold = HashSet::new();
+        for item in held.as_array().into_iter().flatten() {
+            let (Some(ord), Some(held_time), Some(held_message)) = (
+                item[0].as_i64(),
+                item[1]
+                    .as_str()
+                    .and_then(crate::fhir::instant::parse_instant),
+                item[2].as_str().map(str::to_string),
+            ) else {
+                continue;
+            };
+            let i = (ord - 1) as usize;
+            // Same source time: the message id breaks the tie, so every arrival order ends in
+            // the same state.
+            if (held_time, held_message.as_str()) >= (m.timestamp, m.message_id.as_str()) {
+                hold.insert(i);
+                self.stale.push(StaleEntry {
+                    entry: i,
+                    resource_id: matched[i].clone(),
+                    held_time,
+                    held_message,
+                });
+            }
+        }
+        Ok(HookDecision::Proceed { hold })
+    }
+
+    async fn before_commit(
+        &mut self,
+        tx: &mut WriteTx,
+        outcomes: &[EntryOutcome],
+    ) -> Result<(), crate::interactions::Error> {
+        let m = self.message;
+        let org = m.sender.as_str();
+        let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
+        let stale: HashMap<usize, &StaleEntry> = self.stale.iter().map(|s| (s.entry, s)).collect();
+
+        let mut t = Vec::new();
+        let mut sy = Vec::new();
+        let mut v = Vec::new();
+        let mut ids = Vec::new();
+        let mut vt = Vec::new();
+        let mut vid = Vec::new();
+        let mut vver = Vec::new();
+        let mut vfocus = Vec::new();
+        for (i, (e, o)) in m.entries.iter().zip(outcomes).enumerate() {
+            if stale.contains_key(&i) {
+                continue;
+            }
+            if let Some(id) = &o.id {
+                t.push(e.resource_type.as_str());
+                sy.push(e.key.0.as_str());
+                v.push(e.key.1.as_str());
+                ids.push(id.as_str());
+                if o.written
+                    && let Some(version) = o.version_id
+                {
+                    vt.push(e.resource_type.as_str());
+                    vid.push(id.as_str());
+                    vver.push(version);
+                    vfocus.push(e.focus);
+                }
+            }
+        }
+        for s in &self.stale {
+            let e = &m.entries[s.entry];
+            sqlx::query(
+                "INSERT INTO event_stale (org, message_id, event_code, resource_type, system, value,
+                     resource_id, source_time, held_source_time, held_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(org)
+            .bind(&m.message_id)
+            .bind(&m.event.code)
+            .bind(&e.resource_type)
+            .bind(&e.key.0)
+            .bind(&e.key.1)
+            .bind(&s.resource_id)
+            .bind(m.timestamp)
+            .bind(s.held_time)
+            .bind(&s.held_message)
+            .execute(tx.connection())
+            .await
+            .map_err(db)?;
+        }
+
+        let mut issues = Vec::new();
+        let mut focus = Vec::new();
+        for (i, (e, o)) in m.entries.iter().zip(outcomes).enumerate() {
+            let at = format!("Bundle.entry[{}]", e.index);
+            if let Some(s) = stale.get(&i) {
+                issues.push(
+                    Issue::warning(
+                        IssueType::BusinessRule,
+                        format!(
+                            "stale: {} {}|{} already holds state from a later event of this source ({} at {}); this entry was recorded, not applied",
+                            e.resource_type,
+                            e.key.0,
+                            e.key.1,
+                            s.held_message,
+                            format_instant(s.held_time)
+                        ),
+                    )
+                    .at(at),
+                );
+            } else {
+                issues.push(Issue::information(IssueType::Informational, o.message.clone()).at(at));
+            }
+            if e.focus
+                && let Some(id) = &o.id
+            {
+                focus.push(
+                    json!({"reference": format!("{}/{}/{id}", self.base_url, e.resource_type)}),
+                );
+            }
+        }
+        let response = response_message(self.base_url, &m.header, "ok", &issues, focus);
+        // Source times, triggering events and the response, in one round trip.
+        sqlx::query(
+            "WITH state AS (
+                 INSERT INTO event_source_state
+                     (org, resource_type, system, value, resource_id, source_time, message_id)
+                 SELECT $1, t, s, v, i, $6, $2
+                 FROM unnest($3::text[], $4::text[], $5::text[], $7::text[]) AS x(t, s, v, i)
+                 ON CONFLICT (org, resource_type, system, value) DO UPDATE
+                   SET resource_id = excluded.resource_id, source_time = excluded.source_time,
+                       message_id = excluded.message_id, updated_at = now()
+             ), versions AS (
+                 INSERT INTO event_version
+                     (resource_type, id, version_id, org, message_id, event_code, focus)
+                 SELECT t, i, v, $1, $2, $8, f
+                 FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bool[]) AS x(t, i, v, f)
+                 ON CONFLICT DO NOTHING
+             )
+             UPDATE event_idempotency SET response = $13, created_at = clock_timestamp()
+             WHERE org = $1 AND scope = 'message' AND key = $2",
+        )
+        .bind(org)
+        .bind(&m.message_id)
+        .bind(&t)
+        .bind(&sy)
+        .bind(&v)
+        .bind(m.timestamp)
+        .bind(&ids)
+        .bind(&m.event.code)
+        .bind(&vt)
+        .bind(&vid)
+        .bind(&vver)
+        .bind(&vfocus)
+        .bind(&response)
+        .execute(tx.connection())
+        .await
+        .map_err(db)?;
+        self.response = Some(response);
+        Ok(())
+    }
+}
+
+/// A response message: MessageHeader with `response.code` and an OperationOutcome as details.
+pub fn response_message(
+    base_url: &str,
+    request: &HeaderInfo,
+    code: &str,
+    issues: &[Issue],
+    focus: Vec<Value>,
+) -> Value {
+    let header_id = new_id();
+    let outcome_id = new_id();
+    let mut header = json!({
+        "resourceType": "MessageHeader",
+        "id": header_id,
+        "eventCoding": request.event_coding,
+        "source": {"name": "shcr", "endpoint": format!("{base_url}/$process-message")},
+        "response": {
+            "identifier": request.header_id,
+            "code": code,
+            "details": {"reference": format!("urn:uuid:{outcome_id}")},
+        },
+    });
+    if let Some(endpoint) = &request.source_endpoint {
+        header["destination"] = json!([{"endpoint": endpoint}]);
+    }
+    if !focus.is_empty() {
+        header["focus"] = Value::Array(focus);
+    }
+    let mut outcome = operation_outcome(issues);
+    outcome["id"] = json!(outcome_id);
+    json!({
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "type": "message",
+        "timestamp": format_instant(crate::fhir::instant::now_millis()),
+        "entry": [
+            {"fullUrl": format!("urn:uuid:{header_id}"), "resource": header},
+            {"fullUrl": format!("urn:uuid:{outcome_id}"), "resource": outcome},
+        ],
+    })
+}
+
+/// The response message for a message that could not be applied, when its header can be read.
+pub fn error_response(base_url: &str, bundle: &Value, error: &MessageError) -> Option<Value> {
+    let header = message::header_info(bundle)?;
+    let code = if error.transient {
+        "transient-error"
+    } else {
+        "fatal-error"
+    };
+    Some(response_message(
+        base_url,
+        &header,
+        code,
+        &error.issues,
+        Vec::new(),
+    ))
+}

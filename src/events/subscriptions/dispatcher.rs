@@ -1,0 +1,459 @@
+//! Follows the change feed from a persisted cursor and turns changes into numbered
+//! subscription events. One dispatcher works at a time across replicas (the cursor row is
+//! locked with SKIP LOCKED); the cursor, the new events and the counters move in one
+//! transaction, so a crash repeats a batch but never loses or doubles an event. Delivery
+//! workers are woken with NOTIFY once per batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use tokio::sync::watch;
+
+use crate::config::SubscriptionSettings;
+use crate::events::catalogue::Catalogue;
+use crate::store::{Change, FeedPosition, Store};
+
+use super::{Filter, PayloadPolicy, SERVER_AUTHOR_ID, parse_spec};
+
+pub const EVENTS_CHANNEL: &str = "shcr_subscription_events";
+const BATCH: i64 = 500;
+
+struct Active {
+    id: String,
+    topic: String,
+    filters: Vec<Filter>,
+    start: FeedPosition,
+    next_number: i64,
+}
+
+pub struct Dispatcher {
+    pub store: Store,
+    pub catalogue: Arc<Catalogue>,
+    pub settings: SubscriptionSettings,
+    pub policy: Arc<dyn PayloadPolicy>,
+}
+
+impl Dispatcher {
+    /// Polls the feed every `poll_interval_ms` (an index probe when idle). Writers do not
+    /// NOTIFY: that would serialise their commits (see migration 0010).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // Drain. The feed only hands out a transaction once no older one is still running,
+            // so while rows exist past the cursor that are not yet safe, look again shortly.
+            let mut waits = 0;
+            loop {
+                match self.run_once().await {
+                    Ok(Step::Moved) => continue,
+                    // Bounded, so a long transaction elsewhere in the cluster (it holds the feed
+                    // horizon) costs a poll interval, and shutdown is still seen.
+                    Ok(Step::Waiting) if waits < 20 => {
+                        waits += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Ok(Step::Waiting) => break,
+                    Ok(Step::Idle) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "subscription dispatcher failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// One batch: read changes after the cursor, sync Subscription resources, number the
+    /// matching events, advance the cursor.
+    pub async fn run_once(&self) -> Result<Step, sqlx::Error> {
+        let mut tx = self.store.pool().begin().await?;
+        let cursor = sqlx::query(
+            "SELECT txid, seq FROM subscription_cursor WHERE name = 'subscriptions'
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(cursor) = cursor else {
+            // Another replica is dispatching.
+            return Ok(Step::Idle);
+        };
+        let cursor = FeedPosition {
+            txid: cursor.try_get("txid")?,
+            seq: cursor.try_get("seq")?,
+        };
+        let changes = self
+            .store
+            .changes_after(cursor, BATCH)
+            .await
+            .map_err(store_err)?;
+        if changes.is_empty() {
+            let pending: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM change_feed WHERE (txid, seq) > ($1::text::xid8, $2))",
+            )
+            .bind(cursor.txid.to_string())
+            .bind(cursor.seq)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok(if pending { Step::Waiting } else { Step::Idle });
+        }
+        for change in changes.iter().filter(|c| c.resource_type == "Subscription") {
+            self.sync_subscription(&mut tx, change).await?;
+        }
+        // Events keep being numbered while a subscription is in error, so `$events` can serve
+        // what it missed once the receiver is back.
+        let mut active = load_active(&mut tx).await?;
+        let mut new_events = 0usize;
+        if !active.is_empty() {
+            new_events = self.number_events(&mut tx, &changes, &mut active).await?;
+        }
+        let last = changes.last().expect("not empty").position;
+        sqlx::query(
+            "UPDATE subscription_cursor SET txid = $1, seq = $2, updated_at = now()
+             WHERE name = 'subscriptions'",
+        )
+        .bind(last.txid)
+        .bind(last.seq)
+        .execute(&mut *tx)
+        .await?;
+        if new_events > 0 {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(EVENTS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Step::Moved)
+    }
+
+    async fn number_events(
+        &self,
+        tx: &mut PgConnection,
+        changes: &[Change],
+        active: &mut [Active],
+    ) -> Result<usize, sqlx::Error> {
+        // Which event produced each focus version (messages only).
+        let keys: Vec<(String, String, i64)> = changes
+            .iter()
+            .map(|c| (c.resource_type.clone(), c.id.clone(), c.version_id))
+            .collect();
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let versions: Vec<i64> = keys.iter().map(|k| k.2).collect();
+        let rows = sqlx::query(
+            "SELECT e.resource_type, e.id, e.version_id, e.event_code
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, v)
+             JOIN event_version e ON e.resource_type = k.t AND e.id = k.i AND e.version_id = k.v
+             WHERE e.focus",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut event_codes: HashMap<(String, String, i64), String> = HashMap::new();
+        for r in rows {
+            event_codes.insert(
+                (
+                    r.try_get("resource_type")?,
+                    r.try_get("id")?,
+                    r.try_get("version_id")?,
+                ),
+                r.try_get("event_code")?,
+            );
+        }
+        // Content only where a topic condition or a filter needs it.
+        let topics: Vec<_> = {
+            let mut urls: Vec<&str> = active.iter().map(|a| a.topic.as_str()).collect();
+            urls.sort_unstable();
+            urls.dedup();
+            urls.into_iter()
+                .filter_map(|u| self.catalogue.topic_by_url(u))
+                .collect()
+        };
+        let any_filters = active.iter().any(|a| !a.filters.is_empty());
+        let need: Vec<(String, String, i64)> = changes
+            .iter()
+            .filter(|c| c.operation != "delete")
+            .filter(|c| any_filters || topics.iter().any(|t| t.needs_content(&c.resource_type)))
+            .map(|c| (c.resource_type.clone(), c.id.clone(), c.version_id))
+            .collect();
+        let contents: HashMap<(String, String, i64), Value> = self
+            .store
+            .vread_many(&need)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter_map(|v| {
+                let content = serde_json::from_str(v.content.as_deref()?).ok()?;
+                Some(((v.resource_type, v.id, v.version_id), content))
+            })
+            .collect();
+
+        let mut sub_ids = Vec::new();
+        let mut numbers = Vec::new();
+        let mut e_types = Vec::new();
+        let mut e_ids = Vec::new();
+        let mut e_versions = Vec::new();
+        let mut e_ops = Vec::new();
+        let mut e_codes: Vec<Option<String>> = Vec::new();
+        let mut e_txids = Vec::new();
+        let mut e_seqs = Vec::new();
+        let mut e_times = Vec::new();
+        for change in changes {
+            let key = (
+                change.resource_type.clone(),
+                change.id.clone(),
+                change.version_id,
+            );
+            let code = event_codes.get(&key).map(String::as_str);
+            let content = contents.get(&key);
+            for sub in active.iter_mut() {
+                if change.position <= sub.start {
+                    continue;
+                }
+                let Some(topic) = self.catalogue.topic_by_url(&sub.topic) else {
+                    continue;
+                };
+                if !topic.matches(code, &change.resource_type, &change.operation, content) {
+                    continue;
+                }
+                if !sub
+                    .filters
+                    .iter()
+                    .all(|f| f.matches(&change.resource_type, &change.id, content))
+                {
+                    continue;
+                }
+                sub.next_number += 1;
+                sub_ids.push(sub.id.clone());
+                numbers.push(sub.next_number);
+                e_types.push(change.resource_type.clone());
+                e_ids.push(change.id.clone());
+                e_versions.push(change.version_id);
+                e_ops.push(change.operation.clone());
+                e_codes.push(code.map(str::to_string));
+                e_txids.push(change.position.txid);
+                e_seqs.push(change.position.seq);
+                e_times.push(change.recorded_at);
+            }
+        }
+        if sub_ids.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query(
+            "INSERT INTO subscription_event (subscription_id, event_number, resource_type,
+                 resource_id, version_id, operation, event_code, feed_txid, feed_seq, occurred_at)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                                  $10::timestamptz[])",
+        )
+        .bind(&sub_ids)
+        .bind(&numbers)
+        .bind(&e_types)
+        .bind(&e_ids)
+        .bind(&e_versions)
+        .bind(&e_ops)
+        .bind(&e_codes)
+        .bind(&e_txids)
+        .bind(&e_seqs)
+        .bind(&e_times)
+        .execute(&mut *tx)
+        .await?;
+        Ok(sub_ids.len())
+    }
+
+    /// Brings `subscription_state` in line with a changed Subscription resource.
+    async fn sync_subscription(
+        &self,
+        tx: &mut PgConnection,
+        change: &Change,
+    ) -> Result<(), sqlx::Error> {
+        if change.operation == "delete" {
+            sqlx::query(
+                "UPDATE subscription_state SET status = 'off', version_id = $2, updated_at = now()
+                 WHERE subscription_id = $1",
+            )
+            .bind(&change.id)
+            .bind(change.version_id)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(());
+        }
+        let Some((row, owner)) = self
+            .store
+            .vread_with_owner("Subscription", &change.id, change.version_id)
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(());
+        };
+        if owner.kind == "system" && owner.id == SERVER_AUTHOR_ID {
+            // Our own status write-back: the client's subscription did not change.
+            sqlx::query("UPDATE subscription_state SET version_id = $2 WHERE subscription_id = $1")
+                .bind(&change.id)
+                .bind(change.version_id)
+                .execute(&mut *tx)
+                .await?;
+            return Ok(());
+        }
+        let content: Value = row
+            .content
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null);
+        let spec = parse_spec(
+            &content,
+            &owner,
+            &self.catalogue,
+            &self.settings,
+            self.policy.as_ref(),
+        );
+        let (status, error, spec) = match spec {
+            Ok(s) if s.requested_status == "off" => ("off", None, Some(s)),
+            Ok(s) => ("requested", None, Some(s)),
+            Err(e) => ("error", Some(e), None),
+        };
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT status, topic FROM subscription_state WHERE subscription_id = $1",
+        )
+        .bind(&change.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (topic, channel, endpoint, headers, payload, filters, heartbeat) = match &spec {
+            Some(s) => (
+                s.topic.clone(),
+                s.channel.as_str(),
+                s.endpoint.clone(),
+                serde_json::to_value(&s.headers).expect("json"),
+                s.payload.as_str(),
+                serde_json::to_value(&s.filters).expect("json"),
+                s.heartbeat_seconds,
+            ),
+            None => (
+                content
+                    .get("criteria")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                "rest-hook",
+                String::new(),
+                Value::Array(vec![]),
+                "id-only",
+                Value::Array(vec![]),
+                None,
+            ),
+        };
+        match existing {
+            None => {
+                sqlx::query(
+                    "INSERT INTO subscription_state (subscription_id, version_id, topic, status,
+                         channel, endpoint, headers, payload, filters, heartbeat_seconds,
+                         owner_kind, owner_id, owner_org, start_txid, start_seq, last_error)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                )
+                .bind(&change.id)
+                .bind(change.version_id)
+                .bind(&topic)
+                .bind(status)
+                .bind(channel)
+                .bind(&endpoint)
+                .bind(&headers)
+                .bind(payload)
+                .bind(&filters)
+                .bind(heartbeat)
+                .bind(&owner.kind)
+                .bind(&owner.id)
+                .bind(&owner.org)
+                .bind(change.position.txid)
+                .bind(change.position.seq)
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(_) => {
+                // A client update restarts delivery from a handshake; the event numbering and
+                // the undelivered tail carry on, so no notification is lost by editing.
+                sqlx::query(
+                    "UPDATE subscription_state SET version_id = $2, topic = $3, status = $4,
+                         channel = $5, endpoint = $6, headers = $7, payload = $8, filters = $9,
+                         heartbeat_seconds = $10, owner_kind = $11, owner_id = $12,
+                         owner_org = $13, last_error = $14, failures = 0,
+                         handshake_done = false, next_attempt_at = now(), updated_at = now()
+                     WHERE subscription_id = $1",
+                )
+                .bind(&change.id)
+                .bind(change.version_id)
+                .bind(&topic)
+                .bind(status)
+                .bind(channel)
+                .bind(&endpoint)
+                .bind(&headers)
+                .bind(payload)
+                .bind(&filters)
+                .bind(heartbeat)
+                .bind(&owner.kind)
+                .bind(&owner.id)
+                .bind(&owner.org)
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(e) = &error {
+            tracing::info!(subscription = %change.id, reason = %e, "subscription refused");
+        }
+        Ok(())
+    }
+}
+
+pub enum Step {
+    /// Changes were consumed; there may be more.
+    Moved,
+    /// Rows exist past the cursor but are not yet safe to hand out.
+    Waiting,
+    Idle,
+}
+
+async fn load_active(tx: &mut PgConnection) -> Result<Vec<Active>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT s.subscription_id, s.topic, s.filters, s.start_txid, s.start_seq,
+                COALESCE((SELECT max(e.event_number) FROM subscription_event e
+                          WHERE e.subscription_id = s.subscription_id), 0) AS events_since_start
+         FROM subscription_state s WHERE s.status IN ('requested', 'active', 'error')
+         ORDER BY s.subscription_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Active {
+                id: r.try_get("subscription_id")?,
+                topic: r.try_get("topic")?,
+                filters: serde_json::from_value(r.try_get("filters")?).unwrap_or_default(),
+                start: FeedPosition {
+                    txid: r.try_get("start_txid")?,
+                    seq: r.try_get("start_seq")?,
+                },
+                next_number: r.try_get("events_since_start")?,
+            })
+        })
+        .collect()
+}
+
+fn store_err(e: crate::store::StoreError) -> sqlx::Error {
+    match e {
+        crate::store::StoreError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
