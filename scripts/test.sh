@@ -57,6 +57,10 @@ if [[ -d $repo/.sqlx ]]; then
 fi
 
 step "cargo fmt" cargo fmt --all -- --check
+# The Helm chart: lint, render (default, production-like and ci/ values) and schema validation.
+step "helm chart" "$repo/scripts/helm-check.sh"
+# The real OIDC provider (npm oidc-provider) that tests/oidc.rs starts on loopback.
+step "oidc provider" "$repo/scripts/oidc-provider.sh"
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 
 test_log=$(mktemp)

@@ -5,7 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -100,3 +101,136 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         _ => "other",
     }
 }
+
+// --- database ----------------------------------------------------------------------------------
+
+/// Connections of the PostgreSQL pool by state (`in_use`, `idle`) and its maximum (`max`); read
+/// at scrape time. In-use near max means requests queue for a connection (see docs/scaling.md).
+pub static DB_POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "PostgreSQL pool connections by state (in_use, idle, max)",
+            ),
+            &["state"],
+        )
+        .expect("gauge"),
+    )
+});
+
+/// Records the pool's current use; called when metrics are scraped.
+pub fn record_pool(pool: &sqlx::PgPool) {
+    let size = i64::from(pool.size());
+    let idle = pool.num_idle() as i64;
+    let max = i64::from(pool.options().get_max_connections());
+    DB_POOL_CONNECTIONS
+        .with_label_values(&["in_use"])
+        .set((size - idle).max(0));
+    DB_POOL_CONNECTIONS.with_label_values(&["idle"]).set(idle);
+    DB_POOL_CONNECTIONS.with_label_values(&["max"]).set(max);
+}
+
+// --- change feed consumers: ingest and index lag -------------------------------------------------
+
+/// Seconds since the oldest change a consumer has not yet processed was written (0 when it has
+/// caught up), per consumer: `search-index` (index lag), `subscriptions`, and so on.
+pub static CHANGE_FEED_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(
+        GaugeVec::new(
+            Opts::new(
+                "change_feed_lag_seconds",
+                "Age of the oldest change feed row a consumer has not processed (0 = caught up)",
+            ),
+            &["consumer"],
+        )
+        .expect("gauge"),
+    )
+});
+
+/// The feed position each consumer has reached (its transaction id), to spot a stuck consumer
+/// whose lag is hidden by a quiet feed.
+pub static CHANGE_FEED_POSITION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "change_feed_position_txid",
+                "Transaction id of the last change feed row a consumer processed",
+            ),
+            &["consumer"],
+        )
+        .expect("gauge"),
+    )
+});
+
+/// Sets a consumer's lag from `Store::feed_lag` (the age of its oldest unprocessed change).
+/// The search indexer calls this as `record_feed_lag("search-index", …)` after each batch: that
+/// is the index lag; subscription delivery uses `"subscriptions"`.
+pub fn record_feed_lag(consumer: &str, lag: std::time::Duration, position: i64) {
+    CHANGE_FEED_LAG
+        .with_label_values(&[consumer])
+        .set(lag.as_secs_f64());
+    CHANGE_FEED_POSITION
+        .with_label_values(&[consumer])
+        .set(position);
+}
+
+// --- audit ---------------------------------------------------------------------------------------
+
+/// Latency of writing one audit record (the AuditEvent is written before data leaves, so this
+/// is on every request's path), by outcome (`ok`, `error`).
+pub static AUDIT_WRITE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("audit_write_duration_seconds", "Audit record write latency")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            &["outcome"],
+        )
+        .expect("histogram"),
+    )
+});
+
+/// Times an audit write: `metrics::time_audit_write(audit::write(...)).await`.
+pub async fn time_audit_write<T, E>(
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = write.await;
+    AUDIT_WRITE
+        .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+// --- events --------------------------------------------------------------------------------------
+
+/// Inbound messages set aside as dead letters, by reason (`invalid`, `refused`, `stale`, …).
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "dead_letters_total",
+                "Inbound messages moved to the dead-letter store",
+            ),
+            &["reason"],
+        )
+        .expect("counter"),
+    )
+});
+
+/// Outbound subscription notifications by channel (`rest-hook`, `nats`) and outcome
+/// (`delivered`, `failed`, `retried`, `abandoned`).
+pub static SUBSCRIPTION_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "subscription_deliveries_total",
+                "Subscription notification attempts by channel and outcome",
+            ),
+            &["channel", "outcome"],
+        )
+        .expect("counter"),
+    )
+});

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::access::TokenVerifier;
 use crate::access::dev_issuer::DevIssuer;
+use crate::api::health::Readiness;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::interactions::Repository;
@@ -24,6 +25,7 @@ pub struct Application {
     issuer: String,
     dev_issuer: Option<Arc<DevIssuer>>,
     store: Store,
+    readiness: Readiness,
     search: Arc<SearchIndex>,
     server: Server,
     /// Inbound messaging, NATS consumer and subscription delivery (src/events).
@@ -94,6 +96,7 @@ impl Application {
             tracing::warn!(%issuer, "development token issuer enabled: never use in production");
         }
         let verifier = Arc::new(TokenVerifier::new(issuer.clone(), &settings.auth));
+        let readiness = Readiness::default();
         let registry = match &settings.search_params_dir {
             Some(dir) => Arc::new(Registry::load(Some(dir)).context("loading search parameters")?),
             None => builtin_registry()?,
@@ -133,6 +136,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             verifier,
             dev_issuer: dev_issuer.clone(),
+            readiness: readiness.clone(),
         });
 
         let mut server = HttpServer::new(move || {
@@ -156,6 +160,7 @@ impl Application {
             issuer,
             dev_issuer,
             store,
+            readiness,
             search,
             server,
             events,
@@ -185,6 +190,11 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where components add `/readyz` checks besides the database, migrations and index.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     pub fn search(&self) -> Arc<SearchIndex> {

@@ -38,11 +38,13 @@ const ALLOWED: &[Algorithm] = &[
 ];
 
 /// A forced refresh for an unknown `kid` happens at most this often, so garbage tokens cannot
-/// make us hammer the issuer.
+/// make us hammer the issuer. Only forced refreshes count: a routine refresh must not delay the
+/// first token signed with a key the issuer has just added.
 const MIN_FORCED_REFRESH: Duration = Duration::from_secs(10);
 
 /// A verified token is trusted again without re-checking its signature for at most this long
-/// (never past its own `exp`): signature checks dominate the cost of a small read.
+/// (never past its own `exp`, and never past the freshness of the key set it was checked
+/// against): signature checks dominate the cost of a small read.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -60,6 +62,7 @@ pub struct TokenVerifier {
     max_age: Duration,
     http: reqwest::Client,
     keys: RwLock<Option<Keys>>,
+    /// When a refresh was last forced by an unknown `kid`.
     refresh: Mutex<Option<Instant>>,
     verified: std::sync::Mutex<HashMap<TokenDigest, (Caller, Instant)>>,
 }
@@ -148,8 +151,18 @@ impl TokenVerifier {
             set,
             fetched: Instant::now(),
         });
-        *last = Some(Instant::now());
+        if force {
+            *last = Some(Instant::now());
+        }
         Ok(())
+    }
+
+    async fn keys_fresh(&self) -> bool {
+        self.keys
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(|k| k.fetched.elapsed() < self.max_age)
     }
 
     async fn find_key(&self, kid: Option<&str>) -> Option<jsonwebtoken::jwk::Jwk> {
@@ -165,6 +178,13 @@ impl TokenVerifier {
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         use sha2::Digest;
         let digest: TokenDigest = sha2::Sha256::digest(token.as_bytes()).into();
+        // A cached verdict is only as good as the key set it was reached with. Once that set is
+        // older than jwks_max_age, fetch it again before trusting any cached token: a changed set
+        // clears the cache, so a key the issuer withdraws stops working within jwks_max_age
+        // even for tokens verified a moment before (the cache alone would keep them for 60 s).
+        if !self.keys_fresh().await {
+            self.refresh_keys(false).await?;
+        }
         if let Some((caller, until)) = self.verified.lock().expect("cache lock").get(&digest)
             && Instant::now() < *until
         {

@@ -5,7 +5,7 @@ pub mod body;
 pub mod capabilities;
 mod dev_issuer;
 pub mod error;
-mod health;
+pub mod health;
 mod history;
 mod messaging;
 pub mod middleware;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub dev_issuer: Option<Arc<DevIssuer>>,
     /// Rendered once at start-up: it only changes with the binary and configuration.
     pub capability_statement: String,
+    /// Checks `/readyz` runs besides the database and migrations (e.g. the search index).
+    pub readiness: health::Readiness,
     pub search: Arc<crate::search::indexer::SearchIndex>,
 }
 
@@ -41,7 +43,9 @@ async fn metadata(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
-async fn metrics_text() -> HttpResponse {
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    // Gauges that are cheaper to read when scraped than to keep current.
+    state.repository.store().record_pool_metrics();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::metrics::render())

@@ -80,6 +80,31 @@ impl Store {
         Ok(())
     }
 
+    /// Publishes the pool's use to the metrics registry (called at scrape time).
+    pub fn record_pool_metrics(&self) {
+        crate::metrics::record_pool(&self.pool);
+    }
+
+    /// How long the first change after `after` (in feed order) has waited: zero when there is
+    /// none. A feed consumer reports this as its lag (`metrics::record_feed_lag`). Measured from
+    /// the writing transaction's start (`recorded_at`), so it exceeds the time since commit by
+    /// that transaction's duration: milliseconds for a REST write. Rows still hidden behind an
+    /// older running transaction count too: the consumer has not seen them.
+    pub async fn feed_lag(&self, after: FeedPosition) -> Result<Duration, StoreError> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT greatest(extract(epoch FROM clock_timestamp() - recorded_at), 0)::float8
+             FROM change_feed
+             WHERE (txid, seq) > ($1::text::xid8, $2)
+             ORDER BY txid, seq
+             LIMIT 1",
+        )
+        .bind(after.txid.to_string())
+        .bind(after.seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Duration::from_secs_f64(seconds.unwrap_or(0.0)))
+    }
+
     /// Ready when the database answers and every migration this binary knows is applied.
     pub async fn readiness(&self) -> Result<(), String> {
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);

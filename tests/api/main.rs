@@ -11,5 +11,6 @@ mod differential;
 mod errors;
 mod history;
 mod import;
+mod observability;
 mod search;
 mod transactions;

@@ -86,6 +86,10 @@ pub struct TestApp {
     pub pool: PgPool,
     pub issuer_url: String,
     pub issuer: Arc<DevIssuer>,
+    /// Where a test adds `/readyz` checks.
+    pub readiness: shcr::api::health::Readiness,
+    /// The store the server uses, for store functions the API does not expose.
+    pub store: shcr::store::Store,
     pub search: Arc<shcr::search::indexer::SearchIndex>,
     handle: actix_web::dev::ServerHandle,
     _key_dir: tempfile::TempDir,
@@ -148,10 +152,14 @@ impl TestApp {
         let issuer_url = app.issuer().to_string();
         let issuer = app.dev_issuer().expect("dev issuer enabled in tests");
         let pool = app.store().pool().clone();
+        let store = app.store().clone();
+        let readiness = app.readiness().clone();
         let search = app.search();
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
+            readiness,
+            store,
             origin,
             base,
             client: reqwest::Client::new(),
