@@ -109,7 +109,12 @@ fn requested_types(params: &[(String, String)]) -> Result<Vec<String>, ApiError>
         .filter(|t| !t.is_empty())
         .collect();
     if asked.is_empty() {
-        return Ok(patient_compartment_types());
+        // Provenance is in the compartment too (it targets the records), but one per write
+        // would double every page: it is returned when asked for (`_type=Provenance`).
+        return Ok(patient_compartment_types()
+            .into_iter()
+            .filter(|t| t != "Provenance")
+            .collect());
     }
     for t in &asked {
         Repository::check_type(t)?;

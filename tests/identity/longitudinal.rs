@@ -58,7 +58,9 @@ async fn everything_spans_every_linked_trust_with_paging() {
         assert!(ids.contains(&want), "{want} missing from {ids:?}");
     }
     assert!(!ids.contains(&format!("Patient/{d}")));
-    assert_eq!(all["total"], 6);
+    // The three Patients, three Observations and the Person linking them.
+    assert!(ids.contains(&format!("Person/{}", person_of(&app, &a).await)));
+    assert_eq!(all["total"], 7, "{ids:?}");
 
     // _type and _count with next links.
     let mut seen = Vec::new();
