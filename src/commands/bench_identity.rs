@@ -157,9 +157,9 @@ async fn link_phase(
     repo: &Repository,
     args: &BenchIdentityArgs,
 ) -> anyhow::Result<HashMap<String, String>> {
-    // About 2.3 records per person: generate people until the records are there.
     let opts = GenerateOptions {
-        persons: (args.records * 10 / 22).clamp(1, crate::generate::MAX_PERSONS),
+        // Enough people for the records (most have 1–3); the records are taken lazily.
+        persons: args.records.clamp(1, crate::generate::MAX_PERSONS),
         trusts: args.trusts,
         seed: args.seed,
         ..GenerateOptions::default()
@@ -224,8 +224,12 @@ async fn link_phase(
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "link: {total} Patient records from {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {})",
-        opts.persons,
+        "link: {total} Patient records of {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {})",
+        samples
+            .iter()
+            .map(|s| s.person_key.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         opts.trusts,
         total as f64 / secs,
         args.batch,
@@ -269,6 +273,12 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
     )
     .fetch_all(pool)
     .await?;
+    let reasons: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT reason, count(*) FROM identity_review WHERE status = 'open' GROUP BY reason ORDER BY reason",
+    )
+    .fetch_all(pool)
+    .await?;
+    println!("review queue by reason: {reasons:?}");
     let mut review_true = std::collections::HashSet::new();
     let mut open = 0usize;
     for (a, b) in &reviews {

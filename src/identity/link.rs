@@ -268,9 +268,9 @@ pub fn decide(
         if in_chosen {
             continue;
         }
-        let reason = if s.conflict
-            || (conflicted.contains(c.person_id.as_str()) && s.grade != Grade::CertainlyNot)
-        {
+        let reason = if s.grade == Grade::CertainlyNot {
+            None
+        } else if s.conflict || conflicted.contains(c.person_id.as_str()) {
             Some("conflict")
         } else if matches!(s.grade, Grade::Certain | Grade::Probable) {
             // A second person also matches: the two persons may be one; a person decides.

@@ -328,8 +328,9 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
     }
 
     let grade = if conflict {
-        // Two traced NHS numbers say these are two people; at most a person may look at it.
-        if score >= c.thresholds.possible {
+        // Two traced NHS numbers say these are two people. Only when everything else says they
+        // are one (a number issued twice, or keyed against the wrong person) may a person look.
+        if score >= c.thresholds.match_ {
             Grade::Possible
         } else {
             Grade::CertainlyNot
