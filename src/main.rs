@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         settings.log_format = "pretty".into();
     }
     shcr::telemetry::init(&settings.log_format);
+    // Every command that writes Patients links them: the matching file is checked first.
+    shcr::identity::scoring::install_from(settings.identity_matching.as_deref())?;
     match cli.command {
         Command::Serve => commands::serve::serve(settings).await,
         Command::Migrate => commands::serve::migrate(settings).await,

@@ -156,6 +156,20 @@ impl MatchConfig {
 
 static CONFIG: OnceLock<MatchConfig> = OnceLock::new();
 
+/// Reads and checks the configured matching file (or takes the built-in one) and installs it;
+/// called once at start-up so a bad file stops the process before any record is linked.
+pub fn install_from(path: Option<&std::path::Path>) -> Result<(), ConfigError> {
+    let config = match path {
+        Some(p) => MatchConfig::parse(
+            &std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::Invalid(format!("cannot read {}: {e}", p.display())))?,
+        )?,
+        None => MatchConfig::built_in(),
+    };
+    install(config);
+    Ok(())
+}
+
 /// Installs the configuration read at start-up; the first call wins.
 pub fn install(config: MatchConfig) {
     let _ = CONFIG.set(config);
