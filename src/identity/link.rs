@@ -129,7 +129,8 @@ async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Candidates of `d` (excluding `patient_id`) by any blocking key.
+/// Candidates of `d` by any blocking key, leaving out `patient_id` itself and the records a
+/// reviewer said are someone else.
 pub async fn candidates(
     tx: &mut WriteTx,
     patient_id: &str,
@@ -151,6 +152,10 @@ pub async fn candidates(
             OR birth_date = $4
             OR (family_code = $5 AND birth_year = $6)
             OR postcode = $7)
+           AND NOT EXISTS (
+               SELECT 1 FROM identity_non_match n
+               WHERE (n.patient_a = $1 AND n.patient_b = patient_id)
+                  OR (n.patient_b = $1 AND n.patient_a = patient_id))
          LIMIT $8",
     )
     .bind(patient_id)
@@ -176,21 +181,6 @@ pub async fn candidates(
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(StoreError::Database)
-}
-
-/// Pairs a reviewer said are different people, involving `patient_id`.
-async fn non_matches(tx: &mut WriteTx, patient_id: &str) -> Result<BTreeSet<String>, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_a, patient_b FROM identity_non_match WHERE patient_a = $1 OR patient_b = $1",
-    )
-    .bind(patient_id)
-    .fetch_all(tx.connection())
-    .await
-    .map_err(db)?;
-    Ok(rows
-        .into_iter()
-        .map(|(a, b)| if a == patient_id { b } else { a })
-        .collect())
 }
 
 async fn current(tx: &mut WriteTx, patient_id: &str) -> Result<Option<Assignment>, StoreError> {
@@ -312,9 +302,36 @@ pub async fn link_written(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     let mut touched: BTreeSet<String> = BTreeSet::new();
-    for v in versions.iter().filter(|v| v.resource_type == "Patient") {
-        match (&v.operation, &v.content) {
-            (Operation::Delete, _) | (_, None) => {
+    let patients: Vec<(&NewVersion, Option<Demographics>)> = versions
+        .iter()
+        .filter(|v| v.resource_type == "Patient")
+        .map(|v| {
+            let d = v
+                .content
+                .as_deref()
+                .filter(|_| v.operation != Operation::Delete)
+                .map(|c| {
+                    Demographics::from_patient(&serde_json::from_str(c).unwrap_or(Value::Null))
+                });
+            (v, d)
+        })
+        .collect();
+    if patients.is_empty() {
+        return Ok(());
+    }
+    // Every blocking key of the unit at once, in one sorted order: one round trip, and no two
+    // linkers can wait on each other's keys in opposite orders.
+    let mut keys: Vec<i64> = patients
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .flat_map(blocking_keys)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    lock_keys(tx, &keys).await?;
+    for (v, d) in &patients {
+        match d {
+            None => {
                 if let Some(prev) = current(tx, &v.id).await? {
                     sqlx::query("UPDATE identity_patient SET active = false WHERE patient_id = $1")
                         .bind(&v.id)
@@ -336,10 +353,10 @@ pub async fn link_written(
                     touched.insert(prev.person_id);
                 }
             }
-            (_, Some(content)) => {
-                let patient: Value = serde_json::from_str(content).unwrap_or(Value::Null);
-                let d = Demographics::from_patient(&patient);
-                touched.extend(link_one(tx, &v.id, &d, author.org.as_deref()).await?);
+            Some(d) => {
+                // A first version has no link yet: no need to look for one.
+                let first = v.version_id == 1;
+                touched.extend(link_one(tx, &v.id, d, author.org.as_deref(), first).await?);
             }
         }
     }
@@ -353,14 +370,16 @@ async fn link_one(
     patient_id: &str,
     d: &Demographics,
     org: Option<&str>,
+    first: bool,
 ) -> Result<Vec<String>, StoreError> {
-    lock_keys(tx, &blocking_keys(d)).await?;
-    let previous = current(tx, patient_id).await?;
-    let excluded = non_matches(tx, patient_id).await?;
+    let previous = if first {
+        None
+    } else {
+        current(tx, patient_id).await?
+    };
     let found = candidates(tx, patient_id, d).await?;
     let scored: Vec<(Candidate, PairScore)> = found
         .into_iter()
-        .filter(|c| !excluded.contains(&c.patient_id))
         .map(|c| {
             let s = scoring::compare(d, &c.demographics);
             (c, s)
@@ -400,8 +419,13 @@ async fn link_one(
         (_, None) => ("founder".to_string(), "auto"),
         (_, Some(_)) => (decision.grade.code().to_string(), "auto"),
     };
+    let moved =
+        previous.as_ref().map(|p| p.person_id.as_str()) != Some(decision.person_id.as_str());
+    let log_event = moved || previous.as_ref().is_some_and(|p| p.grade != grade);
+    // The link and (when it changed) its history row in one statement.
     sqlx::query(
-        "INSERT INTO identity_patient
+        "WITH up AS (
+         INSERT INTO identity_patient
            (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
             birth_date, birth_year, postcode, demographics, score, grade, method, linked_at, active)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), true)
@@ -413,7 +437,11 @@ async fn link_one(
            demographics = excluded.demographics, score = excluded.score, grade = excluded.grade,
            method = excluded.method, active = true,
            linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
-                            THEN identity_patient.linked_at ELSE now() END",
+                            THEN identity_patient.linked_at ELSE now() END
+         RETURNING patient_id)
+         INSERT INTO identity_link_event
+           (patient_id, from_person, to_person, score, grade, method, actor)
+         SELECT patient_id, $15, $2, $12, $13, $14, $16 FROM up WHERE $17",
     )
     .bind(patient_id)
     .bind(&decision.person_id)
@@ -429,6 +457,9 @@ async fn link_one(
     .bind(decision.score)
     .bind(&grade)
     .bind(method)
+    .bind(previous.as_ref().map(|p| p.person_id.as_str()))
+    .bind(MATCHER_ID)
+    .bind(log_event)
     .execute(tx.connection())
     .await
     .map_err(db)?;
@@ -448,22 +479,6 @@ async fn link_one(
     }
 
     let mut touched = Vec::new();
-    let moved =
-        previous.as_ref().map(|p| p.person_id.as_str()) != Some(decision.person_id.as_str());
-    if moved || previous.as_ref().is_some_and(|p| p.grade != grade) || previous.is_none() {
-        record_event(
-            tx,
-            patient_id,
-            previous.as_ref().map(|p| p.person_id.as_str()),
-            Some(&decision.person_id),
-            decision.score,
-            &grade,
-            method,
-            MATCHER_ID,
-            None,
-        )
-        .await?;
-    }
     if let Some(p) = &previous
         && moved
     {
