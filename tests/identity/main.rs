@@ -7,6 +7,7 @@ mod common;
 
 mod linking;
 mod longitudinal;
+mod population;
 mod provenance;
 mod review;
 mod support;
