@@ -241,7 +241,11 @@ async fn link_phase(
             .map(|s| s.person_key.as_str())
             .collect::<std::collections::HashSet<_>>()
             .len(),
-        opts.trusts,
+        samples
+            .iter()
+            .map(|s| s.trust_ods.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         total as f64 / secs,
         args.batch,
         args.concurrency
@@ -275,10 +279,19 @@ fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>> {
             let mut patient = json!({
                 "resourceType": "Patient",
                 "name": [{"use": "official"}],
-                "address": [{"use": "home", "line": [format!("{} {}", f[3], f[4]).trim()],
-                             "city": f[6], "postalCode": f[7]}],
+                "address": [{"use": "home"}],
                 "managingOrganization": {"identifier": {"system": crate::provenance::ODS_SYSTEM, "value": ods}},
             });
+            // FEBRL leaves fields empty; FHIR wants them absent.
+            let line = format!("{} {}", f[3], f[4]).trim().to_string();
+            if !line.is_empty() {
+                patient["address"][0]["line"] = json!([line]);
+            }
+            for (key, value) in [("city", f[6]), ("postalCode", f[7])] {
+                if !value.is_empty() {
+                    patient["address"][0][key] = json!(value);
+                }
+            }
             if !f[2].is_empty() {
                 patient["name"][0]["family"] = json!(f[2]);
             }
@@ -325,8 +338,8 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let reviews: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
+    let reviews: Vec<(String, String, f64)> = sqlx::query_as(
+        "SELECT patient_id, candidate_id, score FROM identity_review WHERE status = 'open'",
     )
     .fetch_all(pool)
     .await?;
@@ -338,16 +351,31 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
     println!("review queue by reason: {reasons:?}");
     let mut review_true = std::collections::HashSet::new();
     let mut open = 0usize;
-    for (a, b) in &reviews {
+    // Review scores by band of 2 (log2 units): how many true and false pairs each holds, to
+    // place the thresholds.
+    let mut bands: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+    for (a, b, score) in &reviews {
         if person_of.get(a.as_str()) == person_of.get(b.as_str()) {
             continue;
         }
         open += 1;
-        if truth.get(a).is_some() && truth.get(a) == truth.get(b) {
+        let same = truth.get(a).is_some() && truth.get(a) == truth.get(b);
+        let band = bands.entry((score / 2.0).floor() as i64 * 2).or_default();
+        if same {
+            band.0 += 1;
+        } else {
+            band.1 += 1;
+        }
+        if same {
             let key = if a < b { (a, b) } else { (b, a) };
             review_true.insert(key);
         }
     }
+    let bands: Vec<String> = bands
+        .iter()
+        .map(|(b, (t, f))| format!("[{b},{}): {t} true / {f} false", b + 2))
+        .collect();
+    println!("review queue by score: {}", bands.join("; "));
     let precision = if p == 0 { 1.0 } else { tp as f64 / p as f64 };
     let recall = if t == 0 { 1.0 } else { tp as f64 / t as f64 };
     let f1 = if precision + recall == 0.0 {

@@ -110,6 +110,14 @@ impl Demographics {
         self.birth().map(|d| d.year())
     }
 
+    /// Phonetic family and given name (`SM0|JN`), a blocking key.
+    pub fn name_key(&self) -> Option<String> {
+        match (&self.family_code, &self.given_code) {
+            (Some(f), Some(g)) if !f.is_empty() && !g.is_empty() => Some(format!("{f}|{g}")),
+            _ => None,
+        }
+    }
+
     /// Postcode district (outward code): all but the last three characters of a UK postcode.
     pub fn outward(&self) -> Option<&str> {
         self.postcode
