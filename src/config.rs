@@ -33,6 +33,9 @@ pub struct Settings {
     pub index_dir: Option<PathBuf>,
     /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
     pub search_params_dir: Option<PathBuf>,
+    /// Identity matching weights and thresholds (the format of `identity/matching.toml`); the
+    /// file built into the binary when unset.
+    pub identity_matching: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +201,7 @@ impl Default for Settings {
             events: EventsSettings::default(),
             index_dir: Some(PathBuf::from(".shcr/index")),
             search_params_dir: None,
+            identity_matching: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod import;
 pub mod interactions;
 pub mod metrics;
+pub mod provenance;
 pub mod search;
 pub mod startup;
 pub mod store;

@@ -7,11 +7,13 @@ mod dev_issuer;
 pub mod error;
 pub mod health;
 mod history;
+mod identity;
 mod messaging;
 pub mod middleware;
 pub mod response;
 pub mod rest;
 mod search;
+mod summary;
 
 use std::sync::Arc;
 
@@ -97,6 +99,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/Subscription/{id}/$events")
                         .route(web::get().to(messaging::subscription_events)),
                 )
+                // Identity (src/identity): before `/{type}/{id}` and compartment routes.
+                .service(
+                    resource("/$identity-review")
+                        .route(web::get().to(identity::review_list))
+                        .route(web::post().to(identity::review_decide)),
+                )
+                .service(resource("/Patient/$match").route(web::post().to(identity::patient_match)))
+                .service(resource("/Person/$merge").route(web::post().to(identity::person_merge)))
+                .service(
+                    resource("/Person/$unmerge").route(web::post().to(identity::person_unmerge)),
+                )
+                .service(
+                    resource("/Patient/{id}/$everything")
+                        .route(web::get().to(identity::everything)),
+                )
+                .service(resource("/Patient/{id}/$summary").route(web::get().to(summary::summary)))
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
                 .service(resource("/{type}/_search").route(web::post().to(search::search_post)))

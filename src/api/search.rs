@@ -120,6 +120,8 @@ async fn run(
     compartment: Option<&str>,
     path: &str,
 ) -> Result<HttpResponse, ApiError> {
+    // `patient:mdm=Patient/x`: the reference stands for every record linked with x.
+    let params = super::identity::expand_mdm(state, params).await?;
     let mut q = parse(&state.search.registry, types, &params, lenient(req)).map_err(|e| {
         ApiError::Http {
             status: StatusCode::BAD_REQUEST,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_events;
+pub mod bench_identity;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;
