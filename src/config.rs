@@ -33,6 +33,30 @@ pub struct Settings {
     pub index_dir: Option<PathBuf>,
     /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
     pub search_params_dir: Option<PathBuf>,
+    /// Read-time access control and audit.
+    pub access: AccessConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Folder holding model.conf, policy.csv, sensitivity.toml and access.toml (reloadable
+    /// through `POST /admin/policy/reload`); unset uses the copy built into the binary.
+    pub policy_dir: Option<PathBuf>,
+    /// Enforce the access policy. Only benchmarks measuring its cost turn this off.
+    pub enforce: bool,
+    /// Write an audit row per interaction. Only benchmarks measuring its cost turn this off.
+    pub audit: bool,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            policy_dir: None,
+            enforce: true,
+            audit: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +222,7 @@ impl Default for Settings {
             events: EventsSettings::default(),
             index_dir: Some(PathBuf::from(".shcr/index")),
             search_params_dir: None,
+            access: AccessConfig::default(),
         }
     }
 }

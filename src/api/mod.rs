@@ -34,6 +34,10 @@ pub struct AppState {
     /// Checks `/readyz` runs besides the database and migrations (e.g. the search index).
     pub readiness: health::Readiness,
     pub search: Arc<crate::search::indexer::SearchIndex>,
+    /// The read-time access policy (consent-policies/), reloadable.
+    pub access: Arc<crate::access::AccessPolicy>,
+    /// The audit trail; `None` only when benchmarking without it (`access.audit = false`).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {

@@ -470,6 +470,7 @@ impl Engine<'_> {
                     deleted: false,
                     method: String::new(),
                     content: h.content,
+                    author_org: h.author_org,
                 });
             }
             let iterating = q.includes.iter().chain(&q.revincludes).any(|i| i.iterate);

@@ -159,7 +159,12 @@ impl Delivery {
                 .await
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|v| Some(((v.resource_type, v.id, v.version_id), v.content?)))
+                .filter_map(|v| {
+                    Some((
+                        (v.resource_type, v.id, v.version_id),
+                        (v.content?, v.author_org),
+                    ))
+                })
                 .collect()
         } else {
             HashMap::new()
