@@ -1,12 +1,15 @@
 //! The HTTP surface: FHIR REST under `/fhir`, health under `/healthz` and `/readyz`, and the
 //! development issuer under `/dev-issuer` when enabled.
 
+pub mod access;
+mod audit;
 pub mod body;
 pub mod capabilities;
 mod dev_issuer;
 pub mod error;
 pub mod health;
 mod history;
+mod ig;
 mod messaging;
 pub mod middleware;
 pub mod response;
@@ -75,9 +78,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(metrics_text)),
         )
         .service(
+            web::scope("/ig")
+                .wrap(from_fn(middleware::authenticate))
+                .wrap(from_fn(audit::audit))
+                .service(resource("/audit.csv").route(web::get().to(ig::audit_csv)))
+                .service(resource("/break-glass").route(web::get().to(ig::break_glass_list)))
+                .service(
+                    resource("/break-glass/{grant}/review")
+                        .route(web::post().to(ig::break_glass_review)),
+                )
+                .service(resource("/reports/{name}").route(web::get().to(ig::report))),
+        )
+        .service(
+            web::scope("/admin")
+                .wrap(from_fn(middleware::authenticate))
+                .wrap(from_fn(audit::audit))
+                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy))),
+        )
+        .service(
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))
                 .wrap(from_fn(middleware::authenticate))
+                // Outermost: denials and unauthenticated calls are audited too.
+                .wrap(from_fn(audit::audit))
                 .service(
                     resource("")
                         .route(web::post().to(rest::bundle))
@@ -101,6 +124,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/Subscription/{id}/$events")
                         .route(web::get().to(messaging::subscription_events)),
                 )
+                // The IG view of the audit trail (not stored resources).
+                .service(resource("/AuditEvent").route(web::get().to(ig::audit_search)))
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
                 .service(resource("/{type}/_search").route(web::post().to(search::search_post)))

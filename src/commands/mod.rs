@@ -1,5 +1,6 @@
 //! The `shcr` subcommands. `main.rs` parses the command line and calls these.
 
+pub mod audit;
 pub mod bench;
 pub mod bench_events;
 pub mod dead_letter;

@@ -336,3 +336,26 @@ impl Store {
             .map_err(StoreError::from)
     }
 }
+
+impl Store {
+    /// The newest version of a resource that has content (the one before a deletion).
+    pub async fn last_content_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM resource_version WHERE resource_type = $1 AND id = $2 AND content IS NOT NULL
+              ORDER BY version_id DESC LIMIT 1"
+        ))
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| VersionRow::from_row(&r))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+}
