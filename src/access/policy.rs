@@ -164,7 +164,11 @@ impl PolicySet {
             Sensitivity::parse(&files.sensitivity).map_err(|m| err("sensitivity.toml", m))?;
         let mut gated: BTreeSet<String> = sensitivity.label_codes().map(str::to_string).collect();
         gated.extend(settings.gated_confidentiality.iter().cloned());
-        if files.model.contains("regexMatch") {
+        if files
+            .model
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("regexMatch"))
+        {
             return Err(err(
                 "model.conf",
                 "regexMatch is not allowed (it compiles on every call and panics on a bad pattern); use keyMatch",
