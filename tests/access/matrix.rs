@@ -321,6 +321,7 @@ async fn every_caller_sees_exactly_what_the_policy_allows() {
     let mut request_ids: Vec<String> = Vec::new();
     let mut leaks = 0;
     let mut wrongful = 0;
+    let mut expected_statuses: HashMap<u16, usize> = HashMap::new();
 
     for who in CALLERS {
         let token = who.token(&app);
@@ -356,6 +357,7 @@ async fn every_caller_sees_exactly_what_the_policy_allows() {
                 Some(true) => 200,
                 Some(false) => 404,
             };
+            *expected_statuses.entry(expected).or_default() += 1;
             if status == 200 && expected != 200 {
                 leaks += 1;
             }
@@ -509,6 +511,14 @@ async fn every_caller_sees_exactly_what_the_policy_allows() {
             .join("\n")
     );
     assert_eq!((leaks, wrongful), (0, 0));
+    // The matrix exercises every outcome in earnest.
+    for (status, at_least) in [(200, 500), (404, 500), (403, 300)] {
+        let n = expected_statuses.get(&status).copied().unwrap_or(0);
+        assert!(
+            n >= at_least,
+            "only {n} interactions expected {status}: {expected_statuses:?}"
+        );
+    }
 
     // One audit row per request, denials included.
     let audited: Vec<String> = audited_request_ids(&app).await;
