@@ -43,7 +43,7 @@ fn org_ref(reference: &Value, ods: &mut Vec<String>, local: &mut Vec<String>) {
     }
 }
 
-fn refs<'a>(value: Option<&'a Value>) -> Vec<&'a Value> {
+fn refs(value: Option<&Value>) -> Vec<&Value> {
     match value {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(v @ Value::Object(_)) => vec![v],
@@ -147,6 +147,15 @@ fn relationship(
     })
 }
 
+/// A Consent's patient, restrictions, organisations named by local reference, and period.
+struct ConsentFacts(
+    String,
+    Vec<Restriction>,
+    Vec<String>,
+    Option<OffsetDateTime>,
+    Option<OffsetDateTime>,
+);
+
 /// One consent restriction.
 #[derive(Debug, PartialEq)]
 struct Restriction {
@@ -154,15 +163,7 @@ struct Restriction {
     value: String,
 }
 
-fn consent(
-    r: &Value,
-) -> Option<(
-    String,
-    Vec<Restriction>,
-    Vec<String>,
-    Option<OffsetDateTime>,
-    Option<OffsetDateTime>,
-)> {
+fn consent(r: &Value) -> Option<ConsentFacts> {
     if r.get("status").and_then(Value::as_str) != Some("active") {
         return None;
     }
@@ -175,7 +176,7 @@ fn consent(
         .and_then(|p| p.get("type"))
         .and_then(Value::as_str)
         == Some("deny");
-    if !deny && !(opt_out_rule && provision.is_none()) {
+    if !(deny || opt_out_rule && provision.is_none()) {
         return None;
     }
     let mut out = Vec::new();
@@ -205,7 +206,7 @@ fn consent(
         });
     }
     let (start, end) = period(provision.and_then(|p| p.get("period")));
-    Some((patient, out, local, start, end))
+    Some(ConsentFacts(patient, out, local, start, end))
 }
 
 /// Replaces the facts derived from each written version (deletions remove them).
@@ -227,7 +228,7 @@ pub async fn record(
                 .bind(&v.id)
                 .execute(tx.connection())
                 .await?;
-            let Some((patient, mut restrictions, local, start, end)) =
+            let Some(ConsentFacts(patient, mut restrictions, local, start, end)) =
                 resource.as_ref().and_then(consent)
             else {
                 continue;
@@ -295,6 +296,22 @@ pub async fn record(
     Ok(())
 }
 
+/// The organisation with care relationships to the most patients (demo and benchmark
+/// clinicians work there, so they see a realistic share of the record).
+/// `except` leaves out one organisation (a benchmark's loader, which wrote everything).
+pub async fn busiest_org(
+    store: &crate::store::Store,
+    except: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT org FROM access_relationship WHERE $1::text IS NULL OR org <> $1 GROUP BY org
+         ORDER BY count(DISTINCT patient_id) DESC, org LIMIT 1",
+    )
+    .bind(except)
+    .fetch_optional(store.pool())
+    .await?)
+}
+
 /// ODS codes of local Organization resources (as of this transaction).
 async fn resolve_orgs(tx: &mut WriteTx, ids: &[String]) -> Result<Vec<String>, StoreError> {
     if ids.is_empty() {
@@ -338,7 +355,7 @@ mod tests {
     fn consent_kinds() {
         let opt_out = json!({"status": "active", "patient": {"reference": "Patient/p1"},
             "provision": {"type": "deny"}});
-        let (p, r, _, _, _) = consent(&opt_out).unwrap();
+        let ConsentFacts(p, r, _, _, _) = consent(&opt_out).unwrap();
         assert_eq!((p.as_str(), r[0].kind), ("p1", "opt-out"));
         let labels = json!({"status": "active", "patient": {"reference": "Patient/p1"},
             "provision": {"type": "deny", "securityLabel": [{"code": "HIV"}]}});

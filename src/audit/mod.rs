@@ -158,14 +158,46 @@ impl Audit {
     /// Appends the record to the chain and commits; returns its sequence number. The caller
     /// must not release data before this returns `Ok`.
     pub async fn record(&self, record: &AuditRecord) -> Result<i64, StoreError> {
-        let recorded = micros(record.recorded_at.unwrap_or_else(OffsetDateTime::now_utc));
+        Ok(self
+            .record_many(std::slice::from_ref(record))
+            .await?
+            .unwrap_or(0))
+    }
+
+    /// Appends records in one transaction (one lock of the chain head); returns the last
+    /// sequence number. Bulk loads and benchmarks use it; requests use `record`.
+    pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
         let mut tx = self.store.pool().begin().await?;
-        let (head_seq, head_hash): (i64, Vec<u8>) =
+        let (mut seq, mut prev): (i64, Vec<u8>) =
             sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE")
                 .fetch_one(&mut *tx)
                 .await?;
-        let seq = head_seq + 1;
-        let hash = chain_hash(&head_hash, seq, record, recorded);
+        for record in records {
+            seq += 1;
+            prev = Self::insert(&mut tx, seq, &prev, record).await?;
+        }
+        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(&prev)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        crate::metrics::AUDIT_WRITES.inc_by(records.len() as u64);
+        Ok(Some(seq))
+    }
+
+    /// Inserts one chained row; returns its hash.
+    async fn insert(
+        tx: &mut sqlx::PgConnection,
+        seq: i64,
+        head_hash: &[u8],
+        record: &AuditRecord,
+    ) -> Result<Vec<u8>, StoreError> {
+        let recorded = micros(record.recorded_at.unwrap_or_else(OffsetDateTime::now_utc));
+        let hash = chain_hash(head_hash, seq, record, recorded);
         sqlx::query(
             "INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
                  outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
@@ -199,17 +231,10 @@ impl Audit {
         .bind(record.denied)
         .bind(record.relationship)
         .bind(&record.client_ip)
-        .bind(&head_hash)
+        .bind(head_hash)
         .bind(&hash)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        crate::metrics::AUDIT_WRITES.inc();
-        Ok(seq)
+        Ok(hash)
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_access;
 pub mod bench_events;
 pub mod dead_letter;
 pub mod demo;

@@ -302,6 +302,9 @@ fn bundle_keys(bundle: &Value, mode: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Expected keys of a search (`None`: the role may not search at all).
+type Expected = Option<BTreeSet<String>>;
+
 struct Failures(Vec<String>);
 
 impl Failures {
@@ -399,8 +402,7 @@ async fn every_caller_sees_exactly_what_the_policy_allows() {
             }
             Some(out)
         };
-        let mut searches: Vec<(String, Option<BTreeSet<String>>, Option<BTreeSet<String>>)> =
-            Vec::new();
+        let mut searches: Vec<(String, Expected, Expected)> = Vec::new();
         for (i, p) in people.iter().enumerate() {
             searches.push((
                 format!("Condition?subject=Patient/{}&_total=accurate", p.id),
