@@ -45,7 +45,8 @@ async fn write_one(
         .await
         .map_err(|f| ApiError::Interaction(f.error))?;
     let prefer = return_preference(req, ReturnPreference::Representation);
-    Ok(write_response(&state.base_url, outcomes.remove(0), prefer))
+    let outcome = guard_outcome(state, req, outcomes.remove(0)).await?;
+    Ok(write_response(&state.base_url, outcome, prefer))
 }
 
 /// Writes need the role's `write` permission on the type; a trust's system changes or deletes
@@ -78,6 +79,38 @@ async fn check_write(
         ));
     }
     Ok(())
+}
+
+/// A conditional create that matched returns the existing resource, which another trust may
+/// have written: it goes through the read decision, and a withheld one is not echoed.
+async fn guard_outcome(
+    state: &AppState,
+    req: &HttpRequest,
+    mut outcome: crate::interactions::EntryOutcome,
+) -> Result<crate::interactions::EntryOutcome, ApiError> {
+    if outcome.written || outcome.content.is_none() {
+        return Ok(outcome);
+    }
+    let (Some(id), Some(version_id)) = (outcome.id.clone(), outcome.version_id) else {
+        return Ok(outcome);
+    };
+    let row = state
+        .repository
+        .store()
+        .vread(&outcome.resource_type, &id, version_id)
+        .await
+        .map_err(|e| ApiError::Interaction(e.into()))?;
+    let mut d = super::access::decider(state, req)?;
+    if let Some(row) = row {
+        let what = format!("{}/{id}", outcome.resource_type);
+        if super::access::guard_row(state, req, &mut d, &row, &what)
+            .await
+            .is_err()
+        {
+            outcome.content = None;
+        }
+    }
+    Ok(outcome)
 }
 
 /// `Idempotency-Key`: a client's retry of a write returns the first response instead of
@@ -127,7 +160,8 @@ async fn write_once(
         .await
         .map_err(|f| ApiError::Interaction(f.error))?;
     if let Some(mut outcomes) = outcome {
-        return Ok(write_response(&state.base_url, outcomes.remove(0), prefer));
+        let outcome = guard_outcome(state, req, outcomes.remove(0)).await?;
+        return Ok(write_response(&state.base_url, outcome, prefer));
     }
     let (stored_fingerprint, stored) = hook.repeat.expect("abort means a repeat");
     if stored_fingerprint != fingerprint {

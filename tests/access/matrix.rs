@@ -443,6 +443,20 @@ async fn every_caller_sees_exactly_what_the_policy_allows() {
             patients,
             rev,
         ));
+        // _has must not reveal a person through a condition the caller may not see.
+        let with_visible_hiv = expected_of("Patient", None).map(|ps| {
+            res.iter()
+                .filter(|r| r.labels.contains(&"HIV") && visible(&r.key()))
+                .map(patient_key)
+                .filter(|k| ps.contains(k))
+                .collect::<BTreeSet<_>>()
+        });
+        searches.push((
+            "Patient?_has:Condition:subject:code=http://snomed.info/sct|86406008&_total=accurate"
+                .into(),
+            with_visible_hiv,
+            Some(BTreeSet::new()),
+        ));
         searches.push((
             "Organization?_total=accurate".into(),
             expected_of("Organization", None),
