@@ -36,6 +36,30 @@ pub struct Settings {
     /// Identity matching weights and thresholds (the format of `identity/matching.toml`); the
     /// file built into the binary when unset.
     pub identity_matching: Option<PathBuf>,
+    /// Read-time access control and audit.
+    pub access: AccessConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Folder holding model.conf, policy.csv, sensitivity.toml and access.toml (reloadable
+    /// through `POST /admin/policy/reload`); unset uses the copy built into the binary.
+    pub policy_dir: Option<PathBuf>,
+    /// Enforce the access policy. Only benchmarks measuring its cost turn this off.
+    pub enforce: bool,
+    /// Write an audit row per interaction. Only benchmarks measuring its cost turn this off.
+    pub audit: bool,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            policy_dir: None,
+            enforce: true,
+            audit: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +226,7 @@ impl Default for Settings {
             index_dir: Some(PathBuf::from(".shcr/index")),
             search_params_dir: None,
             identity_matching: None,
+            access: AccessConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod demo;

@@ -234,3 +234,24 @@ pub static SUBSCRIPTION_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("counter"),
     )
 });
+
+/// Audit rows written (one per interaction).
+pub static AUDIT_WRITES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("audit_writes_total", "Audit rows written").expect("counter"),
+    )
+});
+
+/// Access decisions that withheld data, by reason.
+pub static ACCESS_DENIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "access_denials_total",
+                "Requests or resources withheld by the access policy",
+            ),
+            &["reason"],
+        )
+        .expect("counter"),
+    )
+});

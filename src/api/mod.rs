@@ -1,6 +1,8 @@
 //! The HTTP surface: FHIR REST under `/fhir`, health under `/healthz` and `/readyz`, and the
 //! development issuer under `/dev-issuer` when enabled.
 
+pub mod access;
+mod audit;
 pub mod body;
 pub mod capabilities;
 mod dev_issuer;
@@ -8,6 +10,7 @@ pub mod error;
 pub mod health;
 mod history;
 mod identity;
+mod ig;
 mod messaging;
 pub mod middleware;
 pub mod response;
@@ -36,6 +39,10 @@ pub struct AppState {
     /// Checks `/readyz` runs besides the database and migrations (e.g. the search index).
     pub readiness: health::Readiness,
     pub search: Arc<crate::search::indexer::SearchIndex>,
+    /// The read-time access policy (consent-policies/), reloadable.
+    pub access: Arc<crate::access::AccessPolicy>,
+    /// The audit trail; `None` only when benchmarking without it (`access.audit = false`).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {
@@ -73,9 +80,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(metrics_text)),
         )
         .service(
+            web::scope("/ig")
+                .wrap(from_fn(middleware::authenticate))
+                .wrap(from_fn(audit::audit))
+                .service(resource("/audit.csv").route(web::get().to(ig::audit_csv)))
+                .service(resource("/break-glass").route(web::get().to(ig::break_glass_list)))
+                .service(
+                    resource("/break-glass/{grant}/review")
+                        .route(web::post().to(ig::break_glass_review)),
+                )
+                .service(resource("/reports/{name}").route(web::get().to(ig::report))),
+        )
+        .service(
+            web::scope("/admin")
+                .wrap(from_fn(middleware::authenticate))
+                .wrap(from_fn(audit::audit))
+                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy))),
+        )
+        .service(
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))
                 .wrap(from_fn(middleware::authenticate))
+                // Outermost: denials and unauthenticated calls are audited too.
+                .wrap(from_fn(audit::audit))
                 .service(
                     resource("")
                         .route(web::post().to(rest::bundle))
@@ -115,6 +142,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(identity::everything)),
                 )
                 .service(resource("/Patient/{id}/$summary").route(web::get().to(summary::summary)))
+                // The IG view of the audit trail (not stored resources).
+                .service(resource("/AuditEvent").route(web::get().to(ig::audit_search)))
                 .service(resource("/_history").route(web::get().to(history::system)))
                 .service(resource("/{type}/_history").route(web::get().to(history::of_type)))
                 .service(resource("/{type}/_search").route(web::post().to(search::search_post)))

@@ -1,6 +1,8 @@
 //! The `shcr` subcommands. `main.rs` parses the command line and calls these.
 
+pub mod audit;
 pub mod bench;
+pub mod bench_access;
 pub mod bench_events;
 pub mod bench_identity;
 pub mod dead_letter;

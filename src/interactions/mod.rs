@@ -14,17 +14,31 @@ pub use transaction::{
     EntryAction, EntryFailure, EntryOutcome, EntryRequest, HookDecision, NoHook, Target, WriteHook,
 };
 
+use std::sync::Arc;
+
+use crate::access::labels::LabelCell;
 use crate::fhir::outcome::IssueType;
 use crate::store::{Current, HistoryPage, HistoryQuery, HistoryScope, Store, VersionRow};
 
 #[derive(Clone)]
 pub struct Repository {
     store: Store,
+    /// The sensitivity mapping every write is labelled with (swapped on policy reload).
+    labels: Arc<LabelCell>,
 }
 
 impl Repository {
+    /// A repository labelling with the built-in sensitivity mapping (tools without a server).
     pub fn new(store: Store) -> Repository {
-        Repository { store }
+        Repository {
+            store,
+            labels: LabelCell::builtin(),
+        }
+    }
+
+    /// A repository labelling with the server's live mapping.
+    pub fn with_labels(store: Store, labels: Arc<LabelCell>) -> Repository {
+        Repository { store, labels }
     }
 
     pub fn store(&self) -> &Store {
