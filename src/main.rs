@@ -42,6 +42,8 @@ enum Command {
     BenchEvents(commands::bench_events::BenchEventsArgs),
     /// Rebuild the local search index from PostgreSQL.
     Reindex(commands::reindex::ReindexArgs),
+    /// The API consumer registry: add, list, show, update, suspend, reinstate clients.
+    Clients(commands::clients::ClientsArgs),
 }
 
 #[tokio::main]
@@ -64,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Command::DeadLetter(args) => commands::dead_letter::run(settings, args).await,
         Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
+        Command::Clients(args) => commands::clients::run(settings, args).await,
     }
 }

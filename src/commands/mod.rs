@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_events;
+pub mod clients;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;

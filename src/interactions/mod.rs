@@ -20,11 +20,30 @@ use crate::store::{Current, HistoryPage, HistoryQuery, HistoryScope, Store, Vers
 #[derive(Clone)]
 pub struct Repository {
     store: Store,
+    /// Sandbox: run every write to just before commit, then roll back (see `sandboxed`).
+    rollback: bool,
 }
 
 impl Repository {
     pub fn new(store: Store) -> Repository {
-        Repository { store }
+        Repository {
+            store,
+            rollback: false,
+        }
+    }
+
+    /// The same engine for a trust's trial run: writes go through validation, conditions,
+    /// reference resolution, locking and versioning exactly as for real, and the transaction
+    /// is rolled back instead of committed, so nothing is stored, fed or notified.
+    pub fn sandboxed(&self) -> Repository {
+        Repository {
+            store: self.store.clone(),
+            rollback: true,
+        }
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        self.rollback
     }
 
     pub fn store(&self) -> &Store {
