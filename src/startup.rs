@@ -138,6 +138,7 @@ impl Application {
             &issuer,
             &registry,
             &governance.product,
+            &governance.profiles,
         ));
         let state = web::Data::new(AppState {
             repository: Repository::new(store.clone()),

@@ -38,8 +38,8 @@ pub fn capability_statement(
     issuer: &str,
     registry: &Registry,
     product: &Product,
+    profiles: &Profiles,
 ) -> Value {
-    let profiles = Profiles::builtin();
     let resources: Vec<Value> = crate::validation::resource_types()
         .map(|t| {
             let supported_profiles: Vec<&str> =

@@ -12,7 +12,6 @@ use crate::access::dev_issuer::{DEV_PORTAL_CLIENT, Grant, TokenClaims};
 use crate::events::EventsState;
 use crate::fhir::outcome::IssueType;
 use crate::governance::portal::{DemoTokens, PortalInput, render};
-use crate::validation::profiles::Profiles;
 
 fn origin(state: &AppState) -> &str {
     state.base_url.trim_end_matches("/fhir")
@@ -63,7 +62,7 @@ pub async fn docs(state: web::Data<AppState>, events: web::Data<EventsState>) ->
         capabilities: &state.capabilities,
         catalogue: &events.catalogue,
         product: &state.governance.product,
-        profiles: Profiles::builtin(),
+        profiles: &state.governance.profiles,
         demo: demo_tokens(&state),
     });
     HttpResponse::Ok()
@@ -83,7 +82,9 @@ pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn profiles(state: web::Data<AppState>) -> HttpResponse {
-    let list: Vec<_> = Profiles::builtin()
+    let list: Vec<_> = state
+        .governance
+        .profiles
         .all()
         .map(|p| {
             json!({"id": p.id, "url": p.url, "type": p.resource_type, "title": p.title,
@@ -95,9 +96,12 @@ pub async fn profiles(state: web::Data<AppState>) -> HttpResponse {
         .body(json!({ "profiles": list }).to_string())
 }
 
-pub async fn profile(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn profile(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let profiles = Profiles::builtin();
+    let profiles = &state.governance.profiles;
     let p = profiles.by_id(&id).ok_or_else(|| {
         ApiError::http(
             StatusCode::NOT_FOUND,

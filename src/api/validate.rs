@@ -66,13 +66,13 @@ fn unpack(body: Value, query: &[(String, String)]) -> Result<Request, ApiError> 
     })
 }
 
-/// Runs every check and returns the issues, most severe first in the order found.
+/// Runs every check and returns the issues in the order found.
 fn check(
+    profiles: &Profiles,
     resource: &Value,
     expected_type: Option<&str>,
     req: &Request,
 ) -> Result<Vec<Issue>, ApiError> {
-    let profiles = Profiles::builtin();
     let mut issues = crate::validation::validate_resource(resource);
     let actual = resource["resourceType"].as_str().unwrap_or("");
     if let Some(t) = expected_type
@@ -176,7 +176,12 @@ async fn respond(
     }
     let body = read_body(req, payload, state.max_body_bytes).await?;
     let request = unpack(parse_json(&body)?, &query_pairs(req.query_string()))?;
-    let issues = check(&request.resource, expected_type, &request)?;
+    let issues = check(
+        &state.governance.profiles,
+        &request.resource,
+        expected_type,
+        &request,
+    )?;
     // 200 whatever the verdict: the operation worked, the outcome is the answer.
     Ok(super::response::json_response(
         StatusCode::OK,

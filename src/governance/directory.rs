@@ -84,10 +84,14 @@ impl Directory {
             found = registry::get(&self.pool, client_id).await?;
         }
         let found = found.map(Arc::new);
-        self.cache
-            .write()
-            .expect("cache lock")
-            .insert(client_id.to_string(), (Instant::now(), found.clone()));
+        // Only registered clients are cached: a client onboarded a moment ago (CLI, another
+        // replica) must be let in at once, and a signed token naming an unknown client is rare.
+        if found.is_some() {
+            self.cache
+                .write()
+                .expect("cache lock")
+                .insert(client_id.to_string(), (Instant::now(), found.clone()));
+        }
         Ok(found)
     }
 

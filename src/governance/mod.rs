@@ -32,6 +32,8 @@ pub struct Governance {
     pub directory: Directory,
     pub throttle: Throttle,
     pub product: Product,
+    /// Profiles `$validate` checks and `/profiles` publishes.
+    pub profiles: crate::validation::profiles::Profiles,
     /// Development mode: the portal shows example requests with dev tokens.
     pub development: bool,
 }
@@ -46,6 +48,9 @@ impl Governance {
             ),
             throttle: Throttle::default(),
             product: Product::load(settings.governance.product_file.as_deref())?,
+            profiles: crate::validation::profiles::Profiles::load(
+                settings.governance.profiles_dir.as_deref(),
+            )?,
             development: settings.dev_issuer.enabled,
         })
     }

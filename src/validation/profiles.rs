@@ -63,7 +63,7 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Binding {
     /// The code system whose codes are constrained (codings of other systems are judged by
     /// `other_systems`).
@@ -535,5 +535,39 @@ impl Profiles {
             "derivation": "constraint",
             "differential": {"element": elements},
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_profiles_load_and_chain_to_uk_core() {
+        let p = Profiles::load(None).expect("built-in profiles");
+        let shcr = p.by_id("ShCR-Patient").expect("ShCR-Patient");
+        assert!(p.get(shcr.base_definition.as_deref().unwrap()).is_some());
+        assert!(p.for_type("Patient").count() >= 2);
+    }
+
+    #[test]
+    fn slice_rules_locate_each_offending_element() {
+        let p = Profiles::load(None).unwrap();
+        let profile = p.by_id("ShCR-Patient").unwrap();
+        let patient = json!({"resourceType": "Patient",
+            "identifier": [
+                {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765918"},
+                {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}]});
+        let issues = p.validate(profile, &patient);
+        let at: Vec<_> = issues
+            .iter()
+            .map(|i| i.location.clone().unwrap_or_default())
+            .collect();
+        assert!(at.contains(&"Patient.identifier[1]".to_string()), "{at:?}");
+        assert!(
+            at.contains(&"Patient.identifier[0].value".to_string()),
+            "{at:?}"
+        );
+        assert!(at.contains(&"Patient.name".to_string()), "{at:?}");
     }
 }
