@@ -9,6 +9,7 @@ pub mod demo;
 pub mod events;
 pub mod fhir;
 pub mod generate;
+pub mod governance;
 pub mod identity;
 pub mod import;
 pub mod interactions;

@@ -47,6 +47,8 @@ enum Command {
     Reindex(commands::reindex::ReindexArgs),
     /// Audit trail tools (`shcr audit verify`).
     Audit(commands::audit::AuditArgs),
+    /// The API consumer registry: add, list, show, update, suspend, reinstate clients.
+    Clients(commands::clients::ClientsArgs),
 }
 
 #[tokio::main]
@@ -73,5 +75,6 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchIdentity(args) => commands::bench_identity::run(settings, args).await,
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
         Command::Audit(args) => commands::audit::run(settings, args).await,
+        Command::Clients(args) => commands::clients::run(settings, args).await,
     }
 }

@@ -110,6 +110,8 @@ async fn serve_demo(
         println!("reusing the data already in the database");
     }
 
+    // The clients the printed tokens belong to, registered as a real deployment would have them.
+    crate::governance::seed_demo_clients(app.store().pool()).await?;
     let issuer = app.dev_issuer().expect("dev issuer enabled");
     let audience = settings.auth.audience.clone();
     let ttl = 12 * 3600;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_access;
 pub mod bench_events;
 pub mod bench_identity;
+pub mod clients;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;

@@ -725,7 +725,12 @@ impl Repository {
         hook.before_commit(&mut tx, &pending)
             .await
             .map_err(|error| EntryFailure { index: None, error })?;
-        tx.commit().await?;
+        if self.rollback {
+            // Sandbox: dropping the transaction rolls it back; nothing was stored.
+            drop(tx);
+        } else {
+            tx.commit().await?;
+        }
 
         // 8. Responses in request order; reads (and matched conditional creates) see the new state.
         let mut outcomes = Vec::with_capacity(entries.len());
