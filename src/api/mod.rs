@@ -93,9 +93,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/profiles").route(web::get().to(portal::profiles)))
         .service(resource("/profiles/{id}").route(web::get().to(portal::profile)))
         .service(
+            // One scope: actix routes a path to the first scope whose prefix matches.
             web::scope("/admin")
                 .wrap(from_fn(governance::govern))
                 .wrap(from_fn(middleware::authenticate))
+                // Outermost: denials and unauthenticated calls are audited too.
+                .wrap(from_fn(audit::audit))
+                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy)))
                 .service(
                     resource("/clients")
                         .route(web::get().to(governance::list_clients))
@@ -133,12 +137,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(ig::break_glass_review)),
                 )
                 .service(resource("/reports/{name}").route(web::get().to(ig::report))),
-        )
-        .service(
-            web::scope("/admin")
-                .wrap(from_fn(middleware::authenticate))
-                .wrap(from_fn(audit::audit))
-                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy))),
         )
         .service(
             web::scope("/fhir")

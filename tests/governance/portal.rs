@@ -4,9 +4,9 @@ use serde_json::Value;
 
 use crate::common::TestApp;
 
-/// The Chromium `scripts/test.sh` installs (`SHCR_CHROMIUM`), else one on the PATH.
+/// The Chromium `scripts/test.sh` installs (`CHROMIUM_PATH`), else one on the PATH.
 fn chromium() -> String {
-    if let Ok(path) = std::env::var("SHCR_CHROMIUM") {
+    if let Ok(path) = std::env::var("CHROMIUM_PATH") {
         return path;
     }
     for name in ["chromium", "chromium-browser", "google-chrome"] {
