@@ -2,12 +2,14 @@
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod events;
 pub mod fhir;
 pub mod generate;
+pub mod governance;
 pub mod identity;
 pub mod import;
 pub mod interactions;

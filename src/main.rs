@@ -45,6 +45,10 @@ enum Command {
     BenchIdentity(commands::bench_identity::BenchIdentityArgs),
     /// Rebuild the local search index from PostgreSQL.
     Reindex(commands::reindex::ReindexArgs),
+    /// Audit trail tools (`shcr audit verify`).
+    Audit(commands::audit::AuditArgs),
+    /// The API consumer registry: add, list, show, update, suspend, reinstate clients.
+    Clients(commands::clients::ClientsArgs),
 }
 
 #[tokio::main]
@@ -70,5 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
         Command::BenchIdentity(args) => commands::bench_identity::run(settings, args).await,
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
+        Command::Audit(args) => commands::audit::run(settings, args).await,
+        Command::Clients(args) => commands::clients::run(settings, args).await,
     }
 }

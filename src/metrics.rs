@@ -83,6 +83,9 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         (_, "/fhir/metadata") => "capabilities",
         ("POST", "/fhir") | ("POST", "/fhir/") => "transaction",
         ("POST", "/fhir/$process-message") => "process-message",
+        ("POST", "/fhir/$validate") | ("POST", "/fhir/{type}/$validate") => "validate",
+        ("GET", "/fhir/{compartment}/{id}/{type}") => "search-compartment",
+        ("GET", "/fhir") | ("GET", "/fhir/") => "search-system",
         ("GET", "/fhir/Subscription/{id}/$status") => "subscription-status",
         ("GET", "/fhir/Subscription/{id}/$events") => "subscription-events",
         ("GET", "/fhir/_history") => "history-system",
@@ -98,6 +101,9 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => "search-type",
         (_, "/healthz") | (_, "/readyz") => "health",
         (_, "/metrics") => "metrics",
+        (_, r) if r.starts_with("/admin") => "admin",
+        (_, "/") | (_, "/docs") | (_, "/docs/openapi.json") => "docs",
+        (_, r) if r.starts_with("/profiles") => "docs",
         _ => "other",
     }
 }
@@ -230,6 +236,27 @@ pub static SUBSCRIPTION_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
                 "Subscription notification attempts by channel and outcome",
             ),
             &["channel", "outcome"],
+        )
+        .expect("counter"),
+    )
+});
+
+/// Audit rows written (one per interaction).
+pub static AUDIT_WRITES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("audit_writes_total", "Audit rows written").expect("counter"),
+    )
+});
+
+/// Access decisions that withheld data, by reason.
+pub static ACCESS_DENIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "access_denials_total",
+                "Requests or resources withheld by the access policy",
+            ),
+            &["reason"],
         )
         .expect("counter"),
     )

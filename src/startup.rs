@@ -9,10 +9,11 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::access::TokenVerifier;
 use crate::access::dev_issuer::DevIssuer;
+use crate::access::{AccessPolicy, TokenVerifier};
 use crate::api::health::Readiness;
 use crate::api::{self, AppState};
+use crate::audit::Audit;
 use crate::config::Settings;
 use crate::interactions::Repository;
 use crate::search::indexer::{IndexOptions, SearchIndex};
@@ -114,23 +115,52 @@ impl Application {
         )
         .await
         .context("opening the search index")?;
+        let access = Arc::new(
+            AccessPolicy::load(
+                settings.access.policy_dir.as_deref(),
+                settings.access.enforce,
+            )
+            .await
+            .context("loading the access policy (consent-policies)")?,
+        );
+        if !settings.access.enforce {
+            tracing::warn!("access policy enforcement is OFF: benchmarking only, never in service");
+        }
+        let repository = Repository::with_labels(store.clone(), access.labels());
         let lag_source = search.clone();
         let events = crate::events::Runtime::start(
             &settings,
-            Repository::new(store.clone()),
+            repository.clone(),
             verifier.clone(),
             &base_url,
+            access.clone(),
             move || lag_source.lag_seconds(),
         )
         .await
         .context("starting events (messaging, NATS, subscriptions)")?;
         let events_state = web::Data::from(events.state.clone());
+        let governance = Arc::new(
+            crate::governance::Governance::new(&settings, store.pool().clone())
+                .context("loading the API product rules")?,
+        );
+        if governance.directory.auto_register() {
+            tracing::warn!("unknown API clients are registered on first use: development only");
+        }
+        crate::governance::freshness::start(search.clone());
+        let capabilities = Arc::new(api::capabilities::capability_statement(
+            &base_url,
+            &issuer,
+            &registry,
+            &governance.product,
+            &governance.profiles,
+        ));
         let state = web::Data::new(AppState {
-            repository: Repository::new(store.clone()),
-            capability_statement: api::capabilities::capability_statement(
-                &base_url, &issuer, &registry,
-            )
-            .to_string(),
+            repository,
+            access,
+            audit: settings.access.audit.then(|| Audit::new(store.clone())),
+            capability_statement: capabilities.to_string(),
+            capabilities,
+            governance,
             search: search.clone(),
             base_url,
             max_body_bytes: settings.max_body_bytes,

@@ -1,10 +1,25 @@
-//! Who is calling: bearer-token authentication (OIDC discovery + JWKS) and the caller principal.
-//! Authorisation policies (casbin, consent) build on the `Caller` this module produces.
+//! Who is calling and what they may see.
+//!
+//! - authentication: bearer tokens (OIDC discovery + JWKS) → `Caller` (`verifier`, `principal`);
+//! - `policy`: the casbin model, role policies, sensitivity mapping and settings from
+//!   `consent-policies/`, validated on load and reloadable;
+//! - `labels`: sensitivity labelling at ingest;
+//! - `facts`: care relationships and consent restrictions, derived at write time;
+//! - `break_glass`: time-limited emergency access with a recorded reason;
+//! - `decision`: the per-request `Decider` — `check` for one resource, `search_filter` for
+//!   index queries. See its module documentation for the rule.
 
+pub mod break_glass;
 pub mod claims;
+pub mod decision;
 pub mod dev_issuer;
+pub mod facts;
+pub mod labels;
+pub mod policy;
 pub mod principal;
 pub mod verifier;
 
+pub use decision::{Decider, Denial, Facts, Grants, Scope, Verdict, Who};
+pub use policy::{AccessPolicy, PolicyError};
 pub use principal::{Caller, OdsCode, Principal, SystemCaller, UserCaller};
 pub use verifier::{AuthError, TokenVerifier};

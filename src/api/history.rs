@@ -80,7 +80,65 @@ async fn history(
     scope: HistoryScope,
 ) -> Result<HttpResponse, ApiError> {
     let query = parse_query(req)?;
-    let page = state.repository.history(&scope, &query).await?;
+    let mut d = super::access::decider(state, req)?;
+    if let HistoryScope::Type(t) | HistoryScope::Instance(t, _) = &scope {
+        crate::interactions::Repository::check_type(t)?;
+        super::access::require(&d, req, t, "read")?;
+    }
+    let mut page = state.repository.history(&scope, &query).await?;
+    // History is read from PostgreSQL, not the index: each version is decided as a read.
+    let facts: Vec<Option<crate::access::Facts>> = page
+        .entries
+        .iter()
+        .map(|row| super::access::facts(state, row))
+        .collect();
+    let mut patients: Vec<String> = facts
+        .iter()
+        .flatten()
+        .flat_map(|f| f.patients.iter().cloned())
+        .collect();
+    patients.sort();
+    patients.dedup();
+    let single = match &scope {
+        HistoryScope::Instance(..) if patients.len() == 1 => Some(patients[0].as_str()),
+        _ => None,
+    };
+    super::access::load_grants(
+        state,
+        req,
+        &mut d,
+        crate::access::Scope::Patients(&patients),
+        single,
+    )
+    .await?;
+    let before = page.entries.len();
+    let mut kept = Vec::with_capacity(before);
+    for row in std::mem::take(&mut page.entries) {
+        let v = super::access::verdict(state, &d, &row, "read");
+        match v {
+            crate::access::Verdict::Allow { break_glass } => {
+                if let Some(f) = super::access::facts(state, &row) {
+                    super::access::note_released(req, &d, &f.patients, break_glass);
+                }
+                kept.push(row);
+            }
+            deny => super::access::note_denied(req, deny),
+        }
+    }
+    let filtered = kept.len() < before;
+    page.entries = kept;
+    if let HistoryScope::Instance(t, id) = &scope
+        && page.entries.is_empty()
+        && filtered
+    {
+        // The same answer as for a resource that never existed.
+        return Err(super::access::hidden(&format!("{t}/{id}")));
+    }
+    if filtered || matches!(d.who, crate::access::Who::User { .. }) {
+        // A count over versions the caller may not see would tell what it may not see.
+        page.total = None;
+    }
+    super::access::note(req, |n| n.returned = page.entries.len() as i32);
     let path = match &scope {
         HistoryScope::System => format!("{}/_history", state.base_url),
         HistoryScope::Type(t) => format!("{}/{t}/_history", state.base_url),

@@ -151,7 +151,12 @@ pub async fn subscription_events(
             .await
             .map_err(|e| ApiError::Interaction(e.into()))?
             .into_iter()
-            .filter_map(|v| Some(((v.resource_type, v.id, v.version_id), v.content?)))
+            .filter_map(|v| {
+                Some((
+                    (v.resource_type, v.id, v.version_id),
+                    (v.content?, v.author_org),
+                ))
+            })
             .collect()
     } else {
         HashMap::new()

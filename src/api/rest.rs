@@ -28,12 +28,47 @@ pub fn author(req: &HttpRequest) -> Result<Author, ApiError> {
     Ok(caller(req)?.author(request_id.as_deref()))
 }
 
+/// `X-Shcr-Sandbox: true`: a trust's trial run of a write; nothing is stored.
+pub const SANDBOX_HEADER: &str = "x-shcr-sandbox";
+
+pub fn sandbox_requested(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(SANDBOX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Marks a sandbox response, so no one mistakes it for a stored write.
+fn mark_sandbox(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(SANDBOX_HEADER),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// Runs one interaction through the write engine and renders its response.
 async fn write_one(
     state: &AppState,
     req: &HttpRequest,
     entry: EntryRequest,
 ) -> Result<HttpResponse, ApiError> {
+    check_write(state, req, &entry).await?;
+    if sandbox_requested(req) {
+        // No Idempotency-Key bookkeeping: a rolled-back write has nothing to replay.
+        let mut outcomes = state
+            .repository
+            .sandboxed()
+            .execute_atomic(std::slice::from_ref(&entry), &author(req)?)
+            .await
+            .map_err(|f| ApiError::Interaction(f.error))?;
+        let prefer = return_preference(req, ReturnPreference::Representation);
+        return Ok(mark_sandbox(write_response(
+            &state.base_url,
+            outcomes.remove(0),
+            prefer,
+        )));
+    }
     if let Some(key) = idempotency_key(req)? {
         return write_once(state, req, entry, &key).await;
     }
@@ -44,7 +79,72 @@ async fn write_one(
         .await
         .map_err(|f| ApiError::Interaction(f.error))?;
     let prefer = return_preference(req, ReturnPreference::Representation);
-    Ok(write_response(&state.base_url, outcomes.remove(0), prefer))
+    let outcome = guard_outcome(state, req, outcomes.remove(0)).await?;
+    Ok(write_response(&state.base_url, outcome, prefer))
+}
+
+/// Writes need the role's `write` permission on the type; a trust's system changes or deletes
+/// only what its own organisation wrote.
+async fn check_write(
+    state: &AppState,
+    req: &HttpRequest,
+    entry: &EntryRequest,
+) -> Result<(), ApiError> {
+    let d = super::access::decider(state, req)?;
+    super::access::require(&d, req, &entry.resource_type, "write")?;
+    let target = match &entry.action {
+        EntryAction::Update {
+            target: Target::Id(id),
+            ..
+        }
+        | EntryAction::Delete {
+            target: Target::Id(id),
+            ..
+        } => id,
+        _ => return Ok(()),
+    };
+    if let crate::access::Who::System { org, .. } = &d.who
+        && let Ok(row) = state.repository.read(&entry.resource_type, target).await
+        && row.author_org.as_deref() != Some(org.as_str())
+    {
+        return Err(super::access::forbidden(
+            req,
+            "a trust's system may change only resources its own organisation wrote",
+        ));
+    }
+    Ok(())
+}
+
+/// A conditional create that matched returns the existing resource, which another trust may
+/// have written: it goes through the read decision, and a withheld one is not echoed.
+async fn guard_outcome(
+    state: &AppState,
+    req: &HttpRequest,
+    mut outcome: crate::interactions::EntryOutcome,
+) -> Result<crate::interactions::EntryOutcome, ApiError> {
+    if outcome.written || outcome.content.is_none() {
+        return Ok(outcome);
+    }
+    let (Some(id), Some(version_id)) = (outcome.id.clone(), outcome.version_id) else {
+        return Ok(outcome);
+    };
+    let row = state
+        .repository
+        .store()
+        .vread(&outcome.resource_type, &id, version_id)
+        .await
+        .map_err(|e| ApiError::Interaction(e.into()))?;
+    let mut d = super::access::decider(state, req)?;
+    if let Some(row) = row {
+        let what = format!("{}/{id}", outcome.resource_type);
+        if super::access::guard_row(state, req, &mut d, &row, &what)
+            .await
+            .is_err()
+        {
+            outcome.content = None;
+        }
+    }
+    Ok(outcome)
 }
 
 /// `Idempotency-Key`: a client's retry of a write returns the first response instead of
@@ -94,7 +194,8 @@ async fn write_once(
         .await
         .map_err(|f| ApiError::Interaction(f.error))?;
     if let Some(mut outcomes) = outcome {
-        return Ok(write_response(&state.base_url, outcomes.remove(0), prefer));
+        let outcome = guard_outcome(state, req, outcomes.remove(0)).await?;
+        return Ok(write_response(&state.base_url, outcome, prefer));
     }
     let (stored_fingerprint, stored) = hook.repeat.expect("abort means a repeat");
     if stored_fingerprint != fingerprint {
@@ -151,25 +252,70 @@ fn criteria_query(req: &HttpRequest) -> Option<String> {
 
 pub async fn read(
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = path.into_inner();
-    Ok(version_response(
-        state.repository.read(&resource_type, &id).await?,
-    ))
+    let mut d = super::access::decider(&state, &req)?;
+    Repository::check_type(&resource_type)?;
+    super::access::require(&d, &req, &resource_type, "read")?;
+    let what = format!("{resource_type}/{id}");
+    let row = match state.repository.read(&resource_type, &id).await {
+        Ok(row) => row,
+        Err(crate::interactions::Error::Gone(g)) => {
+            // 410 says the resource existed: only to callers who could see it.
+            gone_or_hidden(&state, &req, &mut d, &resource_type, &id).await?;
+            return Err(ApiError::Interaction(crate::interactions::Error::Gone(g)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    super::access::guard_row(&state, &req, &mut d, &row, &what).await?;
+    Ok(version_response(row))
+}
+
+/// Ok when the caller may learn that a deleted resource existed (it could see its last
+/// content); otherwise the 404 of a missing resource.
+async fn gone_or_hidden(
+    state: &AppState,
+    req: &HttpRequest,
+    d: &mut crate::access::Decider,
+    resource_type: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    let last = state
+        .repository
+        .store()
+        .last_content_version(resource_type, id)
+        .await
+        .map_err(|e| ApiError::Interaction(e.into()))?;
+    match last {
+        Some(row) => {
+            super::access::guard_row(state, req, d, &row, &format!("{resource_type}/{id}")).await
+        }
+        None => Err(super::access::hidden(&format!("{resource_type}/{id}"))),
+    }
 }
 
 pub async fn vread(
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id, version) = path.into_inner();
-    Ok(version_response(
-        state
-            .repository
-            .vread(&resource_type, &id, &version)
-            .await?,
-    ))
+    let mut d = super::access::decider(&state, &req)?;
+    Repository::check_type(&resource_type)?;
+    super::access::require(&d, &req, &resource_type, "read")?;
+    let what = format!("{resource_type}/{id}/_history/{version}");
+    let row = match state.repository.vread(&resource_type, &id, &version).await {
+        Ok(row) => row,
+        Err(crate::interactions::Error::Gone(g)) => {
+            gone_or_hidden(&state, &req, &mut d, &resource_type, &id).await?;
+            return Err(ApiError::Interaction(crate::interactions::Error::Gone(g)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    super::access::guard_row(&state, &req, &mut d, &row, &what).await?;
+    Ok(version_response(row))
 }
 
 pub async fn create(
@@ -295,16 +441,129 @@ pub async fn bundle(
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let bundle = parse_json(&body)?;
     let author = author(&req)?;
+    let mut d = super::access::decider(&state, &req)?;
+    for entry in bundle["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let method = entry["request"]["method"].as_str().unwrap_or("");
+        let url_type = entry["request"]["url"]
+            .as_str()
+            .and_then(|u| u.split(['/', '?']).next())
+            .unwrap_or("");
+        let t = entry["resource"]["resourceType"]
+            .as_str()
+            .unwrap_or(url_type);
+        if crate::validation::is_resource_type(t) {
+            let act = if method == "GET" { "read" } else { "write" };
+            super::access::require(&d, &req, t, act)?;
+        }
+    }
     // Bundles default to minimal responses: echoing hundreds of resources is rarely wanted.
     let prefer = return_preference(&req, ReturnPreference::Minimal);
-    let results = state
-        .repository
+    let sandbox = sandbox_requested(&req);
+    let repository = if sandbox {
+        state.repository.sandboxed()
+    } else {
+        state.repository.clone()
+    };
+    let results = repository
         .process_bundle(&bundle, &author, &state.base_url)
         .await?;
-    Ok(super::response::json_response(
-        StatusCode::OK,
-        results.response(prefer).to_string(),
-    ))
+    let mut response = results.response(prefer);
+    guard_bundle_response(&state, &req, &mut d, &mut response).await?;
+    let response = super::response::json_response(StatusCode::OK, response.to_string());
+    Ok(if sandbox {
+        mark_sandbox(response)
+    } else {
+        response
+    })
+}
+
+/// Resources a Bundle response carries (reads inside a batch, representations of writes) go
+/// through the same decision as a read; a denied one becomes the entry of a missing resource.
+async fn guard_bundle_response(
+    state: &AppState,
+    req: &HttpRequest,
+    d: &mut crate::access::Decider,
+    response: &mut serde_json::Value,
+) -> Result<(), ApiError> {
+    if matches!(d.who, crate::access::Who::Unrestricted) {
+        return Ok(());
+    }
+    let Some(entries) = response.get_mut("entry").and_then(|e| e.as_array_mut()) else {
+        return Ok(());
+    };
+    let keys: Vec<(String, String)> = entries
+        .iter()
+        .filter_map(|e| {
+            let r = e.get("resource")?;
+            Some((
+                r["resourceType"].as_str()?.to_string(),
+                r["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let heads = state
+        .repository
+        .store()
+        .heads(&keys)
+        .await
+        .map_err(|e| ApiError::Interaction(e.into()))?;
+    let orgs: std::collections::HashMap<(String, String), Option<String>> = heads
+        .into_iter()
+        .map(|h| ((h.resource_type, h.id), h.author_org))
+        .collect();
+    let mut facts = Vec::new();
+    for e in entries.iter() {
+        facts.push(e.get("resource").and_then(|r| {
+            let t = r["resourceType"].as_str()?;
+            let id = r["id"].as_str()?;
+            let org = orgs
+                .get(&(t.to_string(), id.to_string()))
+                .cloned()
+                .flatten();
+            Some(crate::access::Facts::of(
+                &state.search,
+                t,
+                id,
+                r,
+                org.as_deref(),
+            ))
+        }));
+    }
+    let mut patients: Vec<String> = facts
+        .iter()
+        .flatten()
+        .flat_map(|f| f.patients.iter().cloned())
+        .collect();
+    patients.sort();
+    patients.dedup();
+    super::access::load_grants(
+        state,
+        req,
+        d,
+        crate::access::Scope::Patients(&patients),
+        None,
+    )
+    .await?;
+    for (e, f) in entries.iter_mut().zip(facts) {
+        let Some(f) = f else { continue };
+        let v = d.check(&f, "read");
+        if v.allowed() {
+            super::access::note_released(req, d, &f.patients, None);
+        } else {
+            super::access::note_denied(req, v);
+            if let Some(obj) = e.as_object_mut() {
+                obj.remove("resource");
+                obj.insert(
+                    "response".into(),
+                    serde_json::json!({"status": "404 Not Found"}),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

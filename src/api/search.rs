@@ -112,6 +112,16 @@ fn is_choice_of(name: &str, stem: &str) -> bool {
         && name[stem.len()..].starts_with(|c: char| c.is_ascii_uppercase())
 }
 
+/// The one patient a search names through `patient=` or `subject=` (for a break-glass ask).
+fn single_patient(params: &[(String, String)]) -> Option<String> {
+    let mut named = params
+        .iter()
+        .filter(|(k, _)| k == "patient" || k == "subject")
+        .map(|(_, v)| v.trim_start_matches("Patient/").to_string());
+    let first = named.next()?;
+    (named.next().is_none() && !first.contains(',')).then_some(first)
+}
+
 async fn run(
     state: &AppState,
     req: &HttpRequest,
@@ -131,11 +141,56 @@ async fn run(
     if let Some(patient) = compartment {
         q.clauses.push(compartment_clause(patient));
     }
+    let mut d = super::access::decider(state, req)?;
+    for t in &q.resource_types {
+        super::access::require(&d, req, t, "search")?;
+    }
+    // A compartment search concerns one patient: load only that patient's facts (and that is
+    // the patient a break-glass ask opens).
+    let one_patient = compartment
+        .map(str::to_string)
+        .or_else(|| single_patient(&params));
+    let scoped: Vec<String> = compartment.map(str::to_string).into_iter().collect();
+    let scope = match compartment {
+        Some(_) => crate::access::Scope::Patients(&scoped),
+        None => crate::access::Scope::All,
+    };
+    super::access::load_grants(state, req, &mut d, scope, one_patient.as_deref()).await?;
     let engine = Engine {
         index: &state.search,
         store: state.repository.store(),
     };
-    let result = engine.search(&q, None).await?;
+    let mut result = engine
+        .search(&q, d.search_filter(&state.search.fields))
+        .await?;
+    // Included resources are loaded by key, not matched through the filtered query: decide
+    // each like a read.
+    let before = result.includes.len();
+    result.includes.retain(|row| {
+        let v = super::access::verdict(state, &d, row, "read");
+        if !v.allowed() {
+            super::access::note_denied(req, v);
+        }
+        v.allowed()
+    });
+    if result.includes.len() < before {
+        tracing::debug!(
+            withheld = before - result.includes.len(),
+            "includes withheld"
+        );
+    }
+    let mut patients = std::collections::BTreeSet::new();
+    for row in result.matches.iter().chain(&result.includes) {
+        if let Some(c) = &row.content {
+            super::access::referenced_patients(&row.resource_type, &row.id, c, &mut patients);
+        }
+    }
+    let patients: Vec<String> = patients.into_iter().collect();
+    super::access::note_released(req, &d, &patients, None);
+    super::access::note(req, |n| {
+        n.interaction = Some("search");
+        n.returned = (result.matches.len() + result.includes.len()) as i32;
+    });
     let link = |cursor: Option<&str>| {
         let mut params = q.echo.clone();
         if let Some(c) = cursor {
@@ -220,6 +275,7 @@ pub async fn search_post(
     let form = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the form body is not UTF-8"))?;
     params.extend(pairs(form)?);
+    super::access::note(&req, |n| n.query = Some(form.to_string()));
     let url = format!("{}/{resource_type}", state.base_url);
     run(&state, &req, vec![resource_type], params, None, &url).await
 }

@@ -48,6 +48,9 @@ pub enum Phase {
     Match,
     /// NATS ingest and subscription delivery (arrives with events).
     Events,
+    /// Read and search p99 with access control and audit on vs off, audit append rate and
+    /// `audit verify` throughput (self-started mode only; see bench_access.rs).
+    Access,
 }
 
 impl Phase {
@@ -61,6 +64,7 @@ impl Phase {
             Phase::Everything => "everything",
             Phase::Match => "match",
             Phase::Events => "events",
+            Phase::Access => "access",
         }
     }
 }
@@ -116,9 +120,12 @@ pub struct BenchArgs {
     /// Keep the benchmark database afterwards (self-started mode).
     #[arg(long)]
     pub keep: bool,
+    /// Audit rows the access phase fills the trail to before timing `audit verify`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub audit_rows: u64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -204,7 +211,7 @@ impl Results {
 }
 
 /// Prints one measure (the in-process search phases print, they do not go into `Results`).
-fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration, errors: usize) {
+pub(super) fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration, errors: usize) {
     samples.sort();
     println!(
         "{name:<8} n={:<7} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {errors}",
@@ -385,6 +392,12 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
     let base = app.base_url();
     let search = app.search();
     let pool = app.store().pool().clone();
+    let on = super::bench_access::OnServer {
+        store: app.store().clone(),
+        base_url: app.base_url(),
+        issuer: issuer.clone(),
+        issuer_url: app.issuer().to_string(),
+    };
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     let result = match bench(base.clone(), Some(token.clone()), args.clone()).await {
@@ -399,9 +412,34 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
                 token: Some(token),
             });
             async {
-                search_phase(&target, &pool, &args).await?;
-                commit_to_searchable(&target, 200).await?;
-                index_footprint(&settings, &search, &pool).await
+                if args.phases.contains(&Phase::Search) {
+                    // Searches are measured on a caught-up index: the backlog left by ingest is
+                    // the indexer's throughput, which reindex and commit→searchable measure.
+                    let caught_up = Instant::now();
+                    search
+                        .wait_fresh(Duration::from_secs(900))
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    println!(
+                        "index caught up with ingest {:.1} s after it ended",
+                        caught_up.elapsed().as_secs_f64()
+                    );
+                    search_phase(&target, &pool, &args).await?;
+                    commit_to_searchable(&target, 200).await?;
+                    index_footprint(&settings, &search, &pool).await?;
+                }
+                if args.phases.contains(&Phase::Access) {
+                    super::bench_access::run(
+                        &on,
+                        &settings,
+                        args.clients,
+                        args.seconds,
+                        args.warmup,
+                        args.audit_rows,
+                    )
+                    .await?;
+                }
+                Ok::<(), anyhow::Error>(())
             }
             .await
         }
@@ -517,7 +555,9 @@ async fn run_phase(bench: &mut Bench, phase: Phase) -> anyhow::Result<()> {
     match phase {
         Phase::Ingest => ingest(bench).await,
         Phase::Read | Phase::Vread | Phase::Update => latency(bench, phase).await,
-        Phase::Search | Phase::Everything | Phase::Match | Phase::Events => {
+        // Measured after the shared phases, against the server in this process.
+        Phase::Search | Phase::Access => Ok(()),
+        Phase::Everything | Phase::Match | Phase::Events => {
             println!(
                 "{:<8} not available yet: arrives with its issue",
                 phase.name()

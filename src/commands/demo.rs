@@ -110,9 +110,15 @@ async fn serve_demo(
         println!("reusing the data already in the database");
     }
 
+    // The clients the printed tokens belong to, registered as a real deployment would have them.
+    crate::governance::seed_demo_clients(app.store().pool()).await?;
     let issuer = app.dev_issuer().expect("dev issuer enabled");
     let audience = settings.auth.audience.clone();
     let ttl = 12 * 3600;
+    // The clinician works at the trust that sees the most patients, so the demo shows records.
+    let clinician_org = crate::access::facts::busiest_org(app.store(), None)
+        .await?
+        .unwrap_or_else(|| "RX1".into());
     let clinician = issuer.mint(&TokenClaims::new(
         app.issuer(),
         &audience,
@@ -120,7 +126,7 @@ async fn serve_demo(
             user_id: "555000000001".into(),
             name: Some("Dr Demo Clinician".into()),
             role_code: "S8000:G8000:R8000".into(),
-            org: "RX1".into(),
+            org: clinician_org.clone(),
             activities: vec!["B0360".into(), "B0380".into()],
             scopes: vec!["user/*.rs".into()],
         },

@@ -103,6 +103,7 @@ impl Runtime {
         repository: Repository,
         verifier: Arc<TokenVerifier>,
         base_url: &str,
+        access: Arc<crate::access::AccessPolicy>,
         index_lag: impl Fn() -> f64 + Send + 'static,
     ) -> anyhow::Result<Runtime> {
         let catalogue = Arc::new(Catalogue::load(settings.events.catalogue.as_deref())?);
@@ -113,8 +114,10 @@ impl Runtime {
             nats.clone(),
             settings.events.nats.platform_subject_prefix.clone(),
         );
-        let policy: Arc<dyn PayloadPolicy> =
-            Arc::new(ConfiguredPolicy::new(&settings.events.subscriptions));
+        let policy: Arc<dyn PayloadPolicy> = Arc::new(subscriptions::AccessPayloadPolicy {
+            configured: ConfiguredPolicy::new(&settings.events.subscriptions),
+            access,
+        });
         let inbound = Arc::new(inbound(
             settings,
             repository.clone(),

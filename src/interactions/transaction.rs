@@ -538,6 +538,9 @@ impl Repository {
         let heads = tx.lock_heads(&lock_keys).await?;
         check_patient_owners(&mut tx, &lock_keys, author).await?;
         let now = now_millis();
+        // Every door (REST, bundles, messaging, NATS, import) writes through here, so every
+        // stored version carries the labels the current mapping asks for.
+        let sensitivity = self.labels.get();
         let mut versions: Vec<NewVersion> = Vec::new();
         // Per entry: (status, index into `versions`) or an outcome decided without writing.
         let mut results: Vec<Option<(u16, usize)>> = vec![None; entries.len()];
@@ -553,6 +556,7 @@ impl Repository {
                     if in_bundle {
                         check_unresolved(&unresolved).map_err(at(i))?;
                     }
+                    sensitivity.apply(&mut resource);
                     stamp(&mut resource, &id, 1, now);
                     results[i] = Some((201, versions.len()));
                     versions.push(new_version(
@@ -592,6 +596,7 @@ impl Repository {
                         Some(h) if h.deleted => (h.version_id + 1, 201, Operation::Update),
                         Some(h) => (h.version_id + 1, 200, Operation::Update),
                     };
+                    sensitivity.apply(&mut resource);
                     stamp(&mut resource, &id, version, now);
                     results[i] = Some((status, versions.len()));
                     versions.push(new_version(
@@ -700,6 +705,7 @@ impl Repository {
         tx.write(&versions, author).await?;
         versions.truncate(written);
         crate::identity::link::link_written(&mut tx, &versions, author, now).await?;
+        crate::access::facts::record(&mut tx, &versions, author).await?;
         let pending: Vec<EntryOutcome> = (0..entries.len())
             .map(|i| match (results[i], unchanged.get(&i)) {
                 (Some((status, v)), _) => written_outcome(status, &versions[v]),
@@ -719,7 +725,12 @@ impl Repository {
         hook.before_commit(&mut tx, &pending)
             .await
             .map_err(|error| EntryFailure { index: None, error })?;
-        tx.commit().await?;
+        if self.rollback {
+            // Sandbox: dropping the transaction rolls it back; nothing was stored.
+            drop(tx);
+        } else {
+            tx.commit().await?;
+        }
 
         // 8. Responses in request order; reads (and matched conditional creates) see the new state.
         let mut outcomes = Vec::with_capacity(entries.len());

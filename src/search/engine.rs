@@ -242,9 +242,10 @@ impl Engine<'_> {
             index: self.index,
             searcher: &searcher,
             now,
+            policy: policy.as_deref(),
         };
         let mut query = planner.query(&q.resource_types, &q.clauses)?;
-        if let Some(policy) = policy {
+        if let Some(policy) = policy.as_ref().map(|p| p.box_clone()) {
             // The policy is part of the query before any counting or paging: pages stay full
             // and totals true.
             query = Box::new(BooleanQuery::new(vec![
@@ -470,6 +471,7 @@ impl Engine<'_> {
                     deleted: false,
                     method: String::new(),
                     content: h.content,
+                    author_org: h.author_org,
                 });
             }
             let iterating = q.includes.iter().chain(&q.revincludes).any(|i| i.iterate);

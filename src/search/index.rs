@@ -17,7 +17,11 @@ use super::params::{ParamType, Registry};
 use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
 
 /// Bumped whenever the document layout changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The `comp` term of a resource in no patient compartment (Organization, Practitioner …), so
+/// access filters can name such resources.
+pub const NO_COMPARTMENT: &str = "-";
 
 pub const FOLDED: &str = "folded";
 
@@ -305,10 +309,6 @@ pub fn document(
         doc.add_text(f.author_org, org);
     }
     let extracted = extract(registry, row.resource);
-    let compartment_params = patient_params(row.resource_type);
-    if row.resource_type == "Patient" {
-        doc.add_text(f.compartment, format!("Patient/{}", row.id));
-    }
     let mut packed_groups: Vec<(&str, &[IndexValue])> = Vec::new();
     for e in &extracted {
         let code = e.param.code.as_str();
@@ -320,21 +320,13 @@ pub fn document(
         ) {
             packed_groups.push((code, &e.values));
         }
-        if compartment_params.iter().any(|p| p == code) {
-            for v in &e.values {
-                if let IndexValue::Reference {
-                    resource_type: Some(t),
-                    id: Some(id),
-                    url,
-                    ..
-                } = v
-                    && t == "Patient"
-                    && is_local(url, base)
-                {
-                    doc.add_text(f.compartment, format!("Patient/{id}"));
-                }
-            }
-        }
+    }
+    let patients = compartment_ids(row.resource_type, row.id, &extracted, base);
+    if patients.is_empty() {
+        doc.add_text(f.compartment, NO_COMPARTMENT);
+    }
+    for id in patients {
+        doc.add_text(f.compartment, format!("Patient/{id}"));
     }
     doc.add_bytes(f.packed, &super::packed::pack(packed_groups.into_iter()));
     doc.add_bytes(f.sort, &pack_sort_keys(&extracted));
@@ -346,4 +338,54 @@ pub fn document(
         doc.add_text(f.content, content);
     }
     doc
+}
+
+/// Ids of the patients whose compartment holds the resource: the Patient itself, or the
+/// patients its compartment parameters reference on this server.
+fn compartment_ids(
+    resource_type: &str,
+    id: &str,
+    extracted: &[Extracted<'_>],
+    base: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if resource_type == "Patient" {
+        out.push(id.to_string());
+    }
+    let params = patient_params(resource_type);
+    for e in extracted {
+        if !params.iter().any(|p| p == &e.param.code) {
+            continue;
+        }
+        for v in &e.values {
+            if let IndexValue::Reference {
+                resource_type: Some(t),
+                id: Some(pid),
+                url,
+                ..
+            } = v
+                && t == "Patient"
+                && is_local(url, base)
+                && !out.contains(pid)
+            {
+                out.push(pid.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The patient compartments of a resource exactly as the index records them (access policy
+/// decisions on loaded resources must agree with the index filter).
+pub fn patient_compartments(
+    registry: &Registry,
+    base: &str,
+    resource_type: &str,
+    id: &str,
+    resource: &Value,
+) -> Vec<String> {
+    if resource_type != "Patient" && patient_params(resource_type).is_empty() {
+        return Vec::new();
+    }
+    compartment_ids(resource_type, id, &extract(registry, resource), base)
 }

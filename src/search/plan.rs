@@ -117,6 +117,10 @@ pub struct Planner<'a> {
     pub index: &'a SearchIndex,
     pub searcher: &'a Searcher,
     pub now: i64,
+    /// The caller's access filter: chained and `_has` sub-queries match only resources the
+    /// caller may see, or they would tell what it may not (a Patient found through a hidden
+    /// HIV result).
+    pub policy: Option<&'a dyn tantivy::query::Query>,
 }
 
 impl Planner<'_> {
@@ -255,7 +259,10 @@ impl Planner<'_> {
         types: &[String],
         clauses: &[Clause],
     ) -> Result<Vec<tantivy::DocAddress>, PlanError> {
-        let q = self.query(types, clauses)?;
+        let mut q = self.query(types, clauses)?;
+        if let Some(policy) = self.policy {
+            q = all(vec![q, policy.box_clone()]);
+        }
         let docs = self
             .searcher
             .search(&q, &tantivy::collector::DocSetCollector)?;

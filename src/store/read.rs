@@ -16,6 +16,9 @@ pub struct VersionRow {
     pub method: String,
     /// The resource JSON (with `meta.versionId`/`meta.lastUpdated`); `None` for deletions.
     pub content: Option<String>,
+    /// ODS code of the organisation that wrote the version, when the query selected it
+    /// (access decisions treat `None` as "not the caller's own data").
+    pub author_org: Option<String>,
 }
 
 impl VersionRow {
@@ -28,6 +31,10 @@ impl VersionRow {
             deleted: row.try_get("deleted")?,
             method: row.try_get("method")?,
             content: row.try_get("content")?,
+            author_org: row
+                .try_get::<Option<String>, _>("author_org")
+                .ok()
+                .flatten(),
         })
     }
 }
@@ -43,7 +50,7 @@ pub enum Current {
 /// strings, which keeps SQL injection out by construction).
 macro_rules! version_columns {
     () => {
-        "resource_type, id, version_id, last_updated, deleted, method, content::text AS content"
+        "resource_type, id, version_id, last_updated, deleted, method, content::text AS content, author_org"
     };
 }
 pub(crate) use version_columns;
@@ -53,7 +60,7 @@ impl Store {
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Current, StoreError> {
         let row = sqlx::query(
             "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
-                    v.content::text AS content
+                    v.content::text AS content, v.author_org
              FROM resource_head h
              JOIN resource_version v
                ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
@@ -163,7 +170,7 @@ impl Store {
         let versions: Vec<i64> = keys.iter().map(|k| k.2).collect();
         let rows = sqlx::query(
             "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
-                    v.content::text AS content
+                    v.content::text AS content, v.author_org
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, n)
              JOIN resource_version v
                ON v.resource_type = k.t AND v.id = k.i AND v.version_id = k.n",
@@ -314,7 +321,7 @@ impl Store {
         let vids: Vec<i64> = keys.iter().map(|k| k.2).collect();
         let rows = sqlx::query(
             "SELECT v.resource_type, v.id, v.version_id, v.last_updated, v.deleted, v.method,
-                    v.content::text AS content
+                    v.content::text AS content, v.author_org
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, n)
              JOIN resource_version v ON v.resource_type = k.t AND v.id = k.i AND v.version_id = k.n",
         )
@@ -362,5 +369,26 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The newest version of a resource that has content (the one before a deletion).
+    pub async fn last_content_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM resource_version WHERE resource_type = $1 AND id = $2 AND content IS NOT NULL
+              ORDER BY version_id DESC LIMIT 1"
+        ))
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| VersionRow::from_row(&r))
+            .transpose()
+            .map_err(StoreError::from)
     }
 }

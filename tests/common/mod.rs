@@ -202,6 +202,25 @@ impl TestApp {
         }))
     }
 
+    /// A person in any national RBAC role (`S…:G…:R8004`, `R0001` …) at `org`.
+    pub fn user_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        role_code: &str,
+        org: &str,
+        activities: &[&str],
+    ) -> String {
+        self.mint(&self.claims(&Grant::User {
+            user_id: user_id.into(),
+            name: Some(name.into()),
+            role_code: role_code.into(),
+            org: org.to_string(),
+            activities: activities.iter().map(|a| a.to_string()).collect(),
+            scopes: vec!["user/*.rs".into()],
+        }))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }

@@ -159,7 +159,12 @@ impl Delivery {
                 .await
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|v| Some(((v.resource_type, v.id, v.version_id), v.content?)))
+                .filter_map(|v| {
+                    Some((
+                        (v.resource_type, v.id, v.version_id),
+                        (v.content?, v.author_org),
+                    ))
+                })
                 .collect()
         } else {
             HashMap::new()
@@ -314,6 +319,9 @@ impl Delivery {
         if row.version_id != t.version_id {
             return;
         }
+        // Written by the server on the owner's behalf: the owner's organisation keeps it (read
+        // access follows the organisation that holds a resource).
+        let owner_org = row.author_org.clone();
         let Some(mut resource) = row
             .content
             .and_then(|c| serde_json::from_str::<Value>(&c).ok())
@@ -341,7 +349,7 @@ impl Delivery {
         let author = Author {
             kind: "system",
             id: SERVER_AUTHOR_ID.into(),
-            org: None,
+            org: owner_org,
             request_id: None,
         };
         if let Err(e) = self

@@ -275,14 +275,20 @@ pub fn parse_spec(
 }
 
 /// The authorisation hook for notification content. Deny by default: full resources leave
-/// shcr only for owners the policy allows. Access control (consent, security labels) will
-/// replace `ConfiguredPolicy` with a decision per resource; `may_send_resource` is where it
-/// plugs in.
+/// shcr only for owners the policy allows. `ConfiguredPolicy` decides who may ask;
+/// `AccessPayloadPolicy` adds the read-time access decision per resource.
 pub trait PayloadPolicy: Send + Sync {
     /// May this owner ask for full-resource notifications at all?
     fn may_subscribe_full_resource(&self, owner: &Owner) -> bool;
-    /// May this resource go in full to this owner? If not, the event is sent id-only.
-    fn may_send_resource(&self, owner: &Owner, resource_type: &str, content: &Value) -> bool;
+    /// May this resource (written by `author_org`) go in full to this owner? If not, the event
+    /// is sent id-only.
+    fn may_send_resource(
+        &self,
+        owner: &Owner,
+        resource_type: &str,
+        content: &Value,
+        author_org: Option<&str>,
+    ) -> bool;
 }
 
 /// Allows full resources only to system clients listed in
@@ -304,7 +310,13 @@ impl PayloadPolicy for ConfiguredPolicy {
         owner.kind == "system" && self.clients.iter().any(|c| c == &owner.id)
     }
 
-    fn may_send_resource(&self, owner: &Owner, _resource_type: &str, content: &Value) -> bool {
+    fn may_send_resource(
+        &self,
+        owner: &Owner,
+        _resource_type: &str,
+        content: &Value,
+        _author_org: Option<&str>,
+    ) -> bool {
         // Restricted and very restricted items never travel in a notification.
         let restricted = content
             .get("meta")
@@ -316,6 +328,46 @@ impl PayloadPolicy for ConfiguredPolicy {
                     .any(|l| matches!(l.get("code").and_then(Value::as_str), Some("R") | Some("V")))
             });
         !restricted && self.may_subscribe_full_resource(owner)
+    }
+}
+
+/// `ConfiguredPolicy` plus the access policy: a trust's system receives in full only what a read
+/// by that system would return (its own organisation's data, of types its role may read).
+pub struct AccessPayloadPolicy {
+    pub configured: ConfiguredPolicy,
+    pub access: std::sync::Arc<crate::access::AccessPolicy>,
+}
+
+impl PayloadPolicy for AccessPayloadPolicy {
+    fn may_subscribe_full_resource(&self, owner: &Owner) -> bool {
+        self.configured.may_subscribe_full_resource(owner)
+    }
+
+    fn may_send_resource(
+        &self,
+        owner: &Owner,
+        resource_type: &str,
+        content: &Value,
+        author_org: Option<&str>,
+    ) -> bool {
+        if !self
+            .configured
+            .may_send_resource(owner, resource_type, content, author_org)
+        {
+            return false;
+        }
+        if !self.access.enforce {
+            return true;
+        }
+        // Only system owners pass `configured`; a system reads its own organisation's data.
+        let profile = crate::access::policy::Profile::new(vec!["system".into()]);
+        owner.kind == "system"
+            && owner.org.is_some()
+            && owner.org.as_deref() == author_org
+            && self
+                .access
+                .current()
+                .allows(&profile, resource_type, "read")
     }
 }
 
@@ -397,7 +449,7 @@ mod tests {
             .is_ok()
         );
         let restricted = json!({"meta": {"security": [{"code": "R"}]}});
-        assert!(!allow.may_send_resource(&owner(), "Encounter", &restricted));
+        assert!(!allow.may_send_resource(&owner(), "Encounter", &restricted, Some("RX1")));
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn bundle(
     kind: &str,
     events: &[EventRow],
     payload: Payload,
-    contents: &HashMap<(String, String, i64), String>,
+    contents: &HashMap<(String, String, i64), (String, Option<String>)>,
     policy: &dyn PayloadPolicy,
 ) -> Value {
     let status = status_parameters(base_url, sub, kind, events, payload);
@@ -201,10 +201,15 @@ pub fn bundle(
                 "response": {"status": status, "etag": format!("W/\"{}\"", e.version_id)},
             });
             if payload == Payload::FullResource
-                && let Some(text) =
+                && let Some((text, author_org)) =
                     contents.get(&(e.resource_type.clone(), e.resource_id.clone(), e.version_id))
                 && let Ok(resource) = serde_json::from_str::<Value>(text)
-                && policy.may_send_resource(&sub.owner, &e.resource_type, &resource)
+                && policy.may_send_resource(
+                    &sub.owner,
+                    &e.resource_type,
+                    &resource,
+                    author_org.as_deref(),
+                )
             {
                 entry["resource"] = resource;
             }

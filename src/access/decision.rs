@@ -1,0 +1,453 @@
+//! The read-time decision: who may see which resource, made once per request.
+//!
+//! A `Decider` is built per request from the caller, the loaded policy set and the access
+//! facts that concern the request (care relationships of the caller's organisation, consent
+//! restrictions, the user's break-glass grants). It answers two questions with one rule:
+//!
+//! - `check(&facts, action)` for one resource (read, vread, history entries, `_include`d
+//!   resources, subscription payloads): `Verdict::Allow` or `Verdict::Deny(reason)`;
+//! - `search_filter(&fields)` for index queries: a tantivy query the search engine ANDs with
+//!   the user's query before counting and paging, so pages are full and totals true.
+//!
+//! Operations that return patient data (`$everything`, `$summary`, `$match`) use the same two
+//! calls: `api::access::decider(...)` then `decider.search_filter(...)` for index queries and
+//! `decider.check(...)` for anything loaded by key.
+//!
+//! The rule, for a user (a person in a national RBAC role at an organisation):
+//! 1. the role must allow the action on the resource type (policy.csv);
+//! 2. every gated security label on the resource must be viewable by the role (`label:X view`);
+//! 3. data the caller's own organisation wrote is then visible (a trust's own record);
+//! 4. resources outside every patient compartment (Organization, Practitioner …) are visible;
+//! 5. otherwise the organisation needs a care relationship with one of the resource's patients
+//!    or the user an active break-glass grant for it, and no patient of the resource may
+//!    restrict it by consent: a full opt-out, a denied organisation (the caller's), or a
+//!    denied label the resource carries. Break-glass lifts organisation and label denials and,
+//!    only when `break_glass_overrides_opt_out`, opt-outs.
+//!
+//! A contributing trust's system reads only what its own organisation wrote.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tantivy::Term;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery, TermSetQuery};
+use tantivy::schema::IndexRecordOption;
+use uuid::Uuid;
+
+use super::policy::{PolicySet, Profile};
+use super::{Caller, Principal};
+use crate::search::index::{Fields, NO_COMPARTMENT};
+use crate::search::indexer::SearchIndex;
+use crate::search::terms::{ANY, join};
+use crate::store::{Store, StoreError};
+
+/// Who asks, reduced to what the rule needs.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// Enforcement switched off (`access.enforce = false`, for benchmarks only).
+    Unrestricted,
+    System {
+        org: String,
+        profile: Profile,
+    },
+    User {
+        org: String,
+        user_id: String,
+        profile: Profile,
+    },
+}
+
+impl Who {
+    pub fn of(caller: &Caller, enforce: bool) -> Who {
+        if !enforce {
+            return Who::Unrestricted;
+        }
+        match &caller.principal {
+            Principal::System(s) => Who::System {
+                org: s.ods_code.to_string(),
+                profile: Profile::new(vec!["system".into()]),
+            },
+            Principal::User(u) => {
+                let mut subjects = vec![u.job_role().to_string()];
+                subjects.extend(u.activities.iter().cloned());
+                Who::User {
+                    org: u.org.to_string(),
+                    user_id: u.user_id.clone(),
+                    profile: Profile::new(subjects),
+                }
+            }
+        }
+    }
+}
+
+/// Which patients a request's facts must cover.
+pub enum Scope<'a> {
+    /// Every patient (searches).
+    All,
+    Patients(&'a [String]),
+}
+
+/// Access facts for one request.
+#[derive(Debug, Default, Clone)]
+pub struct Grants {
+    pub relationship: HashSet<String>,
+    pub break_glass: HashMap<String, Uuid>,
+    pub opted_out: HashSet<String>,
+    pub org_denied: HashSet<String>,
+    /// Label code → patients denying it.
+    pub label_denied: HashMap<String, HashSet<String>>,
+}
+
+impl Grants {
+    pub async fn load(
+        store: &Store,
+        org: &str,
+        user_id: Option<&str>,
+        window_days: u32,
+        scope: &Scope<'_>,
+    ) -> Result<Grants, StoreError> {
+        let patients: Option<Vec<String>> = match scope {
+            Scope::All => None,
+            Scope::Patients(p) => Some(p.to_vec()),
+        };
+        let pool = store.pool();
+        let relationship: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT patient_id FROM access_relationship
+             WHERE org = $1
+               AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
+               AND (period_start IS NULL OR period_start <= now())
+               AND ($3::text[] IS NULL OR patient_id = ANY($3))",
+        )
+        .bind(org)
+        .bind(window_days as i32)
+        .bind(&patients)
+        .fetch_all(pool)
+        .await?;
+        let break_glass: Vec<(String, Uuid)> = match user_id {
+            None => Vec::new(),
+            Some(user) => {
+                sqlx::query_as(
+                    "SELECT DISTINCT ON (patient_id) patient_id, id FROM access_break_glass
+                     WHERE user_id = $1 AND org = $2 AND expires_at > now()
+                       AND ($3::text[] IS NULL OR patient_id = ANY($3))
+                     ORDER BY patient_id, expires_at DESC",
+                )
+                .bind(user)
+                .bind(org)
+                .bind(&patients)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        let consents: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT patient_id, kind, value FROM access_consent
+             WHERE (period_start IS NULL OR period_start <= now())
+               AND (period_end IS NULL OR period_end >= now())
+               AND (kind <> 'deny-org' OR value = $1)
+               AND ($2::text[] IS NULL OR patient_id = ANY($2))",
+        )
+        .bind(org)
+        .bind(&patients)
+        .fetch_all(pool)
+        .await?;
+        let mut grants = Grants {
+            relationship: relationship.into_iter().collect(),
+            break_glass: break_glass.into_iter().collect(),
+            ..Grants::default()
+        };
+        for (patient, kind, value) in consents {
+            match kind.as_str() {
+                "opt-out" => {
+                    grants.opted_out.insert(patient);
+                }
+                "deny-org" => {
+                    grants.org_denied.insert(patient);
+                }
+                "deny-label" => {
+                    grants
+                        .label_denied
+                        .entry(value)
+                        .or_default()
+                        .insert(patient);
+                }
+                _ => {}
+            }
+        }
+        Ok(grants)
+    }
+}
+
+/// What the rule needs to know about one resource.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub resource_type: String,
+    pub author_org: Option<String>,
+    pub labels: Vec<String>,
+    /// Ids of the patients whose compartment holds the resource (as the index has them).
+    pub patients: Vec<String>,
+}
+
+impl Facts {
+    pub fn of(
+        index: &SearchIndex,
+        resource_type: &str,
+        id: &str,
+        resource: &Value,
+        author_org: Option<&str>,
+    ) -> Facts {
+        Facts {
+            resource_type: resource_type.to_string(),
+            author_org: author_org.map(str::to_string),
+            labels: super::labels::security_codes(resource),
+            patients: crate::search::index::patient_compartments(
+                &index.registry,
+                &index.base,
+                resource_type,
+                id,
+                resource,
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The role may not do this with the resource type (or at all).
+    Role,
+    /// The resource carries a label the role may not see.
+    Label,
+    /// A system reading another organisation's data.
+    OtherOrganisation,
+    NoRelationship,
+    OptOut,
+    ConsentOrganisation,
+    ConsentLabel,
+}
+
+impl Denial {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Denial::Role => "the role does not permit this interaction",
+            Denial::Label => "the resource carries a security label the role may not see",
+            Denial::OtherOrganisation => "a system may read only its own organisation's data",
+            Denial::NoRelationship => "no legitimate relationship with the patient",
+            Denial::OptOut => "the patient has opted out of sharing",
+            Denial::ConsentOrganisation => "the patient's consent denies this organisation",
+            Denial::ConsentLabel => "the patient's consent denies this category of data",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow {
+        /// The grant that opened the record, when break-glass was the only basis.
+        break_glass: Option<Uuid>,
+    },
+    Deny(Denial),
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Verdict::Allow { .. })
+    }
+}
+
+pub struct Decider {
+    pub policy: Arc<PolicySet>,
+    pub who: Who,
+    pub grants: Grants,
+}
+
+impl Decider {
+    pub fn new(policy: Arc<PolicySet>, who: Who, grants: Grants) -> Decider {
+        Decider {
+            policy,
+            who,
+            grants,
+        }
+    }
+
+    /// Role-level permission: may the caller `act` on `obj` at all?
+    pub fn permits(&self, obj: &str, act: &str) -> bool {
+        match &self.who {
+            Who::Unrestricted => true,
+            Who::System { profile, .. } | Who::User { profile, .. } => {
+                self.policy.allows(profile, obj, act)
+            }
+        }
+    }
+
+    /// Gated labels the caller's role may see.
+    fn visible_labels(&self) -> BTreeSet<&str> {
+        self.policy
+            .gated
+            .iter()
+            .filter(|l| self.permits(&format!("label:{l}"), "view"))
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn opt_out_binds(&self, patient: &str) -> bool {
+        self.grants.opted_out.contains(patient)
+            && !(self.policy.settings.break_glass_overrides_opt_out
+                && self.grants.break_glass.contains_key(patient))
+    }
+
+    pub fn check(&self, facts: &Facts, act: &str) -> Verdict {
+        let (org, is_user) = match &self.who {
+            Who::Unrestricted => return Verdict::Allow { break_glass: None },
+            Who::System { org, .. } => (org, false),
+            Who::User { org, .. } => (org, true),
+        };
+        if !self.permits(&facts.resource_type, act) {
+            return Verdict::Deny(Denial::Role);
+        }
+        let own = facts.author_org.as_deref() == Some(org.as_str());
+        if !is_user {
+            return if own {
+                Verdict::Allow { break_glass: None }
+            } else {
+                Verdict::Deny(Denial::OtherOrganisation)
+            };
+        }
+        let visible = self.visible_labels();
+        if facts
+            .labels
+            .iter()
+            .any(|l| self.policy.gated.contains(l) && !visible.contains(l.as_str()))
+        {
+            return Verdict::Deny(Denial::Label);
+        }
+        if own || facts.patients.is_empty() {
+            return Verdict::Allow { break_glass: None };
+        }
+        let related = facts
+            .patients
+            .iter()
+            .any(|p| self.grants.relationship.contains(p));
+        let glass = facts
+            .patients
+            .iter()
+            .find_map(|p| self.grants.break_glass.get(p).copied());
+        if !related && glass.is_none() {
+            return Verdict::Deny(Denial::NoRelationship);
+        }
+        for p in &facts.patients {
+            if self.opt_out_binds(p) {
+                return Verdict::Deny(Denial::OptOut);
+            }
+            if self.grants.break_glass.contains_key(p) {
+                continue;
+            }
+            if self.grants.org_denied.contains(p) {
+                return Verdict::Deny(Denial::ConsentOrganisation);
+            }
+            if facts.labels.iter().any(|l| {
+                self.grants
+                    .label_denied
+                    .get(l)
+                    .is_some_and(|ps| ps.contains(p))
+            }) {
+                return Verdict::Deny(Denial::ConsentLabel);
+            }
+        }
+        Verdict::Allow {
+            break_glass: if related { None } else { glass },
+        }
+    }
+
+    /// The index filter expressing `check` for every document; `None`: no restriction.
+    pub fn search_filter(&self, f: &Fields) -> Option<Box<dyn Query>> {
+        let term = |field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, text),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let comp_set = |patients: &mut dyn Iterator<Item = &String>| -> Box<dyn Query> {
+            Box::new(TermSetQuery::new(patients.map(|p| {
+                Term::from_field_text(f.compartment, &format!("Patient/{p}"))
+            })))
+        };
+        let label_term =
+            |l: &str| Term::from_field_text(f.token, &join(&["_security", &ANY.to_string(), l]));
+        let (org, is_user) = match &self.who {
+            Who::Unrestricted => return None,
+            Who::System { org, .. } => (org, false),
+            Who::User { org, .. } => (org, true),
+        };
+        let own = term(f.author_org, org);
+        if !is_user {
+            return Some(own);
+        }
+        let visible = self.visible_labels();
+        let hidden: Vec<Term> = self
+            .policy
+            .gated
+            .iter()
+            .filter(|l| !visible.contains(l.as_str()))
+            .map(|l| label_term(l))
+            .collect();
+
+        let mut basis: Vec<&String> = self.grants.relationship.iter().collect();
+        basis.extend(self.grants.break_glass.keys());
+        let glass = &self.grants.break_glass;
+        let blocked: Vec<&String> = self
+            .grants
+            .opted_out
+            .iter()
+            .filter(|p| self.opt_out_binds(p))
+            .chain(
+                self.grants
+                    .org_denied
+                    .iter()
+                    .filter(|p| !glass.contains_key(*p)),
+            )
+            .collect();
+        let mut patient_part: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, comp_set(&mut basis.into_iter()))];
+        if !blocked.is_empty() {
+            patient_part.push((Occur::MustNot, comp_set(&mut blocked.into_iter())));
+        }
+        for (label, patients) in &self.grants.label_denied {
+            let mut denying = patients
+                .iter()
+                .filter(|p| !glass.contains_key(*p))
+                .peekable();
+            if denying.peek().is_none() {
+                continue;
+            }
+            patient_part.push((
+                Occur::MustNot,
+                Box::new(BooleanQuery::new(vec![
+                    (
+                        Occur::Must,
+                        Box::new(TermQuery::new(label_term(label), IndexRecordOption::Basic))
+                            as Box<dyn Query>,
+                    ),
+                    (Occur::Must, comp_set(&mut denying)),
+                ])),
+            ));
+        }
+        let visible_by_basis: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+            (Occur::Should, own),
+            (Occur::Should, term(f.compartment, NO_COMPARTMENT)),
+            (Occur::Should, Box::new(BooleanQuery::new(patient_part))),
+        ]));
+        let mut top: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, Box::new(AllQuery)),
+            (Occur::Must, visible_by_basis),
+        ];
+        if !hidden.is_empty() {
+            top.push((Occur::MustNot, Box::new(TermSetQuery::new(hidden))));
+        }
+        Some(Box::new(BooleanQuery::new(top)))
+    }
+
+    /// The break-glass grants this request could use.
+    pub fn break_glass_grants(&self) -> &HashMap<String, Uuid> {
+        &self.grants.break_glass
+    }
+}

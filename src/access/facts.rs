@@ -1,0 +1,373 @@
+//! Access facts kept beside the resources, derived at write time inside the writing transaction
+//! (so they can never disagree with what was committed): care relationships between an
+//! organisation and a patient, and patients' consent restrictions. Every write door (REST,
+//! bundles, messaging, NATS, import) goes through the write engine, which calls `record`.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::store::{Author, NewVersion, StoreError, WriteTx};
+
+pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+
+/// Types whose versions change access facts.
+const FACT_TYPES: [&str; 5] = [
+    "Encounter",
+    "EpisodeOfCare",
+    "ServiceRequest",
+    "Patient",
+    "Consent",
+];
+
+/// `Patient/{id}` (relative, or absolute on any base) → id.
+pub fn patient_id(reference: &Value) -> Option<String> {
+    let r = reference.get("reference")?.as_str()?;
+    let mut parts = r.rsplit('/');
+    let id = parts.next()?;
+    (parts.next()? == "Patient" && !id.is_empty()).then(|| id.to_string())
+}
+
+/// ODS codes named directly (identifier) and local Organization ids a reference names.
+fn org_ref(reference: &Value, ods: &mut Vec<String>, local: &mut Vec<String>) {
+    if let Some(identifier) = reference.get("identifier")
+        && identifier.get("system").and_then(Value::as_str) == Some(ODS_SYSTEM)
+        && let Some(v) = identifier.get("value").and_then(Value::as_str)
+    {
+        ods.push(v.to_ascii_uppercase());
+    }
+    if let Some(r) = reference.get("reference").and_then(Value::as_str) {
+        let mut parts = r.rsplit('/');
+        if let (Some(id), Some("Organization")) = (parts.next(), parts.next()) {
+            local.push(id.to_string());
+        }
+    }
+}
+
+fn refs(value: Option<&Value>) -> Vec<&Value> {
+    match value {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(v @ Value::Object(_)) => vec![v],
+        _ => Vec::new(),
+    }
+}
+
+/// A FHIR date or dateTime; partial dates take their first instant.
+pub fn parse_date_time(s: &str) -> Option<OffsetDateTime> {
+    if let Some(t) = crate::fhir::instant::parse_instant(s) {
+        return Some(t);
+    }
+    let padded = match s.len() {
+        4 => format!("{s}-01-01T00:00:00Z"),
+        7 => format!("{s}-01T00:00:00Z"),
+        10 => format!("{s}T00:00:00Z"),
+        _ => return None,
+    };
+    crate::fhir::instant::parse_instant(&padded)
+}
+
+fn period(value: Option<&Value>) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+    let get = |k: &str| {
+        value
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+            .and_then(parse_date_time)
+    };
+    (get("start"), get("end"))
+}
+
+struct Relationship {
+    kind: &'static str,
+    patient: String,
+    ods: Vec<String>,
+    local_orgs: Vec<String>,
+    start: Option<OffsetDateTime>,
+    end: Option<OffsetDateTime>,
+}
+
+fn relationship(
+    resource_type: &str,
+    id: &str,
+    r: &Value,
+    author_org: Option<&str>,
+    at: OffsetDateTime,
+) -> Option<Relationship> {
+    let mut ods: Vec<String> = author_org.map(str::to_string).into_iter().collect();
+    let mut local = Vec::new();
+    let (kind, patient, start, end) = match resource_type {
+        "Encounter" => {
+            org_ref(&r["serviceProvider"], &mut ods, &mut local);
+            let (s, e) = period(r.get("period"));
+            let (s, e) = if s.is_none() && e.is_none() {
+                (Some(at), Some(at))
+            } else {
+                (s, e)
+            };
+            ("encounter", patient_id(&r["subject"])?, s, e)
+        }
+        "EpisodeOfCare" => {
+            org_ref(&r["managingOrganization"], &mut ods, &mut local);
+            let (s, e) = period(r.get("period"));
+            ("episode-of-care", patient_id(&r["patient"])?, s, e)
+        }
+        "ServiceRequest" => {
+            for p in refs(r.get("performer")) {
+                org_ref(p, &mut ods, &mut local);
+            }
+            org_ref(&r["requester"], &mut ods, &mut local);
+            let authored = r
+                .get("authoredOn")
+                .and_then(Value::as_str)
+                .and_then(parse_date_time)
+                .unwrap_or(at);
+            // An open referral keeps the receiving organisation's relationship open.
+            let end = match r.get("status").and_then(Value::as_str) {
+                Some("active" | "on-hold" | "draft") => None,
+                _ => Some(authored),
+            };
+            ("referral", patient_id(&r["subject"])?, Some(authored), end)
+        }
+        "Patient" => {
+            for gp in refs(r.get("generalPractitioner")) {
+                org_ref(gp, &mut ods, &mut local);
+            }
+            org_ref(&r["managingOrganization"], &mut ods, &mut local);
+            ("registration", id.to_string(), None, None)
+        }
+        _ => return None,
+    };
+    ods.sort();
+    ods.dedup();
+    Some(Relationship {
+        kind,
+        patient,
+        ods,
+        local_orgs: local,
+        start,
+        end,
+    })
+}
+
+/// A Consent's patient, restrictions, organisations named by local reference, and period.
+struct ConsentFacts(
+    String,
+    Vec<Restriction>,
+    Vec<String>,
+    Option<OffsetDateTime>,
+    Option<OffsetDateTime>,
+);
+
+/// One consent restriction.
+#[derive(Debug, PartialEq)]
+struct Restriction {
+    kind: &'static str,
+    value: String,
+}
+
+fn consent(r: &Value) -> Option<ConsentFacts> {
+    if r.get("status").and_then(Value::as_str) != Some("active") {
+        return None;
+    }
+    let patient = patient_id(&r["patient"])?;
+    let provision = r.get("provision");
+    let opt_out_rule = refs(r.get("policyRule").and_then(|p| p.get("coding")))
+        .iter()
+        .any(|c| c.get("code").and_then(Value::as_str) == Some("OPTOUT"));
+    let deny = provision
+        .and_then(|p| p.get("type"))
+        .and_then(Value::as_str)
+        == Some("deny");
+    if !(deny || opt_out_rule && provision.is_none()) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut local = Vec::new();
+    if let Some(p) = provision {
+        for label in refs(p.get("securityLabel")) {
+            if let Some(code) = label.get("code").and_then(Value::as_str) {
+                out.push(Restriction {
+                    kind: "deny-label",
+                    value: code.to_string(),
+                });
+            }
+        }
+        for actor in refs(p.get("actor")) {
+            let mut ods = Vec::new();
+            org_ref(&actor["reference"], &mut ods, &mut local);
+            out.extend(ods.into_iter().map(|o| Restriction {
+                kind: "deny-org",
+                value: o,
+            }));
+        }
+    }
+    if out.is_empty() && local.is_empty() {
+        out.push(Restriction {
+            kind: "opt-out",
+            value: String::new(),
+        });
+    }
+    let (start, end) = period(provision.and_then(|p| p.get("period")));
+    Some(ConsentFacts(patient, out, local, start, end))
+}
+
+/// Replaces the facts derived from each written version (deletions remove them).
+pub async fn record(
+    tx: &mut WriteTx,
+    versions: &[NewVersion],
+    author: &Author,
+) -> Result<(), StoreError> {
+    for v in versions
+        .iter()
+        .filter(|v| FACT_TYPES.contains(&v.resource_type.as_str()))
+    {
+        let resource: Option<Value> = v
+            .content
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok());
+        if v.resource_type == "Consent" {
+            sqlx::query("DELETE FROM access_consent WHERE consent_id = $1")
+                .bind(&v.id)
+                .execute(tx.connection())
+                .await?;
+            let Some(ConsentFacts(patient, mut restrictions, local, start, end)) =
+                resource.as_ref().and_then(consent)
+            else {
+                continue;
+            };
+            for ods in resolve_orgs(tx, &local).await? {
+                restrictions.push(Restriction {
+                    kind: "deny-org",
+                    value: ods,
+                });
+            }
+            for r in restrictions {
+                sqlx::query(
+                    "INSERT INTO access_consent (consent_id, patient_id, kind, value, period_start, period_end)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&v.id)
+                .bind(&patient)
+                .bind(r.kind)
+                .bind(&r.value)
+                .bind(start)
+                .bind(end)
+                .execute(tx.connection())
+                .await?;
+            }
+            continue;
+        }
+        sqlx::query("DELETE FROM access_relationship WHERE source_type = $1 AND source_id = $2")
+            .bind(&v.resource_type)
+            .bind(&v.id)
+            .execute(tx.connection())
+            .await?;
+        let Some(rel) = resource.as_ref().and_then(|r| {
+            relationship(
+                &v.resource_type,
+                &v.id,
+                r,
+                author.org.as_deref(),
+                v.last_updated,
+            )
+        }) else {
+            continue;
+        };
+        let mut orgs = rel.ods.clone();
+        orgs.extend(resolve_orgs(tx, &rel.local_orgs).await?);
+        orgs.sort();
+        orgs.dedup();
+        if orgs.is_empty() {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO access_relationship
+                 (source_type, source_id, org, patient_id, kind, period_start, period_end)
+             SELECT $1, $2, o, $4, $5, $6, $7 FROM unnest($3::text[]) AS o",
+        )
+        .bind(&v.resource_type)
+        .bind(&v.id)
+        .bind(&orgs)
+        .bind(&rel.patient)
+        .bind(rel.kind)
+        .bind(rel.start)
+        .bind(rel.end)
+        .execute(tx.connection())
+        .await?;
+    }
+    Ok(())
+}
+
+/// The organisation with care relationships to the most patients (demo and benchmark
+/// clinicians work there, so they see a realistic share of the record).
+/// `except` leaves out one organisation (a benchmark's loader, which wrote everything).
+pub async fn busiest_org(
+    store: &crate::store::Store,
+    except: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT org FROM access_relationship WHERE $1::text IS NULL OR org <> $1 GROUP BY org
+         ORDER BY count(DISTINCT patient_id) DESC, org LIMIT 1",
+    )
+    .bind(except)
+    .fetch_optional(store.pool())
+    .await?)
+}
+
+/// ODS codes of local Organization resources (as of this transaction).
+async fn resolve_orgs(tx: &mut WriteTx, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let codes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT upper(value) FROM resource_identifier
+         WHERE resource_type = 'Organization' AND system = $1 AND id = ANY($2)",
+    )
+    .bind(ODS_SYSTEM)
+    .bind(ids)
+    .fetch_all(tx.connection())
+    .await?;
+    Ok(codes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn encounter_relates_its_author_and_provider() {
+        let e = json!({"resourceType": "Encounter", "subject": {"reference": "Patient/p1"},
+            "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": "rx2"}},
+            "period": {"start": "2026-01-01", "end": "2026-01-03T10:00:00Z"}});
+        let r = relationship(
+            "Encounter",
+            "e1",
+            &e,
+            Some("RX1"),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert_eq!(r.patient, "p1");
+        assert_eq!(r.ods, vec!["RX1", "RX2"]);
+        assert!(r.start.is_some() && r.end.is_some());
+    }
+
+    #[test]
+    fn consent_kinds() {
+        let opt_out = json!({"status": "active", "patient": {"reference": "Patient/p1"},
+            "provision": {"type": "deny"}});
+        let ConsentFacts(p, r, _, _, _) = consent(&opt_out).unwrap();
+        assert_eq!((p.as_str(), r[0].kind), ("p1", "opt-out"));
+        let labels = json!({"status": "active", "patient": {"reference": "Patient/p1"},
+            "provision": {"type": "deny", "securityLabel": [{"code": "HIV"}]}});
+        assert_eq!(
+            consent(&labels).unwrap().1[0],
+            Restriction {
+                kind: "deny-label",
+                value: "HIV".into()
+            }
+        );
+        let inactive = json!({"status": "inactive", "patient": {"reference": "Patient/p1"},
+            "provision": {"type": "deny"}});
+        assert!(consent(&inactive).is_none());
+    }
+}

@@ -1,0 +1,318 @@
+//! `shcr bench --phases ingest,access`: what read-time access control and the audit trail cost.
+//!
+//! After ingest, a clinician at the organisation with the most care relationships reads
+//! Observations of patients it is related to and runs patient-scoped searches, by `--clients`
+//! concurrent clients, against this server (enforcement and audit on) and then against a second
+//! server on the same database with both off — same data, same load, same token shape. Then the
+//! audit write rate (appends through the chain lock) and `audit verify` throughput over
+//! `--audit-rows` rows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::AUTHORIZATION;
+
+use super::bench::{percentile, report};
+use crate::access::dev_issuer::{DevIssuer, Grant, TokenClaims};
+use crate::audit::{Audit, AuditRecord};
+use crate::config::Settings;
+use crate::startup::Application;
+use crate::store::Store;
+
+struct Sample {
+    observations: Vec<String>,
+    patients: Vec<String>,
+}
+
+async fn sample(store: &Store, org: &str) -> anyhow::Result<Sample> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT v.id, r.patient_id
+         FROM (SELECT DISTINCT patient_id FROM access_relationship WHERE org = $1 LIMIT 300) r
+         JOIN resource_version v
+           ON v.resource_type = 'Observation'
+          AND v.content->'subject'->>'reference' = 'Patient/' || r.patient_id
+          AND v.version_id = 1
+          AND v.content->'meta'->'security' IS NULL
+         LIMIT 3000",
+    )
+    .bind(org)
+    .fetch_all(store.pool())
+    .await?;
+    let mut patients: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+    patients.sort();
+    patients.dedup();
+    Ok(Sample {
+        observations: rows.into_iter().map(|r| r.0).collect(),
+        patients,
+    })
+}
+
+fn clinician(
+    issuer: &DevIssuer,
+    issuer_url: &str,
+    audience: &str,
+    org: &str,
+) -> anyhow::Result<String> {
+    Ok(issuer.mint(&TokenClaims::new(
+        issuer_url,
+        audience,
+        &Grant::User {
+            user_id: "555000000777".into(),
+            name: Some("Bench Clinician".into()),
+            role_code: "S8000:G8000:R8000".into(),
+            org: org.into(),
+            activities: vec!["B0360".into()],
+            scopes: vec!["user/*.rs".into()],
+        },
+        3600,
+    ))?)
+}
+
+/// Reads and searches for `seconds`; returns (read samples, search samples, errors, elapsed).
+async fn load(
+    base: &str,
+    token: &str,
+    s: &Arc<Sample>,
+    clients: usize,
+    seconds: u64,
+) -> (Vec<Duration>, Vec<Duration>, usize, Duration) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, s, base, token) = (
+            client.clone(),
+            s.clone(),
+            base.to_string(),
+            token.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut reads, mut searches, mut errors) = (Vec::new(), Vec::new(), 0usize);
+            let mut n = c * 7919 + 1;
+            while Instant::now() < deadline {
+                n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
+                let search = n % 2 == 0;
+                let url = if search {
+                    let p = &s.patients[(n / 2) % s.patients.len()];
+                    if n % 4 == 0 {
+                        format!("{base}/Observation?subject=Patient/{p}&_count=20")
+                    } else {
+                        format!("{base}/Patient/{p}/Condition")
+                    }
+                } else {
+                    let o = &s.observations[(n / 2) % s.observations.len()];
+                    format!("{base}/Observation/{o}")
+                };
+                let t = Instant::now();
+                let ok = match client
+                    .get(url)
+                    .header(AUTHORIZATION, format!("Bearer {token}"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                match (ok, search) {
+                    (true, true) => searches.push(t.elapsed()),
+                    (true, false) => reads.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (reads, searches, errors)
+        }));
+    }
+    let (mut reads, mut searches, mut errors) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        if let Ok((r, s, e)) = t.await {
+            reads.extend(r);
+            searches.extend(s);
+            errors += e;
+        }
+    }
+    (reads, searches, errors, started.elapsed())
+}
+
+fn p99(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    percentile(&v, 99.0)
+}
+
+/// The server under test (enforcement and audit on), as the bench started it.
+pub struct OnServer {
+    pub store: Store,
+    pub base_url: String,
+    pub issuer: Arc<DevIssuer>,
+    pub issuer_url: String,
+}
+
+/// Runs the access phase.
+pub async fn run(
+    on: &OnServer,
+    settings: &Settings,
+    clients: usize,
+    seconds: u64,
+    warmup: u64,
+    audit_rows: u64,
+) -> anyhow::Result<()> {
+    let store = on.store.clone();
+    // Not RX1: the bench loads everything as RX1, whose clinicians would see it all as their
+    // own trust's data and never exercise relationships.
+    let Some(org) = crate::access::facts::busiest_org(&store, Some("RX1")).await? else {
+        anyhow::bail!("no care relationships: run the ingest phase first");
+    };
+    let s = Arc::new(sample(&store, &org).await?);
+    if s.observations.is_empty() {
+        anyhow::bail!("no Observations of patients related to {org}");
+    }
+    println!(
+        "access: clinician at {org}, {} related patients, {} of their Observations sampled",
+        s.patients.len(),
+        s.observations.len()
+    );
+
+    // The same load against a second server on the same database with both switched off.
+    let mut off_settings = settings.clone();
+    off_settings.access.enforce = false;
+    off_settings.access.audit = false;
+    off_settings.index_dir = None;
+    off_settings.port = 0;
+    let off = Application::build_with_store(off_settings, store.clone()).await?;
+    off.search()
+        .wait_fresh(Duration::from_secs(1800))
+        .await
+        .map_err(|e| anyhow::anyhow!("second server's index: {e}"))?;
+    let off_base = off.base_url();
+    let off_token = clinician(
+        &off.dev_issuer().expect("dev issuer"),
+        off.issuer(),
+        &settings.auth.audience,
+        &org,
+    )?;
+    let off_handle = off.handle();
+    let off_search = off.search();
+    let off_server = tokio::spawn(off.run_until_stopped());
+
+    let on_token = clinician(&on.issuer, &on.issuer_url, &settings.auth.audience, &org)?;
+    let mut rows = Vec::new();
+    for (label, base, token) in [
+        ("on", on.base_url.clone(), on_token.clone()),
+        ("off", off_base.clone(), off_token.clone()),
+        ("on", on.base_url.clone(), on_token),
+        ("off", off_base, off_token),
+    ] {
+        load(&base, &token, &s, clients, warmup).await;
+        let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+            .fetch_one(store.pool())
+            .await?;
+        let (reads, searches, errors, elapsed) = load(&base, &token, &s, clients, seconds).await;
+        let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+            .fetch_one(store.pool())
+            .await?;
+        report(&format!("read {label}"), reads.clone(), elapsed, errors);
+        report(&format!("search {label}"), searches.clone(), elapsed, 0);
+        println!(
+            "         audit rows written {:.0}/s",
+            (audited - audited_before) as f64 / elapsed.as_secs_f64()
+        );
+        rows.push((label, p99(reads), p99(searches)));
+    }
+    off_handle.stop(true).await;
+    off_server.await??;
+    off_search.shutdown().await;
+    let best = |l: &str, f: fn(&(&str, f64, f64)) -> f64| {
+        rows.iter()
+            .filter(|r| r.0 == l)
+            .map(f)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (read_on, read_off) = (best("on", |r| r.1), best("off", |r| r.1));
+    let (search_on, search_off) = (best("on", |r| r.2), best("off", |r| r.2));
+    println!(
+        "access overhead (best of two runs each): read p99 {read_on:.2} vs {read_off:.2} ms ({:+.0}%), search p99 {search_on:.2} vs {search_off:.2} ms ({:+.0}%)",
+        (read_on / read_off - 1.0) * 100.0,
+        (search_on / search_off - 1.0) * 100.0
+    );
+
+    // Audit appends alone: concurrent single-row appends through the chain lock.
+    let audit = Audit::new(store.clone());
+    let record = AuditRecord {
+        interaction: "read".into(),
+        action: "R".into(),
+        http_status: 200,
+        caller_kind: "user".into(),
+        caller_id: Some("555000000777".into()),
+        role_code: Some("S8000:G8000:R8000".into()),
+        org: Some(org.clone()),
+        purpose: "TREAT".into(),
+        method: "GET".into(),
+        path: "/fhir/Observation/bench".into(),
+        patients: vec!["bench".into()],
+        returned: 1,
+        relationship: true,
+        ..AuditRecord::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds.min(10));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..clients.min(16) {
+        let (audit, record) = (audit.clone(), record.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if audit.record(&record).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut appended = 0;
+    for w in writers {
+        appended += w.await?;
+    }
+    println!(
+        "audit append: {:.0} rows/s ({} concurrent writers, one chained row per transaction)",
+        appended as f64 / started.elapsed().as_secs_f64(),
+        clients.min(16)
+    );
+
+    // Fill to `audit_rows`, then verify the whole chain.
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+        .fetch_one(store.pool())
+        .await?;
+    let missing = (audit_rows as i64 - have).max(0) as usize;
+    let started = Instant::now();
+    let batch = vec![record; 5000];
+    let mut left = missing;
+    while left > 0 {
+        let n = left.min(batch.len());
+        audit.record_many(&batch[..n]).await?;
+        left -= n;
+    }
+    if missing > 0 {
+        println!(
+            "audit bulk append: {missing} rows in {:.1} s ({:.0} rows/s, 5000 per transaction)",
+            started.elapsed().as_secs_f64(),
+            missing as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    let started = Instant::now();
+    let v = crate::audit::verify::verify(&store, |_| {}).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "audit verify: {} rows in {secs:.1} s ({:.0} rows/s), {}",
+        v.rows,
+        v.rows as f64 / secs,
+        if v.first_bad.is_none() {
+            "intact".to_string()
+        } else {
+            format!("BROKEN: {:?}", v.first_bad)
+        }
+    );
+    Ok(())
+}
