@@ -220,6 +220,7 @@ pub async fn summary(
         (vec!["Observation"], "-date", RECENT_RESULTS * 3, 1),
         (vec!["Encounter"], "-date", RECENT_ENCOUNTERS * 3, 1),
     ];
+    let d = super::identity::person_decider(&state, &req, &ids).await?;
     let mut rows: Vec<VersionRow> = Vec::new();
     for (types, sort, count, pages) in lists {
         let types: Vec<String> = types.into_iter().map(str::to_string).collect();
@@ -233,7 +234,7 @@ pub async fn summary(
             if let Some(c) = &cursor {
                 params.push(("_cursor".into(), c.clone()));
             }
-            let (_, result) = gather(&state, &req, &ids, types.clone(), &params).await?;
+            let (_, result) = gather(&state, &req, &d, &ids, types.clone(), &params).await?;
             rows.extend(result.matches);
             cursor = result.next;
             if cursor.is_none() {

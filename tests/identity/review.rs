@@ -198,18 +198,23 @@ async fn merge_then_unmerge_restores_the_exact_prior_split() {
     // The source Person is retired; the target links all three records.
     let (status, _) = send(
         &app,
-        &app.trust_token("RX1"),
+        &app.clinician_token("RX1"),
         reqwest::Method::GET,
         &format!("Person/{source}"),
         None,
     )
     .await;
     assert_eq!(status, 410);
-    let p = get_as(&app, &app.trust_token("RX1"), &format!("Person/{target}")).await;
+    let p = get_as(
+        &app,
+        &app.clinician_token("RX1"),
+        &format!("Person/{target}"),
+    )
+    .await;
     assert_eq!(p["link"].as_array().unwrap().len(), 3);
     let everything = get_as(
         &app,
-        &app.trust_token("RX1"),
+        &app.clinician_token("RX1"),
         &format!("Patient/{a}/$everything?_type=Patient"),
     )
     .await;
@@ -235,7 +240,12 @@ async fn merge_then_unmerge_restores_the_exact_prior_split() {
     .await
     .unwrap();
     assert_eq!(after, before, "exactly the split before the merge");
-    let p = get_as(&app, &app.trust_token("RX1"), &format!("Person/{source}")).await;
+    let p = get_as(
+        &app,
+        &app.clinician_token("RX2"),
+        &format!("Person/{source}"),
+    )
+    .await;
     assert_eq!(p["link"][0]["target"]["reference"], format!("Patient/{c}"));
     // A reversed decision cannot be reversed twice.
     let (status, _) = send(
@@ -255,7 +265,7 @@ async fn merge_then_unmerge_restores_the_exact_prior_split() {
     assert_eq!(kinds, ["merge", "unmerge"]);
     let prov = get_as(
         &app,
-        &app.trust_token("RX1"),
+        &app.clinician_token("RX2"),
         &format!("Provenance?target=Person/{source}"),
     )
     .await;
