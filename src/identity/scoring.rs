@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn invalid_configuration_is_refused() {
-        let bad = BUILT_IN.replace("match = 18.0", "match = 1.0");
+        let bad = BUILT_IN.replace("match = 24.0", "match = 1.0");
         assert!(MatchConfig::parse(&bad).is_err());
         let bad = BUILT_IN.replace("m = 0.88", "m = 1.88");
         assert!(MatchConfig::parse(&bad).is_err());
