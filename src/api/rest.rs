@@ -216,6 +216,7 @@ pub async fn create(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -237,6 +238,7 @@ pub async fn update(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -266,6 +268,7 @@ pub async fn conditional_update(
     })?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -328,6 +331,7 @@ pub async fn bundle(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let bundle = parse_json(&body)?;
+    super::governance::check_bundle_subscriptions(&req, &bundle)?;
     let author = author(&req)?;
     // Bundles default to minimal responses: echoing hundreds of resources is rarely wanted.
     let prefer = return_preference(&req, ReturnPreference::Minimal);

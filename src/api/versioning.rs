@@ -49,7 +49,7 @@ fn media_type(media: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn header_str<'a>(req: &'a ServiceRequest, name: HeaderName) -> Option<&'a str> {
+fn header_str(req: &ServiceRequest, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -19,7 +19,8 @@ pub struct Directory {
     /// Register unknown clients on first use: development and demo only (refused by the
     /// configuration check when the development issuer is off).
     auto_register: bool,
-    cache: RwLock<HashMap<String, (Instant, Option<Arc<Client>>)>>,
+    /// Registered clients by id, with when they were read.
+    cache: RwLock<HashMap<String, (Instant, Arc<Client>)>>,
 }
 
 /// Limits for clients registered automatically in development: generous, so tests and the
@@ -75,7 +76,7 @@ impl Directory {
         if let Some((at, client)) = self.cache.read().expect("cache lock").get(client_id)
             && at.elapsed() < self.ttl
         {
-            return Ok(client.clone());
+            return Ok(Some(client.clone()));
         }
         let mut found = registry::get(&self.pool, client_id).await?;
         if found.is_none() && self.auto_register {
@@ -86,11 +87,11 @@ impl Directory {
         let found = found.map(Arc::new);
         // Only registered clients are cached: a client onboarded a moment ago (CLI, another
         // replica) must be let in at once, and a signed token naming an unknown client is rare.
-        if found.is_some() {
+        if let Some(client) = &found {
             self.cache
                 .write()
                 .expect("cache lock")
-                .insert(client_id.to_string(), (Instant::now(), found.clone()));
+                .insert(client_id.to_string(), (Instant::now(), client.clone()));
         }
         Ok(found)
     }
@@ -107,6 +108,6 @@ impl Directory {
             .read()
             .expect("cache lock")
             .get(client_id)
-            .and_then(|(_, c)| c.clone())
+            .map(|(_, c)| c.clone())
     }
 }
