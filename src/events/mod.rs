@@ -115,13 +115,22 @@ impl Runtime {
         );
         let policy: Arc<dyn PayloadPolicy> =
             Arc::new(ConfiguredPolicy::new(&settings.events.subscriptions));
-        let inbound = Arc::new(inbound(
-            settings,
-            repository.clone(),
-            verifier,
-            catalogue.clone(),
-            base_url,
+        // Live messages pass the consumer registry like REST requests (src/governance).
+        let clients = Arc::new(crate::governance::directory::Directory::new(
+            pool.clone(),
+            std::time::Duration::from_secs(settings.governance.cache_seconds),
+            settings.auto_register_clients(),
         ));
+        let inbound = Arc::new(
+            inbound(
+                settings,
+                repository.clone(),
+                verifier,
+                catalogue.clone(),
+                base_url,
+            )
+            .with_registry(clients),
+        );
         let state = Arc::new(EventsState {
             ingest: inbound.ingest().clone(),
             catalogue: catalogue.clone(),
