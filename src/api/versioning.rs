@@ -166,6 +166,14 @@ pub async fn lifecycle(
     if used.is_empty() {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
+    // Past its sunset a feature is refused, not served with a warning: the consumer was told.
+    if let Some(f) = used
+        .iter()
+        .find(|f| f.is_retired(time::OffsetDateTime::now_utc()))
+    {
+        let e = ApiError::http(StatusCode::GONE, IssueType::NotSupported, f.refusal());
+        return Ok(req.error_response(e).map_into_boxed_body());
+    }
     let client = req
         .extensions()
         .get::<ClientContext>()
