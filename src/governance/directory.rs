@@ -23,8 +23,9 @@ pub struct Directory {
     cache: RwLock<HashMap<String, (Instant, Arc<Client>)>>,
 }
 
-/// Limits for clients registered automatically in development: generous, so tests and the
-/// demo are not throttled unless they register a client with tighter limits.
+/// Limits for clients registered automatically in development: effectively none, so tests,
+/// the demo and `scripts/bench.sh` (which measures the server, not the throttle) are not
+/// throttled unless they register a client with tighter limits.
 fn development_client(client_id: &str, caller: &Caller) -> ClientInput {
     let user = matches!(caller.principal, crate::access::Principal::User(_));
     ClientInput {
@@ -42,9 +43,9 @@ fn development_client(client_id: &str, caller: &Caller) -> ClientInput {
                 .map(|s| (*s).to_string())
                 .collect(),
         ),
-        rate_per_second: Some(1000.0),
-        burst: Some(5000),
-        max_concurrent: Some(256),
+        rate_per_second: Some(1_000_000.0),
+        burst: Some(1_000_000),
+        max_concurrent: Some(100_000),
         ..ClientInput::default()
     }
 }

@@ -20,6 +20,7 @@ pub const INTERACTIONS: &[&str] = &[
     "search-type",
     "search-system",
     "search-compartment",
+    "everything",
     "history-instance",
     "history-type",
     "history-system",
