@@ -81,7 +81,8 @@ pub struct Inbound {
     authentication: Authentication,
     subject_prefix: String,
     /// The API consumer registry: a live message from an unknown or suspended client is
-    /// refused like a REST request (None: not checked, e.g. replays of stored dead letters).
+    /// refused like a REST request (checked in `handle` only: a replay of a dead letter is an
+    /// operator's decision and acts as the sender recorded at receipt).
     clients: Option<Arc<crate::governance::directory::Directory>>,
 }
 
