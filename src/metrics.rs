@@ -84,6 +84,10 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         ("POST", "/fhir") | ("POST", "/fhir/") => "transaction",
         ("POST", "/fhir/$process-message") => "process-message",
         ("POST", "/fhir/$validate") | ("POST", "/fhir/{type}/$validate") => "validate",
+        // Patient/$everything (src/identity), whichever way it is routed.
+        (_, "/fhir/Patient/{id}/$everything") | (_, "/fhir/{type}/{id}/$everything") => {
+            "everything"
+        }
         ("GET", "/fhir/{compartment}/{id}/{type}") => "search-compartment",
         ("GET", "/fhir") | ("GET", "/fhir/") => "search-system",
         ("GET", "/fhir/Subscription/{id}/$status") => "subscription-status",

@@ -32,6 +32,36 @@ use crate::governance::{ADMIN_SCOPE, usage};
 #[derive(Debug, Clone)]
 pub struct ClientContext {
     pub client_id: String,
+    pub client: std::sync::Arc<registry::Client>,
+}
+
+/// Refuses a Subscription whose topic or payload level the calling client is not registered
+/// for (before anything is stored). Other resources pass.
+pub fn check_subscription(req: &HttpRequest, resource: &Value) -> Result<(), ApiError> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Subscription") {
+        return Ok(());
+    }
+    let Some(ctx) = req.extensions().get::<ClientContext>().cloned() else {
+        return Ok(());
+    };
+    ctx.client
+        .check_subscription(resource)
+        .map_err(|why| ApiError::http(StatusCode::FORBIDDEN, IssueType::Forbidden, why))
+}
+
+/// `check_subscription` for every resource of a transaction or batch Bundle.
+pub fn check_bundle_subscriptions(req: &HttpRequest, bundle: &Value) -> Result<(), ApiError> {
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(resource) = entry.get("resource") {
+            check_subscription(req, resource)?;
+        }
+    }
+    Ok(())
 }
 
 impl From<RegistryError> for ApiError {
@@ -220,6 +250,7 @@ pub async fn govern(
     };
     req.extensions_mut().insert(ClientContext {
         client_id: client_id.clone(),
+        client: client.clone(),
     });
     let response = next.call(req).await?.map_into_boxed_body();
     drop(admission);

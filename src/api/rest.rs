@@ -328,6 +328,7 @@ pub async fn create(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -349,6 +350,7 @@ pub async fn update(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -378,6 +380,7 @@ pub async fn conditional_update(
     })?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -440,6 +443,7 @@ pub async fn bundle(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let bundle = parse_json(&body)?;
+    super::governance::check_bundle_subscriptions(&req, &bundle)?;
     let author = author(&req)?;
     let mut d = super::access::decider(&state, &req)?;
     for entry in bundle["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]) {

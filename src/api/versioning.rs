@@ -49,7 +49,7 @@ fn media_type(media: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn header_str<'a>(req: &'a ServiceRequest, name: HeaderName) -> Option<&'a str> {
+fn header_str(req: &ServiceRequest, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -165,6 +165,14 @@ pub async fn lifecycle(
         .collect();
     if used.is_empty() {
         return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    // Past its sunset a feature is refused, not served with a warning: the consumer was told.
+    if let Some(f) = used
+        .iter()
+        .find(|f| f.is_retired(time::OffsetDateTime::now_utc()))
+    {
+        let e = ApiError::http(StatusCode::GONE, IssueType::NotSupported, f.refusal());
+        return Ok(req.error_response(e).map_into_boxed_body());
     }
     let client = req
         .extensions()

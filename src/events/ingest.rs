@@ -227,10 +227,12 @@ impl Ingest {
             }
             Some(outcomes) => {
                 // Product metric: source event time → searchable, per sending client.
-                crate::governance::freshness::committed(
-                    caller.client_id().unwrap_or(caller.id()),
-                    message.timestamp,
-                );
+                if !self.repository.is_sandbox() {
+                    crate::governance::freshness::committed(
+                        caller.client_id().unwrap_or(caller.id()),
+                        message.timestamp,
+                    );
+                }
                 Ok(Processed {
                     message_id: message.message_id.clone(),
                     disposition: Disposition::Applied,

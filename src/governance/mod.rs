@@ -82,6 +82,7 @@ pub async fn seed_demo_clients(pool: &PgPool) -> Result<(), RegistryError> {
             owner: Some("shcr product team".into()),
             contact: Some("shcr@example.nhs.uk".into()),
             access_mode: Some("user".into()),
+            topics: Some(vec!["*".into()]),
             rate_per_second: Some(200.0),
             burst: Some(1000),
             max_concurrent: Some(32),

@@ -39,6 +39,24 @@ table{border-collapse:collapse;width:100%;margin:.5rem 0}td,th{border:1px solid 
 th{background:#f0f4f5}code,pre{background:#f0f4f5;padding:.1rem .3rem}pre{padding:.6rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all}\
 .deprecated{color:#d5281b;font-weight:bold}nav a{margin-right:1rem}";
 
+const USAGE_SCRIPT: &str = r#"<script>
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+document.getElementById('usage-form').addEventListener('submit', async e => {
+  e.preventDefault();
+  const out = document.getElementById('usage-summary');
+  const r = await fetch('/admin/usage', {headers: {Authorization: 'Bearer ' + document.getElementById('usage-token').value}});
+  if (!r.ok) { out.textContent = 'HTTP ' + r.status; return; }
+  const u = await r.json();
+  let h = '<table><tr><th>Client</th><th>Requests</th><th>Errors</th><th>Throttled</th><th>Freshness (mean s)</th><th>Interactions</th></tr>';
+  for (const c of u.clients) {
+    const i = Object.entries(c.interactions).map(([k, v]) => esc(k) + ': ' + v.requests + ' (' + v.meanLatencyMs + ' ms)').join(', ');
+    h += '<tr><td>' + esc(c.client) + '</td><td>' + c.requests + '</td><td>' + c.errors + '</td><td>' + c.throttled +
+         '</td><td>' + (c.freshness ? c.freshness.meanSeconds : '') + '</td><td>' + i + '</td></tr>';
+  }
+  out.innerHTML = h + '</table>';
+});
+</script>"#;
+
 fn rows<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     v[key].as_array().into_iter().flatten()
 }
@@ -286,7 +304,18 @@ pub fn render(input: &PortalInput) -> String {
     }
     h.push_str("<h2 id=\"usage\">Usage</h2><p>Per-client request counts, latency, error classes, throttled requests \
         and data freshness: <code>GET /admin/usage</code> (JSON, scope <code>shcr.admin</code>) and the \
-        <code>shcr_api_*</code> and <code>shcr_data_freshness_seconds</code> series on <code>/metrics</code>.</p>\
-        </body></html>");
+        <code>shcr_api_*</code> and <code>shcr_data_freshness_seconds</code> series on <code>/metrics</code>.</p>");
+    // The summary is fetched with the reader's own admin token: the page itself stays open
+    // and never carries usage data.
+    let prefill = input
+        .demo
+        .as_ref()
+        .map(|d| escape(&d.admin))
+        .unwrap_or_default();
+    let _ = write!(
+        h,
+        "<form id=\"usage-form\"><label>Admin token <input id=\"usage-token\" type=\"password\" value=\"{prefill}\"></label> \
+         <button type=\"submit\">Show usage</button></form><div id=\"usage-summary\"></div>{USAGE_SCRIPT}</body></html>"
+    );
     h
 }

@@ -103,6 +103,24 @@ impl Feature {
         t.format(f).ok()
     }
 
+    /// Retired (or past its sunset at `now`): requests using it are refused.
+    pub fn is_retired(&self, now: OffsetDateTime) -> bool {
+        self.status == Status::Retired || self.sunset_at().is_some_and(|s| now >= s)
+    }
+
+    /// Why a request using this retired feature is refused, and what to do instead.
+    pub fn refusal(&self) -> String {
+        format!(
+            "'{}' was retired on {}{} (see /docs#lifecycle)",
+            self.name,
+            self.sunset.as_deref().unwrap_or("an earlier date"),
+            self.replacement
+                .as_deref()
+                .map(|r| format!("; use {r}"))
+                .unwrap_or_default()
+        )
+    }
+
     /// The warning a consumer sees when it uses this feature.
     pub fn warning(&self) -> String {
         let mut text = format!("'{}' is {}", self.name, self.status.code());
@@ -264,6 +282,20 @@ mod tests {
         assert!(search > read);
         assert!(heavy >= search + 4 + 9, "{heavy}");
         assert!(everything > search);
+    }
+
+    #[test]
+    fn a_feature_is_retired_at_its_sunset() {
+        let f = Product::builtin()
+            .lifecycle
+            .iter()
+            .find(|f| f.name == "application/json+fhir")
+            .unwrap();
+        let before = time::macros::datetime!(2027-06-29 23:59 UTC);
+        let after = time::macros::datetime!(2027-06-30 00:00 UTC);
+        assert!(!f.is_retired(before));
+        assert!(f.is_retired(after));
+        assert!(f.refusal().contains("application/fhir+json"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const INTERACTIONS: &[&str] = &[
     "search-type",
     "search-system",
     "search-compartment",
+    "everything",
     "history-instance",
     "history-type",
     "history-system",
@@ -117,6 +118,41 @@ impl Client {
 
     pub fn allows_payload(&self, payload: &str) -> bool {
         allows(&self.payloads, payload)
+    }
+
+    /// Whether this client may create or change `subscription` (a Subscription resource): its
+    /// topic (`criteria`) and payload level must be among those registered. `Err` says why not.
+    pub fn check_subscription(&self, subscription: &Value) -> Result<(), String> {
+        let topic = subscription
+            .get("criteria")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !self.allows_topic(topic) {
+            return Err(format!(
+                "client '{}' is not registered for subscription topic '{topic}'",
+                self.client_id
+            ));
+        }
+        let payload = subscription
+            .pointer("/channel/_payload/extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e.get("url").and_then(Value::as_str)
+                    == Some(crate::events::subscriptions::PAYLOAD_CONTENT)
+            })
+            .and_then(|e| e.get("valueCode"))
+            .and_then(Value::as_str)
+            // The server's default when none is asked for (data minimisation).
+            .unwrap_or("id-only");
+        if !self.allows_payload(payload) {
+            return Err(format!(
+                "client '{}' is not registered for '{payload}' subscription payloads",
+                self.client_id
+            ));
+        }
+        Ok(())
     }
 
     pub fn to_json(&self) -> Value {
@@ -528,16 +564,19 @@ pub async fn reinstate(
     .await
 }
 
+/// seq, action, actor, request id, reason, time.
+type ChangeRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    OffsetDateTime,
+);
+
 /// The change history of one client, oldest first.
 pub async fn changes(pool: &PgPool, client_id: &str) -> Result<Vec<Value>, RegistryError> {
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        OffsetDateTime,
-    )> = sqlx::query_as(
+    let rows: Vec<ChangeRow> = sqlx::query_as(
         "SELECT seq, action, actor, request_id, reason, at FROM api_client_change
              WHERE client_id = $1 ORDER BY seq",
     )
@@ -574,6 +613,30 @@ mod tests {
         assert!(c.is_active());
         assert!(c.allows_payload("id-only") && !c.allows_payload("full-resource"));
         assert!(c.topics.is_empty());
+    }
+
+    #[test]
+    fn subscriptions_are_limited_to_registered_topics_and_payloads() {
+        let mut i = input();
+        i.topics = Some(vec!["https://t/admitted".into()]);
+        let c = Client::from_input(&i).unwrap();
+        let sub = |topic: &str, payload: &str| {
+            serde_json::json!({"resourceType": "Subscription", "criteria": topic,
+                "channel": {"_payload": {"extension": [{
+                    "url": crate::events::subscriptions::PAYLOAD_CONTENT, "valueCode": payload}]}}})
+        };
+        assert!(
+            c.check_subscription(&sub("https://t/admitted", "id-only"))
+                .is_ok()
+        );
+        assert!(
+            c.check_subscription(&sub("https://t/discharged", "id-only"))
+                .is_err()
+        );
+        assert!(
+            c.check_subscription(&sub("https://t/admitted", "full-resource"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod common;
 mod support;
 
 mod lifecycle;
+mod messaging;
 mod metrics;
 mod portal;
 mod registry;

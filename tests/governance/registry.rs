@@ -298,3 +298,42 @@ async fn the_cli_manages_the_registry() {
     assert_eq!(shown["maxConcurrent"], 2);
     assert_eq!(shown["history"].as_array().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn subscriptions_are_limited_to_the_registered_topics_and_payloads() {
+    let app = strict_app().await;
+    let admitted = "https://fhir.shcr.example.nhs.uk/SubscriptionTopic/admitted";
+    let mut c = client("rx4-alerts", "RX4", "application");
+    c.topics = Some(vec![admitted.into()]);
+    register(&app, c).await;
+    let token = system_token(&app, "rx4-alerts", "RX4", &[]);
+    let subscription = |topic: &str, payload: &str| {
+        json!({
+            "resourceType": "Subscription", "status": "requested", "reason": "admissions",
+            "criteria": topic,
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook",
+                "payload": "application/fhir+json",
+                "_payload": {"extension": [{
+                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+                    "valueCode": payload}]}}
+        })
+    };
+    let post = |body: serde_json::Value| {
+        let token = token.clone();
+        let url = app.url("Subscription");
+        let app = &app;
+        async move { send(app, Method::POST, &url, &token, Some(&body)).await }
+    };
+    let discharged = "https://fhir.shcr.example.nhs.uk/SubscriptionTopic/discharged";
+    let body = outcome(post(subscription(discharged, "id-only")).await, 403).await;
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("discharged")
+    );
+    outcome(post(subscription(admitted, "full-resource")).await, 403).await;
+    assert_eq!(app.count("resource_version").await, 0);
+    let r = post(subscription(admitted, "id-only")).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}

@@ -247,6 +247,25 @@ async fn a_sandbox_write_answers_like_a_real_one_and_stores_nothing() {
     bad["birthDate"] = json!("not a date");
     let r = sandbox(Method::POST, "Patient", &bad).await.unwrap();
     outcome(r, 400).await;
+    // A message too: answered as applied, nothing kept (not even its message id).
+    let message = crate::support::admission(
+        "RX1",
+        "sandbox-1",
+        &crate::support::at(0),
+        "P1",
+        "E1",
+        "Sandbox",
+    );
+    let r = sandbox(Method::POST, "$process-message", &message)
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-shcr-sandbox"], "true");
+    let response: Value = r.json().await.unwrap();
+    assert_eq!(crate::support::response_code(&response), "ok", "{response}");
+    assert_eq!(
+        crate::support::scalar(&app, "SELECT count(*) FROM event_idempotency").await,
+        0
+    );
     assert_eq!(
         app.write_footprint().await,
         [0, 0, 0, 0],
