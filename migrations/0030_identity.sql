@@ -13,6 +13,9 @@ CREATE TABLE identity_patient (
     nhs_verified  boolean     NOT NULL DEFAULT false,
     nhs_invalid   boolean     NOT NULL DEFAULT false,
     family_code   text,
+    -- Phonetic family and given name together: finds records whose birth date and postcode
+    -- both changed or were mistyped.
+    name_key      text,
     birth_date    date,
     birth_year    integer,
     postcode      text,
@@ -32,6 +35,7 @@ CREATE INDEX identity_patient_nhs ON identity_patient (nhs_number) WHERE active 
 CREATE INDEX identity_patient_birth ON identity_patient (birth_date) WHERE active;
 CREATE INDEX identity_patient_phonetic_year ON identity_patient (family_code, birth_year) WHERE active;
 CREATE INDEX identity_patient_postcode ON identity_patient (postcode) WHERE active;
+CREATE INDEX identity_patient_name_key ON identity_patient (name_key) WHERE active;
 
 -- Decisions taken by people (confirm, reject, merge, unmerge): who, when, why, and the exact
 -- assignment of Patients to Persons before and after, so any decision can be reversed.

@@ -15,7 +15,7 @@ use super::body::read_body;
 use super::error::ApiError;
 use super::response::{BundleEntry, BundleLink, BundleOut, raw};
 use super::rest::{author, caller};
-use crate::access::{Caller, Principal};
+use crate::access::{Caller, Decider, Principal};
 use crate::fhir::outcome::IssueType;
 use crate::identity::demographics::Demographics;
 use crate::identity::review::{self, ReviewError};
@@ -74,15 +74,44 @@ fn require_reviewer(req: &HttpRequest) -> Result<Author, ApiError> {
     author(req)
 }
 
+/// The access decision for a longitudinal request over `patient_ids` (the records of one
+/// person): the caller's grants loaded for those records, then widened to the person. A care
+/// relationship with, or a break-glass grant for, any trust's record of the person covers every
+/// record of that person (that is what a shared care record is for), and an opt-out or a
+/// denial of the caller's organisation on any record covers them all (the stricter reading).
+pub(crate) async fn person_decider(
+    state: &AppState,
+    req: &HttpRequest,
+    patient_ids: &[String],
+) -> Result<Decider, ApiError> {
+    let mut d = super::access::decider(state, req)?;
+    super::access::load_grants(
+        state,
+        req,
+        &mut d,
+        crate::access::Scope::Patients(patient_ids),
+        patient_ids.first().map(String::as_str),
+    )
+    .await?;
+    widen_to_persons(&mut d, &[patient_ids.to_vec()]);
+    Ok(d)
+}
+
 /// Every resource of the given patients' compartments matching `params` (`_type`, `_count`,
-/// `_cursor`, `_lastUpdated` …), through the search index.
+/// `_cursor`, `_lastUpdated` …), through the search index, filtered by the caller's access
+/// decision before paging (types the role may not search are left out).
 pub(crate) async fn gather(
     state: &AppState,
-    _req: &HttpRequest,
+    req: &HttpRequest,
+    d: &Decider,
     patient_ids: &[String],
     types: Vec<String>,
     params: &[(String, String)],
 ) -> Result<(SearchQuery, SearchResult), ApiError> {
+    let types: Vec<String> = types
+        .into_iter()
+        .filter(|t| d.permits(t, "search"))
+        .collect();
     let mut q =
         parse(&state.search.registry, types, params, false).map_err(|e| ApiError::Http {
             status: StatusCode::BAD_REQUEST,
@@ -95,8 +124,14 @@ pub(crate) async fn gather(
         index: &state.search,
         store: state.repository.store(),
     };
-    // Access control (src/access) passes its index filter here instead of None.
-    let result = engine.search(&q, None).await?;
+    let result = engine
+        .search(&q, d.search_filter(&state.search.fields))
+        .await?;
+    super::access::note_released(req, d, patient_ids, None);
+    super::access::note(req, |n| {
+        n.interaction = Some("operation");
+        n.returned += result.matches.len() as i32;
+    });
     Ok((q, result))
 }
 
@@ -154,7 +189,8 @@ pub async fn everything(
             }
         }
     }
-    let (_, result) = gather(&state, &req, &ids, types, &params).await?;
+    let d = person_decider(&state, &req, &ids).await?;
+    let (_, result) = gather(&state, &req, &d, &ids, types, &params).await?;
     let path = format!("{}/Patient/{id}/$everything", state.base_url);
     let link = |cursor: Option<&str>| {
         let mut p: Vec<(String, String)> = given
@@ -263,11 +299,18 @@ pub async fn patient_match(
     let mut bundle = BundleOut::new("searchset");
     bundle.total = Some(scored.len() as i64);
     let possible = scoring::config().thresholds.possible;
+    // Candidates are other trusts' records: each is released only as a read would be.
+    let d = super::access::decider(&state, &req)?;
     for (c, s) in scored {
         let row = match state.repository.read("Patient", &c.patient_id).await {
             Ok(row) => row,
             Err(_) => continue,
         };
+        let verdict = super::access::verdict(&state, &d, &row, "read");
+        if !verdict.allowed() {
+            super::access::note_denied(&req, verdict);
+            continue;
+        }
         // log2 likelihood ratio to 0..1: one half at the review threshold.
         let probability = if s.grade == Grade::Certain {
             1.0
@@ -438,12 +481,14 @@ pub async fn person_unmerge(
 }
 
 /// Rewrites `name:mdm=Patient/x` (a reference to a patient) into `name=Patient/a,Patient/b…`
-/// over every record linked with x, so a search covers the person across trusts.
+/// over every record linked with x, so a search covers the person across trusts. Returns the
+/// rewritten parameters and each expanded person's records (for [`widen_to_persons`]).
 pub async fn expand_mdm(
     state: &AppState,
     params: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, ApiError> {
+) -> Result<(Vec<(String, String)>, Vec<Vec<String>>), ApiError> {
     let mut out = Vec::with_capacity(params.len());
+    let mut persons = Vec::new();
     for (name, value) in params {
         let Some(base) = name.strip_suffix(":mdm") else {
             out.push((name, value));
@@ -457,15 +502,38 @@ pub async fn expand_mdm(
                     "{name}: '{v}' is not a Patient reference"
                 )));
             }
-            for linked in view::linked_ids(state.repository.store().pool(), id)
+            let linked = view::linked_ids(state.repository.store().pool(), id)
                 .await
-                .map_err(db_error)?
-            {
-                expanded.push(format!("Patient/{linked}"));
-            }
+                .map_err(db_error)?;
+            expanded.extend(linked.iter().map(|l| format!("Patient/{l}")));
+            persons.push(linked);
         }
         expanded.dedup();
         out.push((base.to_string(), expanded.join(",")));
     }
-    Ok(out)
+    Ok((out, persons))
+}
+
+/// A care relationship with (or break-glass grant for) one record of a person covers every
+/// record of that person; an opt-out or organisation denial on one covers them all.
+pub fn widen_to_persons(d: &mut Decider, persons: &[Vec<String>]) {
+    for ids in persons {
+        let g = &mut d.grants;
+        let widen = |set: &mut std::collections::HashSet<String>| {
+            if ids.iter().any(|p| set.contains(p)) {
+                set.extend(ids.iter().cloned());
+            }
+        };
+        widen(&mut g.relationship);
+        widen(&mut g.opted_out);
+        widen(&mut g.org_denied);
+        for denied in g.label_denied.values_mut() {
+            widen(denied);
+        }
+        if let Some(grant) = ids.iter().find_map(|p| g.break_glass.get(p).copied()) {
+            for p in ids {
+                g.break_glass.entry(p.clone()).or_insert(grant);
+            }
+        }
+    }
 }

