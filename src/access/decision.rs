@@ -9,9 +9,17 @@
 //! - `search_filter(&fields)` for index queries: a tantivy query the search engine ANDs with
 //!   the user's query before counting and paging, so pages are full and totals true.
 //!
-//! Operations that return patient data (`$everything`, `$summary`, `$match`) use the same two
-//! calls: `api::access::decider(...)` then `decider.search_filter(...)` for index queries and
-//! `decider.check(...)` for anything loaded by key.
+//! Operations that return patient data (`$everything`, `$summary`, `$match`) use the same calls
+//! through the HTTP-edge helpers in `api::access`:
+//!
+//! ```ignore
+//! let mut d = api::access::decider(&state, &req)?;                 // caller + current policy
+//! api::access::require(&d, &req, "Patient", "read")?;               // role-level: 403
+//! api::access::load_grants(&state, &req, &mut d, Scope::Patients(&ids), Some(&id)).await?;
+//! engine.search(&q, d.search_filter(&state.search.fields)).await?;  // index queries
+//! let v = api::access::verdict(&state, &d, &row, "read");           // rows loaded by key
+//! api::access::note_released(&req, &d, &patients, None);            // what the audit records
+//! ```
 //!
 //! The rule, for a user (a person in a national RBAC role at an organisation):
 //! 1. the role must allow the action on the resource type (policy.csv);

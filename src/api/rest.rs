@@ -89,6 +89,16 @@ async fn guard_outcome(
     mut outcome: crate::interactions::EntryOutcome,
 ) -> Result<crate::interactions::EntryOutcome, ApiError> {
     if outcome.written || outcome.content.is_none() {
+        // The audit records whose record a write touched.
+        if let (Some(id), Some(content)) = (&outcome.id, &outcome.content) {
+            let mut patients = std::collections::BTreeSet::new();
+            super::access::referenced_patients(&outcome.resource_type, id, content, &mut patients);
+            // Writing is the caller's own organisation's record, not a look at another's.
+            super::access::note(req, |n| {
+                n.patients.extend(patients);
+                n.relationship.get_or_insert(true);
+            });
+        }
         return Ok(outcome);
     }
     let (Some(id), Some(version_id)) = (outcome.id.clone(), outcome.version_id) else {
