@@ -49,36 +49,15 @@ async fn write_one(
     Ok(write_response(&state.base_url, outcome, prefer))
 }
 
-/// Writes need the role's `write` permission on the type; a trust's system changes or deletes
-/// only what its own organisation wrote.
+/// Writes need the role's `write` permission on the type. (That a trust's system changes only
+/// what its own organisation wrote is the write engine's rule, for every door.)
 async fn check_write(
     state: &AppState,
     req: &HttpRequest,
     entry: &EntryRequest,
 ) -> Result<(), ApiError> {
     let d = super::access::decider(state, req)?;
-    super::access::require(&d, req, &entry.resource_type, "write")?;
-    let target = match &entry.action {
-        EntryAction::Update {
-            target: Target::Id(id),
-            ..
-        }
-        | EntryAction::Delete {
-            target: Target::Id(id),
-            ..
-        } => id,
-        _ => return Ok(()),
-    };
-    if let crate::access::Who::System { org, .. } = &d.who
-        && let Ok(row) = state.repository.read(&entry.resource_type, target).await
-        && row.author_org.as_deref() != Some(org.as_str())
-    {
-        return Err(super::access::forbidden(
-            req,
-            "a trust's system may change only resources its own organisation wrote",
-        ));
-    }
-    Ok(())
+    super::access::require(&d, req, &entry.resource_type, "write")
 }
 
 /// A conditional create that matched returns the existing resource, which another trust may
