@@ -120,7 +120,8 @@ impl Grants {
             Scope::Patients(p) => Some(p.to_vec()),
         };
         let pool = store.pool();
-        let relationship: Vec<String> = sqlx::query_scalar(
+        // Three independent questions: asked at once, one round trip of latency.
+        let relationship = sqlx::query_scalar::<_, String>(
             "SELECT DISTINCT patient_id FROM access_relationship
              WHERE org = $1
                AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
@@ -130,25 +131,26 @@ impl Grants {
         .bind(org)
         .bind(window_days as i32)
         .bind(&patients)
-        .fetch_all(pool)
-        .await?;
-        let break_glass: Vec<(String, Uuid)> = match user_id {
-            None => Vec::new(),
-            Some(user) => {
-                sqlx::query_as(
-                    "SELECT DISTINCT ON (patient_id) patient_id, id FROM access_break_glass
-                     WHERE user_id = $1 AND org = $2 AND expires_at > now()
-                       AND ($3::text[] IS NULL OR patient_id = ANY($3))
-                     ORDER BY patient_id, expires_at DESC",
-                )
-                .bind(user)
-                .bind(org)
-                .bind(&patients)
-                .fetch_all(pool)
-                .await?
+        .fetch_all(pool);
+        let break_glass = async {
+            match user_id {
+                None => Ok(Vec::new()),
+                Some(user) => {
+                    sqlx::query_as::<_, (String, Uuid)>(
+                        "SELECT DISTINCT ON (patient_id) patient_id, id FROM access_break_glass
+                         WHERE user_id = $1 AND org = $2 AND expires_at > now()
+                           AND ($3::text[] IS NULL OR patient_id = ANY($3))
+                         ORDER BY patient_id, expires_at DESC",
+                    )
+                    .bind(user)
+                    .bind(org)
+                    .bind(&patients)
+                    .fetch_all(pool)
+                    .await
+                }
             }
         };
-        let consents: Vec<(String, String, String)> = sqlx::query_as(
+        let consents = sqlx::query_as::<_, (String, String, String)>(
             "SELECT patient_id, kind, value FROM access_consent
              WHERE (period_start IS NULL OR period_start <= now())
                AND (period_end IS NULL OR period_end >= now())
@@ -157,8 +159,9 @@ impl Grants {
         )
         .bind(org)
         .bind(&patients)
-        .fetch_all(pool)
-        .await?;
+        .fetch_all(pool);
+        let (relationship, break_glass, consents) =
+            tokio::try_join!(relationship, break_glass, consents)?;
         let mut grants = Grants {
             relationship: relationship.into_iter().collect(),
             break_glass: break_glass.into_iter().collect(),
