@@ -119,49 +119,40 @@ impl Grants {
             Scope::All => None,
             Scope::Patients(p) => Some(p.to_vec()),
         };
-        let pool = store.pool();
-        // Three independent questions: asked at once, one round trip of latency.
-        let relationship = sqlx::query_scalar::<_, String>(
-            "SELECT DISTINCT patient_id FROM access_relationship
+        // One round trip: relationships, break-glass grants and consent restrictions, tagged.
+        let rows: Vec<(String, String, String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT DISTINCT 'rel', patient_id, '', NULL::uuid FROM access_relationship
              WHERE org = $1
                AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
                AND (period_start IS NULL OR period_start <= now())
+               AND ($3::text[] IS NULL OR patient_id = ANY($3))
+             UNION ALL
+             SELECT 'btg', patient_id, '', id FROM access_break_glass
+             WHERE $4::text IS NOT NULL AND user_id = $4 AND org = $1 AND expires_at > now()
+               AND ($3::text[] IS NULL OR patient_id = ANY($3))
+             UNION ALL
+             SELECT kind, patient_id, value, NULL FROM access_consent
+             WHERE (period_start IS NULL OR period_start <= now())
+               AND (period_end IS NULL OR period_end >= now())
+               AND (kind <> 'deny-org' OR value = $1)
                AND ($3::text[] IS NULL OR patient_id = ANY($3))",
         )
         .bind(org)
         .bind(window_days as i32)
         .bind(&patients)
-        .fetch_all(pool);
-        let break_glass = async {
-            match user_id {
-                None => Ok(Vec::new()),
-                Some(user) => {
-                    sqlx::query_as::<_, (String, Uuid)>(
-                        "SELECT DISTINCT ON (patient_id) patient_id, id FROM access_break_glass
-                         WHERE user_id = $1 AND org = $2 AND expires_at > now()
-                           AND ($3::text[] IS NULL OR patient_id = ANY($3))
-                         ORDER BY patient_id, expires_at DESC",
-                    )
-                    .bind(user)
-                    .bind(org)
-                    .bind(&patients)
-                    .fetch_all(pool)
-                    .await
-                }
+        .bind(user_id)
+        .fetch_all(store.pool())
+        .await?;
+        let mut relationship = Vec::new();
+        let mut break_glass = Vec::new();
+        let mut consents = Vec::new();
+        for (tag, patient, value, grant) in rows {
+            match (tag.as_str(), grant) {
+                ("rel", _) => relationship.push(patient),
+                ("btg", Some(g)) => break_glass.push((patient, g)),
+                _ => consents.push((patient, tag, value)),
             }
-        };
-        let consents = sqlx::query_as::<_, (String, String, String)>(
-            "SELECT patient_id, kind, value FROM access_consent
-             WHERE (period_start IS NULL OR period_start <= now())
-               AND (period_end IS NULL OR period_end >= now())
-               AND (kind <> 'deny-org' OR value = $1)
-               AND ($2::text[] IS NULL OR patient_id = ANY($2))",
-        )
-        .bind(org)
-        .bind(&patients)
-        .fetch_all(pool);
-        let (relationship, break_glass, consents) =
-            tokio::try_join!(relationship, break_glass, consents)?;
+        }
         let mut grants = Grants {
             relationship: relationship.into_iter().collect(),
             break_glass: break_glass.into_iter().collect(),
