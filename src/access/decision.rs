@@ -120,29 +120,45 @@ impl Grants {
             Scope::Patients(p) => Some(p.to_vec()),
         };
         // One round trip: relationships, break-glass grants and consent restrictions, tagged.
-        let rows: Vec<(String, String, String, Option<Uuid>)> = sqlx::query_as(
-            "SELECT DISTINCT 'rel', patient_id, '', NULL::uuid FROM access_relationship
-             WHERE org = $1
-               AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
-               AND (period_start IS NULL OR period_start <= now())
-               AND ($3::text[] IS NULL OR patient_id = ANY($3))
-             UNION ALL
-             SELECT 'btg', patient_id, '', id FROM access_break_glass
-             WHERE $4::text IS NOT NULL AND user_id = $4 AND org = $1 AND expires_at > now()
-               AND ($3::text[] IS NULL OR patient_id = ANY($3))
-             UNION ALL
-             SELECT kind, patient_id, value, NULL FROM access_consent
-             WHERE (period_start IS NULL OR period_start <= now())
-               AND (period_end IS NULL OR period_end >= now())
-               AND (kind <> 'deny-org' OR value = $1)
-               AND ($3::text[] IS NULL OR patient_id = ANY($3))",
-        )
-        .bind(org)
-        .bind(window_days as i32)
-        .bind(&patients)
-        .bind(user_id)
-        .fetch_all(store.pool())
-        .await?;
+        // Two statements, not one with `$3 IS NULL OR …`: a read names its patients, and only a
+        // plain `= ANY($3)` lets PostgreSQL use the (org, patient) index for it.
+        macro_rules! grants_sql {
+            ($patients:literal) => {
+                concat!(
+                    "SELECT 'rel', patient_id, '', NULL::uuid FROM access_relationship
+                     WHERE org = $1
+                       AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
+                       AND (period_start IS NULL OR period_start <= now()) AND ",
+                    $patients,
+                    " UNION ALL
+                     SELECT 'btg', patient_id, '', id FROM access_break_glass
+                     WHERE $4::text IS NOT NULL AND user_id = $4 AND org = $1
+                       AND expires_at > now() AND ",
+                    $patients,
+                    " UNION ALL
+                     SELECT kind, patient_id, value, NULL FROM access_consent
+                     WHERE (period_start IS NULL OR period_start <= now())
+                       AND (period_end IS NULL OR period_end >= now())
+                       AND (kind <> 'deny-org' OR value = $1) AND ",
+                    $patients
+                )
+            };
+        }
+        let sql = match patients {
+            Some(_) => grants_sql!("patient_id = ANY($3::text[])"),
+            None => grants_sql!("$3::text[] IS NULL"),
+        };
+        let rows: Vec<(String, String, String, Option<Uuid>)> = sqlx::query(sql)
+            .bind(org)
+            .bind(window_days as i32)
+            .bind(&patients)
+            .bind(user_id)
+            .try_map(|r: sqlx::postgres::PgRow| {
+                use sqlx::Row;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+            })
+            .fetch_all(store.pool())
+            .await?;
         let mut relationship = Vec::new();
         let mut break_glass = Vec::new();
         let mut consents = Vec::new();
