@@ -58,13 +58,18 @@ impl Provider {
             .unwrap_or_else(|e| panic!("cannot start node (Node.js 20 or later is needed): {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .expect("the OIDC provider printed its issuer within 30 s")
-        .expect("read the provider's first line");
+        let mut reader = BufReader::new(stdout);
+        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+            .await
+            .expect("the OIDC provider printed its issuer within 30 s")
+            .expect("read the provider's first line");
+        // Keep draining: a closed pipe would kill the provider at its next line of output.
+        tokio::spawn(async move {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
         let started: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("provider's first line is not JSON ({e}): {line:?}"));
         Provider {
@@ -296,4 +301,63 @@ async fn rotated_key_is_accepted_and_withdrawn_key_is_refused() {
         "a fresh token after withdrawal",
     )
     .await;
+}
+
+#[tokio::test]
+async fn access_decisions_follow_the_external_providers_claims() {
+    let provider = Provider::start().await;
+    let app = shcr_trusting(&provider).await;
+    // Tokens first: the provider closes idle keep-alive connections while data is written.
+    // The same person in two roles: a clinician at GP practice A81001, and a role at RX1 with
+    // no clinical activities.
+    let gp = provider.user_token("090123456789").await;
+    let other = provider.user_token("090123456790").await;
+    let trust = provider.trust_token(None).await;
+    let create = |body: Value| {
+        let (app, trust) = (&app, &trust);
+        async move {
+            let r = app
+                .client
+                .post(app.url(body["resourceType"].as_str().unwrap()))
+                .header(AUTHORIZATION, format!("Bearer {trust}"))
+                .header(CONTENT_TYPE, "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mut registered = common::patient("9434765919");
+    registered["generalPractitioner"] = json!([{"identifier": {
+        "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "A81001"}}]);
+    let registered = create(registered).await;
+    let stranger = create(common::patient("9434765919")).await;
+    let read = |token: String, path: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url(&path))
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The selected role decides: the GP practice sees its registered patient only.
+    assert_eq!(read(gp.clone(), format!("Patient/{registered}")).await, 200);
+    assert_eq!(read(gp, format!("Patient/{stranger}")).await, 404);
+    // In the other role the person may not read clinical data at all.
+    assert_eq!(read(other, format!("Patient/{registered}")).await, 403);
+    // The trust's system reads what it wrote.
+    assert_eq!(
+        read(trust.clone(), format!("Patient/{stranger}")).await,
+        200
+    );
 }

@@ -9,9 +9,17 @@
 //! - `search_filter(&fields)` for index queries: a tantivy query the search engine ANDs with
 //!   the user's query before counting and paging, so pages are full and totals true.
 //!
-//! Operations that return patient data (`$everything`, `$summary`, `$match`) use the same two
-//! calls: `api::access::decider(...)` then `decider.search_filter(...)` for index queries and
-//! `decider.check(...)` for anything loaded by key.
+//! Operations that return patient data (`$everything`, `$summary`, `$match`) use the same calls
+//! through the HTTP-edge helpers in `api::access`:
+//!
+//! ```ignore
+//! let mut d = api::access::decider(&state, &req)?;                 // caller + current policy
+//! api::access::require(&d, &req, "Patient", "read")?;               // role-level: 403
+//! api::access::load_grants(&state, &req, &mut d, Scope::Patients(&ids), Some(&id)).await?;
+//! engine.search(&q, d.search_filter(&state.search.fields)).await?;  // index queries
+//! let v = api::access::verdict(&state, &d, &row, "read");           // rows loaded by key
+//! api::access::note_released(&req, &d, &patients, None);            // what the audit records
+//! ```
 //!
 //! The rule, for a user (a person in a national RBAC role at an organisation):
 //! 1. the role must allow the action on the resource type (policy.csv);
@@ -111,46 +119,56 @@ impl Grants {
             Scope::All => None,
             Scope::Patients(p) => Some(p.to_vec()),
         };
-        let pool = store.pool();
-        let relationship: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT patient_id FROM access_relationship
-             WHERE org = $1
-               AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
-               AND (period_start IS NULL OR period_start <= now())
-               AND ($3::text[] IS NULL OR patient_id = ANY($3))",
-        )
-        .bind(org)
-        .bind(window_days as i32)
-        .bind(&patients)
-        .fetch_all(pool)
-        .await?;
-        let break_glass: Vec<(String, Uuid)> = match user_id {
-            None => Vec::new(),
-            Some(user) => {
-                sqlx::query_as(
-                    "SELECT DISTINCT ON (patient_id) patient_id, id FROM access_break_glass
-                     WHERE user_id = $1 AND org = $2 AND expires_at > now()
-                       AND ($3::text[] IS NULL OR patient_id = ANY($3))
-                     ORDER BY patient_id, expires_at DESC",
+        // One round trip: relationships, break-glass grants and consent restrictions, tagged.
+        // Two statements, not one with `$3 IS NULL OR …`: a read names its patients, and only a
+        // plain `= ANY($3)` lets PostgreSQL use the (org, patient) index for it.
+        macro_rules! grants_sql {
+            ($patients:literal) => {
+                concat!(
+                    "SELECT 'rel', patient_id, '', NULL::uuid FROM access_relationship
+                     WHERE org = $1
+                       AND (period_end IS NULL OR period_end >= now() - make_interval(days => $2))
+                       AND (period_start IS NULL OR period_start <= now()) AND ",
+                    $patients,
+                    " UNION ALL
+                     SELECT 'btg', patient_id, '', id FROM access_break_glass
+                     WHERE $4::text IS NOT NULL AND user_id = $4 AND org = $1
+                       AND expires_at > now() AND ",
+                    $patients,
+                    " UNION ALL
+                     SELECT kind, patient_id, value, NULL FROM access_consent
+                     WHERE (period_start IS NULL OR period_start <= now())
+                       AND (period_end IS NULL OR period_end >= now())
+                       AND (kind <> 'deny-org' OR value = $1) AND ",
+                    $patients
                 )
-                .bind(user)
-                .bind(org)
-                .bind(&patients)
-                .fetch_all(pool)
-                .await?
-            }
+            };
+        }
+        let sql = match patients {
+            Some(_) => grants_sql!("patient_id = ANY($3::text[])"),
+            None => grants_sql!("$3::text[] IS NULL"),
         };
-        let consents: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT patient_id, kind, value FROM access_consent
-             WHERE (period_start IS NULL OR period_start <= now())
-               AND (period_end IS NULL OR period_end >= now())
-               AND (kind <> 'deny-org' OR value = $1)
-               AND ($2::text[] IS NULL OR patient_id = ANY($2))",
-        )
-        .bind(org)
-        .bind(&patients)
-        .fetch_all(pool)
-        .await?;
+        let rows: Vec<(String, String, String, Option<Uuid>)> = sqlx::query(sql)
+            .bind(org)
+            .bind(window_days as i32)
+            .bind(&patients)
+            .bind(user_id)
+            .try_map(|r: sqlx::postgres::PgRow| {
+                use sqlx::Row;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+            })
+            .fetch_all(store.pool())
+            .await?;
+        let mut relationship = Vec::new();
+        let mut break_glass = Vec::new();
+        let mut consents = Vec::new();
+        for (tag, patient, value, grant) in rows {
+            match (tag.as_str(), grant) {
+                ("rel", _) => relationship.push(patient),
+                ("btg", Some(g)) => break_glass.push((patient, g)),
+                _ => consents.push((patient, tag, value)),
+            }
+        }
         let mut grants = Grants {
             relationship: relationship.into_iter().collect(),
             break_glass: break_glass.into_iter().collect(),

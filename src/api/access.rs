@@ -170,8 +170,16 @@ pub fn verdict(state: &AppState, d: &Decider, row: &VersionRow, act: &str) -> Ve
     if matches!(d.who, Who::Unrestricted) {
         return Verdict::Allow { break_glass: None };
     }
-    match facts(state, row) {
-        Some(f) => d.check(&f, act),
+    verdict_on(d, row, facts(state, row).as_ref(), act)
+}
+
+/// `verdict` with the version's facts already computed.
+pub fn verdict_on(d: &Decider, row: &VersionRow, facts: Option<&Facts>, act: &str) -> Verdict {
+    if matches!(d.who, Who::Unrestricted) {
+        return Verdict::Allow { break_glass: None };
+    }
+    match facts {
+        Some(f) => d.check(f, act),
         None => {
             let own = match &d.who {
                 Who::User { org, .. } | Who::System { org, .. } => {

@@ -2,8 +2,9 @@
 //!
 //! After ingest, a clinician at the organisation with the most care relationships reads
 //! Observations of patients it is related to and runs patient-scoped searches, by `--clients`
-//! concurrent clients, against this server (enforcement and audit on) and then against a second
-//! server on the same database with both off — same data, same load, same token shape. Then the
+//! concurrent clients, against this server (enforcement and audit on), a second server on the
+//! same database with audit off (policy only) and a third with both off — same data, same
+//! load, same token shape, two rounds each. Then the
 //! audit write rate (appends through the chain lock) and `audit verify` throughput over
 //! `--audit-rows` rows.
 
@@ -175,68 +176,75 @@ pub async fn run(
         s.observations.len()
     );
 
-    // The same load against a second server on the same database with both switched off.
-    let mut off_settings = settings.clone();
-    off_settings.access.enforce = false;
-    off_settings.access.audit = false;
-    off_settings.index_dir = None;
-    off_settings.port = 0;
-    let off = Application::build_with_store(off_settings, store.clone()).await?;
-    off.search()
-        .wait_fresh(Duration::from_secs(1800))
-        .await
-        .map_err(|e| anyhow::anyhow!("second server's index: {e}"))?;
-    let off_base = off.base_url();
-    let off_token = clinician(
-        &off.dev_issuer().expect("dev issuer"),
-        off.issuer(),
-        &settings.auth.audience,
-        &org,
-    )?;
-    let off_handle = off.handle();
-    let off_search = off.search();
-    let off_server = tokio::spawn(off.run_until_stopped());
+    // The same load against servers on the same database with audit off (policy only), and
+    // with both off. Each keeps its own in-memory index, built from the change feed.
+    let mut servers = Vec::new();
+    for (label, enforce) in [("policy-only", true), ("off", false)] {
+        let mut other = settings.clone();
+        other.access.enforce = enforce;
+        other.access.audit = false;
+        other.index_dir = None;
+        other.port = 0;
+        let app = Application::build_with_store(other, store.clone()).await?;
+        app.search()
+            .wait_fresh(Duration::from_secs(1800))
+            .await
+            .map_err(|e| anyhow::anyhow!("{label} server's index: {e}"))?;
+        let token = clinician(
+            &app.dev_issuer().expect("dev issuer"),
+            app.issuer(),
+            &settings.auth.audience,
+            &org,
+        )?;
+        let base = app.base_url();
+        let (handle, search) = (app.handle(), app.search());
+        let running = tokio::spawn(app.run_until_stopped());
+        servers.push((label, base, token, handle, search, running));
+    }
 
     let on_token = clinician(&on.issuer, &on.issuer_url, &settings.auth.audience, &org)?;
+    let mut targets = vec![("on", on.base_url.clone(), on_token)];
+    targets.extend(servers.iter().map(|s| (s.0, s.1.clone(), s.2.clone())));
     let mut rows = Vec::new();
-    for (label, base, token) in [
-        ("on", on.base_url.clone(), on_token.clone()),
-        ("off", off_base.clone(), off_token.clone()),
-        ("on", on.base_url.clone(), on_token),
-        ("off", off_base, off_token),
-    ] {
-        load(&base, &token, &s, clients, warmup).await;
-        let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
-            .fetch_one(store.pool())
-            .await?;
-        let (reads, searches, errors, elapsed) = load(&base, &token, &s, clients, seconds).await;
-        let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
-            .fetch_one(store.pool())
-            .await?;
-        report(&format!("read {label}"), reads.clone(), elapsed, errors);
-        report(&format!("search {label}"), searches.clone(), elapsed, 0);
-        println!(
-            "         audit rows written {:.0}/s",
-            (audited - audited_before) as f64 / elapsed.as_secs_f64()
-        );
-        rows.push((label, p99(reads), p99(searches)));
+    for _round in 0..2 {
+        for (label, base, token) in &targets {
+            load(base, token, &s, clients, warmup).await;
+            let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+                .fetch_one(store.pool())
+                .await?;
+            let (reads, searches, errors, elapsed) = load(base, token, &s, clients, seconds).await;
+            let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+                .fetch_one(store.pool())
+                .await?;
+            report(&format!("read {label}"), reads.clone(), elapsed, errors);
+            report(&format!("search {label}"), searches.clone(), elapsed, 0);
+            println!(
+                "         audit rows written {:.0}/s",
+                (audited - audited_before) as f64 / elapsed.as_secs_f64()
+            );
+            rows.push((*label, p99(reads), p99(searches)));
+        }
     }
-    off_handle.stop(true).await;
-    off_server.await??;
-    off_search.shutdown().await;
+    for (_, _, _, handle, search, running) in servers {
+        handle.stop(true).await;
+        running.await??;
+        search.shutdown().await;
+    }
     let best = |l: &str, f: fn(&(&str, f64, f64)) -> f64| {
         rows.iter()
             .filter(|r| r.0 == l)
             .map(f)
             .fold(f64::INFINITY, f64::min)
     };
-    let (read_on, read_off) = (best("on", |r| r.1), best("off", |r| r.1));
-    let (search_on, search_off) = (best("on", |r| r.2), best("off", |r| r.2));
-    println!(
-        "access overhead (best of two runs each): read p99 {read_on:.2} vs {read_off:.2} ms ({:+.0}%), search p99 {search_on:.2} vs {search_off:.2} ms ({:+.0}%)",
-        (read_on / read_off - 1.0) * 100.0,
-        (search_on / search_off - 1.0) * 100.0
-    );
+    let (read_off, search_off) = (best("off", |r| r.1), best("off", |r| r.2));
+    for label in ["on", "policy-only"] {
+        let (read, search) = (best(label, |r| r.1), best(label, |r| r.2));
+        println!(
+            "{label} vs off (best of two runs each): read p99 {read:.2} vs {read_off:.2} ms ({:+.0}%), search p99 {search:.2} vs {search_off:.2} ms ({:+.0}%)",
+            (read / read_off - 1.0) * 100.0,
+            (search / search_off - 1.0) * 100.0
+        );
+    }
 
     // Audit appends alone: concurrent single-row appends through the chain lock.
     let audit = Audit::new(store.clone());

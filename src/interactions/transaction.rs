@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::fhir::id::new_id;
 use crate::fhir::instant::now_millis;
-use crate::fhir::outcome::IssueType;
+use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::reference::{ReferenceKind, classify};
 use crate::store::{Author, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
 
@@ -537,6 +537,35 @@ impl Repository {
             .collect();
         let heads = tx.lock_heads(&lock_keys).await?;
         check_patient_owners(&mut tx, &lock_keys, author).await?;
+        // A trust's system writes only under its own provenance: it may not replace or delete
+        // what another organisation wrote, whichever door (REST, Bundle, conditional) it used.
+        if author.kind == "system"
+            && let Some(org) = &author.org
+        {
+            let owners = tx.head_orgs(&lock_keys).await?;
+            for (i, (e, p)) in entries.iter().zip(&plans).enumerate() {
+                let (Plan::Update { id, .. } | Plan::Delete { id, .. }) = p else {
+                    continue;
+                };
+                if let Some(Some(owner)) = owners.get(&(e.resource_type.clone(), id.clone()))
+                    && owner != org
+                {
+                    return Err(EntryFailure {
+                        index: Some(i),
+                        error: Error::Located {
+                            status: 403,
+                            issues: vec![Issue::error(
+                                IssueType::Forbidden,
+                                format!(
+                                    "{}/{id} was written by another organisation; {org} may change only its own resources",
+                                    e.resource_type
+                                ),
+                            )],
+                        },
+                    });
+                }
+            }
+        }
         let now = now_millis();
         // Every door (REST, bundles, messaging, NATS, import) writes through here, so every
         // stored version carries the labels the current mapping asks for.

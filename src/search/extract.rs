@@ -91,6 +91,16 @@ pub struct Extracted<'r> {
 /// Every parameter of the resource's type that has at least one value, in the order of
 /// [`Registry::params_for`]. `_text` and `_content` are not among them: see [`text_content`].
 pub fn extract<'r>(registry: &'r Registry, resource: &Value) -> Vec<Extracted<'r>> {
+    extract_some(registry, resource, |_| true)
+}
+
+/// As `extract`, for the parameters `wanted` accepts only (access decisions need only the
+/// compartment parameters, on every read).
+pub fn extract_some<'r>(
+    registry: &'r Registry,
+    resource: &Value,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<Extracted<'r>> {
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
         return Vec::new();
     };
@@ -102,6 +112,9 @@ pub fn extract<'r>(registry: &'r Registry, resource: &Value) -> Vec<Extracted<'r
             continue;
         };
         let param = registry.param(b.param);
+        if !wanted(&param.code) {
+            continue;
+        }
         let nodes = expression.evaluate_on(root, root);
         if nodes.is_empty() {
             continue;

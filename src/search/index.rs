@@ -384,8 +384,11 @@ pub fn patient_compartments(
     id: &str,
     resource: &Value,
 ) -> Vec<String> {
-    if resource_type != "Patient" && patient_params(resource_type).is_empty() {
+    let params = patient_params(resource_type);
+    if resource_type != "Patient" && params.is_empty() {
         return Vec::new();
     }
-    compartment_ids(resource_type, id, &extract(registry, resource), base)
+    let extracted =
+        super::extract::extract_some(registry, resource, |code| params.iter().any(|p| p == code));
+    compartment_ids(resource_type, id, &extracted, base)
 }

@@ -11,6 +11,7 @@ mod ig;
 mod labels;
 mod matrix;
 mod policy;
+mod writes;
 
 use reqwest::header::AUTHORIZATION;
 use serde_json::{Value, json};

@@ -389,3 +389,64 @@ async fn a_nats_channel_gets_a_handshake_heartbeats_and_numbered_events() {
         .delete_stream(&stream)
         .await;
 }
+
+#[tokio::test]
+async fn full_resource_payloads_carry_only_the_owners_own_data() {
+    let app = TestApp::spawn_with(|s| {
+        s.events.subscriptions.poll_interval_ms = 100;
+        s.events.subscriptions.full_resource_clients = vec!["rx1-pas".into()];
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    // Owned by RX1 (the harness's default caller).
+    app.create(&subscription(&receiver.url, "full-resource"))
+        .await;
+    for (ods, token) in [
+        ("RX1", app.trust_token("RX1")),
+        ("RX2", app.trust_token("RX2")),
+    ] {
+        let (status, r) = post_message(
+            &app,
+            &token,
+            &admission(ods, &format!("m-{ods}"), &at(0), "P1", "E1", "Smith"),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let entries = || -> Vec<Value> {
+        receiver
+            .of_type("event-notification")
+            .iter()
+            .flat_map(|b| {
+                b["entry"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .skip(1)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    eventually("both admissions notified", 30, || async {
+        entries().len() >= 2
+    })
+    .await;
+    let mut seen = Vec::new();
+    for e in entries() {
+        let url = e["fullUrl"].as_str().unwrap();
+        let id = url.rsplit('/').next().unwrap();
+        let org: Option<String> = sqlx::query_scalar(
+            "SELECT author_org FROM resource_version WHERE id = $1 ORDER BY version_id DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let carried = e.get("resource").is_some();
+        assert_eq!(carried, org.as_deref() == Some("RX1"), "{org:?}: {e}");
+        seen.push(carried);
+    }
+    assert!(seen.contains(&true) && seen.contains(&false), "{seen:?}");
+    receiver.handle.stop(false).await;
+}
