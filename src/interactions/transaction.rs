@@ -536,7 +536,6 @@ impl Repository {
             })
             .collect();
         let heads = tx.lock_heads(&lock_keys).await?;
-        check_patient_owners(&mut tx, &lock_keys, author).await?;
         // A trust's system writes only under its own provenance: it may not replace or delete
         // what another organisation wrote, whichever door (REST, Bundle, conditional) it used.
         if author.kind == "system"
@@ -935,33 +934,4 @@ fn managing_ods(patient: &Value) -> Option<String> {
                 .and_then(|rest| rest.strip_prefix('|'))
                 .map(str::to_string)
         })
-}
-
-/// A trust's system may not replace or delete a Patient another trust wrote.
-async fn check_patient_owners(
-    tx: &mut WriteTx,
-    keys: &[(String, String)],
-    author: &Author,
-) -> Result<(), EntryFailure> {
-    if author.kind != "system" {
-        return Ok(());
-    }
-    let patients: Vec<(String, String)> = keys
-        .iter()
-        .filter(|(t, _)| t == "Patient")
-        .cloned()
-        .collect();
-    for ((_, id), owner) in tx.head_orgs(&patients).await? {
-        if let (Some(owner), Some(own)) = (owner, author.org.as_deref())
-            && owner != own
-        {
-            return Err(EntryFailure {
-                index: None,
-                error: Error::Forbidden(format!(
-                    "Patient/{id} is {owner}'s record; {own} may not change it"
-                )),
-            });
-        }
-    }
-    Ok(())
 }
