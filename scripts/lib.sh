@@ -84,6 +84,23 @@ ensure_pg_server() {
     echo "$dir"
 }
 
+# --- Chromium (the developer portal test renders /docs in a real browser) -------------------
+
+# ensure_chromium REASON — prints the path of a Chromium that can run headless, installing
+# Debian's `chromium` if none is here.
+ensure_chromium() {
+    local name path
+    for name in chromium chromium-browser google-chrome; do
+        if path=$(command -v "$name"); then
+            echo "$path"
+            return 0
+        fi
+    done
+    apt_install "$1" chromium
+    path=$(command -v chromium) || die "chromium is installed but not on the PATH"
+    echo "$path"
+}
+
 # --- Rust toolchain --------------------------------------------------------------------------
 
 # The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.

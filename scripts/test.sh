@@ -59,6 +59,10 @@ fi
 step "cargo fmt" cargo fmt --all -- --check
 # The Helm chart: lint, render (default, production-like and ci/ values) and schema validation.
 step "helm chart" "$repo/scripts/helm-check.sh"
+# tests/governance renders the developer portal in headless Chromium.
+CHROMIUM_PATH=$(ensure_chromium "the developer portal test renders /docs in headless Chromium")
+export CHROMIUM_PATH
+printf 'CHROMIUM_PATH=%s\n' "$CHROMIUM_PATH"
 # The real OIDC provider (npm oidc-provider) that tests/oidc.rs starts on loopback.
 step "oidc provider" "$repo/scripts/oidc-provider.sh"
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings

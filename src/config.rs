@@ -33,8 +33,13 @@ pub struct Settings {
     pub index_dir: Option<PathBuf>,
     /// Extra SearchParameter files (Bundles or single resources) loaded after the built-in set.
     pub search_params_dir: Option<PathBuf>,
+    /// Identity matching weights and thresholds (the format of `identity/matching.toml`); the
+    /// file built into the binary when unset.
+    pub identity_matching: Option<PathBuf>,
     /// Read-time access control and audit.
     pub access: AccessConfig,
+    /// The API as a governed product: consumer registry, throttling, lifecycle, portal.
+    pub governance: GovernanceSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +61,43 @@ impl Default for AccessConfig {
             enforce: true,
             audit: true,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceSettings {
+    /// Register unknown clients on first use with generous limits. Unset: on exactly when the
+    /// development issuer is enabled. Refused at start-up without the development issuer:
+    /// in production every client is onboarded explicitly (`shcr clients add`).
+    pub auto_register: Option<bool>,
+    /// How long a replica trusts its copy of a registry entry, seconds: a suspension made on
+    /// another replica or with the CLI takes effect within this time.
+    pub cache_seconds: u64,
+    /// API product file (request costs, lifecycle); the built-in `governance/api.toml` when unset.
+    pub product_file: Option<PathBuf>,
+    /// Profile folders (`*.json` profile rule files) loaded besides the built-in UK Core and
+    /// shcr profiles.
+    pub profiles_dir: Option<PathBuf>,
+}
+
+impl Default for GovernanceSettings {
+    fn default() -> Self {
+        GovernanceSettings {
+            auto_register: None,
+            cache_seconds: 5,
+            product_file: None,
+            profiles_dir: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Whether unknown clients are registered on first use (development only).
+    pub fn auto_register_clients(&self) -> bool {
+        self.governance
+            .auto_register
+            .unwrap_or(self.dev_issuer.enabled)
     }
 }
 
@@ -222,7 +264,9 @@ impl Default for Settings {
             events: EventsSettings::default(),
             index_dir: Some(PathBuf::from(".shcr/index")),
             search_params_dir: None,
+            identity_matching: None,
             access: AccessConfig::default(),
+            governance: GovernanceSettings::default(),
         }
     }
 }
@@ -298,6 +342,13 @@ impl Settings {
         if nats.max_deliver < 1 || nats.concurrency == 0 || nats.backoff_seconds.is_empty() {
             return Err(ConfigError::Invalid(
                 "events.nats: max_deliver and concurrency must be at least 1 and backoff_seconds not empty"
+                    .into(),
+            ));
+        }
+        if self.governance.auto_register == Some(true) && !self.dev_issuer.enabled {
+            return Err(ConfigError::Invalid(
+                "governance.auto_register is for development only and needs the development \
+                 issuer; onboard production clients with `shcr clients add`"
                     .into(),
             ));
         }

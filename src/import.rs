@@ -234,7 +234,31 @@ async fn import_ndjson(repo: &Repository, author: &Author, path: &Path, text: &s
     result
 }
 
+/// The writer of a file: a generated population keeps each trust's bundles in a folder named by
+/// its ODS code (`DIR/RX1/0001-….json`), and each trust may only write under its own code, so
+/// those files are written as that trust. Anything else is written as `author`.
+fn author_for(path: &Path, author: &Author) -> Author {
+    let folder = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let looks_like_ods = (3..=10).contains(&folder.len())
+        && folder
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && folder.bytes().any(|b| b.is_ascii_uppercase());
+    match crate::access::OdsCode::parse(folder) {
+        Some(ods) if looks_like_ods => Author {
+            org: Some(ods.to_string()),
+            ..author.clone()
+        },
+        _ => author.clone(),
+    }
+}
+
 async fn import_file(repo: &Repository, author: &Author, path: &Path) -> FileResult {
+    let author = &author_for(path, author);
     let text = match tokio::fs::read_to_string(path).await {
         Ok(t) => t,
         Err(e) => {

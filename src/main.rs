@@ -40,10 +40,15 @@ enum Command {
     DeadLetter(commands::dead_letter::DeadLetterArgs),
     /// Measure NATS inbound throughput and lag, and notification delivery lag.
     BenchEvents(commands::bench_events::BenchEventsArgs),
+    /// Measure identity linking (throughput, accuracy against the truth) and `$everything` /
+    /// `$summary` latency.
+    BenchIdentity(commands::bench_identity::BenchIdentityArgs),
     /// Rebuild the local search index from PostgreSQL.
     Reindex(commands::reindex::ReindexArgs),
     /// Audit trail tools (`shcr audit verify`).
     Audit(commands::audit::AuditArgs),
+    /// The API consumer registry: add, list, show, update, suspend, reinstate clients.
+    Clients(commands::clients::ClientsArgs),
 }
 
 #[tokio::main]
@@ -55,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
         settings.log_format = "pretty".into();
     }
     shcr::telemetry::init(&settings.log_format);
+    // Every command that writes Patients links them: the matching file is checked first.
+    shcr::identity::scoring::install_from(settings.identity_matching.as_deref())?;
     match cli.command {
         Command::Serve => commands::serve::serve(settings).await,
         Command::Migrate => commands::serve::migrate(settings).await,
@@ -65,7 +72,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench::run(settings, args).await,
         Command::DeadLetter(args) => commands::dead_letter::run(settings, args).await,
         Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
+        Command::BenchIdentity(args) => commands::bench_identity::run(settings, args).await,
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
         Command::Audit(args) => commands::audit::run(settings, args).await,
+        Command::Clients(args) => commands::clients::run(settings, args).await,
     }
 }

@@ -83,6 +83,13 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         (_, "/fhir/metadata") => "capabilities",
         ("POST", "/fhir") | ("POST", "/fhir/") => "transaction",
         ("POST", "/fhir/$process-message") => "process-message",
+        ("POST", "/fhir/$validate") | ("POST", "/fhir/{type}/$validate") => "validate",
+        // Patient/$everything (src/identity), whichever way it is routed.
+        (_, "/fhir/Patient/{id}/$everything") | (_, "/fhir/{type}/{id}/$everything") => {
+            "everything"
+        }
+        ("GET", "/fhir/{compartment}/{id}/{type}") => "search-compartment",
+        ("GET", "/fhir") | ("GET", "/fhir/") => "search-system",
         ("GET", "/fhir/Subscription/{id}/$status") => "subscription-status",
         ("GET", "/fhir/Subscription/{id}/$events") => "subscription-events",
         ("GET", "/fhir/_history") => "history-system",
@@ -98,6 +105,9 @@ pub fn interaction(method: &str, route: &str) -> &'static str {
         ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => "search-type",
         (_, "/healthz") | (_, "/readyz") => "health",
         (_, "/metrics") => "metrics",
+        (_, r) if r.starts_with("/admin") => "admin",
+        (_, "/") | (_, "/docs") | (_, "/docs/openapi.json") => "docs",
+        (_, r) if r.starts_with("/profiles") => "docs",
         _ => "other",
     }
 }

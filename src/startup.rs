@@ -139,14 +139,28 @@ impl Application {
         .await
         .context("starting events (messaging, NATS, subscriptions)")?;
         let events_state = web::Data::from(events.state.clone());
+        let governance = Arc::new(
+            crate::governance::Governance::new(&settings, store.pool().clone())
+                .context("loading the API product rules")?,
+        );
+        if governance.directory.auto_register() {
+            tracing::warn!("unknown API clients are registered on first use: development only");
+        }
+        crate::governance::freshness::start(search.clone());
+        let capabilities = Arc::new(api::capabilities::capability_statement(
+            &base_url,
+            &issuer,
+            &registry,
+            &governance.product,
+            &governance.profiles,
+        ));
         let state = web::Data::new(AppState {
             repository,
             access,
             audit: settings.access.audit.then(|| Audit::new(store.clone())),
-            capability_statement: api::capabilities::capability_statement(
-                &base_url, &issuer, &registry,
-            )
-            .to_string(),
+            capability_statement: capabilities.to_string(),
+            capabilities,
+            governance,
             search: search.clone(),
             base_url,
             max_body_bytes: settings.max_body_bytes,

@@ -63,6 +63,9 @@ pub fn caller_from_claims(claims: &Value) -> Result<Caller, String> {
             org,
             activities: strings(role.get("activity_codes")),
             scopes,
+            client_id: string(claims, "azp")
+                .or_else(|| string(claims, "client_id"))
+                .map(str::to_string),
         })
     } else if let Some(ods) = string(claims, "ods_code") {
         let ods_code =

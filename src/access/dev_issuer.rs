@@ -10,6 +10,9 @@ use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+/// The client id of the development clinician portal that dev user tokens name (`azp`).
+pub const DEV_PORTAL_CLIENT: &str = "shcr-dev-portal";
+
 pub struct DevIssuer {
     encoding: EncodingKey,
     jwk: Jwk,
@@ -86,6 +89,8 @@ impl TokenClaims {
                     extra.insert("name".into(), json!(name));
                 }
                 extra.insert("scope".into(), json!(scopes.join(" ")));
+                // The portal the person signed in through, as a real OIDC provider would say.
+                extra.insert("azp".into(), json!(DEV_PORTAL_CLIENT));
                 user_id.clone()
             }
         };

@@ -50,6 +50,9 @@ pub struct UserCaller {
     /// National RBAC activity codes of the selected role (B0360 …).
     pub activities: Vec<String>,
     pub scopes: Vec<String>,
+    /// The portal (OAuth client) the person signed in through: the token's `azp` or
+    /// `client_id` claim. The API consumer registry governs that client.
+    pub client_id: Option<String>,
 }
 
 impl UserCaller {
@@ -87,6 +90,22 @@ impl Caller {
         match &self.principal {
             Principal::System(s) => &s.client_id,
             Principal::User(u) => &u.user_id,
+        }
+    }
+
+    /// The registered API client making the call: a system's own client id, or the portal a
+    /// person signed in through (`None` when a user token names no client).
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::System(s) => Some(&s.client_id),
+            Principal::User(u) => u.client_id.as_deref(),
+        }
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        match &self.principal {
+            Principal::System(s) => &s.scopes,
+            Principal::User(u) => &u.scopes,
         }
     }
 

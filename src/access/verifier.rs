@@ -88,6 +88,11 @@ impl TokenVerifier {
         &self.issuer
     }
 
+    /// The `aud` tokens must carry.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
     async fn fetch_keys(&self) -> Result<JwkSet, AuthError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             AuthError::IssuerUnavailable(format!("{what} of issuer {}: {e}", self.issuer))

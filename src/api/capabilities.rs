@@ -2,11 +2,16 @@
 
 use serde_json::{Value, json};
 
+use crate::governance::product::Product;
 use crate::interactions::criteria::SUPPORTED_PARAMETERS;
 use crate::search::params::{ParamType, Registry};
+use crate::validation::profiles::Profiles;
 
 /// Date of this capability set; changes with the interactions below.
-const RELEASE_DATE: &str = "2026-11-25";
+const RELEASE_DATE: &str = "2026-11-26";
+
+/// What changed in this release, newest first (CHANGELOG.md has the whole history).
+const CHANGES: &str = "2026-11-26: consumer registry (unknown or suspended clients are refused), $validate with UK Core and shcr profiles, sandbox writes (X-Shcr-Sandbox), fhirVersion negotiation, per-client throttling (429 + Retry-After), lifecycle headers; application/json+fhir deprecated (sunset 2027-06-30). 2026-11-25: search, subscriptions, messaging.";
 
 /// Interactions served for every resource type (see `api::configure`).
 pub const TYPE_INTERACTIONS: &[&str] = &[
@@ -20,13 +25,25 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// Extension carrying one entry of shcr's API lifecycle (name, status, dates, replacement).
+pub const LIFECYCLE_EXTENSION: &str =
+    "https://fhir.shcr.example.nhs.uk/StructureDefinition/api-lifecycle";
+
 /// Whole-system interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] =
     &["transaction", "batch", "history-system", "search-system"];
 
-pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -> Value {
+pub fn capability_statement(
+    base_url: &str,
+    issuer: &str,
+    registry: &Registry,
+    product: &Product,
+    profiles: &Profiles,
+) -> Value {
     let resources: Vec<Value> = crate::validation::resource_types()
         .map(|t| {
+            let supported_profiles: Vec<&str> =
+                profiles.for_type(t).map(|p| p.url.as_str()).collect();
             let search_params: Vec<Value> = registry
                 .params_for(t)
                 .map(|p| {
@@ -58,6 +75,8 @@ pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -
                 "searchInclude": includes,
                 "searchRevInclude": includes,
                 "searchParam": search_params,
+                "supportedProfile": supported_profiles,
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             })
         })
         .collect();
@@ -68,7 +87,21 @@ pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -
         "name": "ShcrCapabilityStatement",
         "title": "shcr shared care record",
         "status": "active",
+        "version": env!("CARGO_PKG_VERSION"),
         "date": RELEASE_DATE,
+        "description": format!("shcr shared care record. Changes: {CHANGES}"),
+        // The lifecycle of shcr's own operations, headers and media types (governance/api.toml).
+        "extension": product.lifecycle.iter().map(|f| {
+            let mut ext = vec![
+                json!({"url": "name", "valueString": f.name}),
+                json!({"url": "status", "valueCode": f.status.code()}),
+                json!({"url": "since", "valueDate": f.since}),
+            ];
+            if let Some(d) = &f.deprecated { ext.push(json!({"url": "deprecated", "valueDate": d})); }
+            if let Some(s) = &f.sunset { ext.push(json!({"url": "sunset", "valueDate": s})); }
+            if let Some(r) = &f.replacement { ext.push(json!({"url": "replacement", "valueString": r})); }
+            json!({"url": LIFECYCLE_EXTENSION, "extension": ext})
+        }).collect::<Vec<_>>(),
         "publisher": "shcr",
         "kind": "instance",
         "software": { "name": "shcr", "version": env!("CARGO_PKG_VERSION") },
@@ -79,8 +112,12 @@ pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -
         "rest": [{
             "mode": "server",
             "documentation": format!(
-                "Conditional create, update and delete accept the parameters {}.",
-                SUPPORTED_PARAMETERS.join(", ")
+                "Conditional create, update and delete accept the parameters {}. Every client is \
+                 registered (unknown or suspended clients get 401/403) and throttled per its \
+                 registry entry (429 with Retry-After). Send X-Shcr-Sandbox: true with a write to \
+                 run it without storing anything. Developer portal: {}/docs.",
+                SUPPORTED_PARAMETERS.join(", "),
+                base_url.trim_end_matches("/fhir")
             ),
             "security": {
                 "cors": false,
@@ -100,9 +137,23 @@ pub fn capability_statement(base_url: &str, issuer: &str, registry: &Registry) -
             "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
             // Events (src/events): routed in `api::configure` before the per-type routes.
             "operation": [
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
                 {"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"},
                 {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"},
+                // Identity (src/identity, docs/identity.md).
+                {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                 "documentation": "POST Patient/$match: scored candidates with search.score and the match-grade extension."},
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                 "documentation": "GET Patient/{id}/$everything: every resource of every linked Patient across trusts (_since, _type, _count)."},
+                {"name": "summary", "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary",
+                 "documentation": "GET Patient/{id}/$summary: a document Bundle across linked records; each line names its source trust(s)."},
+                {"name": "identity-review", "definition": "https://fhir.shcr.example.nhs.uk/OperationDefinition/identity-review",
+                 "documentation": "GET: open possible matches; POST: confirm or reject one (item, decision, reason). Needs activity B0825."},
+                {"name": "merge", "definition": "https://fhir.shcr.example.nhs.uk/OperationDefinition/Person-merge",
+                 "documentation": "POST Person/$merge: source, target, reason. Needs activity B0825."},
+                {"name": "unmerge", "definition": "https://fhir.shcr.example.nhs.uk/OperationDefinition/Person-unmerge",
+                 "documentation": "POST Person/$unmerge: decision (of a merge), reason: restores the exact prior split."},
             ],
         }],
         "messaging": [{

@@ -38,11 +38,31 @@ pub async fn process_message(
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
         ..Default::default()
     };
-    match events.ingest.process(&bundle, &caller, &envelope).await {
-        Ok(processed) => Ok(json_response(
-            StatusCode::OK,
-            processed.response.to_string(),
-        )),
+    // Sandbox: the same message path over a repository that rolls back (nothing stored,
+    // no idempotency key kept, no freshness recorded).
+    let sandbox = super::rest::sandbox_requested(&req);
+    let sandboxed;
+    let ingest = if sandbox {
+        sandboxed = ingest::Ingest::new(
+            state.repository.sandboxed(),
+            events.catalogue.clone(),
+            events.base_url.clone(),
+        );
+        &sandboxed
+    } else {
+        &events.ingest
+    };
+    match ingest.process(&bundle, &caller, &envelope).await {
+        Ok(processed) => {
+            let mut response = json_response(StatusCode::OK, processed.response.to_string());
+            if sandbox {
+                response.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static(super::rest::SANDBOX_HEADER),
+                    actix_web::http::header::HeaderValue::from_static("true"),
+                );
+            }
+            Ok(response)
+        }
         Err(error) => {
             let status =
                 StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -7,14 +7,20 @@ pub mod body;
 pub mod capabilities;
 mod dev_issuer;
 pub mod error;
+pub mod governance;
 pub mod health;
 mod history;
+mod identity;
 mod ig;
 mod messaging;
 pub mod middleware;
+pub mod portal;
 pub mod response;
 pub mod rest;
 mod search;
+mod summary;
+mod validate;
+pub mod versioning;
 
 use std::sync::Arc;
 
@@ -41,6 +47,10 @@ pub struct AppState {
     pub access: Arc<crate::access::AccessPolicy>,
     /// The audit trail; `None` only when benchmarking without it (`access.audit = false`).
     pub audit: Option<crate::audit::Audit>,
+    /// Consumer registry, throttling and the API product rules (src/governance).
+    pub governance: Arc<crate::governance::Governance>,
+    /// The CapabilityStatement as JSON, for the portal and the OpenAPI document.
+    pub capabilities: Arc<serde_json::Value>,
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {
@@ -71,7 +81,46 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(dev_issuer::discovery)),
         )
         .service(resource("/dev-issuer/jwks").route(web::get().to(dev_issuer::jwks)))
-        .service(resource("/fhir/metadata").route(web::get().to(metadata)))
+        .service(
+            resource("/fhir/metadata")
+                .wrap(from_fn(versioning::negotiate_version))
+                .route(web::get().to(metadata)),
+        )
+        // The developer portal and what it links to: open, like /metadata.
+        .service(resource("/").route(web::get().to(portal::home)))
+        .service(resource("/docs").route(web::get().to(portal::docs)))
+        .service(resource("/docs/openapi.json").route(web::get().to(portal::openapi)))
+        .service(resource("/profiles").route(web::get().to(portal::profiles)))
+        .service(resource("/profiles/{id}").route(web::get().to(portal::profile)))
+        .service(
+            // One scope: actix routes a path to the first scope whose prefix matches.
+            web::scope("/admin")
+                .wrap(from_fn(governance::govern))
+                .wrap(from_fn(middleware::authenticate))
+                // Outermost: denials and unauthenticated calls are audited too.
+                .wrap(from_fn(audit::audit))
+                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy)))
+                .service(
+                    resource("/clients")
+                        .route(web::get().to(governance::list_clients))
+                        .route(web::post().to(governance::register_client)),
+                )
+                .service(
+                    resource("/clients/{id}/$suspend")
+                        .route(web::post().to(governance::suspend_client)),
+                )
+                .service(
+                    resource("/clients/{id}/$reinstate")
+                        .route(web::post().to(governance::reinstate_client)),
+                )
+                .service(
+                    resource("/clients/{id}")
+                        .route(web::get().to(governance::show_client))
+                        .route(web::patch().to(governance::update_client)),
+                )
+                .service(resource("/usage").route(web::get().to(governance::usage_summary)))
+                .default_service(web::to(rest::not_found)),
+        )
         .service(
             resource("/metrics")
                 .wrap(from_fn(middleware::authenticate))
@@ -90,14 +139,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/reports/{name}").route(web::get().to(ig::report))),
         )
         .service(
-            web::scope("/admin")
-                .wrap(from_fn(middleware::authenticate))
-                .wrap(from_fn(audit::audit))
-                .service(resource("/policy/reload").route(web::post().to(ig::reload_policy))),
-        )
-        .service(
             web::scope("/fhir")
                 .wrap(from_fn(middleware::negotiate))
+                .wrap(from_fn(versioning::lifecycle))
+                .wrap(from_fn(versioning::negotiate_version))
+                // The consumer registry and throttle (src/governance) run right after
+                // authentication, before anything reads a body or touches data.
+                .wrap(from_fn(governance::govern))
                 .wrap(from_fn(middleware::authenticate))
                 // Outermost: denials and unauthenticated calls are audited too.
                 .wrap(from_fn(audit::audit))
@@ -110,6 +158,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/")
                         .route(web::post().to(rest::bundle))
                         .route(web::get().to(search::search_system)),
+                )
+                // Conformance (`$validate`): before the generic routes, which would take
+                // `$validate` for a resource type or id.
+                .service(resource("/$validate").route(web::post().to(validate::validate_system)))
+                .service(
+                    resource("/{type}/$validate").route(web::post().to(validate::validate_type)),
                 )
                 // Events (src/events): before the generic `/{type}` routes, which would take
                 // `$process-message` for a resource type.
@@ -124,6 +178,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/Subscription/{id}/$events")
                         .route(web::get().to(messaging::subscription_events)),
                 )
+                // Identity (src/identity): before `/{type}/{id}` and compartment routes.
+                .service(
+                    resource("/$identity-review")
+                        .route(web::get().to(identity::review_list))
+                        .route(web::post().to(identity::review_decide)),
+                )
+                .service(resource("/Patient/$match").route(web::post().to(identity::patient_match)))
+                .service(resource("/Person/$merge").route(web::post().to(identity::person_merge)))
+                .service(
+                    resource("/Person/$unmerge").route(web::post().to(identity::person_unmerge)),
+                )
+                .service(
+                    resource("/Patient/{id}/$everything")
+                        .route(web::get().to(identity::everything)),
+                )
+                .service(resource("/Patient/{id}/$summary").route(web::get().to(summary::summary)))
                 // The IG view of the audit trail (not stored resources).
                 .service(resource("/AuditEvent").route(web::get().to(ig::audit_search)))
                 .service(resource("/_history").route(web::get().to(history::system)))

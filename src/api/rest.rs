@@ -28,6 +28,25 @@ pub fn author(req: &HttpRequest) -> Result<Author, ApiError> {
     Ok(caller(req)?.author(request_id.as_deref()))
 }
 
+/// `X-Shcr-Sandbox: true`: a trust's trial run of a write; nothing is stored.
+pub const SANDBOX_HEADER: &str = "x-shcr-sandbox";
+
+pub fn sandbox_requested(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(SANDBOX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Marks a sandbox response, so no one mistakes it for a stored write.
+fn mark_sandbox(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(SANDBOX_HEADER),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// Runs one interaction through the write engine and renders its response.
 async fn write_one(
     state: &AppState,
@@ -35,6 +54,21 @@ async fn write_one(
     entry: EntryRequest,
 ) -> Result<HttpResponse, ApiError> {
     check_write(state, req, &entry).await?;
+    if sandbox_requested(req) {
+        // No Idempotency-Key bookkeeping: a rolled-back write has nothing to replay.
+        let mut outcomes = state
+            .repository
+            .sandboxed()
+            .execute_atomic(std::slice::from_ref(&entry), &author(req)?)
+            .await
+            .map_err(|f| ApiError::Interaction(f.error))?;
+        let prefer = return_preference(req, ReturnPreference::Representation);
+        return Ok(mark_sandbox(write_response(
+            &state.base_url,
+            outcomes.remove(0),
+            prefer,
+        )));
+    }
     if let Some(key) = idempotency_key(req)? {
         return write_once(state, req, entry, &key).await;
     }
@@ -283,6 +317,7 @@ pub async fn create(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -304,6 +339,7 @@ pub async fn update(
     Repository::check_type(&resource_type)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -333,6 +369,7 @@ pub async fn conditional_update(
     })?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let resource = parse_json(&body)?;
+    super::governance::check_subscription(&req, &resource)?;
     let entry = EntryRequest {
         resource_type,
         full_url: None,
@@ -395,6 +432,7 @@ pub async fn bundle(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let bundle = parse_json(&body)?;
+    super::governance::check_bundle_subscriptions(&req, &bundle)?;
     let author = author(&req)?;
     let mut d = super::access::decider(&state, &req)?;
     for entry in bundle["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
@@ -413,16 +451,23 @@ pub async fn bundle(
     }
     // Bundles default to minimal responses: echoing hundreds of resources is rarely wanted.
     let prefer = return_preference(&req, ReturnPreference::Minimal);
-    let results = state
-        .repository
+    let sandbox = sandbox_requested(&req);
+    let repository = if sandbox {
+        state.repository.sandboxed()
+    } else {
+        state.repository.clone()
+    };
+    let results = repository
         .process_bundle(&bundle, &author, &state.base_url)
         .await?;
     let mut response = results.response(prefer);
     guard_bundle_response(&state, &req, &mut d, &mut response).await?;
-    Ok(super::response::json_response(
-        StatusCode::OK,
-        response.to_string(),
-    ))
+    let response = super::response::json_response(StatusCode::OK, response.to_string());
+    Ok(if sandbox {
+        mark_sandbox(response)
+    } else {
+        response
+    })
 }
 
 /// Resources a Bundle response carries (reads inside a batch, representations of writes) go

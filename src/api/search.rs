@@ -130,6 +130,8 @@ async fn run(
     compartment: Option<&str>,
     path: &str,
 ) -> Result<HttpResponse, ApiError> {
+    // `patient:mdm=Patient/x`: the reference stands for every record linked with x.
+    let (params, persons) = super::identity::expand_mdm(state, params).await?;
     let mut q = parse(&state.search.registry, types, &params, lenient(req)).map_err(|e| {
         ApiError::Http {
             status: StatusCode::BAD_REQUEST,
@@ -154,6 +156,8 @@ async fn run(
         None => crate::access::Scope::All,
     };
     super::access::load_grants(state, req, &mut d, scope, one_patient.as_deref()).await?;
+    // `:mdm`: the person's records are decided together.
+    super::identity::widen_to_persons(&mut d, &persons);
     let engine = Engine {
         index: &state.search,
         store: state.repository.store(),

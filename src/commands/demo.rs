@@ -110,6 +110,8 @@ async fn serve_demo(
         println!("reusing the data already in the database");
     }
 
+    // The clients the printed tokens belong to, registered as a real deployment would have them.
+    crate::governance::seed_demo_clients(app.store().pool()).await?;
     let issuer = app.dev_issuer().expect("dev issuer enabled");
     let audience = settings.auth.audience.clone();
     let ttl = 12 * 3600;
@@ -148,6 +150,11 @@ async fn serve_demo(
     let base = app.base_url();
     println!();
     println!("shcr is running at {base}  (CapabilityStatement: {base}/metadata)");
+    println!(
+        "developer portal: {}/docs  (registered clients: rx1-pas, {})",
+        app.origin(),
+        crate::access::dev_issuer::DEV_PORTAL_CLIENT
+    );
     println!();
     println!("clinician token (R8000 at RX1, 12 h):\n  export CLINICIAN_TOKEN={clinician}");
     println!("trust system token (RX1, 12 h):\n  export TRUST_TOKEN={trust}");

@@ -4,6 +4,8 @@ pub mod audit;
 pub mod bench;
 pub mod bench_access;
 pub mod bench_events;
+pub mod bench_identity;
+pub mod clients;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;

@@ -27,6 +27,9 @@ pub struct TokenArgs {
     /// Client id of the trust's system (with --trust); defaults to `<ods>-system`.
     #[arg(long)]
     pub client_id: Option<String>,
+    /// Extra scopes, comma-separated (e.g. shcr.admin for the admin API).
+    #[arg(long, value_delimiter = ',')]
+    pub scope: Vec<String>,
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: i64,
@@ -43,7 +46,7 @@ pub fn grant_from(args: &TokenArgs) -> anyhow::Result<Grant> {
                 .clone()
                 .unwrap_or_else(|| format!("{}-system", ods.to_ascii_lowercase())),
             ods_code: ods.to_ascii_uppercase(),
-            scopes: vec!["system/*.cruds".into()],
+            scopes: [vec!["system/*.cruds".to_string()], args.scope.clone()].concat(),
         });
     }
     let (Some(role), Some(org)) = (&args.role, &args.org) else {
@@ -61,7 +64,7 @@ pub fn grant_from(args: &TokenArgs) -> anyhow::Result<Grant> {
         role_code,
         org: org.to_ascii_uppercase(),
         activities: args.activities.clone(),
-        scopes: vec!["user/*.rs".into()],
+        scopes: [vec!["user/*.rs".to_string()], args.scope.clone()].concat(),
     })
 }
 

@@ -80,6 +80,10 @@ pub struct Inbound {
     tokens: std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedToken>>,
     authentication: Authentication,
     subject_prefix: String,
+    /// The API consumer registry: a live message from an unknown or suspended client is
+    /// refused like a REST request (checked in `handle` only: a replay of a dead letter is an
+    /// operator's decision and acts as the sender recorded at receipt).
+    clients: Option<Arc<crate::governance::directory::Directory>>,
 }
 
 /// The result of handling one queued message.
@@ -102,6 +106,67 @@ impl Inbound {
             tokens: Default::default(),
             authentication,
             subject_prefix: subject_prefix.trim_end_matches('.').to_string(),
+            clients: None,
+        }
+    }
+
+    /// Checks each live message's sender against the consumer registry (token
+    /// authentication only: with `subject` authentication the broker's per-trust users are the
+    /// registry of who may publish).
+    pub fn with_registry(
+        mut self,
+        clients: Arc<crate::governance::directory::Directory>,
+    ) -> Inbound {
+        self.clients = Some(clients);
+        self
+    }
+
+    /// Refuses a message whose client is not registered, suspended, or registered for another
+    /// organisation or for user-restricted access. Permanent: the message goes to the dead
+    /// letters with the reason, and can be replayed once the client is reinstated.
+    async fn check_registry(&self, caller: &Caller) -> Result<(), MessageError> {
+        let (Some(clients), Authentication::Token) = (&self.clients, &self.authentication) else {
+            return Ok(());
+        };
+        let client_id = caller.client_id().unwrap_or(caller.id());
+        let refuse = |status: u16, code: IssueType, text: String| {
+            Err(MessageError::permanent(
+                "refused",
+                status,
+                vec![Issue::error(code, text)],
+            ))
+        };
+        match clients.lookup(client_id, caller).await {
+            Ok(None) => refuse(
+                401,
+                IssueType::Login,
+                format!("client '{client_id}' is not registered with shcr"),
+            ),
+            Ok(Some(c)) if !c.is_active() => refuse(
+                403,
+                IssueType::Suspended,
+                format!("client '{client_id}' is suspended"),
+            ),
+            Ok(Some(c))
+                if c.ods_code != caller.org().as_str()
+                    || c.mode() != crate::governance::registry::AccessMode::Application =>
+            {
+                refuse(
+                    403,
+                    IssueType::Forbidden,
+                    format!(
+                        "client '{client_id}' is not registered to send messages for {}",
+                        caller.org()
+                    ),
+                )
+            }
+            Ok(Some(c)) if !c.allows_interaction("process-message") => refuse(
+                403,
+                IssueType::Forbidden,
+                format!("client '{client_id}' is not registered for messaging"),
+            ),
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(MessageError::transient("registry", e.to_string())),
         }
     }
 
@@ -238,6 +303,12 @@ impl Inbound {
                 };
             }
         };
+        if let Err(e) = self.check_registry(&caller).await {
+            return Handled {
+                result: Err(e),
+                caller: Some(caller),
+            };
+        }
         let result = self.apply(raw, &caller, ods, event).await;
         Handled {
             result,

@@ -225,13 +225,22 @@ impl Ingest {
                     response,
                 })
             }
-            Some(outcomes) => Ok(Processed {
-                message_id: message.message_id.clone(),
-                disposition: Disposition::Applied,
-                written: outcomes.iter().filter(|o| o.written).count(),
-                stale: hook.stale.len(),
-                response: hook.response.take().expect("stored before commit"),
-            }),
+            Some(outcomes) => {
+                // Product metric: source event time → searchable, per sending client.
+                if !self.repository.is_sandbox() {
+                    crate::governance::freshness::committed(
+                        caller.client_id().unwrap_or(caller.id()),
+                        message.timestamp,
+                    );
+                }
+                Ok(Processed {
+                    message_id: message.message_id.clone(),
+                    disposition: Disposition::Applied,
+                    written: outcomes.iter().filter(|o| o.written).count(),
+                    stale: hook.stale.len(),
+                    response: hook.response.take().expect("stored before commit"),
+                })
+            }
         }
     }
 }

@@ -82,6 +82,12 @@ pub fn inbound(
     catalogue: Arc<Catalogue>,
     base_url: &str,
 ) -> Inbound {
+    // Live messages pass the consumer registry like REST requests (src/governance).
+    let clients = Arc::new(crate::governance::directory::Directory::new(
+        repository.store().pool().clone(),
+        std::time::Duration::from_secs(settings.governance.cache_seconds),
+        settings.auto_register_clients(),
+    ));
     let ingest = Ingest::new(repository, catalogue, base_url.to_string());
     let authentication = match settings.events.nats.authentication.as_str() {
         "subject" => Authentication::Subject,
@@ -93,6 +99,7 @@ pub fn inbound(
         authentication,
         settings.events.nats.subject_prefix.clone(),
     )
+    .with_registry(clients)
 }
 
 impl Runtime {

@@ -51,6 +51,7 @@ pub enum IssueType {
     TooCostly,
     BusinessRule,
     Timeout,
+    Suspended,
 }
 
 impl IssueType {
@@ -82,6 +83,7 @@ impl IssueType {
             IssueType::TooCostly => "too-costly",
             IssueType::BusinessRule => "business-rule",
             IssueType::Timeout => "timeout",
+            IssueType::Suspended => "suspended",
         }
     }
 }

@@ -564,3 +564,49 @@ Resources
 
 #[cfg(test)]
 mod tests;
+
+/// One trust's Patient record and the person it really is: what identity benchmarks link and
+/// score against.
+#[derive(Debug, Clone)]
+pub struct PatientSample {
+    pub trust_ods: String,
+    /// The true person (`truth.csv`'s `person_key`).
+    pub person_key: String,
+    /// The Patient, with `managingOrganization` as an ODS identifier (no Organization needed).
+    pub patient: Value,
+}
+
+/// Only the Patient records of a population, without clinical content: the same people, trusts
+/// and kinds of demographic variation as [`generate`] (not byte-identical records, since the
+/// random streams are not spent on clinical content). Lazily, one person at a time.
+pub fn patient_samples(opts: &GenerateOptions) -> impl Iterator<Item = PatientSample> + use<> {
+    if let Err(e) = opts.validate() {
+        panic!("invalid generate options: {e}");
+    }
+    let trusts = trusts::build_trusts(opts.seed, opts.trusts);
+    let mut numbers = NhsNumbers {
+        start: Dice::new(opts.seed, STREAM_NHS_NUMBERS).below(1_000_000),
+        step: 0,
+    };
+    let mut issued = vec![0u64; trusts.len()];
+    let seed = opts.seed;
+    (0..opts.persons).flat_map(move |index| {
+        let mut dice = Dice::new(seed, index as u64 + 1);
+        let person = people::make_person(index, numbers.next(), &trusts, &mut dice);
+        let mut out = Vec::with_capacity(person.trusts.len());
+        for &t in &person.trusts {
+            let trust = &trusts[t];
+            issued[t] += 1;
+            let local_id = format!("{}{:07}", trust.mrn_prefix, issued[t]);
+            let record = people::record_for(&person, local_id, &mut dice);
+            let mut patient = people::patient_resource(&record, &person, trust, None);
+            patient["managingOrganization"] = trust.identifier_reference();
+            out.push(PatientSample {
+                trust_ods: trust.ods.clone(),
+                person_key: person.key.clone(),
+                patient,
+            });
+        }
+        out
+    })
+}

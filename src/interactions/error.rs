@@ -21,6 +21,9 @@ pub enum Error {
     Conflict(String),
     #[error("not supported: {0}")]
     NotSupported(String),
+    /// The caller may not make this change (e.g. write under another trust's ODS code).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An error of one Bundle entry, re-located to that entry but keeping its status.
@@ -52,6 +55,7 @@ impl Error {
             Error::PreconditionFailed(_) => 412,
             Error::Conflict(_) => 409,
             Error::NotSupported(_) => 400,
+            Error::Forbidden(_) => 403,
             Error::Store(StoreError::Conflict(_)) => 409,
             Error::Store(_) => 500,
             Error::Located { status, .. } => *status,
@@ -78,6 +82,7 @@ impl Error {
             }
             Error::Conflict(msg) => vec![Issue::error(IssueType::Conflict, msg.clone())],
             Error::NotSupported(msg) => vec![Issue::error(IssueType::NotSupported, msg.clone())],
+            Error::Forbidden(msg) => vec![Issue::error(IssueType::Forbidden, msg.clone())],
             Error::Store(StoreError::Conflict(what)) => vec![Issue::error(
                 IssueType::Conflict,
                 format!("{what} was changed by a concurrent request; retry"),

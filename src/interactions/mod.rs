@@ -25,6 +25,8 @@ pub struct Repository {
     store: Store,
     /// The sensitivity mapping every write is labelled with (swapped on policy reload).
     labels: Arc<LabelCell>,
+    /// Sandbox: run every write to just before commit, then roll back (see `sandboxed`).
+    rollback: bool,
 }
 
 impl Repository {
@@ -33,12 +35,32 @@ impl Repository {
         Repository {
             store,
             labels: LabelCell::builtin(),
+            rollback: false,
         }
     }
 
     /// A repository labelling with the server's live mapping.
     pub fn with_labels(store: Store, labels: Arc<LabelCell>) -> Repository {
-        Repository { store, labels }
+        Repository {
+            store,
+            labels,
+            rollback: false,
+        }
+    }
+
+    /// The same engine for a trust's trial run: writes go through validation, conditions,
+    /// reference resolution, locking and versioning exactly as for real, and the transaction
+    /// is rolled back instead of committed, so nothing is stored, fed or notified.
+    pub fn sandboxed(&self) -> Repository {
+        Repository {
+            store: self.store.clone(),
+            labels: self.labels.clone(),
+            rollback: true,
+        }
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        self.rollback
     }
 
     pub fn store(&self) -> &Store {

@@ -261,6 +261,7 @@ impl Repository {
         // 1. Check every entry before touching the database.
         for (i, entry) in entries.iter().enumerate() {
             Self::check_type(&entry.resource_type).map_err(at(i))?;
+            check_ownership(entry, author).map_err(at(i))?;
             match &entry.action {
                 EntryAction::Create { resource, .. } => {
                     check_resource(resource, &entry.resource_type).map_err(at(i))?;
@@ -535,6 +536,7 @@ impl Repository {
             })
             .collect();
         let heads = tx.lock_heads(&lock_keys).await?;
+        check_patient_owners(&mut tx, &lock_keys, author).await?;
         // A trust's system writes only under its own provenance: it may not replace or delete
         // what another organisation wrote, whichever door (REST, Bundle, conditional) it used.
         if author.kind == "system"
@@ -576,6 +578,9 @@ impl Repository {
             let rt = &entry.resource_type;
             match plan {
                 Plan::Create { id, mut resource } => {
+                    if rt == "Patient" {
+                        crate::identity::demographics::flag_patient(&mut resource);
+                    }
                     let unresolved = rewrite(&mut resource, &local_refs);
                     if in_bundle {
                         check_unresolved(&unresolved).map_err(at(i))?;
@@ -607,6 +612,9 @@ impl Repository {
                             head.map(|h| h.version_id.to_string())
                                 .unwrap_or_else(|| "none (it does not exist)".into())
                         ))));
+                    }
+                    if rt == "Patient" {
+                        crate::identity::demographics::flag_patient(&mut resource);
                     }
                     let unresolved = rewrite(&mut resource, &local_refs);
                     if in_bundle {
@@ -718,8 +726,14 @@ impl Repository {
             }
         }
 
-        // 7. Write everything, let the hook add its rows, then commit.
+        // 7. Write everything with its Provenance, link Patients to Persons (identity), let the
+        //    hook add its rows, then commit: a crash keeps all of it or none.
+        let written = versions.len();
+        let provenance = crate::provenance::for_write(&versions, author, now, None);
+        versions.extend(provenance);
         tx.write(&versions, author).await?;
+        versions.truncate(written);
+        crate::identity::link::link_written(&mut tx, &versions, author, now).await?;
         crate::access::facts::record(&mut tx, &versions, author).await?;
         let pending: Vec<EntryOutcome> = (0..entries.len())
             .map(|i| match (results[i], unchanged.get(&i)) {
@@ -740,7 +754,12 @@ impl Repository {
         hook.before_commit(&mut tx, &pending)
             .await
             .map_err(|error| EntryFailure { index: None, error })?;
-        tx.commit().await?;
+        if self.rollback {
+            // Sandbox: dropping the transaction rolls it back; nothing was stored.
+            drop(tx);
+        } else {
+            tx.commit().await?;
+        }
 
         // 8. Responses in request order; reads (and matched conditional creates) see the new state.
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -866,4 +885,83 @@ async fn resolve_all<'c>(
         out.insert(*c, current.unwrap_or_default().into_iter().collect());
     }
     Ok(out)
+}
+
+/// Person resources are derived by identity matching (src/identity): nobody writes them
+/// directly. A trust's system writes Patients only under its own ODS code.
+fn check_ownership(entry: &EntryRequest, author: &Author) -> Result<(), Error> {
+    if matches!(entry.action, EntryAction::Read { .. }) {
+        return Ok(());
+    }
+    if entry.resource_type == "Person" {
+        return Err(Error::Forbidden(
+            "Person resources are maintained by identity matching; use Person/$merge, \
+             Person/$unmerge or the review queue to change links"
+                .into(),
+        ));
+    }
+    if entry.resource_type != "Patient" || author.kind != "system" {
+        return Ok(());
+    }
+    let resource = match &entry.action {
+        EntryAction::Create { resource, .. } | EntryAction::Update { resource, .. } => resource,
+        _ => return Ok(()),
+    };
+    if let (Some(claimed), Some(own)) = (managing_ods(resource), author.org.as_deref())
+        && !claimed.eq_ignore_ascii_case(own)
+    {
+        return Err(Error::Forbidden(format!(
+            "Patient.managingOrganization names {claimed}, but the caller writes for {own}; \
+             a trust may only write its own records"
+        )));
+    }
+    Ok(())
+}
+
+/// The ODS code a Patient's managingOrganization names, by identifier or conditional reference.
+fn managing_ods(patient: &Value) -> Option<String> {
+    let org = patient.get("managingOrganization")?;
+    if org["identifier"]["system"].as_str() == Some(crate::provenance::ODS_SYSTEM) {
+        return org["identifier"]["value"].as_str().map(str::to_string);
+    }
+    let reference = org["reference"].as_str()?;
+    let query = reference.strip_prefix("Organization?")?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "identifier")
+        .and_then(|(_, v)| {
+            v.strip_prefix(crate::provenance::ODS_SYSTEM)
+                .and_then(|rest| rest.strip_prefix('|'))
+                .map(str::to_string)
+        })
+}
+
+/// A trust's system may not replace or delete a Patient another trust wrote.
+async fn check_patient_owners(
+    tx: &mut WriteTx,
+    keys: &[(String, String)],
+    author: &Author,
+) -> Result<(), EntryFailure> {
+    if author.kind != "system" {
+        return Ok(());
+    }
+    let patients: Vec<(String, String)> = keys
+        .iter()
+        .filter(|(t, _)| t == "Patient")
+        .cloned()
+        .collect();
+    for ((_, id), owner) in tx.head_orgs(&patients).await? {
+        if let (Some(owner), Some(own)) = (owner, author.org.as_deref())
+            && owner != own
+        {
+            return Err(EntryFailure {
+                index: None,
+                error: Error::Forbidden(format!(
+                    "Patient/{id} is {owner}'s record; {own} may not change it"
+                )),
+            });
+        }
+    }
+    Ok(())
 }

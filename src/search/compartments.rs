@@ -35,6 +35,21 @@ pub fn patient_params(resource_type: &str) -> &'static [String] {
         .unwrap_or(&[])
 }
 
+/// Every resource type that can be in a patient's compartment, `Patient` included: what a
+/// longitudinal view (`$everything`) searches.
+pub fn patient_compartment_types() -> Vec<String> {
+    let mut types: Vec<String> = PATIENT_PARAMS
+        .iter()
+        .filter(|(_, params)| !params.is_empty())
+        .map(|(t, _)| t.clone())
+        .collect();
+    if !types.iter().any(|t| t == "Patient") {
+        types.push("Patient".into());
+    }
+    types.sort();
+    types
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

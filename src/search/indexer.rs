@@ -398,10 +398,11 @@ impl Indexer {
                         uncommitted = false;
                         last_commit = Instant::now();
                     }
-                    if !uncommitted {
-                        if !more {
-                            self.shared.ready.store(true, Ordering::Release);
-                        }
+                    // A generation is complete only when its poll reached the feed's head: a
+                    // search that waited for it must see every write committed before it began,
+                    // even while a backlog larger than one batch is being applied.
+                    if !uncommitted && !more {
+                        self.shared.ready.store(true, Ordering::Release);
                         self.shared.completed.send_replace(generation);
                     }
                     more

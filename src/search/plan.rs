@@ -189,6 +189,9 @@ impl Planner<'_> {
                 }
             }
             Clause::Compartment(patient) => term(f.compartment, patient),
+            Clause::AnyCompartment(patients) => {
+                any_of(patients.iter().map(|p| term(f.compartment, p)).collect())
+            }
             Clause::Chain {
                 code,
                 target_types,

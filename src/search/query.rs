@@ -159,6 +159,9 @@ pub enum Clause {
     },
     /// `Patient/{id}/Observation`: the resource is in that patient's compartment.
     Compartment(String),
+    /// In any of these compartments (`Patient/a`, `Patient/b`): the records of one person
+    /// held by several trusts (`$everything`, `$summary`).
+    AnyCompartment(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

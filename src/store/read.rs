@@ -338,6 +338,39 @@ impl Store {
 }
 
 impl Store {
+    /// The organisation that wrote the current version of each `(type, id)`: the contributing
+    /// trust a longitudinal view names as the source of a fact.
+    pub async fn writer_orgs(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<std::collections::HashMap<(String, String), String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT h.resource_type, h.id, v.author_org
+             FROM unnest($1::text[], $2::text[]) AS k(t, i)
+             JOIN resource_head h ON h.resource_type = k.t AND h.id = k.i
+             JOIN resource_version v
+               ON v.resource_type = h.resource_type AND v.id = h.id AND v.version_id = h.version_id
+             WHERE v.author_org IS NOT NULL",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            out.insert(
+                (r.try_get("resource_type")?, r.try_get("id")?),
+                r.try_get("author_org")?,
+            );
+        }
+        Ok(out)
+    }
+
     /// The newest version of a resource that has content (the one before a deletion).
     pub async fn last_content_version(
         &self,

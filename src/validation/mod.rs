@@ -26,7 +26,7 @@
 //! - FHIRPath invariants (`constraint`s), e.g. ele-1 beyond "no empty objects", ext-1 (value or
 //!   nested extensions, not both), dom-2..dom-6 on contained resources, per-resource rules such
 //!   as obs-6/obs-7, bdl-1..bdl-12, txt-1/txt-2 (narrative XHTML content), ref-1, qty-3 (UCUM);
-//! - profiles (`meta.profile`, UK Core), extension definitions (an extension's URL is not
+//! - profiles here (see [`profiles`]: `$validate` and rules as data), extension definitions (an extension's URL is not
 //!   resolved, so its value type and context are checked only against the base Extension);
 //! - reference targets (`Reference(Patient)`), preferred/extensible/example bindings, and value
 //!   sets the package cannot enumerate (MIME types, currencies, UCUM; see
@@ -44,6 +44,7 @@
 
 mod model;
 mod primitives;
+pub mod profiles;
 mod walker;
 
 use serde_json::Value;

@@ -121,3 +121,20 @@ async fn a_reader_racing_writers_sees_every_change_once() {
     let unique: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), 100, "every change exactly once");
 }
+
+/// More changes than the indexer takes in one batch, committed at once: a search that starts
+/// after the commit must count all of them, not the first batch.
+#[tokio::test]
+async fn a_search_after_a_large_commit_sees_all_of_it() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    let n = 5_000;
+    let versions: Vec<NewVersion> = (0..n).map(|i| version(&format!("bulk-{i}"))).collect();
+    let mut tx = store.begin_write().await.unwrap();
+    for chunk in versions.chunks(500) {
+        tx.write(chunk, &author()).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], n, "{bundle}");
+}

@@ -870,7 +870,12 @@ async fn reindex_rebuilds_from_the_database() {
     )
     .await
     .unwrap();
-    assert_eq!(n, 7);
+    // The 7 resources of the world, with their Provenance and Persons.
+    let current: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_head WHERE NOT deleted")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n as i64, current);
     let reopened = TestApp::spawn_on_with(&app.db.url, {
         let d = dir.path().join("rebuilt");
         move |s| s.index_dir = Some(d)

@@ -1,0 +1,772 @@
+//! Linking inside the write transaction: every Patient version the write engine writes (from
+//! any door: REST, transaction Bundles, messaging, NATS, `shcr import`) is linked to a Person
+//! before the transaction commits, so a Patient never exists without its link and a crash loses
+//! neither (both or nothing are committed).
+//!
+//! Concurrency: the linker takes transaction-scoped advisory locks on the new record's blocking
+//! keys before looking for candidates. Two records that could be candidates of each other share
+//! at least one blocking key, so the second waits until the first has committed and then sees
+//! it (READ COMMITTED reads the latest committed rows per statement). Person resources are
+//! rewritten under their head row locks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::demographics::{Demographics, FLAG_SYSTEM};
+use super::scoring::{self, Grade, PairScore};
+use crate::fhir::id::new_id;
+use crate::fhir::instant::format_instant;
+use crate::store::{Author, NewVersion, Operation, StoreError, WriteTx};
+
+/// The matcher as the author of automatic Person versions and link decisions.
+pub const MATCHER_ID: &str = "shcr-identity-matcher";
+/// Extension on `Person.link` carrying the link's score, grade and method.
+pub const LINK_EXT: &str = "https://fhir.shcr.example.nhs.uk/StructureDefinition/person-link-match";
+/// Most candidates scored per record; blocks larger than this are a data problem, not people.
+const MAX_CANDIDATES: i64 = 500;
+
+pub fn matcher_author(request_id: Option<&str>) -> Author {
+    Author {
+        kind: "system",
+        id: MATCHER_ID.into(),
+        org: None,
+        request_id: request_id.map(str::to_string),
+    }
+}
+
+/// One Patient's current link, as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Assignment {
+    pub patient_id: String,
+    pub person_id: String,
+    pub score: Option<f64>,
+    pub grade: String,
+    pub method: String,
+}
+
+/// A candidate record found through blocking.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub patient_id: String,
+    pub person_id: String,
+    pub org: Option<String>,
+    pub demographics: Demographics,
+}
+
+/// FNV-1a, stable across processes, for advisory lock keys.
+fn lock_key(parts: &[&str]) -> i64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    hash as i64
+}
+
+/// The blocking keys of a record: candidates are the records sharing at least one.
+pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
+    let mut keys = Vec::new();
+    if let Some(n) = &d.nhs_number {
+        keys.push(lock_key(&["nhs", n]));
+    }
+    if let Some(b) = &d.birth_date {
+        keys.push(lock_key(&["birth", b]));
+        if let Some(s) = swapped(b) {
+            keys.push(lock_key(&["birth", &s]));
+        }
+    }
+    if let (Some(c), Some(y)) = (&d.family_code, d.birth_year()) {
+        keys.push(lock_key(&["phonetic-year", c, &y.to_string()]));
+    }
+    if let Some(p) = &d.postcode {
+        keys.push(lock_key(&["postcode", p]));
+    }
+    if let Some(n) = d.name_key() {
+        keys.push(lock_key(&["names", &n]));
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The birth date with day and month swapped, when that is a date.
+fn swapped(b: &str) -> Option<String> {
+    if b.len() != 10 {
+        return None;
+    }
+    let s = format!("{}-{}-{}", &b[..4], &b[8..10], &b[5..7]);
+    (s != b
+        && time::Date::parse(
+            &s,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .is_ok())
+    .then_some(s)
+}
+
+/// A deadlock between two linkers is a lost race: reported as a conflict so the write engine
+/// retries the whole unit.
+fn db(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(d) = &e
+        && d.code().as_deref() == Some("40P01")
+    {
+        return StoreError::Conflict("identity links (deadlock)".into());
+    }
+    StoreError::Database(e)
+}
+
+async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
+        .bind(keys)
+        .execute(tx.connection())
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Candidates of `d` by any blocking key, leaving out `patient_id` itself and the records a
+/// reviewer said are someone else.
+pub async fn candidates(
+    tx: &mut WriteTx,
+    patient_id: &str,
+    d: &Demographics,
+) -> Result<Vec<Candidate>, StoreError> {
+    let birth = d.birth();
+    let swapped_birth = d.birth_date.as_deref().and_then(swapped).and_then(|s| {
+        time::Date::parse(
+            &s,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .ok()
+    });
+    let rows = sqlx::query(
+        "SELECT patient_id, person_id, org, demographics FROM identity_patient
+         WHERE active AND patient_id <> $1 AND (
+               nhs_number = $2
+            OR birth_date = $3
+            OR birth_date = $4
+            OR (family_code = $5 AND birth_year = $6)
+            OR postcode = $7
+            OR name_key = $9)
+           AND NOT EXISTS (
+               SELECT 1 FROM identity_non_match n
+               WHERE (n.patient_a = $1 AND n.patient_b = patient_id)
+                  OR (n.patient_b = $1 AND n.patient_a = patient_id))
+         LIMIT $8",
+    )
+    .bind(patient_id)
+    .bind(&d.nhs_number)
+    .bind(birth)
+    .bind(swapped_birth)
+    .bind(&d.family_code)
+    .bind(d.birth_year())
+    .bind(&d.postcode)
+    .bind(MAX_CANDIDATES)
+    .bind(d.name_key())
+    .fetch_all(tx.connection())
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            let demographics: Value = r.try_get("demographics")?;
+            Ok(Candidate {
+                patient_id: r.try_get("patient_id")?,
+                person_id: r.try_get("person_id")?,
+                org: r.try_get("org")?,
+                demographics: serde_json::from_value(demographics).unwrap_or_default(),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::Database)
+}
+
+async fn current(tx: &mut WriteTx, patient_id: &str) -> Result<Option<Assignment>, StoreError> {
+    let row = sqlx::query(
+        "SELECT patient_id, person_id, score, grade, method FROM identity_patient
+         WHERE patient_id = $1 FOR UPDATE",
+    )
+    .bind(patient_id)
+    .fetch_optional(tx.connection())
+    .await
+    .map_err(db)?;
+    row.map(|r| -> Result<Assignment, sqlx::Error> {
+        Ok(Assignment {
+            patient_id: r.try_get("patient_id")?,
+            person_id: r.try_get("person_id")?,
+            score: r.try_get("score")?,
+            grade: r.try_get("grade")?,
+            method: r.try_get("method")?,
+        })
+    })
+    .transpose()
+    .map_err(StoreError::Database)
+}
+
+/// What the matcher decided for one record.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub person_id: String,
+    pub score: Option<f64>,
+    pub grade: Grade,
+    /// Possible matches to queue: (candidate patient, score, reason).
+    pub review: Vec<(String, f64, &'static str)>,
+}
+
+/// Decides a record's person from its scored candidates. Pure: the rules in one place.
+///
+/// - The best person reached by a Certain or Probable pair is chosen, unless a member of that
+///   person carries a verified NHS number different from the record's (a conflict).
+/// - Possible pairs, conflicts and further persons that also match go to review.
+/// - With no match the record keeps its person when it is alone in it, else starts a new one.
+pub fn decide(
+    own: &Demographics,
+    previous: Option<&Assignment>,
+    scored: &[(Candidate, PairScore)],
+    alone_in_previous: bool,
+) -> Decision {
+    // Persons whose members carry a verified NHS number other than ours.
+    let conflicted: BTreeSet<&str> = scored
+        .iter()
+        .filter(|(c, _)| {
+            own.nhs_verified
+                && c.demographics.nhs_verified
+                && c.demographics.nhs_number != own.nhs_number
+        })
+        .map(|(c, _)| c.person_id.as_str())
+        .collect();
+    let mut best: BTreeMap<&str, (f64, Grade)> = BTreeMap::new();
+    for (c, s) in scored {
+        if matches!(s.grade, Grade::Certain | Grade::Probable)
+            && !conflicted.contains(c.person_id.as_str())
+        {
+            let e = best.entry(&c.person_id).or_insert((s.score, s.grade));
+            if s.score > e.0 {
+                *e = (s.score, s.grade);
+            }
+        }
+    }
+    let mut ranked: Vec<(&str, (f64, Grade))> = best.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then(a.0.cmp(b.0)));
+
+    let mut review = Vec::new();
+    let chosen = ranked.first().map(|(p, (s, g))| (p.to_string(), *s, *g));
+    for (c, s) in scored {
+        let in_chosen = chosen.as_ref().is_some_and(|(p, _, _)| *p == c.person_id);
+        if in_chosen {
+            continue;
+        }
+        let reason = if s.grade == Grade::CertainlyNot {
+            None
+        } else if s.conflict || conflicted.contains(c.person_id.as_str()) {
+            Some("conflict")
+        } else if matches!(s.grade, Grade::Certain | Grade::Probable) {
+            // A second person also matches: the two persons may be one; a person decides.
+            Some("ambiguous")
+        } else if s.grade == Grade::Possible {
+            Some("possible-match")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            review.push((c.patient_id.clone(), s.score, reason));
+        }
+    }
+    match chosen {
+        Some((person_id, score, grade)) => Decision {
+            person_id,
+            score: Some(score),
+            grade,
+            review,
+        },
+        None => Decision {
+            person_id: match previous {
+                Some(p) if alone_in_previous => p.person_id.clone(),
+                _ => new_id(),
+            },
+            score: None,
+            grade: Grade::CertainlyNot,
+            review,
+        },
+    }
+}
+
+/// Links every Patient among `versions` (just written in `tx` by `author`), rewriting the
+/// Person resources whose membership changed and recording Provenance for them.
+pub async fn link_written(
+    tx: &mut WriteTx,
+    versions: &[NewVersion],
+    author: &Author,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let patients: Vec<(&NewVersion, Option<Demographics>)> = versions
+        .iter()
+        .filter(|v| v.resource_type == "Patient")
+        .map(|v| {
+            let d = v
+                .content
+                .as_deref()
+                .filter(|_| v.operation != Operation::Delete)
+                .map(|c| {
+                    Demographics::from_patient(&serde_json::from_str(c).unwrap_or(Value::Null))
+                });
+            (v, d)
+        })
+        .collect();
+    if patients.is_empty() {
+        return Ok(());
+    }
+    // Every blocking key of the unit at once, in one sorted order: one round trip, and no two
+    // linkers can wait on each other's keys in opposite orders.
+    let mut keys: Vec<i64> = patients
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .flat_map(blocking_keys)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    lock_keys(tx, &keys).await?;
+    for (v, d) in &patients {
+        match d {
+            None => {
+                if let Some(prev) = current(tx, &v.id).await? {
+                    sqlx::query("UPDATE identity_patient SET active = false WHERE patient_id = $1")
+                        .bind(&v.id)
+                        .execute(tx.connection())
+                        .await
+                        .map_err(db)?;
+                    record_event(
+                        tx,
+                        &v.id,
+                        Some(&prev.person_id),
+                        None,
+                        None,
+                        "unlinked",
+                        "auto",
+                        MATCHER_ID,
+                        None,
+                    )
+                    .await?;
+                    touched.insert(prev.person_id);
+                }
+            }
+            Some(d) => {
+                // A first version has no link yet: no need to look for one.
+                let first = v.version_id == 1;
+                touched.extend(link_one(tx, &v.id, d, author.org.as_deref(), first).await?);
+            }
+        }
+    }
+    let matcher = matcher_author(author.request_id.as_deref());
+    write_persons(tx, &touched, &matcher, now, None).await
+}
+
+/// Links one record; returns the persons whose membership changed.
+async fn link_one(
+    tx: &mut WriteTx,
+    patient_id: &str,
+    d: &Demographics,
+    org: Option<&str>,
+    first: bool,
+) -> Result<Vec<String>, StoreError> {
+    let previous = if first {
+        None
+    } else {
+        current(tx, patient_id).await?
+    };
+    let found = candidates(tx, patient_id, d).await?;
+    let scored: Vec<(Candidate, PairScore)> = found
+        .into_iter()
+        .map(|c| {
+            let s = scoring::compare(d, &c.demographics);
+            (c, s)
+        })
+        .collect();
+
+    let decision = match &previous {
+        // A person's decision stands until a person changes it; demographics still update.
+        Some(p) if p.method == "manual" => Decision {
+            person_id: p.person_id.clone(),
+            score: p.score,
+            grade: grade_of(&p.grade),
+            review: decide(d, Some(p), &scored, true)
+                .review
+                .into_iter()
+                .filter(|(c, _, _)| {
+                    scored
+                        .iter()
+                        .any(|(x, _)| &x.patient_id == c && x.person_id != p.person_id)
+                })
+                .collect(),
+        },
+        _ => {
+            let alone = match &previous {
+                Some(p) => {
+                    !scored.iter().any(|(c, _)| c.person_id == p.person_id)
+                        && members_besides(tx, &p.person_id, patient_id).await? == 0
+                }
+                None => false,
+            };
+            decide(d, previous.as_ref(), &scored, alone)
+        }
+    };
+
+    let (grade, method) = match (&previous, decision.score) {
+        (Some(p), _) if p.method == "manual" => (p.grade.clone(), "manual"),
+        (_, None) => ("founder".to_string(), "auto"),
+        (_, Some(_)) => (decision.grade.code().to_string(), "auto"),
+    };
+    let moved =
+        previous.as_ref().map(|p| p.person_id.as_str()) != Some(decision.person_id.as_str());
+    let log_event = moved || previous.as_ref().is_some_and(|p| p.grade != grade);
+    // The link and (when it changed) its history row in one statement.
+    sqlx::query(
+        "WITH up AS (
+         INSERT INTO identity_patient
+           (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
+            birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
+            linked_at, active)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $18, now(), true)
+         ON CONFLICT (patient_id) DO UPDATE SET
+           person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
+           nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
+           family_code = excluded.family_code, birth_date = excluded.birth_date,
+           birth_year = excluded.birth_year, postcode = excluded.postcode,
+           demographics = excluded.demographics, score = excluded.score, grade = excluded.grade,
+           method = excluded.method, name_key = excluded.name_key, active = true,
+           linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
+                            THEN identity_patient.linked_at ELSE now() END
+         RETURNING patient_id)
+         INSERT INTO identity_link_event
+           (patient_id, from_person, to_person, score, grade, method, actor)
+         SELECT patient_id, $15, $2, $12, $13, $14, $16 FROM up WHERE $17",
+    )
+    .bind(patient_id)
+    .bind(&decision.person_id)
+    .bind(org)
+    .bind(&d.nhs_number)
+    .bind(d.nhs_verified)
+    .bind(d.nhs_invalid)
+    .bind(&d.family_code)
+    .bind(d.birth())
+    .bind(d.birth_year())
+    .bind(&d.postcode)
+    .bind(serde_json::to_value(d).unwrap_or(Value::Null))
+    .bind(decision.score)
+    .bind(&grade)
+    .bind(method)
+    .bind(previous.as_ref().map(|p| p.person_id.as_str()))
+    .bind(MATCHER_ID)
+    .bind(log_event)
+    .bind(d.name_key())
+    .execute(tx.connection())
+    .await
+    .map_err(db)?;
+
+    for (candidate, score, reason) in &decision.review {
+        sqlx::query(
+            "INSERT INTO identity_review (patient_id, candidate_id, score, reason)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(patient_id)
+        .bind(candidate)
+        .bind(score)
+        .bind(reason)
+        .execute(tx.connection())
+        .await
+        .map_err(db)?;
+    }
+
+    let mut touched = Vec::new();
+    if let Some(p) = &previous
+        && moved
+    {
+        touched.push(p.person_id.clone());
+    }
+    // The Person shows the member's current score and grade even when it did not move.
+    touched.push(decision.person_id);
+    Ok(touched)
+}
+
+fn grade_of(code: &str) -> Grade {
+    match code {
+        "certain" => Grade::Certain,
+        "probable" => Grade::Probable,
+        "possible" => Grade::Possible,
+        _ => Grade::CertainlyNot,
+    }
+}
+
+async fn members_besides(
+    tx: &mut WriteTx,
+    person_id: &str,
+    patient_id: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM identity_patient WHERE person_id = $1 AND active AND patient_id <> $2",
+    )
+    .bind(person_id)
+    .bind(patient_id)
+    .fetch_one(tx.connection())
+    .await
+    .map_err(db)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record_event(
+    tx: &mut WriteTx,
+    patient_id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    score: Option<f64>,
+    grade: &str,
+    method: &str,
+    actor: &str,
+    decision: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO identity_link_event
+           (patient_id, from_person, to_person, score, grade, method, actor, decision_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(patient_id)
+    .bind(from)
+    .bind(to)
+    .bind(score)
+    .bind(grade)
+    .bind(method)
+    .bind(actor)
+    .bind(decision)
+    .execute(tx.connection())
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// FHIR Person.link.assurance for a link: level4 for a verified NHS number or a person's
+/// decision, level3 for a probabilistic match, level2 for a record standing alone.
+fn assurance(grade: &str, method: &str) -> &'static str {
+    match (grade, method) {
+        (_, "manual") | ("certain", _) => "level4",
+        ("probable", _) => "level3",
+        _ => "level2",
+    }
+}
+
+/// Rewrites the Person resource of each person from its current members (deleting a Person
+/// left with none), with Provenance naming `author` (the matcher or the reviewer).
+pub async fn write_persons(
+    tx: &mut WriteTx,
+    persons: &BTreeSet<String>,
+    author: &Author,
+    now: OffsetDateTime,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    if persons.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, String)> = persons
+        .iter()
+        .map(|p| ("Person".to_string(), p.clone()))
+        .collect();
+    let heads = tx.lock_heads(&keys).await?;
+    let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+    let rows = sqlx::query(
+        "SELECT person_id, patient_id, org, score, grade, method, demographics
+         FROM identity_patient WHERE person_id = ANY($1) AND active
+         ORDER BY person_id, patient_id",
+    )
+    .bind(&ids)
+    .fetch_all(tx.connection())
+    .await
+    .map_err(db)?;
+    let mut members: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut verified_nhs: HashMap<String, String> = HashMap::new();
+    for r in rows {
+        let person: String = r.try_get("person_id").map_err(StoreError::Database)?;
+        let patient: String = r.try_get("patient_id").map_err(StoreError::Database)?;
+        let org: Option<String> = r.try_get("org").map_err(StoreError::Database)?;
+        let score: Option<f64> = r.try_get("score").map_err(StoreError::Database)?;
+        let grade: String = r.try_get("grade").map_err(StoreError::Database)?;
+        let method: String = r.try_get("method").map_err(StoreError::Database)?;
+        let demographics: Value = r.try_get("demographics").map_err(StoreError::Database)?;
+        if demographics["nhs_verified"] == true
+            && let Some(n) = demographics["nhs_number"].as_str()
+        {
+            verified_nhs
+                .entry(person.clone())
+                .or_insert_with(|| n.to_string());
+        }
+        let mut ext = vec![
+            json!({"url": "grade", "valueCode": grade}),
+            json!({"url": "method", "valueCode": method}),
+        ];
+        if let Some(s) = score {
+            ext.push(json!({"url": "score", "valueDecimal": (s * 100.0).round() / 100.0}));
+        }
+        let mut target = json!({"reference": format!("Patient/{patient}")});
+        if let Some(org) = org {
+            target["display"] = json!(format!("record held by {org}"));
+        }
+        members.entry(person).or_default().push(json!({
+            "extension": [{"url": LINK_EXT, "extension": ext}],
+            "target": target,
+            "assurance": assurance(&grade, &method),
+        }));
+    }
+    let mut versions = Vec::new();
+    for person in persons {
+        let head = heads.get(&("Person".to_string(), person.clone()));
+        let links = members.remove(person).unwrap_or_default();
+        let (version_id, operation, method) = match head {
+            None => (1, Operation::Create, "POST"),
+            Some(h) => (h.version_id + 1, Operation::Update, "PUT"),
+        };
+        if links.is_empty() {
+            // Every record moved elsewhere (merge, re-link): the Person is retired.
+            if let Some(h) = head.filter(|h| !h.deleted) {
+                versions.push(NewVersion {
+                    resource_type: "Person".into(),
+                    id: person.clone(),
+                    version_id: h.version_id + 1,
+                    last_updated: now,
+                    operation: Operation::Delete,
+                    method: "DELETE",
+                    content: None,
+                    identifiers: Vec::new(),
+                });
+            }
+            continue;
+        }
+        let mut resource = json!({
+            "resourceType": "Person",
+            "id": person,
+            "meta": {
+                "versionId": version_id.to_string(),
+                "lastUpdated": format_instant(now),
+                "tag": [{"system": FLAG_SYSTEM, "code": "derived-person",
+                         "display": "maintained by shcr identity matching"}],
+            },
+            "active": true,
+            "link": links,
+        });
+        let mut identifiers = Vec::new();
+        if let Some(n) = verified_nhs.get(person) {
+            resource["identifier"] = json!([{"system": super::nhs_number::SYSTEM, "value": n}]);
+            identifiers.push((super::nhs_number::SYSTEM.to_string(), n.clone()));
+        }
+        versions.push(NewVersion {
+            resource_type: "Person".into(),
+            id: person.clone(),
+            version_id,
+            last_updated: now,
+            operation: if head.is_some_and(|h| h.deleted) {
+                Operation::Update
+            } else {
+                operation
+            },
+            method,
+            content: Some(resource.to_string()),
+            identifiers,
+        });
+    }
+    let provenance = crate::provenance::for_write(&versions, author, now, reason);
+    versions.extend(provenance);
+    tx.write(&versions, author).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(patient: &str, person: &str, d: Demographics) -> Candidate {
+        Candidate {
+            patient_id: patient.into(),
+            person_id: person.into(),
+            org: None,
+            demographics: d,
+        }
+    }
+
+    fn score(s: f64, grade: Grade, conflict: bool) -> PairScore {
+        PairScore {
+            score: s,
+            grade,
+            conflict,
+            levels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn best_matching_person_is_chosen_and_possibles_queued() {
+        let own = Demographics::default();
+        let scored = vec![
+            (
+                cand("a", "P1", Demographics::default()),
+                score(30.0, Grade::Probable, false),
+            ),
+            (
+                cand("b", "P2", Demographics::default()),
+                score(15.0, Grade::Possible, false),
+            ),
+        ];
+        let d = decide(&own, None, &scored, false);
+        assert_eq!(d.person_id, "P1");
+        assert_eq!(d.review, vec![("b".to_string(), 15.0, "possible-match")]);
+    }
+
+    #[test]
+    fn a_person_with_another_verified_number_is_never_joined() {
+        let own = Demographics {
+            nhs_number: Some("9434765919".into()),
+            nhs_verified: true,
+            ..Default::default()
+        };
+        let other = Demographics {
+            nhs_number: Some("9434765870".into()),
+            nhs_verified: true,
+            ..Default::default()
+        };
+        // A record of P1 without an NHS number matches, but P1 also holds another verified number.
+        let scored = vec![
+            (
+                cand("a", "P1", Demographics::default()),
+                score(30.0, Grade::Probable, false),
+            ),
+            (cand("b", "P1", other), score(20.0, Grade::Possible, true)),
+        ];
+        let d = decide(&own, None, &scored, false);
+        assert_ne!(d.person_id, "P1");
+        assert!(d.review.iter().all(|(_, _, r)| *r == "conflict"));
+    }
+
+    #[test]
+    fn no_match_keeps_a_lone_record_in_its_person() {
+        let prev = Assignment {
+            patient_id: "x".into(),
+            person_id: "P9".into(),
+            score: None,
+            grade: "founder".into(),
+            method: "auto".into(),
+        };
+        let d = decide(&Demographics::default(), Some(&prev), &[], true);
+        assert_eq!(d.person_id, "P9");
+        let d = decide(&Demographics::default(), Some(&prev), &[], false);
+        assert_ne!(d.person_id, "P9");
+    }
+
+    #[test]
+    fn swapped_birth_dates_are_a_blocking_key() {
+        assert_eq!(swapped("1980-03-07").as_deref(), Some("1980-07-03"));
+        assert_eq!(swapped("1980-03-27"), None);
+        assert_eq!(swapped("1980-03-03"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Identity end to end, against a real PostgreSQL and the real HTTP server: linking across
+//! trusts, the review queue, merge and unmerge, `$match`, the longitudinal view
+//! (`$everything`, `$summary`, `:mdm`), Provenance of every write and write ownership.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod linking;
+mod longitudinal;
+mod population;
+mod provenance;
+mod review;
+mod support;
