@@ -156,7 +156,9 @@ async fn serve_demo(
         crate::access::dev_issuer::DEV_PORTAL_CLIENT
     );
     println!();
-    println!("clinician token (R8000 at RX1, 12 h):\n  export CLINICIAN_TOKEN={clinician}");
+    println!(
+        "clinician token (R8000 at {clinician_org}, 12 h):\n  export CLINICIAN_TOKEN={clinician}"
+    );
     println!("trust system token (RX1, 12 h):\n  export TRUST_TOKEN={trust}");
     println!();
     if let Some(id) = sample {
