@@ -233,16 +233,37 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// A bearer token for a trust's system, by ODS code (in-process runs only).
+type TrustTokens = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 struct Target {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// In-process runs act as the trust that owns each Bundle or resource: the access policy
+    /// lets a trust's system write and read only its own records. `None` against a peer server
+    /// (one token for everything).
+    trust_tokens: Option<TrustTokens>,
 }
 
 impl Target {
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.request_as(method, url, None)
+    }
+
+    /// A request as trust `ods` when per-trust tokens are available, else with the one token.
+    fn request_as(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        ods: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let request = self.client.request(method, url);
-        match &self.token {
+        let token = match (ods, &self.trust_tokens) {
+            (Some(ods), Some(tokens)) => Some(tokens(ods)),
+            _ => self.token.clone(),
+        };
+        match token {
             Some(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
             None => request,
         }
@@ -265,9 +286,9 @@ impl Target {
         Ok(body)
     }
 
-    async fn post_bundle(&self, body: String) -> Result<Value, String> {
+    async fn post_bundle(&self, ods: &str, body: String) -> Result<Value, String> {
         let r = self
-            .request(reqwest::Method::POST, self.base.clone())
+            .request_as(reqwest::Method::POST, self.base.clone(), Some(ods))
             .header(CONTENT_TYPE, "application/fhir+json")
             .body(body)
             .send()
@@ -321,14 +342,15 @@ struct Bench {
     target: Arc<Target>,
     args: BenchArgs,
     patients: Vec<GeneratedBundle>,
-    observations: Arc<Vec<String>>,
+    /// Ingested Observations: (id, ODS code of the trust that wrote it).
+    observations: Arc<Vec<(String, String)>>,
     results: Results,
 }
 
 pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(url) = args.target_url.clone() {
         let token = args.token.clone();
-        return bench(url, token, args).await;
+        return bench(url, token, None, args).await;
     }
     let temp = std::env::temp_dir().join(format!("shcr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&temp)?;
@@ -389,6 +411,34 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
         },
         3600,
     ))?;
+    let trust_tokens: TrustTokens = {
+        let (issuer, issuer_url, audience) = (
+            issuer.clone(),
+            app.issuer().to_string(),
+            settings.auth.audience.clone(),
+        );
+        let minted = std::sync::Mutex::new(std::collections::HashMap::<String, String>::new());
+        Arc::new(move |ods: &str| {
+            let mut minted = minted.lock().expect("token cache");
+            if let Some(token) = minted.get(ods) {
+                return token.clone();
+            }
+            let token = issuer
+                .mint(&TokenClaims::new(
+                    &issuer_url,
+                    &audience,
+                    &Grant::System {
+                        client_id: format!("bench-{}", ods.to_ascii_lowercase()),
+                        ods_code: ods.into(),
+                        scopes: vec![],
+                    },
+                    3600,
+                ))
+                .expect("minting a development token");
+            minted.insert(ods.to_string(), token.clone());
+            token
+        })
+    };
     let base = app.base_url();
     let search = app.search();
     let pool = app.store().pool().clone();
@@ -400,7 +450,14 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
     };
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
-    let result = match bench(base.clone(), Some(token.clone()), args.clone()).await {
+    let result = match bench(
+        base.clone(),
+        Some(token.clone()),
+        Some(trust_tokens.clone()),
+        args.clone(),
+    )
+    .await
+    {
         // The search mix samples its queries from the database and reads the index's own size,
         // so it runs only here, against the server in this process.
         Ok(()) => {
@@ -410,6 +467,7 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
                     .build()?,
                 base,
                 token: Some(token),
+                trust_tokens: Some(trust_tokens),
             });
             async {
                 if args.phases.contains(&Phase::Search) {
@@ -452,13 +510,19 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
     result.map(|_| keep)
 }
 
-async fn bench(base: String, token: Option<String>, args: BenchArgs) -> anyhow::Result<()> {
+async fn bench(
+    base: String,
+    token: Option<String>,
+    trust_tokens: Option<TrustTokens>,
+    args: BenchArgs,
+) -> anyhow::Result<()> {
     let target = Arc::new(Target {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?,
         base: base.trim_end_matches('/').to_string(),
         token,
+        trust_tokens,
     });
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -499,7 +563,7 @@ async fn bench(base: String, token: Option<String>, args: BenchArgs) -> anyhow::
     let mut resolved = std::collections::HashMap::new();
     for b in &orgs {
         let response = target
-            .post_bundle(b.bundle.to_string())
+            .post_bundle(&b.trust_ods, b.bundle.to_string())
             .await
             .map_err(anyhow::Error::msg)?;
         if args.literal_references {
@@ -569,10 +633,10 @@ async fn run_phase(bench: &mut Bench, phase: Phase) -> anyhow::Result<()> {
 }
 
 async fn ingest(bench: &mut Bench) -> anyhow::Result<()> {
-    let bodies: Vec<String> = bench
+    let bodies: Vec<(String, String)> = bench
         .patients
         .iter()
-        .map(|b| b.bundle.to_string())
+        .map(|b| (b.trust_ods.clone(), b.bundle.to_string()))
         .collect();
     let queue = Arc::new(Mutex::new(bodies.into_iter()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -591,9 +655,9 @@ async fn ingest(bench: &mut Bench) -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().await.next();
-                let Some(body) = next else { break };
+                let Some((ods, body)) = next else { break };
                 let t = Instant::now();
-                match target.post_bundle(body).await {
+                match target.post_bundle(&ods, body).await {
                     Ok(response) => {
                         latencies.lock().await.push(t.elapsed());
                         let ids = response["entry"]
@@ -602,7 +666,7 @@ async fn ingest(bench: &mut Bench) -> anyhow::Result<()> {
                             .flatten()
                             .filter_map(located)
                             .filter(|(t, _)| t == "Observation")
-                            .map(|(_, id)| id);
+                            .map(|(_, id)| (id, ods.clone()));
                         observations.lock().await.extend(ids);
                     }
                     Err(e) => {
@@ -644,7 +708,8 @@ async fn ingest(bench: &mut Bench) -> anyhow::Result<()> {
     ids.dedup();
     bench.results.observations = ids.len();
     if let Some(path) = &bench.args.ids_out {
-        std::fs::write(path, ids.join("\n") + "\n")?;
+        let lines: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        std::fs::write(path, lines.join("\n") + "\n")?;
     }
     bench.observations = Arc::new(ids);
     Ok(())
@@ -674,17 +739,21 @@ async fn latency(bench: &mut Bench, phase: Phase) -> anyhow::Result<()> {
                 let mut n = c * 7919 + usize::from(measured);
                 while Instant::now() < deadline {
                     n = n.wrapping_mul(1103515245).wrapping_add(12345);
-                    let id = &ids[(n >> 8) % ids.len()];
+                    let (id, ods) = &ids[(n >> 8) % ids.len()];
                     let t = Instant::now();
                     let timed = match phase {
-                        Phase::Update => update(&target, id).await,
+                        Phase::Update => update(&target, id, ods).await,
                         _ => {
                             let url = if phase == Phase::Read {
                                 format!("{}/Observation/{id}", target.base)
                             } else {
                                 format!("{}/Observation/{id}/_history/1", target.base)
                             };
-                            match target.request(reqwest::Method::GET, url).send().await {
+                            match target
+                                .request_as(reqwest::Method::GET, url, Some(ods))
+                                .send()
+                                .await
+                            {
                                 Ok(r) if r.status().is_success() => {
                                     // The whole body, as a client would read it.
                                     r.bytes().await.ok().map(|_| t.elapsed())
@@ -719,17 +788,19 @@ async fn latency(bench: &mut Bench, phase: Phase) -> anyhow::Result<()> {
 
 /// Values real queries would carry, sampled from the ingested data.
 struct Samples {
-    patients: Vec<(String, String, String, String)>,
+    /// (id, family, birth date, NHS number, ODS code of the trust that wrote it).
+    patients: Vec<(String, String, String, String, String)>,
     codes: Vec<String>,
 }
 
 async fn samples(pool: &sqlx::PgPool) -> anyhow::Result<Samples> {
-    let patients: Vec<(String, String, String, String)> = sqlx::query_as(
+    let patients: Vec<(String, String, String, String, String)> = sqlx::query_as(
         "SELECT v.id,
                 coalesce(v.content->'name'->0->>'family', ''),
                 coalesce(v.content->>'birthDate', ''),
                 coalesce((SELECT i->>'value' FROM jsonb_array_elements(v.content->'identifier') i
-                          WHERE i->>'system' = 'https://fhir.nhs.uk/Id/nhs-number' LIMIT 1), '')
+                          WHERE i->>'system' = 'https://fhir.nhs.uk/Id/nhs-number' LIMIT 1), ''),
+                coalesce(v.author_org, '')
          FROM resource_head h JOIN resource_version v USING (resource_type, id, version_id)
          WHERE h.resource_type = 'Patient' AND NOT h.deleted
          ORDER BY md5(v.id) LIMIT 500",
@@ -747,7 +818,7 @@ async fn samples(pool: &sqlx::PgPool) -> anyhow::Result<Samples> {
 
 /// The search mix of BENCHMARKS.md, one query kind per `n`.
 fn mix_query(kind: usize, n: usize, s: &Samples) -> String {
-    let (id, family, birth, nhs) = &s.patients[n % s.patients.len()];
+    let (id, family, birth, nhs, _) = &s.patients[n % s.patients.len()];
     let code = &s.codes[n % s.codes.len().max(1)];
     match kind {
         0 => format!("Patient?family={family}&birthdate={birth}"),
@@ -792,14 +863,11 @@ async fn search_phase(
                 n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
                 let kind = n % MIX.len();
                 let url = format!("{}/{}", target.base, mix_query(kind, n / 7, &s));
+                // As the trust that wrote the sampled patient: it may search its own records.
+                let ods = &s.patients[(n / 7) % s.patients.len()].4;
                 let t = Instant::now();
                 let ok = target
-                    .client
-                    .get(url)
-                    .header(
-                        AUTHORIZATION,
-                        format!("Bearer {}", target.token.as_deref().unwrap_or_default()),
-                    )
+                    .request_as(reqwest::Method::GET, url, Some(ods))
                     .send()
                     .await
                     .map(|r| r.status().is_success())
@@ -924,10 +992,10 @@ async fn index_footprint(
 
 /// Read-modify-write with If-Match, as a client doing a safe update would; returns the PUT's
 /// latency. Concurrent clients may touch the same resource, so a 412 is an expected answer.
-async fn update(target: &Target, id: &str) -> Option<Duration> {
+async fn update(target: &Target, id: &str, ods: &str) -> Option<Duration> {
     let url = format!("{}/Observation/{id}", target.base);
     let r = target
-        .request(reqwest::Method::GET, url.clone())
+        .request_as(reqwest::Method::GET, url.clone(), Some(ods))
         .send()
         .await
         .ok()?;
@@ -935,7 +1003,7 @@ async fn update(target: &Target, id: &str) -> Option<Duration> {
     let mut body = r.json::<Value>().await.ok()?;
     body["status"] = Value::String("amended".into());
     let mut put = target
-        .request(reqwest::Method::PUT, url)
+        .request_as(reqwest::Method::PUT, url, Some(ods))
         .header(CONTENT_TYPE, "application/fhir+json")
         .body(body.to_string());
     if let Some(etag) = etag {
