@@ -124,13 +124,14 @@ stop_server() {
     server_db=
 }
 
-# measure LABEL BASE [TOKEN] — shcr bench and wrk against a running server.
+# measure LABEL BASE [TOKEN [EXTRA BENCH ARGS...]] — shcr bench and wrk against a running server.
 measure() {
     local label=$1 base=$2 token=${3:-}
+    shift $(($# < 3 ? $# : 3))
     local args=(bench --target-url "$base" --label "$label" --persons "$persons" --trusts "$trusts"
         --seconds "$seconds" --warmup "$warmup" --clients "$clients"
         --ingest-concurrency "$ingest_concurrency" --json "$out/$label.json"
-        --ids-out "$out/$label-ids.txt")
+        --ids-out "$out/$label-ids.txt" "$@")
     if $literal; then args+=(--literal-references); fi
     log "$label: shcr bench (ingest, read, vread, update)"
     BENCH_TOKEN=$token RUST_LOG=warn "$shcr" "${args[@]}" | tee "$out/$label-bench.txt" >&2
@@ -157,12 +158,17 @@ log "shcr: serving on 127.0.0.1:$port (database $server_db)"
 DATABASE_URL=$(db_url "$server_db") SHCR_HOST=127.0.0.1 SHCR_PORT=$port \
     SHCR_DEV_ISSUER__ENABLED=true SHCR_DEV_ISSUER__KEY_FILE=$out/dev-issuer.pem \
     SHCR_DB_MAX_CONNECTIONS=32 SHCR_MAX_BODY_BYTES=67108864 RUST_LOG=warn \
+    SHCR_ACCESS__ENFORCE=false SHCR_ACCESS__AUDIT=false \
     "$shcr" serve >"$out/shcr.log" 2>&1 &
 server_pid=$!
 wait_for "http://127.0.0.1:$port/readyz" "$out/shcr.log"
 token=$(SHCR_DEV_ISSUER__KEY_FILE=$out/dev-issuer.pem "$shcr" token --trust RX1 --ttl 7200 \
     --issuer "http://127.0.0.1:$port/dev-issuer")
-measure shcr "http://127.0.0.1:$port/fhir" "$token"
+# Each Bundle is posted as the trust that owns it (shcr refuses a trust's system writing another
+# trust's records). Access control and audit are off here: the peer has neither, and
+# `shcr bench --phases ingest,access` measures their cost on the same data.
+measure shcr "http://127.0.0.1:$port/fhir" "$token" \
+    --dev-issuer-key "$out/dev-issuer.pem" --dev-issuer-url "http://127.0.0.1:$port/dev-issuer"
 # For the scale story (docs/scaling.md): bytes per stored version, and how fast every version's
 # JSON can be read back, the first stage of an index rebuild.
 db=$(db_url "$server_db")

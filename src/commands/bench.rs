@@ -117,6 +117,14 @@ pub struct BenchArgs {
     /// Write the ingested Observations' ids, one per line (for an external load generator).
     #[arg(long)]
     pub ids_out: Option<PathBuf>,
+    /// With `--target-url` against shcr: the development issuer's key file, so that each Bundle is
+    /// posted and each resource read as the trust that owns it (shcr refuses a trust's system
+    /// writing another trust's records). Needs `--dev-issuer-url`.
+    #[arg(long, requires = "dev_issuer_url")]
+    pub dev_issuer_key: Option<PathBuf>,
+    /// The development issuer's URL (`iss` of the minted tokens), e.g. `http://host:port/dev-issuer`.
+    #[arg(long, requires = "dev_issuer_key")]
+    pub dev_issuer_url: Option<String>,
     /// Keep the benchmark database afterwards (self-started mode).
     #[arg(long)]
     pub keep: bool,
@@ -350,7 +358,15 @@ struct Bench {
 pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(url) = args.target_url.clone() {
         let token = args.token.clone();
-        return bench(url, token, None, args).await;
+        let trust_tokens = match (&args.dev_issuer_key, &args.dev_issuer_url) {
+            (Some(key), Some(issuer_url)) => Some(trust_token_minter(
+                Arc::new(crate::access::dev_issuer::DevIssuer::load_or_create(key)?),
+                issuer_url.clone(),
+                settings.auth.audience.clone(),
+            )),
+            _ => None,
+        };
+        return bench(url, token, trust_tokens, args).await;
     }
     let temp = std::env::temp_dir().join(format!("shcr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&temp)?;
@@ -397,6 +413,35 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     result.map(drop)
 }
 
+/// System tokens per trust from a development issuer, minted once per ODS code.
+fn trust_token_minter(
+    issuer: Arc<crate::access::dev_issuer::DevIssuer>,
+    issuer_url: String,
+    audience: String,
+) -> TrustTokens {
+    let minted = std::sync::Mutex::new(std::collections::HashMap::<String, String>::new());
+    Arc::new(move |ods: &str| {
+        let mut minted = minted.lock().expect("token cache");
+        if let Some(token) = minted.get(ods) {
+            return token.clone();
+        }
+        let token = issuer
+            .mint(&TokenClaims::new(
+                &issuer_url,
+                &audience,
+                &Grant::System {
+                    client_id: format!("bench-{}", ods.to_ascii_lowercase()),
+                    ods_code: ods.into(),
+                    scopes: vec![],
+                },
+                7200,
+            ))
+            .expect("minting a development token");
+        minted.insert(ods.to_string(), token.clone());
+        token
+    })
+}
+
 /// Starts shcr in this process and benches it; returns whether to keep the database.
 async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> anyhow::Result<bool> {
     let app = Application::build(settings.clone()).await?;
@@ -411,34 +456,11 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
         },
         3600,
     ))?;
-    let trust_tokens: TrustTokens = {
-        let (issuer, issuer_url, audience) = (
-            issuer.clone(),
-            app.issuer().to_string(),
-            settings.auth.audience.clone(),
-        );
-        let minted = std::sync::Mutex::new(std::collections::HashMap::<String, String>::new());
-        Arc::new(move |ods: &str| {
-            let mut minted = minted.lock().expect("token cache");
-            if let Some(token) = minted.get(ods) {
-                return token.clone();
-            }
-            let token = issuer
-                .mint(&TokenClaims::new(
-                    &issuer_url,
-                    &audience,
-                    &Grant::System {
-                        client_id: format!("bench-{}", ods.to_ascii_lowercase()),
-                        ods_code: ods.into(),
-                        scopes: vec![],
-                    },
-                    3600,
-                ))
-                .expect("minting a development token");
-            minted.insert(ods.to_string(), token.clone());
-            token
-        })
-    };
+    let trust_tokens = trust_token_minter(
+        issuer.clone(),
+        app.issuer().to_string(),
+        settings.auth.audience.clone(),
+    );
     let base = app.base_url();
     let search = app.search();
     let pool = app.store().pool().clone();
