@@ -241,16 +241,16 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// A bearer token for a trust's system, by ODS code (in-process runs only).
+/// A bearer token for a trust's system, by ODS code (from a development issuer).
 type TrustTokens = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 struct Target {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
-    /// In-process runs act as the trust that owns each Bundle or resource: the access policy
-    /// lets a trust's system write and read only its own records. `None` against a peer server
-    /// (one token for everything).
+    /// With a development issuer (in process, or `--dev-issuer-key`), requests act as the trust
+    /// that owns each Bundle or resource: shcr lets a trust's system write and read only its own
+    /// records. `None` against a peer server (one token for everything).
     trust_tokens: Option<TrustTokens>,
 }
 
