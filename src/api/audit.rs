@@ -6,9 +6,8 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{StatusCode, header};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, HttpMessage};
 
-use super::AppState;
 use super::access::AuditNote;
 use super::error::ApiError;
 use super::middleware::RequestId;
@@ -31,10 +30,7 @@ pub async fn audit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("app state")
-        .clone();
+    let state = super::middleware::app_state(&req);
     req.extensions_mut().insert(AuditNote::default());
     let method = req.method().to_string();
     let path = req.path().to_string();

@@ -109,10 +109,7 @@ pub async fn govern(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("app state")
-        .clone();
+    let state = super::middleware::app_state(&req);
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };

@@ -99,16 +99,20 @@ fn bearer_token(req: &ServiceRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The application state every middleware reads (registered once in `startup`).
+pub(crate) fn app_state(req: &ServiceRequest) -> web::Data<AppState> {
+    req.app_data::<web::Data<AppState>>()
+        .expect("app state")
+        .clone()
+}
+
 /// Every FHIR endpoint but `/metadata` needs a verified bearer token; the caller goes into the
 /// request extensions for handlers, policy and audit.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("app state")
-        .clone();
+    let state = app_state(&req);
     let Some(token) = bearer_token(&req) else {
         return Ok(reject(req, AuthError::Missing.into()));
     };

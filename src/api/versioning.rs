@@ -13,7 +13,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, HttpMessage};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -155,10 +155,7 @@ pub async fn lifecycle(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("app state")
-        .clone();
+    let state = super::middleware::app_state(&req);
     let used: Vec<Feature> = deprecated_features(&state, &req)
         .into_iter()
         .cloned()
