@@ -202,6 +202,18 @@ pub static AUDIT_WRITE: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// Rows per audit group commit: how much batching the chain head gets under load.
+pub static AUDIT_GROUP_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new("audit_group_rows", "Audit rows per group commit").buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
 /// Times an audit write: `metrics::time_audit_write(audit::write(...)).await`.
 pub async fn time_audit_write<T, E>(
     write: impl std::future::Future<Output = Result<T, E>>,
@@ -249,6 +261,34 @@ pub static SUBSCRIPTION_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static AUDIT_WRITES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
         prometheus::IntCounter::new("audit_writes_total", "Audit rows written").expect("counter"),
+    )
+});
+
+/// Organisation-wide access facts for searches: served from the cache or loaded.
+pub static ORG_GRANTS_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "access_org_facts_cache_total",
+                "Searches whose organisation-wide access facts came from the cache (hit) or the database (miss)",
+            ),
+            &["outcome"],
+        )
+        .expect("counter"),
+    )
+});
+
+/// Per-segment access filter bitsets: reused or computed.
+pub static FILTER_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "search_access_filter_cache_total",
+                "Index segments whose access filter came from the cache (hit) or was computed (miss)",
+            ),
+            &["outcome"],
+        )
+        .expect("counter"),
     )
 });
 

@@ -39,15 +39,16 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tantivy::Term;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery, TermSetQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use uuid::Uuid;
 
 use super::policy::{PolicySet, Profile};
 use super::{Caller, Principal};
+use crate::search::filter_cache::CachedFilter;
 use crate::search::index::{Fields, NO_COMPARTMENT};
 use crate::search::indexer::SearchIndex;
-use crate::search::terms::{ANY, join};
+use crate::search::terms::{ANY, any_of, join};
 use crate::store::{Store, StoreError};
 
 /// Who asks, reduced to what the rule needs.
@@ -91,20 +92,26 @@ impl Who {
 
 /// Which patients a request's facts must cover.
 pub enum Scope<'a> {
-    /// Every patient (searches).
+    /// Every patient (searches). Facts come from the organisation's cached set, valid for the
+    /// index's current access-facts generation: the caller must have waited for the index to
+    /// be fresh first (`Engine::wait_fresh`).
     All,
     Patients(&'a [String]),
 }
 
-/// Access facts for one request.
+/// Access facts for one request. The sets are shared (copy on write): a search's facts cover
+/// every patient of the organisation and come from `OrgGrantsCache` without copying.
 #[derive(Debug, Default, Clone)]
 pub struct Grants {
-    pub relationship: HashSet<String>,
+    pub relationship: Arc<HashSet<String>>,
     pub break_glass: HashMap<String, Uuid>,
-    pub opted_out: HashSet<String>,
-    pub org_denied: HashSet<String>,
+    pub opted_out: Arc<HashSet<String>>,
+    pub org_denied: Arc<HashSet<String>>,
     /// Label code → patients denying it.
-    pub label_denied: HashMap<String, HashSet<String>>,
+    pub label_denied: Arc<HashMap<String, HashSet<String>>>,
+    /// Names these facts while they stay unchanged (cached organisation-wide facts without
+    /// break-glass grants), so index filters built from them can be cached too.
+    pub cache_key: Option<u64>,
 }
 
 impl Grants {
@@ -169,30 +176,41 @@ impl Grants {
                 _ => consents.push((patient, tag, value)),
             }
         }
-        let mut grants = Grants {
-            relationship: relationship.into_iter().collect(),
-            break_glass: break_glass.into_iter().collect(),
-            ..Grants::default()
-        };
+        let mut grants = Grants::from_rows(relationship, consents);
+        grants.break_glass = break_glass.into_iter().collect();
+        Ok(grants)
+    }
+
+    /// Facts from relationship rows (patient ids) and consent rows (patient, kind, value).
+    pub fn from_rows(
+        relationship: impl IntoIterator<Item = String>,
+        consents: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Grants {
+        let mut opted_out = HashSet::new();
+        let mut org_denied = HashSet::new();
+        let mut label_denied: HashMap<String, HashSet<String>> = HashMap::new();
         for (patient, kind, value) in consents {
             match kind.as_str() {
                 "opt-out" => {
-                    grants.opted_out.insert(patient);
+                    opted_out.insert(patient);
                 }
                 "deny-org" => {
-                    grants.org_denied.insert(patient);
+                    org_denied.insert(patient);
                 }
                 "deny-label" => {
-                    grants
-                        .label_denied
-                        .entry(value)
-                        .or_default()
-                        .insert(patient);
+                    label_denied.entry(value).or_default().insert(patient);
                 }
                 _ => {}
             }
         }
-        Ok(grants)
+        Grants {
+            relationship: Arc::new(relationship.into_iter().collect()),
+            break_glass: HashMap::new(),
+            opted_out: Arc::new(opted_out),
+            org_denied: Arc::new(org_denied),
+            label_denied: Arc::new(label_denied),
+            cache_key: None,
+        }
     }
 }
 
@@ -385,9 +403,11 @@ impl Decider {
             ))
         };
         let comp_set = |patients: &mut dyn Iterator<Item = &String>| -> Box<dyn Query> {
-            Box::new(TermSetQuery::new(patients.map(|p| {
-                Term::from_field_text(f.compartment, &format!("Patient/{p}"))
-            })))
+            any_of(
+                patients
+                    .map(|p| Term::from_field_text(f.compartment, &format!("Patient/{p}")))
+                    .collect(),
+            )
         };
         let label_term =
             |l: &str| Term::from_field_text(f.token, &join(&["_security", &ANY.to_string(), l]));
@@ -429,7 +449,7 @@ impl Decider {
         if !blocked.is_empty() {
             patient_part.push((Occur::MustNot, comp_set(&mut blocked.into_iter())));
         }
-        for (label, patients) in &self.grants.label_denied {
+        for (label, patients) in self.grants.label_denied.iter() {
             let mut denying = patients
                 .iter()
                 .filter(|p| !glass.contains_key(*p))
@@ -459,9 +479,20 @@ impl Decider {
             (Occur::Must, visible_by_basis),
         ];
         if !hidden.is_empty() {
-            top.push((Occur::MustNot, Box::new(TermSetQuery::new(hidden))));
+            top.push((Occur::MustNot, any_of(hidden)));
         }
-        Some(Box::new(BooleanQuery::new(top)))
+        let filter: Box<dyn Query> = Box::new(BooleanQuery::new(top));
+        Some(match self.grants.cache_key {
+            // The facts and the labels the role may not see determine the filter (the
+            // organisation is the facts'; break-glass grants never come with a key).
+            Some(facts) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (facts, org, &self.policy.gated, &visible).hash(&mut h);
+                Box::new(CachedFilter::new(h.finish(), filter))
+            }
+            None => filter,
+        })
     }
 
     /// The break-glass grants this request could use.

@@ -19,6 +19,11 @@ const FACT_TYPES: [&str; 5] = [
     "Consent",
 ];
 
+/// Whether versions of this type can change access facts.
+pub fn changes_facts(resource_type: &str) -> bool {
+    FACT_TYPES.contains(&resource_type)
+}
+
 /// `Patient/{id}` (relative, or absolute on any base) → id.
 pub fn patient_id(reference: &Value) -> Option<String> {
     let r = reference.get("reference")?.as_str()?;

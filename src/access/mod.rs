@@ -5,6 +5,8 @@
 //!   `consent-policies/`, validated on load and reloadable;
 //! - `labels`: sensitivity labelling at ingest;
 //! - `facts`: care relationships and consent restrictions, derived at write time;
+//! - `org_grants`: an organisation's facts for searches, cached while the change feed and the
+//!   clock leave them valid;
 //! - `break_glass`: time-limited emergency access with a recorded reason;
 //! - `decision`: the per-request `Decider` — `check` for one resource, `search_filter` for
 //!   index queries. See its module documentation for the rule.
@@ -15,6 +17,7 @@ pub mod decision;
 pub mod dev_issuer;
 pub mod facts;
 pub mod labels;
+pub mod org_grants;
 pub mod policy;
 pub mod principal;
 pub mod verifier;

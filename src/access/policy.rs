@@ -302,6 +302,8 @@ pub struct AccessPolicy {
     labels: Arc<LabelCell>,
     /// False only for benchmarks measuring the cost of enforcement (`access.enforce`).
     pub enforce: bool,
+    /// Organisation-wide facts for searches.
+    pub org_grants: super::org_grants::OrgGrantsCache,
 }
 
 impl AccessPolicy {
@@ -317,6 +319,7 @@ impl AccessPolicy {
             current: RwLock::new(set),
             dir: dir.map(Path::to_path_buf),
             enforce,
+            org_grants: Default::default(),
         })
     }
 

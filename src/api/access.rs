@@ -19,6 +19,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::RequestId;
 use crate::access::break_glass::{self, BreakGlassAsk};
+use crate::access::org_grants;
 use crate::access::{Caller, Decider, Facts, Grants, Principal, Scope, Verdict, Who};
 use crate::fhir::outcome::IssueType;
 use crate::store::VersionRow;
@@ -140,15 +141,27 @@ pub async fn load_grants(
             n.break_glass = Some(id);
         });
     }
-    d.grants = Grants::load(
-        state.repository.store(),
-        &org,
-        Some(&user),
-        d.policy.settings.relationship_window_days,
-        &scope,
-    )
-    .await
-    .map_err(|e| ApiError::Interaction(e.into()))?;
+    let store = state.repository.store();
+    let window = d.policy.settings.relationship_window_days;
+    d.grants = match scope {
+        Scope::All => {
+            let generation = state.search.facts_generation();
+            let (cached, glass) = tokio::try_join!(
+                state.access.org_grants.get(store, &org, window, generation),
+                org_grants::break_glass_grants(store, &org, &user),
+            )
+            .map_err(|e| ApiError::Interaction(e.into()))?;
+            let mut grants = cached;
+            if !glass.is_empty() {
+                grants.cache_key = None;
+                grants.break_glass = glass;
+            }
+            grants
+        }
+        scope => Grants::load(store, &org, Some(&user), window, &scope)
+            .await
+            .map_err(|e| ApiError::Interaction(e.into()))?,
+    };
     Ok(())
 }
 
@@ -243,7 +256,7 @@ pub async fn guard_row(
         .unwrap_or_default();
     let single = (patients.len() == 1).then(|| patients[0].as_str());
     load_grants(state, req, d, Scope::Patients(&patients), single).await?;
-    let v = verdict(state, d, row, "read");
+    let v = verdict_on(d, row, facts.as_ref(), "read");
     match v {
         Verdict::Allow { break_glass } => {
             note_released(req, d, &patients, break_glass);

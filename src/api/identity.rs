@@ -524,10 +524,12 @@ pub fn widen_to_persons(d: &mut Decider, persons: &[Vec<String>]) {
                 set.extend(ids.iter().cloned());
             }
         };
-        widen(&mut g.relationship);
-        widen(&mut g.opted_out);
-        widen(&mut g.org_denied);
-        for denied in g.label_denied.values_mut() {
+        // Widened facts are no longer the cached organisation-wide ones.
+        g.cache_key = None;
+        widen(std::sync::Arc::make_mut(&mut g.relationship));
+        widen(std::sync::Arc::make_mut(&mut g.opted_out));
+        widen(std::sync::Arc::make_mut(&mut g.org_denied));
+        for denied in std::sync::Arc::make_mut(&mut g.label_denied).values_mut() {
             widen(denied);
         }
         if let Some(grant) = ids.iter().find_map(|p| g.break_glass.get(p).copied()) {

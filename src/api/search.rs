@@ -155,15 +155,17 @@ async fn run(
         Some(_) => crate::access::Scope::Patients(&scoped),
         None => crate::access::Scope::All,
     };
-    super::access::load_grants(state, req, &mut d, scope, one_patient.as_deref()).await?;
-    // `:mdm`: the person's records are decided together.
-    super::identity::widen_to_persons(&mut d, &persons);
     let engine = Engine {
         index: &state.search,
         store: state.repository.store(),
     };
+    // Fresh first: organisation-wide facts are valid for the index's state after the wait.
+    engine.wait_fresh().await?;
+    super::access::load_grants(state, req, &mut d, scope, one_patient.as_deref()).await?;
+    // `:mdm`: the person's records are decided together.
+    super::identity::widen_to_persons(&mut d, &persons);
     let mut result = engine
-        .search(&q, d.search_filter(&state.search.fields))
+        .search_fresh(&q, d.search_filter(&state.search.fields))
         .await?;
     // Included resources are loaded by key, not matched through the filtered query: decide
     // each like a read.

@@ -1,8 +1,9 @@
 //! The audit trail: one row per interaction (IHE BALP style), written and committed before the
 //! response leaves, append-only (a trigger refuses UPDATE, DELETE and TRUNCATE) and hash-chained
 //! so that even a superuser's edits are evident: `hash = sha256(prev_hash ‖ seq ‖ row)`.
-//! Writers lock the single `audit_chain_head` row, so concurrent requests join the chain one at
-//! a time and the chain stays linear. Only this module writes the audit tables.
+//! Each append moves the single `audit_chain_head` row in the statement that inserts, so the
+//! chain stays linear whatever the number of writers (processes); within a process one writer
+//! task appends for every request (group commit). Only this module writes the audit tables.
 
 pub mod event;
 pub mod reports;
@@ -12,6 +13,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Store, StoreError};
 
@@ -140,15 +143,33 @@ pub fn chain_hash(prev: &[u8], seq: i64, record: &AuditRecord, recorded_micros: 
     h.finalize().to_vec()
 }
 
+/// Most rows one group commit writes.
+const GROUP_MAX: usize = 512;
+
+/// A request's row waiting for the next group commit.
+struct Pending {
+    record: AuditRecord,
+    done: oneshot::Sender<Result<i64, String>>,
+}
+
 /// The audit trail over the system-of-record database.
+///
+/// Requests hand their row to one writer task per process, which appends whatever has queued
+/// meanwhile in one transaction (group commit): one chain-head lock and one WAL flush serve a
+/// whole batch, instead of every request queueing for the chain head in turn. Each request
+/// still waits for the commit of its own row before its answer leaves.
 #[derive(Clone)]
 pub struct Audit {
     store: Store,
+    queue: mpsc::UnboundedSender<Pending>,
 }
 
 impl Audit {
+    /// Starts the writer task on the current tokio runtime.
     pub fn new(store: Store) -> Audit {
-        Audit { store }
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(write_groups(store.clone(), pending));
+        Audit { store, queue }
     }
 
     pub fn store(&self) -> &Store {
@@ -158,83 +179,226 @@ impl Audit {
     /// Appends the record to the chain and commits; returns its sequence number. The caller
     /// must not release data before this returns `Ok`.
     pub async fn record(&self, record: &AuditRecord) -> Result<i64, StoreError> {
-        Ok(self
-            .record_many(std::slice::from_ref(record))
-            .await?
-            .unwrap_or(0))
+        let (done, committed) = oneshot::channel();
+        let record = record.clone();
+        self.queue
+            .send(Pending { record, done })
+            .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+        committed
+            .await
+            .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?
+            .map_err(StoreError::Unavailable)
     }
 
-    /// Appends records in one transaction (one lock of the chain head); returns the last
-    /// sequence number. Bulk loads and benchmarks use it; requests use `record`.
+    /// Appends records in one transaction (one lock of the chain head, one statement); returns
+    /// the last sequence number.
     pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
-        if records.is_empty() {
-            return Ok(None);
+        append(&self.store, &mut None, records.iter()).await
+    }
+}
+
+/// The writer task: takes everything queued, appends it in one statement, answers each.
+async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    // The chain head as this writer last left it; checked by every append.
+    let mut head = None;
+    while pending.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let result = append(&store, &mut head, group.iter().map(|p| &p.record)).await;
+        crate::metrics::AUDIT_GROUP_SIZE.observe(group.len() as f64);
+        let first = match &result {
+            Ok(Some(last)) => Ok(last - group.len() as i64 + 1),
+            Ok(None) => Err("nothing was appended".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        for (i, p) in group.drain(..).enumerate() {
+            // A requester that went away no longer needs its answer; its row is committed.
+            let _ = p.done.send(first.clone().map(|seq| seq + i as i64));
         }
-        let mut tx = self.store.pool().begin().await?;
-        let (mut seq, mut prev): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await?;
-        for record in records {
+    }
+}
+
+/// Appends `records` to the chain; returns the last sequence number.
+///
+/// One statement, committed on its own: it moves the chain head only if the head is still
+/// where `head` says (another writer, e.g. a second shcr process, may have moved it) and
+/// inserts the rows only if it did. A moved head is read again and the rows re-chained.
+/// Concurrent writers queue on the head row's lock, and PostgreSQL re-checks the condition
+/// after the wait, so the chain stays linear.
+async fn append<'a>(
+    store: &Store,
+    head: &mut Option<(i64, Vec<u8>)>,
+    records: impl ExactSizeIterator<Item = &'a AuditRecord> + Clone,
+) -> Result<Option<i64>, StoreError> {
+    let n = records.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    loop {
+        let (base, base_hash) = match head.take() {
+            Some(h) => h,
+            None => {
+                sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
+                    .fetch_one(store.pool())
+                    .await?
+            }
+        };
+        let mut rows = Columns::default();
+        let (mut seq, mut prev) = (base, base_hash);
+        for record in records.clone() {
             seq += 1;
-            prev = Self::insert(&mut tx, seq, &prev, record).await?;
+            prev = rows.push(seq, prev, record);
         }
-        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(&prev)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        crate::metrics::AUDIT_WRITES.inc_by(records.len() as u64);
-        Ok(Some(seq))
+        let inserted = rows.insert(store, base, seq, &prev).await?;
+        if inserted == n as u64 {
+            *head = Some((seq, prev));
+            crate::metrics::AUDIT_WRITES.inc_by(n as u64);
+            return Ok(Some(seq));
+        }
+        if inserted != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "audit append wrote {inserted} of {n} rows"
+            )));
+        }
+        tracing::debug!("the audit chain head moved under this writer; re-chaining");
+    }
+}
+
+/// Chained rows as one array per column, for a single `INSERT … SELECT FROM unnest(…)`.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    recorded_at: Vec<OffsetDateTime>,
+    request_id: Vec<Option<String>>,
+    interaction: Vec<String>,
+    action: Vec<String>,
+    outcome: Vec<i32>,
+    outcome_desc: Vec<Option<String>>,
+    http_status: Vec<i32>,
+    caller_kind: Vec<String>,
+    caller_id: Vec<Option<String>>,
+    caller_name: Vec<Option<String>>,
+    role_code: Vec<Option<String>>,
+    org: Vec<Option<String>>,
+    purpose: Vec<String>,
+    break_glass_id: Vec<Option<Uuid>>,
+    method: Vec<String>,
+    path: Vec<String>,
+    query: Vec<Option<String>>,
+    resource_type: Vec<Option<String>>,
+    resource_id: Vec<Option<String>>,
+    /// Each row's patient ids as a JSON array: PostgreSQL arrays of arrays must be rectangular.
+    patients: Vec<String>,
+    returned: Vec<i32>,
+    denied: Vec<bool>,
+    relationship: Vec<bool>,
+    client_ip: Vec<Option<String>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    /// Adds the row chained after `prev`; returns its hash.
+    fn push(&mut self, seq: i64, prev: Vec<u8>, r: &AuditRecord) -> Vec<u8> {
+        let recorded = micros(r.recorded_at.unwrap_or_else(OffsetDateTime::now_utc));
+        let hash = chain_hash(&prev, seq, r, recorded);
+        self.seq.push(seq);
+        self.recorded_at.push(from_micros(recorded));
+        self.request_id.push(r.request_id.clone());
+        self.interaction.push(r.interaction.clone());
+        self.action.push(r.action.clone());
+        self.outcome.push(r.outcome);
+        self.outcome_desc.push(r.outcome_desc.clone());
+        self.http_status.push(r.http_status);
+        self.caller_kind.push(r.caller_kind.clone());
+        self.caller_id.push(r.caller_id.clone());
+        self.caller_name.push(r.caller_name.clone());
+        self.role_code.push(r.role_code.clone());
+        self.org.push(r.org.clone());
+        self.purpose.push(r.purpose.clone());
+        self.break_glass_id.push(r.break_glass_id);
+        self.method.push(r.method.clone());
+        self.path.push(r.path.clone());
+        self.query.push(r.query.clone());
+        self.resource_type.push(r.resource_type.clone());
+        self.resource_id.push(r.resource_id.clone());
+        self.patients
+            .push(serde_json::to_string(&r.patients).expect("strings serialise"));
+        self.returned.push(r.returned);
+        self.denied.push(r.denied);
+        self.relationship.push(r.relationship);
+        self.client_ip.push(r.client_ip.clone());
+        self.prev_hash.push(prev);
+        self.hash.push(hash.clone());
+        hash
     }
 
-    /// Inserts one chained row; returns its hash.
+    /// Inserts the rows if the head is still at `base`, moving it to (`last`, `last_hash`);
+    /// returns the number of rows inserted (0: the head had moved).
     async fn insert(
-        tx: &mut sqlx::PgConnection,
-        seq: i64,
-        head_hash: &[u8],
-        record: &AuditRecord,
-    ) -> Result<Vec<u8>, StoreError> {
-        let recorded = micros(record.recorded_at.unwrap_or_else(OffsetDateTime::now_utc));
-        let hash = chain_hash(head_hash, seq, record, recorded);
-        sqlx::query(
-            "INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
+        self,
+        store: &Store,
+        base: i64,
+        last: i64,
+        last_hash: &[u8],
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "WITH moved AS (
+                 UPDATE audit_chain_head SET seq = $28, hash = $29 WHERE id = 1 AND seq = $30
+                 RETURNING 1
+             )
+             INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
                  outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
                  purpose, break_glass_id, method, path, query, resource_type, resource_id,
                  patients, returned, denied, relationship, client_ip, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
+             SELECT seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
+                 http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
+                 break_glass_id, method, path, query, resource_type, resource_id,
+                 ARRAY(SELECT jsonb_array_elements_text(patients::jsonb)), returned, denied,
+                 relationship, client_ip, prev_hash, hash
+             FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                 $6::int[], $7::text[], $8::int[], $9::text[], $10::text[], $11::text[],
+                 $12::text[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::text[],
+                 $18::text[], $19::text[], $20::text[], $21::text[], $22::int[], $23::bool[],
+                 $24::bool[], $25::text[], $26::bytea[], $27::bytea[])
+               AS r(seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
+                 http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
+                 break_glass_id, method, path, query, resource_type, resource_id, patients,
+                 returned, denied, relationship, client_ip, prev_hash, hash)
+             WHERE EXISTS (SELECT 1 FROM moved)
+             ORDER BY seq",
         )
-        .bind(seq)
-        .bind(from_micros(recorded))
-        .bind(&record.request_id)
-        .bind(&record.interaction)
-        .bind(&record.action)
-        .bind(record.outcome)
-        .bind(&record.outcome_desc)
-        .bind(record.http_status)
-        .bind(&record.caller_kind)
-        .bind(&record.caller_id)
-        .bind(&record.caller_name)
-        .bind(&record.role_code)
-        .bind(&record.org)
-        .bind(&record.purpose)
-        .bind(record.break_glass_id)
-        .bind(&record.method)
-        .bind(&record.path)
-        .bind(&record.query)
-        .bind(&record.resource_type)
-        .bind(&record.resource_id)
-        .bind(&record.patients)
-        .bind(record.returned)
-        .bind(record.denied)
-        .bind(record.relationship)
-        .bind(&record.client_ip)
-        .bind(head_hash)
-        .bind(&hash)
-        .execute(&mut *tx)
+        .bind(self.seq)
+        .bind(self.recorded_at)
+        .bind(self.request_id)
+        .bind(self.interaction)
+        .bind(self.action)
+        .bind(self.outcome)
+        .bind(self.outcome_desc)
+        .bind(self.http_status)
+        .bind(self.caller_kind)
+        .bind(self.caller_id)
+        .bind(self.caller_name)
+        .bind(self.role_code)
+        .bind(self.org)
+        .bind(self.purpose)
+        .bind(self.break_glass_id)
+        .bind(self.method)
+        .bind(self.path)
+        .bind(self.query)
+        .bind(self.resource_type)
+        .bind(self.resource_id)
+        .bind(self.patients)
+        .bind(self.returned)
+        .bind(self.denied)
+        .bind(self.relationship)
+        .bind(self.client_ip)
+        .bind(self.prev_hash)
+        .bind(self.hash)
+        .bind(last)
+        .bind(last_hash)
+        .bind(base)
+        .execute(store.pool())
         .await?;
-        Ok(hash)
+        Ok(done.rows_affected())
     }
 }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
-use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
+use tantivy::query::{BooleanQuery, Occur, Query};
 use tantivy::{DocAddress, DocId, Score, SegmentReader, Term};
 
 use super::extract::IndexValue;
@@ -235,7 +235,22 @@ impl Engine<'_> {
         q: &SearchQuery,
         policy: PolicyFilter,
     ) -> Result<SearchResult, SearchError> {
-        self.index.wait_fresh(FRESHNESS_TIMEOUT).await?;
+        self.wait_fresh().await?;
+        self.search_fresh(q, policy).await
+    }
+
+    /// Waits until every write committed before the call is searchable.
+    pub async fn wait_fresh(&self) -> Result<(), SearchError> {
+        Ok(self.index.wait_fresh(FRESHNESS_TIMEOUT).await?)
+    }
+
+    /// `search` for a caller that has just called `wait_fresh` (and read what it needed of
+    /// the index's state after it, such as the access-facts generation).
+    pub async fn search_fresh(
+        &self,
+        q: &SearchQuery,
+        policy: PolicyFilter,
+    ) -> Result<SearchResult, SearchError> {
         let searcher = self.index.searcher();
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
         let planner = Planner {
@@ -439,7 +454,7 @@ impl Engine<'_> {
                     vec![rev.source_type.clone()]
                 };
                 let mut parts: Vec<(Occur, Box<dyn Query>)> =
-                    vec![(Occur::Must, Box::new(TermSetQuery::new(terms)))];
+                    vec![(Occur::Must, crate::search::terms::any_of(terms))];
                 if !types.is_empty() {
                     parts.push((Occur::Must, planner.types(&types)));
                 }

@@ -59,6 +59,9 @@ pub struct SearchIndex {
     ready: AtomicBool,
     /// When the last applied change was committed, for the index-lag metric.
     lag_seconds: Mutex<f64>,
+    /// Bumped whenever an applied change may have changed access facts (care relationships,
+    /// consent): organisation-wide facts cached for searches are valid only while it stays.
+    facts_generation: AtomicU64,
     /// Set to stop the indexer; it then commits, releases the writer (and the folder's lock)
     /// and reports `stopped`.
     stop: watch::Sender<bool>,
@@ -109,6 +112,12 @@ impl SearchIndex {
         };
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// The access-facts generation. Read after `wait_fresh`, it has counted every fact change
+    /// committed before the wait began.
+    pub fn facts_generation(&self) -> u64 {
+        self.facts_generation.load(Ordering::SeqCst)
     }
 
     pub fn searcher(&self) -> tantivy::Searcher {
@@ -176,6 +185,7 @@ pub async fn start(
         waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
+        facts_generation: AtomicU64::new(0),
         stop: watch::channel(false).0,
         stopped: watch::channel(false).0,
     });
@@ -327,6 +337,13 @@ impl Indexer {
             return Ok((false, false));
         }
         let newest = changed.iter().map(|c| c.recorded_at).max();
+        // Before the generation completes, so no search can pair new facts with old ones.
+        if changed
+            .iter()
+            .any(|c| crate::access::facts::changes_facts(&c.resource_type))
+        {
+            self.shared.facts_generation.fetch_add(1, Ordering::SeqCst);
+        }
         let mut keys: Vec<(String, String)> = changed
             .iter()
             .map(|c| (c.resource_type.clone(), c.id.clone()))
@@ -510,6 +527,7 @@ pub async fn reindex(
         waiters: std::sync::atomic::AtomicUsize::new(0),
         ready: AtomicBool::new(false),
         lag_seconds: Mutex::new(0.0),
+        facts_generation: AtomicU64::new(0),
         stop: watch::channel(false).0,
         stopped: watch::channel(false).0,
     });

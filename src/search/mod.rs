@@ -5,6 +5,7 @@ pub mod compartments;
 pub mod engine;
 pub mod extract;
 pub mod fhirpath;
+pub mod filter_cache;
 pub mod index;
 pub mod indexer;
 pub mod matching;

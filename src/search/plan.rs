@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
-    TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Searcher, SegmentReader, Term};
@@ -204,11 +203,7 @@ impl Planner<'_> {
                         Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
                     })
                     .collect();
-                if terms.is_empty() {
-                    Box::new(EmptyQuery)
-                } else {
-                    Box::new(TermSetQuery::new(terms))
-                }
+                crate::search::terms::any_of(terms)
             }
             Clause::Has {
                 source_type,
@@ -244,11 +239,7 @@ impl Planner<'_> {
                     .iter()
                     .map(|id| Term::from_field_text(f.id, id))
                     .collect();
-                if terms.is_empty() {
-                    Box::new(EmptyQuery)
-                } else {
-                    Box::new(TermSetQuery::new(terms))
-                }
+                crate::search::terms::any_of(terms)
             }
         })
     }
@@ -458,7 +449,7 @@ impl Planner<'_> {
                             _ => break,
                         }
                     }
-                    Box::new(TermSetQuery::new(terms))
+                    crate::search::terms::any_of(terms)
                 }
             },
             ValuePredicate::Composite(parts) => {

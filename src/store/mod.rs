@@ -24,6 +24,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A background writer (the audit group commit) stopped or failed the whole group.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

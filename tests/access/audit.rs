@@ -124,3 +124,32 @@ async fn tampering_with_the_audit_trail_is_detected() {
     assert!(!ok);
     assert!(text.contains("BROKEN at row 5"), "{text}");
 }
+
+#[tokio::test]
+async fn concurrent_requests_are_each_audited_once_in_one_unbroken_chain() {
+    let app = TestApp::spawn().await;
+    let p = create_as(&app, "RX1", patient("Busy", None)).await;
+    let pid = p["id"].as_str().unwrap();
+    let token = app.trust_token("RX1");
+    let ids: Vec<String> = (0..64).map(|i| format!("busy-{i}")).collect();
+    // Requests arriving together share group commits; each still gets its own row.
+    let path = format!("Patient/{pid}");
+    let statuses = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| send(&app, &token, reqwest::Method::GET, &path, None, id)),
+    )
+    .await;
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    let audited = audited_request_ids(&app).await;
+    for id in &ids {
+        assert_eq!(audited.iter().filter(|a| *a == id).count(), 1, "{id}");
+    }
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_event ORDER BY seq")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=65).collect::<Vec<i64>>());
+    let (ok, text) = verify(&app);
+    assert!(ok, "{text}");
+    assert!(text.contains("65 rows verified"), "{text}");
+}
