@@ -78,6 +78,30 @@ pub fn quantity_qualifiers(
     out
 }
 
+/// Sets up to this size are unions of term queries. tantivy's `TermSetQuery` compiles an FST
+/// for every weight, and its builder allocates and clears a registry of some 10,000 cells first
+/// (about a megabyte), which cost a third of a search's CPU when every access filter, include
+/// and chain had one.
+const TERM_SET_ABOVE: usize = 64;
+
+/// Documents holding any of `terms`.
+pub fn any_of(mut terms: Vec<tantivy::Term>) -> Box<dyn tantivy::query::Query> {
+    use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, TermQuery, TermSetQuery};
+    use tantivy::schema::IndexRecordOption;
+    let term = |t| -> Box<dyn Query> { Box::new(TermQuery::new(t, IndexRecordOption::Basic)) };
+    match terms.len() {
+        0 => Box::new(EmptyQuery),
+        1 => term(terms.pop().expect("one term")),
+        n if n <= TERM_SET_ABOVE => Box::new(BooleanQuery::new(
+            terms
+                .into_iter()
+                .map(|t| (Occur::Should, term(t)))
+                .collect(),
+        )),
+        _ => Box::new(TermSetQuery::new(terms)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,29 +134,5 @@ mod tests {
         let end = prefix_end("family\u{1f}smi");
         assert!(*"family\u{1f}smith" < *end);
         assert!(*"family\u{1f}smj" > *end);
-    }
-}
-
-/// Sets up to this size are unions of term queries. tantivy's `TermSetQuery` compiles an FST
-/// for every weight, and its builder allocates and clears a registry of some 10,000 cells first
-/// (about a megabyte), which cost a third of a search's CPU when every access filter, include
-/// and chain had one.
-const TERM_SET_ABOVE: usize = 64;
-
-/// Documents holding any of `terms`.
-pub fn any_of(mut terms: Vec<tantivy::Term>) -> Box<dyn tantivy::query::Query> {
-    use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, TermQuery, TermSetQuery};
-    use tantivy::schema::IndexRecordOption;
-    let term = |t| -> Box<dyn Query> { Box::new(TermQuery::new(t, IndexRecordOption::Basic)) };
-    match terms.len() {
-        0 => Box::new(EmptyQuery),
-        1 => term(terms.pop().expect("one term")),
-        n if n <= TERM_SET_ABOVE => Box::new(BooleanQuery::new(
-            terms
-                .into_iter()
-                .map(|t| (Occur::Should, term(t)))
-                .collect(),
-        )),
-        _ => Box::new(TermSetQuery::new(terms)),
     }
 }
