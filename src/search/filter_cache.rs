@@ -16,13 +16,41 @@ use tantivy::query::{
 };
 use tantivy::{BitSet, DocId, DocSet, Score, SegmentReader, TERMINATED, TantivyError};
 
-/// Bitsets kept in all (each is max_doc / 8 bytes: 125 kB per million documents).
-const MAX_ENTRIES: usize = 2048;
+/// Bytes of bitsets kept in all (each is max_doc / 8 bytes: 125 kB per million documents).
+/// Facts change with every fact-bearing write, so old keys pile up under a write load: past
+/// this the cache starts again.
+const MAX_BYTES: usize = 64 << 20;
 
 type Key = (u64, SegmentId);
 
-static CACHE: LazyLock<Mutex<HashMap<Key, Arc<BitSet>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+#[derive(Default)]
+struct Cache {
+    bits: HashMap<Key, Arc<BitSet>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn get(&self, key: &Key) -> Option<&Arc<BitSet>> {
+        self.bits.get(key)
+    }
+
+    fn insert(&mut self, key: Key, bits: Arc<BitSet>) {
+        let size = bits.max_value() as usize / 8 + 64;
+        if self.bytes + size > MAX_BYTES {
+            self.bits.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.bits.insert(key, bits);
+    }
+
+    #[cfg(test)]
+    fn contains_key(&self, key: &Key) -> bool {
+        self.bits.contains_key(key)
+    }
+}
+
+static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| Mutex::new(Cache::default()));
 
 /// `inner`, with its matches per segment remembered under `key`. The caller guarantees that
 /// one key always stands for the same filter.
@@ -122,11 +150,10 @@ impl CachedWeight {
             doc = scorer.advance();
         }
         let bits = Arc::new(bits);
-        let mut cache = CACHE.lock().expect("filter cache");
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, bits.clone());
+        CACHE
+            .lock()
+            .expect("filter cache")
+            .insert(key, bits.clone());
         Ok(bits)
     }
 }
