@@ -20,6 +20,7 @@ pub mod labels;
 pub mod org_grants;
 pub mod policy;
 pub mod principal;
+pub mod read_facts;
 pub mod verifier;
 
 pub use decision::{Decider, Denial, Facts, Grants, Scope, Verdict, Who};

@@ -8,7 +8,7 @@
 //! recorded only in the audit trail. Searches never 404: denied resources are simply not
 //! matched (the filter is inside the index query), and `_include`d ones are left out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest};
@@ -249,13 +249,33 @@ pub async fn guard_row(
     row: &VersionRow,
     what: &str,
 ) -> Result<(), ApiError> {
+    guard_row_with(state, req, d, row, what, None).await
+}
+
+/// `guard_row` with facts already loaded for the patients in `covered` (by the statement that
+/// read the row); used only when they cover the row's whole patient compartment.
+pub async fn guard_row_with(
+    state: &AppState,
+    req: &HttpRequest,
+    d: &mut Decider,
+    row: &VersionRow,
+    what: &str,
+    preloaded: Option<(Grants, HashSet<String>)>,
+) -> Result<(), ApiError> {
     let facts = facts(state, row);
     let patients: Vec<String> = facts
         .as_ref()
         .map(|f| f.patients.clone())
         .unwrap_or_default();
-    let single = (patients.len() == 1).then(|| patients[0].as_str());
-    load_grants(state, req, d, Scope::Patients(&patients), single).await?;
+    match preloaded {
+        Some((grants, covered)) if patients.iter().all(|p| covered.contains(p)) => {
+            d.grants = grants;
+        }
+        _ => {
+            let single = (patients.len() == 1).then(|| patients[0].as_str());
+            load_grants(state, req, d, Scope::Patients(&patients), single).await?;
+        }
+    }
     let v = verdict_on(d, row, facts.as_ref(), "read");
     match v {
         Verdict::Allow { break_glass } => {

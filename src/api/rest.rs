@@ -249,7 +249,45 @@ pub async fn read(
     Repository::check_type(&resource_type)?;
     super::access::require(&d, &req, &resource_type, "read")?;
     let what = format!("{resource_type}/{id}");
-    let row = match state.repository.read(&resource_type, &id).await {
+    // A clinician's read fetches the version and its patients' facts in one statement, unless
+    // the request opens a break-glass grant first.
+    let preload = match &d.who {
+        crate::access::Who::User { org, user_id, .. }
+            if !req
+                .headers()
+                .contains_key(crate::access::break_glass::HEADER_CODE) =>
+        {
+            Some((org.clone(), user_id.clone()))
+        }
+        _ => None,
+    };
+    let (found, preloaded) = match preload {
+        Some((org, user)) => {
+            Repository::check_id(&id)?;
+            let r = crate::access::read_facts::read(
+                state.repository.store(),
+                &resource_type,
+                &id,
+                &org,
+                &user,
+                d.policy.settings.relationship_window_days,
+            )
+            .await
+            .map_err(|e| ApiError::Interaction(e.into()))?;
+            let found = match r.current {
+                crate::store::Current::Found(v) => Ok(v),
+                crate::store::Current::Deleted(_) => {
+                    Err(crate::interactions::Error::Gone(what.clone()))
+                }
+                crate::store::Current::NotFound => {
+                    Err(crate::interactions::Error::NotFound(what.clone()))
+                }
+            };
+            (found, Some((r.grants, r.covered)))
+        }
+        None => (state.repository.read(&resource_type, &id).await, None),
+    };
+    let row = match found {
         Ok(row) => row,
         Err(crate::interactions::Error::Gone(g)) => {
             // 410 says the resource existed: only to callers who could see it.
@@ -258,7 +296,7 @@ pub async fn read(
         }
         Err(e) => return Err(e.into()),
     };
-    super::access::guard_row(&state, &req, &mut d, &row, &what).await?;
+    super::access::guard_row_with(&state, &req, &mut d, &row, &what, preloaded).await?;
     Ok(version_response(row))
 }
 

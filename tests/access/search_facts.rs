@@ -85,3 +85,39 @@ async fn each_search_sees_the_relationships_and_consents_committed_before_it() {
     let (_, bundle) = get(&app, &rx3, "Observation?code=http://loinc.org|8867-4").await;
     assert!(matched_subjects(&bundle).is_empty(), "{bundle}");
 }
+
+#[tokio::test]
+async fn a_read_is_decided_on_every_patient_the_resource_concerns() {
+    let app = TestApp::spawn().await;
+    let a = create_as(&app, "RX1", patient("Subject", None)).await;
+    let b = create_as(&app, "RX1", patient("Performer", None)).await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    create_as(&app, "RX2", encounter(a, &days_ago(3), &days_ago(2))).await;
+    create_as(&app, "RX2", encounter(b, &days_ago(3), &days_ago(2))).await;
+    let mut o = observation(a, &[]);
+    o["performer"] = serde_json::json!([{"reference": format!("Patient/{b}")}]);
+    let o = create_as(&app, "RX1", o).await;
+    let path = format!("Observation/{}", o["id"].as_str().unwrap());
+    let doctor = app.user_token(
+        "u-rx2",
+        "Rhys Doctor",
+        "S8000:G8000:R8000",
+        "RX2",
+        &["B0360"],
+    );
+    assert_eq!(get(&app, &doctor, &path).await.0, 200);
+    // The performer, a patient too, opts out: the resource is in their compartment as well.
+    create_as(&app, "RX1", consent(b, &[], &[], None)).await;
+    assert_eq!(get(&app, &doctor, &path).await.0, 404);
+    // A patient the caller has no relationship with, named only by an absolute reference.
+    let c = create_as(&app, "RX1", patient("Stranger", None)).await;
+    let mut o = observation(c["id"].as_str().unwrap(), &[]);
+    o["subject"]["reference"] = serde_json::json!(app.url(&format!(
+        "Patient/{}",
+        c["id"].as_str().unwrap()
+    )));
+    let o = create_as(&app, "RX1", o).await;
+    let path = format!("Observation/{}", o["id"].as_str().unwrap());
+    assert_eq!(get(&app, &doctor, &path).await.0, 404);
+    assert_eq!(get(&app, &app.trust_token("RX1"), &path).await.0, 200);
+}
