@@ -589,3 +589,50 @@ async fn write_pending(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(birth: Option<&str>, postcode: Option<&str>, family_code: Option<&str>) -> Demographics {
+        Demographics {
+            birth_date: birth.map(str::to_string),
+            postcode: postcode.map(str::to_string),
+            family_code: family_code.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn blocks_agree_with_the_candidate_query() {
+        let a = Blocks::of(&d(Some("1980-03-07"), Some("LS14AB"), Some("TMSN")));
+        // Same birth date; the swapped birth date; same postcode.
+        assert!(a.finds(&Blocks::of(&d(Some("1980-03-07"), None, None))));
+        assert!(a.finds(&Blocks::of(&d(Some("1980-07-03"), None, None))));
+        assert!(a.finds(&Blocks::of(&d(None, Some("LS14AB"), None))));
+        // The phonetic family name blocks only with the same birth year.
+        assert!(a.finds(&Blocks::of(&d(Some("1980-12-30"), None, Some("TMSN")))));
+        assert!(!a.finds(&Blocks::of(&d(Some("1981-12-30"), None, Some("TMSN")))));
+        // Missing values never agree (SQL NULL = NULL is not true).
+        let empty = Blocks::of(&Demographics::default());
+        assert!(!empty.finds(&empty));
+        assert!(!a.finds(&empty));
+    }
+
+    #[test]
+    fn name_keys_and_nhs_numbers_block() {
+        let mut x = Demographics {
+            nhs_number: Some("9434765919".into()),
+            ..Default::default()
+        };
+        let y = x.clone();
+        assert!(Blocks::of(&x).finds(&Blocks::of(&y)));
+        x.nhs_number = None;
+        x.family_code = Some("TMSN".into());
+        x.given_code = Some("RBRT".into());
+        let mut z = x.clone();
+        assert!(Blocks::of(&x).finds(&Blocks::of(&z)), "same phonetic names");
+        z.given_code = Some("ALS".into());
+        assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
+    }
+}
