@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::identity::{SOURCE_EXT, gather};
-use super::response::{BundleEntry, BundleOut, raw};
+use super::response::{BundleEntry, raw};
+use crate::access::Decider;
 use crate::fhir::instant::{format_instant, now_millis};
 use crate::identity::view;
 use crate::provenance::ODS_SYSTEM;
@@ -186,6 +187,54 @@ fn classify(row: &VersionRow, r: &Value) -> Option<(usize, String, String, Strin
     Some((section, key, date, display))
 }
 
+/// The summary document: written straight to JSON, entries as stored (no JSON tree).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Document {
+    resource_type: &'static str,
+    id: String,
+    meta: Value,
+    identifier: Value,
+    #[serde(rename = "type")]
+    bundle_type: &'static str,
+    timestamp: String,
+    entry: Vec<BundleEntry>,
+}
+
+/// Every page (at most `pages` of `count`) of the person's resources of `types`, by `sort`.
+#[allow(clippy::too_many_arguments)]
+async fn gather_list(
+    state: &AppState,
+    req: &HttpRequest,
+    d: &Decider,
+    ids: &[String],
+    types: &[&str],
+    sort: &str,
+    count: usize,
+    pages: usize,
+) -> Result<Vec<VersionRow>, ApiError> {
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..pages {
+        let mut params = vec![
+            ("_count".to_string(), count.to_string()),
+            ("_sort".to_string(), sort.to_string()),
+            ("_total".to_string(), "none".to_string()),
+        ];
+        if let Some(c) = &cursor {
+            params.push(("_cursor".into(), c.clone()));
+        }
+        let (_, result) = gather(state, req, d, ids, types.clone(), &params).await?;
+        rows.extend(result.matches);
+        cursor = result.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -198,16 +247,29 @@ pub async fn summary(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let patient = state.repository.read("Patient", &id).await?;
-    let (person, members) = view::linked(state.repository.store().pool(), &id)
-        .await
-        .map_err(|e| ApiError::Interaction(crate::store::StoreError::Database(e).into()))?;
+    // The record and its links are independent reads: one wait, not two.
+    let (patient, (person, members)) = futures_util::future::try_join(
+        async { Ok(state.repository.read("Patient", &id).await?) },
+        async {
+            view::linked(state.repository.store().pool(), &id)
+                .await
+                .map_err(|e| ApiError::Interaction(crate::store::StoreError::Database(e).into()))
+        },
+    )
+    .await?;
     let ids: Vec<String> = members.iter().map(|m| m.patient_id.clone()).collect();
+    let d = super::identity::person_decider(&state, &req, &ids).await?;
     // Problems, allergies and medications are read whole; results and encounters only their
-    // newest (with room for the same fact reported by several trusts).
-    let lists = [
-        (
-            vec![
+    // newest (with room for the same fact reported by several trusts). The three lists are
+    // gathered at once: each waits for the index and then for PostgreSQL, and on a busy machine
+    // those waits dominate a summary, so they overlap instead of adding up.
+    let (whole, results, encounters) = futures_util::future::try_join3(
+        gather_list(
+            &state,
+            &req,
+            &d,
+            &ids,
+            &[
                 "Condition",
                 "AllergyIntolerance",
                 "MedicationRequest",
@@ -217,41 +279,29 @@ pub async fn summary(
             1000,
             MAX_PAGES,
         ),
-        (vec!["Observation"], "-date", RECENT_RESULTS * 3, 1),
-        (vec!["Encounter"], "-date", RECENT_ENCOUNTERS * 3, 1),
-    ];
-    let d = super::identity::person_decider(&state, &req, &ids).await?;
-    let mut rows: Vec<VersionRow> = Vec::new();
-    for (types, sort, count, pages) in lists {
-        let types: Vec<String> = types.into_iter().map(str::to_string).collect();
-        let mut cursor: Option<String> = None;
-        for _ in 0..pages {
-            let mut params = vec![
-                ("_count".to_string(), count.to_string()),
-                ("_sort".to_string(), sort.to_string()),
-                ("_total".to_string(), "none".to_string()),
-            ];
-            if let Some(c) = &cursor {
-                params.push(("_cursor".into(), c.clone()));
-            }
-            let (_, result) = gather(&state, &req, &d, &ids, types.clone(), &params).await?;
-            rows.extend(result.matches);
-            cursor = result.next;
-            if cursor.is_none() {
-                break;
-            }
-        }
-    }
-    let keys: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| (r.resource_type.clone(), r.id.clone()))
-        .collect();
-    let orgs = state
-        .repository
-        .store()
-        .writer_orgs(&keys)
-        .await
-        .map_err(|e| ApiError::Interaction(e.into()))?;
+        gather_list(
+            &state,
+            &req,
+            &d,
+            &ids,
+            &["Observation"],
+            "-date",
+            RECENT_RESULTS * 3,
+            1,
+        ),
+        gather_list(
+            &state,
+            &req,
+            &d,
+            &ids,
+            &["Encounter"],
+            "-date",
+            RECENT_ENCOUNTERS * 3,
+            1,
+        ),
+    )
+    .await?;
+    let rows = whole.into_iter().chain(results).chain(encounters);
 
     let mut lines: Vec<Line> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
@@ -265,9 +315,8 @@ pub async fn summary(
         let Some((section, key, date, display)) = classify(&row, &resource) else {
             continue;
         };
-        let org = orgs
-            .get(&(row.resource_type.clone(), row.id.clone()))
-            .cloned();
+        // The trust that wrote the version shown (loaded with it: no second look-up).
+        let org = row.author_org.clone();
         match by_key.get(&key) {
             Some(&i) => lines[i].sources.extend(org),
             None => {
@@ -364,7 +413,6 @@ pub async fn summary(
             "valueReference": {"reference": format!("Person/{person}")},
         }]);
     }
-    let mut bundle = BundleOut::new("document");
     let base = &state.base_url;
     let entry = |t: &str, i: &str, content: Option<String>| BundleEntry {
         full_url: Some(format!("{base}/{t}/{i}")),
@@ -372,26 +420,28 @@ pub async fn summary(
         ..Default::default()
     };
     let comp_id = composition["id"].as_str().unwrap_or_default().to_string();
-    bundle.entry.push(entry(
+    let mut entries = Vec::with_capacity(kept.len() + 2);
+    entries.push(entry(
         "Composition",
         &comp_id,
         Some(composition.to_string()),
     ));
-    bundle
-        .entry
-        .push(entry("Patient", &patient.id, patient.content.clone()));
+    entries.push(entry("Patient", &patient.id, patient.content.clone()));
     for l in kept {
-        bundle
-            .entry
-            .push(entry(&l.row.resource_type, &l.row.id, l.row.content));
+        entries.push(entry(&l.row.resource_type, &l.row.id, l.row.content));
     }
-    let mut out = serde_json::to_value(&bundle).unwrap_or(Value::Null);
-    out["identifier"] =
-        json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", bundle.id)});
-    out["timestamp"] = json!(now);
-    out.as_object_mut().map(|o| o.remove("link"));
+    let bundle_id = crate::fhir::id::new_id();
+    let document = Document {
+        resource_type: "Bundle",
+        identifier: json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{bundle_id}")}),
+        meta: json!({"lastUpdated": now}),
+        id: bundle_id,
+        bundle_type: "document",
+        timestamp: now.clone(),
+        entry: entries,
+    };
     Ok(super::response::json_response(
         actix_web::http::StatusCode::OK,
-        out.to_string(),
+        serde_json::to_string(&document).unwrap_or_default(),
     ))
 }

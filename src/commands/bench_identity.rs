@@ -98,7 +98,10 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
             user_id: "555000000099".into(),
             name: Some("Bench Clinician".into()),
             role_code: "S8000:G8000:R8000".into(),
-            org: "RX1".into(),
+            // A clinician at one of the timed person's trusts (see `longitudinal`): its care
+            // relationship covers the person's records at every trust. At another
+            // organisation access control releases nothing and the timings measure nothing.
+            org: BENCH_TRUSTS[0].into(),
             activities: vec!["B0360".into()],
             scopes: vec!["user/*.rs".into()],
         },
@@ -399,6 +402,9 @@ async fn accuracy(pool: &PgPool, truth: &HashMap<String, String>) -> anyhow::Res
     Ok(())
 }
 
+/// The trusts holding the person whose longitudinal record is timed.
+const BENCH_TRUSTS: [&str; 3] = ["RBX01", "RBX02", "RBX03"];
+
 /// One person at three trusts (verified NHS number) with `args.resources` resources.
 async fn longitudinal(
     repo: &Repository,
@@ -407,7 +413,7 @@ async fn longitudinal(
     args: &BenchIdentityArgs,
 ) -> anyhow::Result<()> {
     let nhs = crate::identity::nhs_number::NhsNumber::from_stem(943_476_591)?;
-    let trusts = ["RBX01", "RBX02", "RBX03"];
+    let trusts = BENCH_TRUSTS;
     let mut patients = Vec::new();
     for (ods, given) in trusts.iter().zip(["Ada", "Ada", "Adah"]) {
         let patient = json!({
@@ -480,6 +486,11 @@ async fn longitudinal(
         "longitudinal: person with {} resources across 3 trusts ($everything total {})",
         per_trust * trusts.len(),
         first["total"]
+    );
+    // Timing requests that release nothing (e.g. a caller without access) would measure nothing.
+    anyhow::ensure!(
+        first["total"].as_u64().unwrap_or(0) > 0,
+        "$everything released nothing to the bench clinician"
     );
     let mut page = Vec::new();
     let mut whole = Vec::new();

@@ -156,7 +156,7 @@ fn home_address(patient: &Value) -> Option<&Value> {
         .or_else(|| addresses.first())
 }
 
-fn parse_date(s: &str) -> Option<Date> {
+pub(crate) fn parse_date(s: &str) -> Option<Date> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     Date::parse(s, format).ok()
 }

@@ -16,7 +16,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::demographics::{Demographics, FLAG_SYSTEM};
-use super::scoring::{self, Grade, PairScore};
+use super::scoring::{Grade, PairScore};
 use crate::fhir::id::new_id;
 use crate::fhir::instant::format_instant;
 use crate::store::{Author, NewVersion, Operation, StoreError, WriteTx};
@@ -26,7 +26,7 @@ pub const MATCHER_ID: &str = "shcr-identity-matcher";
 /// Extension on `Person.link` carrying the link's score, grade and method.
 pub const LINK_EXT: &str = "https://fhir.shcr.example.nhs.uk/StructureDefinition/person-link-match";
 /// Most candidates scored per record; blocks larger than this are a data problem, not people.
-const MAX_CANDIDATES: i64 = 500;
+pub(crate) const MAX_CANDIDATES: i64 = 500;
 
 pub fn matcher_author(request_id: Option<&str>) -> Author {
     Author {
@@ -95,7 +95,7 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
 }
 
 /// The birth date with day and month swapped, when that is a date.
-fn swapped(b: &str) -> Option<String> {
+pub(crate) fn swapped(b: &str) -> Option<String> {
     if b.len() != 10 {
         return None;
     }
@@ -111,7 +111,7 @@ fn swapped(b: &str) -> Option<String> {
 
 /// A deadlock between two linkers is a lost race: reported as a conflict so the write engine
 /// retries the whole unit.
-fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(d) = &e
         && d.code().as_deref() == Some("40P01")
     {
@@ -139,75 +139,10 @@ pub async fn candidates(
     patient_id: &str,
     d: &Demographics,
 ) -> Result<Vec<Candidate>, StoreError> {
-    let birth = d.birth();
-    let swapped_birth = d.birth_date.as_deref().and_then(swapped).and_then(|s| {
-        time::Date::parse(
-            &s,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        )
-        .ok()
-    });
-    let rows = sqlx::query(
-        "SELECT patient_id, person_id, org, demographics FROM identity_patient
-         WHERE active AND patient_id <> $1 AND (
-               nhs_number = $2
-            OR birth_date = $3
-            OR birth_date = $4
-            OR (family_code = $5 AND birth_year = $6)
-            OR postcode = $7
-            OR name_key = $9)
-           AND NOT EXISTS (
-               SELECT 1 FROM identity_non_match n
-               WHERE (n.patient_a = $1 AND n.patient_b = patient_id)
-                  OR (n.patient_b = $1 AND n.patient_a = patient_id))
-         LIMIT $8",
-    )
-    .bind(patient_id)
-    .bind(&d.nhs_number)
-    .bind(birth)
-    .bind(swapped_birth)
-    .bind(&d.family_code)
-    .bind(d.birth_year())
-    .bind(&d.postcode)
-    .bind(MAX_CANDIDATES)
-    .bind(d.name_key())
-    .fetch_all(tx.connection())
-    .await
-    .map_err(db)?;
-    rows.into_iter()
-        .map(|r| {
-            let demographics: Value = r.try_get("demographics")?;
-            Ok(Candidate {
-                patient_id: r.try_get("patient_id")?,
-                person_id: r.try_get("person_id")?,
-                org: r.try_get("org")?,
-                demographics: serde_json::from_value(demographics).unwrap_or_default(),
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::Database)
-}
-
-async fn current(tx: &mut WriteTx, patient_id: &str) -> Result<Option<Assignment>, StoreError> {
-    let row = sqlx::query(
-        "SELECT patient_id, person_id, score, grade, method FROM identity_patient
-         WHERE patient_id = $1 FOR UPDATE",
-    )
-    .bind(patient_id)
-    .fetch_optional(tx.connection())
-    .await
-    .map_err(db)?;
-    row.map(|r| -> Result<Assignment, sqlx::Error> {
-        Ok(Assignment {
-            patient_id: r.try_get("patient_id")?,
-            person_id: r.try_get("person_id")?,
-            score: r.try_get("score")?,
-            grade: r.try_get("grade")?,
-            method: r.try_get("method")?,
-        })
-    })
-    .transpose()
-    .map_err(StoreError::Database)
+    Ok(super::unit::candidates_of(tx, &[(0, patient_id, d)])
+        .await?
+        .remove(&0)
+        .unwrap_or_default())
 }
 
 /// What the matcher decided for one record.
@@ -306,7 +241,6 @@ pub async fn link_written(
     author: &Author,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    let mut touched: BTreeSet<String> = BTreeSet::new();
     let patients: Vec<(&NewVersion, Option<Demographics>)> = versions
         .iter()
         .filter(|v| v.resource_type == "Patient")
@@ -334,190 +268,27 @@ pub async fn link_written(
     keys.sort_unstable();
     keys.dedup();
     lock_keys(tx, &keys).await?;
-    for (v, d) in &patients {
-        match d {
-            None => {
-                if let Some(prev) = current(tx, &v.id).await? {
-                    sqlx::query("UPDATE identity_patient SET active = false WHERE patient_id = $1")
-                        .bind(&v.id)
-                        .execute(tx.connection())
-                        .await
-                        .map_err(db)?;
-                    record_event(
-                        tx,
-                        &v.id,
-                        Some(&prev.person_id),
-                        None,
-                        None,
-                        "unlinked",
-                        "auto",
-                        MATCHER_ID,
-                        None,
-                    )
-                    .await?;
-                    touched.insert(prev.person_id);
-                }
-            }
-            Some(d) => {
-                // A first version has no link yet: no need to look for one.
-                let first = v.version_id == 1;
-                touched.extend(link_one(tx, &v.id, d, author.org.as_deref(), first).await?);
-            }
-        }
-    }
+    let records: Vec<super::unit::Record> = patients
+        .into_iter()
+        .map(|(v, d)| super::unit::Record {
+            patient_id: &v.id,
+            // A first version has no link yet: no need to look for one.
+            first: v.version_id == 1,
+            demographics: d,
+        })
+        .collect();
+    let touched = super::unit::link_unit(tx, &records, author.org.as_deref()).await?;
     let matcher = matcher_author(author.request_id.as_deref());
     write_persons(tx, &touched, &matcher, now, None).await
 }
 
-/// Links one record; returns the persons whose membership changed.
-async fn link_one(
-    tx: &mut WriteTx,
-    patient_id: &str,
-    d: &Demographics,
-    org: Option<&str>,
-    first: bool,
-) -> Result<Vec<String>, StoreError> {
-    let previous = if first {
-        None
-    } else {
-        current(tx, patient_id).await?
-    };
-    let found = candidates(tx, patient_id, d).await?;
-    let scored: Vec<(Candidate, PairScore)> = found
-        .into_iter()
-        .map(|c| {
-            let s = scoring::compare(d, &c.demographics);
-            (c, s)
-        })
-        .collect();
-
-    let decision = match &previous {
-        // A person's decision stands until a person changes it; demographics still update.
-        Some(p) if p.method == "manual" => Decision {
-            person_id: p.person_id.clone(),
-            score: p.score,
-            grade: grade_of(&p.grade),
-            review: decide(d, Some(p), &scored, true)
-                .review
-                .into_iter()
-                .filter(|(c, _, _)| {
-                    scored
-                        .iter()
-                        .any(|(x, _)| &x.patient_id == c && x.person_id != p.person_id)
-                })
-                .collect(),
-        },
-        _ => {
-            let alone = match &previous {
-                Some(p) => {
-                    !scored.iter().any(|(c, _)| c.person_id == p.person_id)
-                        && members_besides(tx, &p.person_id, patient_id).await? == 0
-                }
-                None => false,
-            };
-            decide(d, previous.as_ref(), &scored, alone)
-        }
-    };
-
-    let (grade, method) = match (&previous, decision.score) {
-        (Some(p), _) if p.method == "manual" => (p.grade.clone(), "manual"),
-        (_, None) => ("founder".to_string(), "auto"),
-        (_, Some(_)) => (decision.grade.code().to_string(), "auto"),
-    };
-    let moved =
-        previous.as_ref().map(|p| p.person_id.as_str()) != Some(decision.person_id.as_str());
-    let log_event = moved || previous.as_ref().is_some_and(|p| p.grade != grade);
-    // The link and (when it changed) its history row in one statement.
-    sqlx::query(
-        "WITH up AS (
-         INSERT INTO identity_patient
-           (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
-            birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
-            linked_at, active)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $18, now(), true)
-         ON CONFLICT (patient_id) DO UPDATE SET
-           person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
-           nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
-           family_code = excluded.family_code, birth_date = excluded.birth_date,
-           birth_year = excluded.birth_year, postcode = excluded.postcode,
-           demographics = excluded.demographics, score = excluded.score, grade = excluded.grade,
-           method = excluded.method, name_key = excluded.name_key, active = true,
-           linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
-                            THEN identity_patient.linked_at ELSE now() END
-         RETURNING patient_id)
-         INSERT INTO identity_link_event
-           (patient_id, from_person, to_person, score, grade, method, actor)
-         SELECT patient_id, $15, $2, $12, $13, $14, $16 FROM up WHERE $17",
-    )
-    .bind(patient_id)
-    .bind(&decision.person_id)
-    .bind(org)
-    .bind(&d.nhs_number)
-    .bind(d.nhs_verified)
-    .bind(d.nhs_invalid)
-    .bind(&d.family_code)
-    .bind(d.birth())
-    .bind(d.birth_year())
-    .bind(&d.postcode)
-    .bind(serde_json::to_value(d).unwrap_or(Value::Null))
-    .bind(decision.score)
-    .bind(&grade)
-    .bind(method)
-    .bind(previous.as_ref().map(|p| p.person_id.as_str()))
-    .bind(MATCHER_ID)
-    .bind(log_event)
-    .bind(d.name_key())
-    .execute(tx.connection())
-    .await
-    .map_err(db)?;
-
-    for (candidate, score, reason) in &decision.review {
-        sqlx::query(
-            "INSERT INTO identity_review (patient_id, candidate_id, score, reason)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(patient_id)
-        .bind(candidate)
-        .bind(score)
-        .bind(reason)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
-
-    let mut touched = Vec::new();
-    if let Some(p) = &previous
-        && moved
-    {
-        touched.push(p.person_id.clone());
-    }
-    // The Person shows the member's current score and grade even when it did not move.
-    touched.push(decision.person_id);
-    Ok(touched)
-}
-
-fn grade_of(code: &str) -> Grade {
+pub(crate) fn grade_of(code: &str) -> Grade {
     match code {
         "certain" => Grade::Certain,
         "probable" => Grade::Probable,
         "possible" => Grade::Possible,
         _ => Grade::CertainlyNot,
     }
-}
-
-async fn members_besides(
-    tx: &mut WriteTx,
-    person_id: &str,
-    patient_id: &str,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM identity_patient WHERE person_id = $1 AND active AND patient_id <> $2",
-    )
-    .bind(person_id)
-    .bind(patient_id)
-    .fetch_one(tx.connection())
-    .await
-    .map_err(db)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -732,8 +732,10 @@ impl Repository {
         versions.extend(provenance);
         tx.write(&versions, author).await?;
         versions.truncate(written);
-        crate::identity::link::link_written(&mut tx, &versions, author, now).await?;
+        // Access facts first: linking takes blocking-key locks that other linkers wait for
+        // until this commits, so nothing that does not need them runs after it.
         crate::access::facts::record(&mut tx, &versions, author).await?;
+        crate::identity::link::link_written(&mut tx, &versions, author, now).await?;
         let pending: Vec<EntryOutcome> = (0..entries.len())
             .map(|i| match (results[i], unchanged.get(&i)) {
                 (Some((status, v)), _) => written_outcome(status, &versions[v]),
