@@ -94,6 +94,13 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
     keys
 }
 
+/// The blocking keys `link_written` will lock for this Patient resource: a caller applying
+/// several units in one transaction takes them (with its other locks, in one sorted order)
+/// before the first unit, so two such transactions cannot deadlock on them.
+pub fn patient_lock_keys(patient: &Value) -> Vec<i64> {
+    blocking_keys(&Demographics::from_patient(patient))
+}
+
 /// The birth date with day and month swapped, when that is a date.
 fn swapped(b: &str) -> Option<String> {
     if b.len() != 10 {
@@ -471,15 +478,21 @@ async fn link_one(
     .await
     .map_err(db)?;
 
-    for (candidate, score, reason) in &decision.review {
+    if !decision.review.is_empty() {
+        // One statement for the whole queue: a common birth date can put hundreds of
+        // possible matches in it, and every round trip is paid inside the writer's locks.
+        let candidates: Vec<&str> = decision.review.iter().map(|r| r.0.as_str()).collect();
+        let scores: Vec<f64> = decision.review.iter().map(|r| r.1).collect();
+        let reasons: Vec<&str> = decision.review.iter().map(|r| r.2).collect();
         sqlx::query(
             "INSERT INTO identity_review (patient_id, candidate_id, score, reason)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+             SELECT $1, c, s, r FROM unnest($2::text[], $3::float8[], $4::text[]) AS x(c, s, r)
+             ON CONFLICT DO NOTHING",
         )
         .bind(patient_id)
-        .bind(candidate)
-        .bind(score)
-        .bind(reason)
+        .bind(&candidates)
+        .bind(&scores)
+        .bind(&reasons)
         .execute(tx.connection())
         .await
         .map_err(db)?;
