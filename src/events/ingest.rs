@@ -254,25 +254,25 @@ impl Ingest {
     ) -> Result<Processed, MessageError> {
         let message = &prepared.message;
         let outcome = outcome.map_err(|f| {
-                let mut e = MessageError::from(f.error);
-                if let Some(i) = f.index {
-                    let at = format!("Bundle.entry[{}]", message.entries[i].index);
-                    for issue in &mut e.issues {
-                        issue.location = Some(match issue.location.take() {
-                            Some(l) if l.starts_with("Bundle.entry[") => {
-                                // The engine numbers entries without the MessageHeader.
-                                relocate(&l, message)
-                            }
-                            Some(l) => match l.find('.') {
-                                Some(dot) => format!("{at}.resource{}", &l[dot..]),
-                                None => format!("{at}.resource"),
-                            },
-                            None => at.clone(),
-                        });
-                    }
+            let mut e = MessageError::from(f.error);
+            if let Some(i) = f.index {
+                let at = format!("Bundle.entry[{}]", message.entries[i].index);
+                for issue in &mut e.issues {
+                    issue.location = Some(match issue.location.take() {
+                        Some(l) if l.starts_with("Bundle.entry[") => {
+                            // The engine numbers entries without the MessageHeader.
+                            relocate(&l, message)
+                        }
+                        Some(l) => match l.find('.') {
+                            Some(dot) => format!("{at}.resource{}", &l[dot..]),
+                            None => format!("{at}.resource"),
+                        },
+                        None => at.clone(),
+                    });
                 }
-                e
-            })?;
+            }
+            e
+        })?;
         match outcome {
             None => {
                 let (fingerprint, response) = hook.repeat.take().expect("abort means a repeat");

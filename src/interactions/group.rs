@@ -18,9 +18,11 @@
 use crate::store::{Author, StoreError, WriteTx};
 
 use super::Repository;
-use super::error::Error;
-use super::transaction::{CheckedUnit, EntryAction, EntryFailure, EntryOutcome, EntryRequest, Staged};
 use super::WriteHook;
+use super::error::Error;
+use super::transaction::{
+    CheckedUnit, EntryAction, EntryFailure, EntryOutcome, EntryRequest, Staged,
+};
 
 /// One unit of a group: its entries, who writes them, and the hook that takes part.
 pub struct Unit<'a, H> {

@@ -89,11 +89,10 @@ async fn a_group_commits_its_good_messages_together_and_rolls_back_only_the_pois
         scalar(&app, "SELECT count(DISTINCT txid) FROM change_feed").await,
         1
     );
-    let claimed: Vec<String> =
-        sqlx::query_scalar("SELECT key FROM event_idempotency ORDER BY key")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let claimed: Vec<String> = sqlx::query_scalar("SELECT key FROM event_idempotency ORDER BY key")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(claimed, vec!["g1", "g2", "g3"]);
     let families: Vec<String> = sqlx::query_scalar(
         "SELECT v.content->'name'->0->>'family' FROM resource_head h

@@ -482,10 +482,14 @@ async fn a_backlog_with_poison_messages_is_applied_in_groups_and_every_message_s
         s.events.subscriptions.enabled = false;
     })
     .await;
-    eventually("the good messages applied, the poison dead-lettered", 60, || async {
-        scalar(&app, "SELECT count(*) FROM event_idempotency").await == GOOD as i64
-            && scalar(&app, "SELECT count(*) FROM dead_letter").await == poison
-    })
+    eventually(
+        "the good messages applied, the poison dead-lettered",
+        60,
+        || async {
+            scalar(&app, "SELECT count(*) FROM event_idempotency").await == GOOD as i64
+                && scalar(&app, "SELECT count(*) FROM dead_letter").await == poison
+        },
+    )
     .await;
     eventually("every message settled with the broker", 60, || async {
         let js = async_nats::jetstream::new(client.clone());
