@@ -147,8 +147,16 @@ impl Repository {
                     "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit"
                 };
                 if let Err(e) = savepoint(&mut tx, end).await {
-                    if let Err(f) = outcome {
-                        results[i] = Some(Err(f));
+                    // The unit's work is lost with the transaction: report its own failure,
+                    // or try it again in a new transaction (a bounded number of times).
+                    match outcome {
+                        Err(f) => results[i] = Some(Err(f)),
+                        Ok(_) if attempts[i] >= ATTEMPTS => {
+                            results[i] = Some(Err(failed("a message could not be finished", &e)));
+                        }
+                        Ok(_) => {}
+                    }
+                    if results[i].is_some() {
                         next += 1;
                     }
                     broken = Some(e);
