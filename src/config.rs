@@ -138,8 +138,11 @@ pub struct NatsSettings {
     pub backoff_seconds: Vec<f64>,
     /// Seconds the broker waits for an acknowledgement before redelivering.
     pub ack_wait_seconds: u64,
-    /// Messages processed at the same time.
+    /// Groups of messages processed at the same time.
     pub concurrency: usize,
+    /// Most messages applied in one transaction (one commit for the group). Messages already
+    /// delivered join a group; none is waited for.
+    pub batch_size: usize,
     /// Platform events are published as `<platform_subject_prefix>.<event code>`.
     pub platform_subject_prefix: String,
 }
@@ -193,7 +196,8 @@ impl Default for NatsSettings {
             max_deliver: 5,
             backoff_seconds: vec![1.0, 5.0, 30.0, 120.0],
             ack_wait_seconds: 30,
-            concurrency: 8,
+            concurrency: 4,
+            batch_size: 32,
             platform_subject_prefix: "shcr.platform".into(),
         }
     }
@@ -339,9 +343,13 @@ impl Settings {
                 nats.authentication
             )));
         }
-        if nats.max_deliver < 1 || nats.concurrency == 0 || nats.backoff_seconds.is_empty() {
+        if nats.max_deliver < 1
+            || nats.concurrency == 0
+            || nats.batch_size == 0
+            || nats.backoff_seconds.is_empty()
+        {
             return Err(ConfigError::Invalid(
-                "events.nats: max_deliver and concurrency must be at least 1 and backoff_seconds not empty"
+                "events.nats: max_deliver, concurrency and batch_size must be at least 1 and backoff_seconds not empty"
                     .into(),
             ));
         }

@@ -215,11 +215,16 @@ fn consent(r: &Value) -> Option<ConsentFacts> {
 }
 
 /// Replaces the facts derived from each written version (deletions remove them).
+/// Relationships of all versions are replaced in two statements (one delete, one insert), as
+/// they are written on every message: round trips, not rows, are what a write pays for here.
 pub async fn record(
     tx: &mut WriteTx,
     versions: &[NewVersion],
     author: &Author,
 ) -> Result<(), StoreError> {
+    let mut replaced_types: Vec<&str> = Vec::new();
+    let mut replaced_ids: Vec<&str> = Vec::new();
+    let mut relationships: Vec<(&NewVersion, Relationship)> = Vec::new();
     for v in versions
         .iter()
         .filter(|v| FACT_TYPES.contains(&v.resource_type.as_str()))
@@ -229,43 +234,12 @@ pub async fn record(
             .as_deref()
             .and_then(|c| serde_json::from_str(c).ok());
         if v.resource_type == "Consent" {
-            sqlx::query("DELETE FROM access_consent WHERE consent_id = $1")
-                .bind(&v.id)
-                .execute(tx.connection())
-                .await?;
-            let Some(ConsentFacts(patient, mut restrictions, local, start, end)) =
-                resource.as_ref().and_then(consent)
-            else {
-                continue;
-            };
-            for ods in resolve_orgs(tx, &local).await? {
-                restrictions.push(Restriction {
-                    kind: "deny-org",
-                    value: ods,
-                });
-            }
-            for r in restrictions {
-                sqlx::query(
-                    "INSERT INTO access_consent (consent_id, patient_id, kind, value, period_start, period_end)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&v.id)
-                .bind(&patient)
-                .bind(r.kind)
-                .bind(&r.value)
-                .bind(start)
-                .bind(end)
-                .execute(tx.connection())
-                .await?;
-            }
+            record_consent(tx, v, resource.as_ref()).await?;
             continue;
         }
-        sqlx::query("DELETE FROM access_relationship WHERE source_type = $1 AND source_id = $2")
-            .bind(&v.resource_type)
-            .bind(&v.id)
-            .execute(tx.connection())
-            .await?;
-        let Some(rel) = resource.as_ref().and_then(|r| {
+        replaced_types.push(&v.resource_type);
+        replaced_ids.push(&v.id);
+        if let Some(rel) = resource.as_ref().and_then(|r| {
             relationship(
                 &v.resource_type,
                 &v.id,
@@ -273,28 +247,103 @@ pub async fn record(
                 author.org.as_deref(),
                 v.last_updated,
             )
-        }) else {
-            continue;
-        };
+        }) {
+            relationships.push((v, rel));
+        }
+    }
+    if replaced_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM access_relationship r
+         USING unnest($1::text[], $2::text[]) AS k(t, i)
+         WHERE r.source_type = k.t AND r.source_id = k.i",
+    )
+    .bind(&replaced_types)
+    .bind(&replaced_ids)
+    .execute(tx.connection())
+    .await?;
+    let mut rows = RelationshipRows::default();
+    for (v, rel) in &relationships {
         let mut orgs = rel.ods.clone();
         orgs.extend(resolve_orgs(tx, &rel.local_orgs).await?);
         orgs.sort();
         orgs.dedup();
-        if orgs.is_empty() {
-            continue;
+        for org in orgs {
+            rows.source_type.push(v.resource_type.as_str());
+            rows.source_id.push(v.id.as_str());
+            rows.org.push(org);
+            rows.patient.push(rel.patient.as_str());
+            rows.kind.push(rel.kind);
+            rows.start.push(rel.start);
+            rows.end.push(rel.end);
         }
-        sqlx::query(
-            "INSERT INTO access_relationship
-                 (source_type, source_id, org, patient_id, kind, period_start, period_end)
-             SELECT $1, $2, o, $4, $5, $6, $7 FROM unnest($3::text[]) AS o",
-        )
-        .bind(&v.resource_type)
+    }
+    if rows.org.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO access_relationship
+             (source_type, source_id, org, patient_id, kind, period_start, period_end)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::timestamptz[], $7::timestamptz[])",
+    )
+    .bind(&rows.source_type)
+    .bind(&rows.source_id)
+    .bind(&rows.org)
+    .bind(&rows.patient)
+    .bind(&rows.kind)
+    .bind(&rows.start)
+    .bind(&rows.end)
+    .execute(tx.connection())
+    .await?;
+    Ok(())
+}
+
+/// Columns of the relationship rows to insert, for one `unnest`.
+#[derive(Default)]
+struct RelationshipRows<'a> {
+    source_type: Vec<&'a str>,
+    source_id: Vec<&'a str>,
+    org: Vec<String>,
+    patient: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    start: Vec<Option<OffsetDateTime>>,
+    end: Vec<Option<OffsetDateTime>>,
+}
+
+/// Replaces a Consent's restrictions.
+async fn record_consent(
+    tx: &mut WriteTx,
+    v: &NewVersion,
+    resource: Option<&Value>,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM access_consent WHERE consent_id = $1")
         .bind(&v.id)
-        .bind(&orgs)
-        .bind(&rel.patient)
-        .bind(rel.kind)
-        .bind(rel.start)
-        .bind(rel.end)
+        .execute(tx.connection())
+        .await?;
+    let Some(ConsentFacts(patient, mut restrictions, local, start, end)) =
+        resource.and_then(consent)
+    else {
+        return Ok(());
+    };
+    for ods in resolve_orgs(tx, &local).await? {
+        restrictions.push(Restriction {
+            kind: "deny-org",
+            value: ods,
+        });
+    }
+    for r in restrictions {
+        sqlx::query(
+            "INSERT INTO access_consent (consent_id, patient_id, kind, value, period_start, period_end)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&v.id)
+        .bind(&patient)
+        .bind(r.kind)
+        .bind(&r.value)
+        .bind(start)
+        .bind(end)
         .execute(tx.connection())
         .await?;
     }

@@ -44,9 +44,14 @@ pub struct BenchEventsArgs {
     pub notify_rate: usize,
     #[arg(long, default_value_t = 10)]
     pub notify_seconds: u64,
-    /// NATS messages processed at the same time by the consumer.
-    #[arg(long, default_value_t = 8)]
+    /// Groups of NATS messages processed at the same time by the consumer
+    /// (`events.nats.concurrency`).
+    #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Most messages applied in one transaction (`events.nats.batch_size`); 1 applies each
+    /// message in a transaction of its own.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -108,6 +113,7 @@ pub async fn run(mut settings: Settings, args: BenchEventsArgs) -> anyhow::Resul
     settings.events.nats.subject_prefix = format!("shcrbench.{id}");
     settings.events.nats.consumer = format!("shcr-bench-{id}");
     settings.events.nats.concurrency = args.concurrency;
+    settings.events.nats.batch_size = args.batch_size;
     settings.events.subscriptions.poll_interval_ms = 200;
     let result = bench(settings.clone(), &args).await;
 
@@ -135,6 +141,29 @@ pub async fn run(mut settings: Settings, args: BenchEventsArgs) -> anyhow::Resul
 fn message(k: usize, patients: usize, timestamp: OffsetDateTime) -> Value {
     let sys = |what: &str| format!("https://fhir.rx1.example.nhs.uk/Id/{what}");
     let patient = k % patients;
+    // Each patient keeps its own demographics from message to message, spread like a real
+    // population's: one shared birth date and given name made every generated patient a
+    // probable match of every other, so identity linking put all of them in one Person and
+    // rewrote that Person (thousands of links) on every message; one surname sound put every
+    // patient in the same blocking groups.
+    let given = ["Alex", "Sam", "Jo", "Chris", "Pat", "Robin", "Kim", "Lee"][patient % 8];
+    // Surnames that also sound different (phonetic codes are blocking keys): three syllables.
+    let family = format!(
+        "{}{}{}",
+        [
+            "Ash", "Brad", "Carl", "Dun", "Ever", "Fair", "Gold", "Hart", "Ing", "Kirk"
+        ][patient % 10],
+        [
+            "by", "ford", "ton", "well", "wood", "ley", "more", "field", "ham", "worth"
+        ][(patient / 10) % 10],
+        [
+            "", "s", "er", "ick", "ings", "away", "op", "an", "ridge", "ock"
+        ][(patient / 100) % 10],
+    );
+    let gender = ["female", "male"][patient % 2];
+    let birth_date = (time::macros::date!(1930 - 01 - 01)
+        + time::Duration::days(((patient * 7_919) % 32_000) as i64))
+    .to_string();
     let mut entries = vec![
         json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000000", "resource": {
             "resourceType": "MessageHeader", "id": format!("h{k}"),
@@ -145,8 +174,8 @@ fn message(k: usize, patients: usize, timestamp: OffsetDateTime) -> Value {
         json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001", "resource": {
             "resourceType": "Patient",
             "identifier": [{"system": sys("local-patient-identifier"), "value": format!("P{patient}")}],
-            "name": [{"family": format!("Family{k}"), "given": ["Alex"]}],
-            "gender": "unknown", "birthDate": "1960-05-17"}}),
+            "name": [{"family": family, "given": [given]}],
+            "gender": gender, "birthDate": birth_date}}),
         json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002", "resource": {
             "resourceType": "Encounter",
             "identifier": [{"system": sys("encounter"), "value": format!("E{k}")}],

@@ -285,34 +285,60 @@ impl Inbound {
 
     /// Authenticates and applies a message as received from the queue.
     pub async fn handle(&self, raw: &RawMessage) -> Handled {
-        let (ods, event) = match self.parse_subject(&raw.subject) {
-            Ok(v) => v,
-            Err(e) => {
-                return Handled {
-                    result: Err(e),
-                    caller: None,
-                };
-            }
+        let (caller, bundle, envelope) = match self.admit(raw).await {
+            Ok(admitted) => admitted,
+            Err(handled) => return handled,
         };
-        let caller = match self.authenticate(raw, &ods).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Handled {
-                    result: Err(e),
-                    caller: None,
-                };
-            }
-        };
-        if let Err(e) = self.check_registry(&caller).await {
-            return Handled {
-                result: Err(e),
-                caller: Some(caller),
-            };
-        }
-        let result = self.apply(raw, &caller, ods, event).await;
+        let result = self.ingest.process(&bundle, &caller, &envelope).await;
         Handled {
             result,
             caller: Some(caller),
+        }
+    }
+
+    /// As `handle` for several messages, applied in one transaction (`Ingest::process_group`):
+    /// a message refused before the database, or failing inside it, is reported alone and
+    /// does not hold back the others. Results are in input order.
+    pub async fn handle_group(&self, raws: &[RawMessage]) -> Vec<Handled> {
+        let mut admitted = Vec::with_capacity(raws.len());
+        for raw in raws {
+            admitted.push(self.admit(raw).await);
+        }
+        let items: Vec<(&Value, &Caller, &Envelope)> = admitted
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .map(|(caller, bundle, envelope)| (bundle, caller, envelope))
+            .collect();
+        let mut results = self.ingest.process_group(&items).await.into_iter();
+        admitted
+            .into_iter()
+            .map(|a| match a {
+                Ok((caller, _, _)) => Handled {
+                    result: results.next().expect("one result per admitted message"),
+                    caller: Some(caller),
+                },
+                Err(handled) => handled,
+            })
+            .collect()
+    }
+
+    /// Everything about a queued message that needs no database write: the subject, the
+    /// sender's token and registration, the payload as JSON.
+    async fn admit(&self, raw: &RawMessage) -> Result<(Caller, Value, Envelope), Handled> {
+        let refuse = |result, caller| Handled { result, caller };
+        let (ods, event) = self
+            .parse_subject(&raw.subject)
+            .map_err(|e| refuse(Err(e), None))?;
+        let caller = self
+            .authenticate(raw, &ods)
+            .await
+            .map_err(|e| refuse(Err(e), None))?;
+        if let Err(e) = self.check_registry(&caller).await {
+            return Err(refuse(Err(e), Some(caller)));
+        }
+        match self.decode(raw, &caller, ods, event) {
+            Ok((bundle, envelope)) => Ok((caller, bundle, envelope)),
+            Err(e) => Err(refuse(Err(e), Some(caller))),
         }
     }
 
@@ -323,6 +349,17 @@ impl Inbound {
         ods: OdsCode,
         event: String,
     ) -> Result<Processed, MessageError> {
+        let (bundle, envelope) = self.decode(raw, caller, ods, event)?;
+        self.ingest.process(&bundle, caller, &envelope).await
+    }
+
+    fn decode(
+        &self,
+        raw: &RawMessage,
+        caller: &Caller,
+        ods: OdsCode,
+        event: String,
+    ) -> Result<(Value, Envelope), MessageError> {
         if caller.org() != &ods {
             return Err(MessageError::forbidden(
                 None,
@@ -352,7 +389,7 @@ impl Inbound {
             subject_event: Some(event),
             request_id: raw.header("x-request-id").map(str::to_string),
         };
-        self.ingest.process(&bundle, caller, &envelope).await
+        Ok((bundle, envelope))
     }
 
     /// Replays a dead letter: the sender recorded at receipt stands in for the token (tokens

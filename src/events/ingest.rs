@@ -15,7 +15,8 @@ use crate::fhir::id::new_id;
 use crate::fhir::instant::format_instant;
 use crate::fhir::outcome::{Issue, IssueType, operation_outcome};
 use crate::interactions::{
-    EntryAction, EntryOutcome, EntryRequest, HookDecision, Repository, Target, WriteHook,
+    EntryAction, EntryOutcome, EntryRequest, HookDecision, Repository, Target, Unit, UnitResult,
+    WriteHook,
 };
 use crate::store::{Author, WriteTx};
 
@@ -92,12 +93,79 @@ impl Ingest {
         result
     }
 
+    /// Applies several message Bundles, each on its own terms (a message that fails is
+    /// rolled back alone and reported alone), committed together: one transaction and one
+    /// commit for the group (`Repository::execute_group`). Results are in input order and
+    /// final: `Ok` only for messages whose writes are committed (or were committed before).
+    pub async fn process_group(
+        &self,
+        items: &[(&Value, &Caller, &Envelope)],
+    ) -> Vec<Result<Processed, MessageError>> {
+        let started = std::time::Instant::now();
+        let prepared: Vec<Result<Prepared, MessageError>> = items
+            .iter()
+            .map(|(bundle, caller, envelope)| self.prepare(bundle, caller, envelope))
+            .collect();
+        let mut hooks: Vec<MessageHook<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| p.hook(&self.base_url))
+            .collect();
+        let mut units: Vec<Unit<'_, MessageHook<'_>>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .zip(hooks.iter_mut())
+            .map(|(p, hook)| Unit {
+                entries: &p.requests,
+                author: &p.author,
+                hook,
+            })
+            .collect();
+        let mut outcomes = self
+            .repository
+            .execute_group(&mut units, true)
+            .await
+            .into_iter();
+        drop(units);
+        let mut hooks = hooks.into_iter();
+        let results: Vec<Result<Processed, MessageError>> = prepared
+            .iter()
+            .map(|p| {
+                let p = p.as_ref().map_err(|e| e.clone())?;
+                let hook = hooks.next().expect("one hook per prepared message");
+                let outcome = outcomes.next().expect("one outcome per unit");
+                self.conclude(p, hook, outcome)
+            })
+            .collect();
+        for r in &results {
+            metrics::observe_processing(started.elapsed(), r);
+        }
+        results
+    }
+
     async fn process_inner(
         &self,
         bundle: &Value,
         caller: &Caller,
         envelope: &Envelope,
     ) -> Result<Processed, MessageError> {
+        let prepared = self.prepare(bundle, caller, envelope)?;
+        let mut hook = prepared.hook(&self.base_url);
+        let outcome = self
+            .repository
+            .execute_with_hook(&prepared.requests, &prepared.author, true, &mut hook)
+            .await;
+        self.conclude(&prepared, hook, outcome)
+    }
+
+    /// Everything before the database: the sender may send this message, it parses against
+    /// the catalogue, and its entries become conditional updates by business identifier.
+    fn prepare(
+        &self,
+        bundle: &Value,
+        caller: &Caller,
+        envelope: &Envelope,
+    ) -> Result<Prepared, MessageError> {
         let Principal::System(_) = &caller.principal else {
             return Err(MessageError::forbidden(
                 None,
@@ -168,38 +236,43 @@ impl Ingest {
                 .clone()
                 .or_else(|| Some(format!("message:{}", message.message_id))),
         };
-        let mut hook = MessageHook {
-            message: &message,
+        Ok(Prepared {
             fingerprint: idempotency::fingerprint(&[bundle.to_string().as_bytes()]),
-            base_url: &self.base_url,
-            repeat: None,
-            stale: Vec::new(),
-            response: None,
-        };
-        let outcome = self
-            .repository
-            .execute_with_hook(&requests, &author, true, &mut hook)
-            .await
-            .map_err(|f| {
-                let mut e = MessageError::from(f.error);
-                if let Some(i) = f.index {
-                    let at = format!("Bundle.entry[{}]", message.entries[i].index);
-                    for issue in &mut e.issues {
-                        issue.location = Some(match issue.location.take() {
-                            Some(l) if l.starts_with("Bundle.entry[") => {
-                                // The engine numbers entries without the MessageHeader.
-                                relocate(&l, &message)
-                            }
-                            Some(l) => match l.find('.') {
-                                Some(dot) => format!("{at}.resource{}", &l[dot..]),
-                                None => format!("{at}.resource"),
-                            },
-                            None => at.clone(),
-                        });
-                    }
+            client: caller.client_id().unwrap_or(caller.id()).to_string(),
+            message,
+            requests,
+            author,
+        })
+    }
+
+    /// Turns the engine's answer for a prepared message into the message's result.
+    fn conclude(
+        &self,
+        prepared: &Prepared,
+        mut hook: MessageHook<'_>,
+        outcome: UnitResult,
+    ) -> Result<Processed, MessageError> {
+        let message = &prepared.message;
+        let outcome = outcome.map_err(|f| {
+            let mut e = MessageError::from(f.error);
+            if let Some(i) = f.index {
+                let at = format!("Bundle.entry[{}]", message.entries[i].index);
+                for issue in &mut e.issues {
+                    issue.location = Some(match issue.location.take() {
+                        Some(l) if l.starts_with("Bundle.entry[") => {
+                            // The engine numbers entries without the MessageHeader.
+                            relocate(&l, message)
+                        }
+                        Some(l) => match l.find('.') {
+                            Some(dot) => format!("{at}.resource{}", &l[dot..]),
+                            None => format!("{at}.resource"),
+                        },
+                        None => at.clone(),
+                    });
                 }
-                e
-            })?;
+            }
+            e
+        })?;
         match outcome {
             None => {
                 let (fingerprint, response) = hook.repeat.take().expect("abort means a repeat");
@@ -228,10 +301,7 @@ impl Ingest {
             Some(outcomes) => {
                 // Product metric: source event time → searchable, per sending client.
                 if !self.repository.is_sandbox() {
-                    crate::governance::freshness::committed(
-                        caller.client_id().unwrap_or(caller.id()),
-                        message.timestamp,
-                    );
+                    crate::governance::freshness::committed(&prepared.client, message.timestamp);
                 }
                 Ok(Processed {
                     message_id: message.message_id.clone(),
@@ -260,6 +330,30 @@ fn relocate(location: &str, message: &InboundMessage) -> String {
             )
         }
         _ => location.to_string(),
+    }
+}
+
+/// A message that passed every check before the database, ready for the write engine.
+struct Prepared {
+    message: InboundMessage,
+    requests: Vec<EntryRequest>,
+    author: Author,
+    /// Of the Bundle as received: a reused message id with other content is refused.
+    fingerprint: String,
+    /// The sending client, for the freshness metric.
+    client: String,
+}
+
+impl Prepared {
+    fn hook<'a>(&'a self, base_url: &'a str) -> MessageHook<'a> {
+        MessageHook {
+            message: &self.message,
+            fingerprint: self.fingerprint.clone(),
+            base_url,
+            repeat: None,
+            stale: Vec::new(),
+            response: None,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, watch};
 
@@ -56,7 +56,7 @@ pub async fn ensure_consumer(
                 // shcr counts deliveries itself and dead-letters at `max_deliver`: a broker
                 // limit would leave the message unacknowledged and silently parked.
                 max_deliver: -1,
-                max_ack_pending: (settings.concurrency * 64) as i64,
+                max_ack_pending: (settings.concurrency * settings.batch_size.max(16) * 4) as i64,
                 ..Default::default()
             },
         )
@@ -86,6 +86,15 @@ fn raw_message(message: &async_nats::Message, published: time::OffsetDateTime) -
         payload: message.payload.to_vec(),
         published,
     }
+}
+
+/// Where a message stands in the stream.
+struct Delivery {
+    stream: String,
+    sequence: u64,
+    /// How many times the broker has delivered it, this time included.
+    delivered: i64,
+    published: time::OffsetDateTime,
 }
 
 pub struct Consumer {
@@ -120,7 +129,7 @@ impl Consumer {
             };
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(self.settings.concurrency * 4)
+                .max_messages_per_batch(self.settings.concurrency * self.settings.batch_size.max(4))
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(10))
                 .messages()
@@ -147,9 +156,23 @@ impl Consumer {
                 };
                 match next {
                     Some(Ok(message)) => {
+                        // Group commit: whatever else has already arrived joins this message's
+                        // transaction, up to `batch_size`. Nothing waits for a group to fill,
+                        // so a quiet stream still applies each message at once.
+                        let mut group = vec![message];
+                        while group.len() < self.settings.batch_size {
+                            match messages.next().now_or_never() {
+                                Some(Some(Ok(m))) => group.push(m),
+                                Some(Some(Err(e))) => {
+                                    tracing::warn!(error = %e, "NATS message stream error");
+                                    break;
+                                }
+                                Some(None) | None => break,
+                            }
+                        }
                         let this = self.clone();
                         tokio::spawn(async move {
-                            this.handle(message).await;
+                            this.handle_group(group).await;
                             drop(permit);
                         });
                     }
@@ -170,22 +193,47 @@ impl Consumer {
         tracing::info!("NATS consumer stopped");
     }
 
-    async fn handle(&self, message: jetstream::Message) {
-        let info = match message.info() {
-            Ok(i) => (
-                i.stream.to_string(),
-                i.stream_sequence,
-                i.delivered,
-                i.published,
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "a JetStream message without delivery info");
-                return;
-            }
-        };
-        let (stream, sequence, delivered, published) = info;
-        let raw = raw_message(&message.message, published);
-        let Handled { result, caller } = self.inbound.handle(&raw).await;
+    /// Applies a group of messages in one transaction, then settles each on its own:
+    /// acknowledged (committed, or a duplicate), retried later, or dead-lettered.
+    async fn handle_group(&self, messages: Vec<jetstream::Message>) {
+        let mut delivered = Vec::with_capacity(messages.len());
+        let mut raws = Vec::with_capacity(messages.len());
+        for message in messages {
+            let info = match message.info() {
+                Ok(i) => Delivery {
+                    stream: i.stream.to_string(),
+                    sequence: i.stream_sequence,
+                    delivered: i.delivered,
+                    published: i.published,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "a JetStream message without delivery info");
+                    continue;
+                }
+            };
+            raws.push(raw_message(&message.message, info.published));
+            delivered.push((message, info));
+        }
+        let handled = self.inbound.handle_group(&raws).await;
+        for (((message, info), raw), handled) in delivered.into_iter().zip(&raws).zip(handled) {
+            self.settle(message, info, raw, handled).await;
+        }
+    }
+
+    async fn settle(
+        &self,
+        message: jetstream::Message,
+        info: Delivery,
+        raw: &RawMessage,
+        handled: Handled,
+    ) {
+        let Delivery {
+            stream,
+            sequence,
+            delivered,
+            published,
+        } = info;
+        let Handled { result, caller } = handled;
         match result {
             Ok(processed) => {
                 if processed.disposition == Disposition::Applied {
@@ -224,7 +272,7 @@ impl Consumer {
                 }
                 let origin = format!("nats:{stream}:{sequence}");
                 let letter =
-                    dead_letter_for(origin, &raw, caller.as_ref(), &error, delivered as i32);
+                    dead_letter_for(origin, raw, caller.as_ref(), &error, delivered as i32);
                 match dead_letter::record(&self.pool, &letter).await {
                     Ok(id) => {
                         tracing::warn!(sequence, dead_letter = ?id, reason = error.reason_code, detail = %error.summary(), "message dead-lettered");

@@ -94,6 +94,13 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
     keys
 }
 
+/// The blocking keys `link_written` will lock for this Patient resource: a caller applying
+/// several units in one transaction takes them (with its other locks, in one sorted order)
+/// before the first unit, so two such transactions cannot deadlock on them.
+pub fn patient_lock_keys(patient: &Value) -> Vec<i64> {
+    blocking_keys(&Demographics::from_patient(patient))
+}
+
 /// The birth date with day and month swapped, when that is a date.
 pub(crate) fn swapped(b: &str) -> Option<String> {
     if b.len() != 10 {

@@ -5,11 +5,13 @@
 pub mod bundle;
 pub mod criteria;
 pub mod error;
+mod group;
 mod prepare;
 mod references;
 mod transaction;
 
 pub use error::Error;
+pub use group::{Unit, UnitResult};
 pub use transaction::{
     EntryAction, EntryFailure, EntryOutcome, EntryRequest, HookDecision, NoHook, Target, WriteHook,
 };

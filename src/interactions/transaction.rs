@@ -194,6 +194,30 @@ enum Plan {
     Read,
 }
 
+/// A unit that passed the checks before the database: its parsed conditions.
+pub(crate) struct CheckedUnit {
+    entry_criteria: HashMap<usize, Criteria>,
+    reference_criteria: HashMap<String, (usize, Criteria)>,
+}
+
+impl CheckedUnit {
+    /// Every identifier query of the unit's conditions (the keys `lock_criteria` locks).
+    pub(crate) fn identifier_queries(&self) -> Vec<IdentifierQuery> {
+        self.entry_criteria
+            .values()
+            .chain(self.reference_criteria.values().map(|(_, c)| c))
+            .flat_map(|c| c.identifier_queries().cloned())
+            .collect()
+    }
+}
+
+/// A unit written in an open transaction, waiting for the commit.
+pub(crate) struct Staged {
+    pending: Vec<EntryOutcome>,
+    results: Vec<Option<(u16, usize)>>,
+    unchanged: HashMap<usize, EntryOutcome>,
+}
+
 impl Repository {
     /// Runs every entry as one all-or-nothing transaction (a `transaction` Bundle, or a single
     /// REST interaction as a one-entry list). A transaction that lost a race with a concurrent
@@ -258,6 +282,30 @@ impl Repository {
         in_bundle: bool,
         hook: &mut H,
     ) -> Result<Option<Vec<EntryOutcome>>, EntryFailure> {
+        let checked = Self::check_unit(entries, author)?;
+        let mut tx = self.store.begin_write().await?;
+        let Some(staged) = self
+            .stage(&mut tx, entries, author, in_bundle, hook, &checked)
+            .await?
+        else {
+            // The hook aborted: dropping the transaction rolls it back.
+            return Ok(None);
+        };
+        if self.rollback {
+            // Sandbox: dropping the transaction rolls it back; nothing was stored.
+            drop(tx);
+        } else {
+            tx.commit().await?;
+        }
+        self.finish(entries, staged).await.map(Some)
+    }
+
+    /// Steps 1–2 of a unit, before any database work: every entry checked, every condition
+    /// parsed. A unit refused here never touches the database.
+    pub(crate) fn check_unit(
+        entries: &[EntryRequest],
+        author: &Author,
+    ) -> Result<CheckedUnit, EntryFailure> {
         // 1. Check every entry before touching the database.
         for (i, entry) in entries.iter().enumerate() {
             Self::check_type(&entry.resource_type).map_err(at(i))?;
@@ -352,13 +400,35 @@ impl Repository {
             }
         }
 
+        Ok(CheckedUnit {
+            entry_criteria,
+            reference_criteria,
+        })
+    }
+
+    /// Steps 3–7 of a unit inside `tx`: resolve, lock, version, write, link, record facts, let
+    /// the hook add its rows — everything but the commit. `None` when the hook aborted (the
+    /// caller rolls back what the unit did).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn stage<H: WriteHook>(
+        &self,
+        tx: &mut WriteTx,
+        entries: &[EntryRequest],
+        author: &Author,
+        in_bundle: bool,
+        hook: &mut H,
+        checked: &CheckedUnit,
+    ) -> Result<Option<Staged>, EntryFailure> {
+        let CheckedUnit {
+            entry_criteria,
+            reference_criteria,
+        } = checked;
         // 3. Resolve them under advisory locks, inside the transaction that writes.
-        let mut tx = self.store.begin_write().await?;
         let all: Vec<&Criteria> = entry_criteria
             .values()
             .chain(reference_criteria.values().map(|(_, c)| c))
             .collect();
-        let matches = resolve_all(&mut tx, &all).await?;
+        let matches = resolve_all(tx, &all).await?;
         let matched = |c: &Criteria| matches.get(c).cloned().unwrap_or_default();
         let single_matches: Vec<Option<String>> = (0..entries.len())
             .map(|i| match entry_criteria.get(&i).map(&matched).as_deref() {
@@ -367,12 +437,12 @@ impl Repository {
             })
             .collect();
         let hold = match hook
-            .on_locked(&mut tx, &single_matches)
+            .on_locked(tx, &single_matches)
             .await
             .map_err(|error| EntryFailure { index: None, error })?
         {
             HookDecision::Proceed { hold } => hold,
-            // Dropping the transaction rolls it back.
+            // The caller rolls back what the unit did.
             HookDecision::Abort => return Ok(None),
         };
 
@@ -483,7 +553,7 @@ impl Repository {
             }
             plans.push(plan);
         }
-        for (reference, (i, criteria)) in &reference_criteria {
+        for (reference, (i, criteria)) in reference_criteria.iter() {
             match matched(criteria).as_slice() {
                 [id] => {
                     local_refs.insert(
@@ -734,8 +804,8 @@ impl Repository {
         versions.truncate(written);
         // Access facts first: linking takes blocking-key locks that other linkers wait for
         // until this commits, so nothing that does not need them runs after it.
-        crate::access::facts::record(&mut tx, &versions, author).await?;
-        crate::identity::link::link_written(&mut tx, &versions, author, now).await?;
+        crate::access::facts::record(tx, &versions, author).await?;
+        crate::identity::link::link_written(tx, &versions, author, now).await?;
         let pending: Vec<EntryOutcome> = (0..entries.len())
             .map(|i| match (results[i], unchanged.get(&i)) {
                 (Some((status, v)), _) => written_outcome(status, &versions[v]),
@@ -752,17 +822,28 @@ impl Repository {
                 },
             })
             .collect();
-        hook.before_commit(&mut tx, &pending)
+        hook.before_commit(tx, &pending)
             .await
             .map_err(|error| EntryFailure { index: None, error })?;
-        if self.rollback {
-            // Sandbox: dropping the transaction rolls it back; nothing was stored.
-            drop(tx);
-        } else {
-            tx.commit().await?;
-        }
+        Ok(Some(Staged {
+            pending,
+            results,
+            unchanged,
+        }))
+    }
 
-        // 8. Responses in request order; reads (and matched conditional creates) see the new state.
+    /// Step 8, after commit: outcomes in request order; reads (and matched conditional
+    /// creates, held entries) see the committed state.
+    pub(crate) async fn finish(
+        &self,
+        entries: &[EntryRequest],
+        staged: Staged,
+    ) -> Result<Vec<EntryOutcome>, EntryFailure> {
+        let Staged {
+            pending,
+            results,
+            mut unchanged,
+        } = staged;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             if results[i].is_some() {
@@ -784,7 +865,7 @@ impl Repository {
                 outcomes.push(EntryOutcome::from_row(200, row, String::new()));
             }
         }
-        Ok(Some(outcomes))
+        Ok(outcomes)
     }
 }
 

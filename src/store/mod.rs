@@ -9,7 +9,7 @@ mod write;
 pub use changes::{Change, FeedPoll, FeedPosition};
 pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
 pub use read::{Current, HeadState, Owner, VersionRow};
-pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx};
+pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx, criteria_lock_keys};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -83,24 +83,34 @@ fn lock_key(parts: &[&str]) -> i64 {
     hash as i64
 }
 
+/// The advisory lock keys `lock_criteria` takes for these queries.
+pub fn criteria_lock_keys(criteria: &[IdentifierQuery]) -> Vec<i64> {
+    criteria
+        .iter()
+        .map(|c| {
+            lock_key(&[
+                &c.resource_type,
+                c.system.as_deref().unwrap_or("\u{1}"),
+                c.value.as_deref().unwrap_or("\u{1}"),
+            ])
+        })
+        .collect()
+}
+
 impl WriteTx {
     /// Serialises conditional operations on the same criteria across concurrent transactions,
     /// so two `If-None-Exist` creates with one identifier cannot both create.
     pub async fn lock_criteria(&mut self, criteria: &[IdentifierQuery]) -> Result<(), StoreError> {
-        if criteria.is_empty() {
+        self.lock_advisory(criteria_lock_keys(criteria)).await
+    }
+
+    /// Takes transaction-scoped advisory locks on `keys`, in ascending order: a fixed order
+    /// prevents deadlocks between transactions locking overlapping sets in one statement.
+    /// Re-taking a key this transaction holds is free, so a caller may lock a superset first.
+    pub async fn lock_advisory(&mut self, mut keys: Vec<i64>) -> Result<(), StoreError> {
+        if keys.is_empty() {
             return Ok(());
         }
-        let mut keys: Vec<i64> = criteria
-            .iter()
-            .map(|c| {
-                lock_key(&[
-                    &c.resource_type,
-                    c.system.as_deref().unwrap_or("\u{1}"),
-                    c.value.as_deref().unwrap_or("\u{1}"),
-                ])
-            })
-            .collect();
-        // A fixed order prevents deadlocks between transactions locking overlapping sets.
         keys.sort_unstable();
         keys.dedup();
         sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod group;
 mod messaging;
 mod nats;
 mod subscriptions;

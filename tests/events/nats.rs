@@ -438,3 +438,91 @@ async fn a_server_killed_mid_stream_applies_every_message_exactly_once_after_res
 async fn scalar_pool(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
+
+#[tokio::test]
+async fn a_backlog_with_poison_messages_is_applied_in_groups_and_every_message_settled() {
+    const GOOD: usize = 30;
+    let names = Names::new();
+    let client = client().await;
+    // The whole backlog waits in the stream before the server starts, so the consumer takes
+    // it in groups (one transaction each) rather than one message at a time.
+    create_stream(&client, &names).await;
+    // The broker vouches for the trust (subject authentication): no token is needed, so the
+    // backlog can be published before the server exists.
+    let subject = names.subject("RX1", "encounter-admitted-1");
+    let mut poison = 0;
+    for k in 0..GOOD {
+        publish(&client, &subject, None, message(k).to_string().into_bytes()).await;
+        if k % 10 == 3 {
+            // Fails inside the transaction: a Practitioner shcr does not hold.
+            let mut bad = message(1000 + k);
+            bad["entry"][2]["resource"]["participant"] = json!([{"individual": {
+                "reference": "Practitioner?identifier=https://fhir.rx1.example.nhs.uk/Id/staff|none"}}]);
+            publish(&client, &subject, None, bad.to_string().into_bytes()).await;
+            // Fails before it: not JSON.
+            publish(&client, &subject, None, b"{not json".to_vec()).await;
+            poison += 2;
+        }
+    }
+    let (stream, prefix, consumer) = (
+        names.stream.clone(),
+        names.prefix.clone(),
+        names.consumer.clone(),
+    );
+    let app = TestApp::spawn_with(move |s| {
+        s.events.nats.url = Some(nats_url());
+        s.events.nats.stream = stream;
+        s.events.nats.subject_prefix = prefix;
+        s.events.nats.consumer = consumer;
+        s.events.nats.authentication = "subject".into();
+        s.events.nats.max_deliver = 3;
+        s.events.nats.backoff_seconds = vec![0.2, 0.5];
+        s.events.nats.batch_size = 16;
+        s.events.nats.concurrency = 2;
+        s.events.subscriptions.enabled = false;
+    })
+    .await;
+    eventually(
+        "the good messages applied, the poison dead-lettered",
+        60,
+        || async {
+            scalar(&app, "SELECT count(*) FROM event_idempotency").await == GOOD as i64
+                && scalar(&app, "SELECT count(*) FROM dead_letter").await == poison
+        },
+    )
+    .await;
+    eventually("every message settled with the broker", 60, || async {
+        let js = async_nats::jetstream::new(client.clone());
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(&names.stream)
+            .await
+            .unwrap()
+            .get_consumer(&names.consumer)
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap();
+        info.num_pending == 0 && info.num_ack_pending == 0
+    })
+    .await;
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason_code FROM dead_letter ORDER BY reason_code")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(reasons.iter().all(|r| r == "invalid"), "{reasons:?}");
+    // Each good message applied once: one version per Encounter, none of the poison ones.
+    let versions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT i.value, count(*) FROM resource_version v
+         JOIN resource_identifier i ON i.resource_type = v.resource_type AND i.id = v.id
+         WHERE v.resource_type = 'Encounter' GROUP BY i.value",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions.len(), GOOD);
+    assert!(versions.iter().all(|(_, n)| *n == 1), "{versions:?}");
+    // Applied in groups: fewer transactions than messages.
+    let transactions = scalar(&app, "SELECT count(DISTINCT txid) FROM change_feed").await;
+    assert!(transactions < GOOD as i64, "{transactions} transactions");
+    names.cleanup(&client).await;
+}

@@ -1,0 +1,210 @@
+//! Group commit: several independent units (queued messages) written in one transaction, so
+//! the group pays one commit — one WAL flush, the dominant cost of a small write — instead of
+//! one per unit.
+//!
+//! Each unit stays all-or-nothing on its own: it runs under a savepoint, and a unit that fails
+//! is rolled back to that savepoint and reported alone while the others go on and commit. A
+//! result is final only once the commit succeeded: if the commit fails, every unit staged in
+//! that transaction reports the failure (transient), so nothing is ever reported as written
+//! that was not committed.
+//!
+//! Locking: before the first unit, the group takes the advisory locks of every unit (the
+//! conditional criteria and the identity blocking keys of the Patients it writes) in one
+//! sorted statement, so two groups overlapping in any key run one after the other instead of
+//! deadlocking half-way. Anything still lost to a concurrent writer (a `Conflict`) commits
+//! what the group has done so far, releasing its locks, and retries that unit in a fresh
+//! transaction.
+
+use crate::store::{Author, StoreError, WriteTx};
+
+use super::Repository;
+use super::WriteHook;
+use super::error::Error;
+use super::transaction::{
+    CheckedUnit, EntryAction, EntryFailure, EntryOutcome, EntryRequest, Staged,
+};
+
+/// One unit of a group: its entries, who writes them, and the hook that takes part.
+pub struct Unit<'a, H> {
+    pub entries: &'a [EntryRequest],
+    pub author: &'a Author,
+    pub hook: &'a mut H,
+}
+
+/// The result of a unit, as `execute_with_hook` reports it for a unit on its own.
+pub type UnitResult = Result<Option<Vec<EntryOutcome>>, EntryFailure>;
+
+/// Attempts per unit when it loses a race with a concurrent writer (as `execute_with_hook`).
+const ATTEMPTS: usize = 3;
+
+fn failed(what: &str, e: &StoreError) -> EntryFailure {
+    tracing::warn!(error = %e, "{what}");
+    EntryFailure {
+        index: None,
+        error: Error::Store(StoreError::Database(sqlx::Error::Protocol(format!(
+            "{what}: {e}"
+        )))),
+    }
+}
+
+fn is_conflict(f: &EntryFailure) -> bool {
+    matches!(f.error, Error::Store(StoreError::Conflict(_)))
+}
+
+/// The advisory lock keys a unit will take: criteria, then the Patients' blocking keys.
+fn lock_keys(checked: &CheckedUnit, entries: &[EntryRequest]) -> Vec<i64> {
+    let mut keys = crate::store::criteria_lock_keys(&checked.identifier_queries());
+    for e in entries.iter().filter(|e| e.resource_type == "Patient") {
+        if let EntryAction::Create { resource, .. } | EntryAction::Update { resource, .. } =
+            &e.action
+        {
+            keys.extend(crate::identity::link::patient_lock_keys(resource));
+        }
+    }
+    keys
+}
+
+async fn savepoint(tx: &mut WriteTx, sql: &'static str) -> Result<(), StoreError> {
+    sqlx::raw_sql(sql).execute(tx.connection()).await?;
+    Ok(())
+}
+
+impl Repository {
+    /// Applies every unit, each atomically, committing them together (see the module
+    /// documentation). Results are in unit order; `Ok(None)` means the unit's hook aborted.
+    pub async fn execute_group<H: WriteHook>(
+        &self,
+        units: &mut [Unit<'_, H>],
+        in_bundle: bool,
+    ) -> Vec<UnitResult> {
+        let n = units.len();
+        let mut results: Vec<Option<UnitResult>> = (0..n).map(|_| None).collect();
+        let mut checked: Vec<Option<CheckedUnit>> = Vec::with_capacity(n);
+        for (i, u) in units.iter().enumerate() {
+            match Self::check_unit(u.entries, u.author) {
+                Ok(c) => checked.push(Some(c)),
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    checked.push(None);
+                }
+            }
+        }
+        let mut attempts = vec![0usize; n];
+        let mut next = 0;
+        while next < n {
+            if results[next].is_some() {
+                next += 1;
+                continue;
+            }
+            let mut tx = match self.store.begin_write().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    for r in results.iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(Err(failed("no transaction for a group of messages", &e)));
+                    }
+                    break;
+                }
+            };
+            let keys: Vec<i64> = (next..n)
+                .filter(|&i| results[i].is_none())
+                .filter_map(|i| Some(lock_keys(checked[i].as_ref()?, units[i].entries)))
+                .flatten()
+                .collect();
+            if let Err(e) = tx.lock_advisory(keys).await {
+                for r in results[next..].iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(failed("locking a group of messages", &e)));
+                }
+                break;
+            }
+            // Units staged in this transaction, waiting for its commit (`None`: the hook
+            // aborted; reported only once the commit shows the transaction was sound).
+            let mut staged: Vec<(usize, Option<Staged>)> = Vec::new();
+            // Set when the transaction cannot go on (the connection failed).
+            let mut broken: Option<StoreError> = None;
+            while next < n {
+                let i = next;
+                let Some(c) = checked[i].as_ref().filter(|_| results[i].is_none()) else {
+                    next += 1;
+                    continue;
+                };
+                attempts[i] += 1;
+                if let Err(e) = savepoint(&mut tx, "SAVEPOINT unit").await {
+                    if attempts[i] >= ATTEMPTS {
+                        results[i] = Some(Err(failed("a message could not be started", &e)));
+                        next += 1;
+                    }
+                    broken = Some(e);
+                    break;
+                }
+                let u = &mut units[i];
+                let outcome = self
+                    .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c)
+                    .await;
+                let keep = matches!(outcome, Ok(Some(_)));
+                let end = if keep {
+                    "RELEASE SAVEPOINT unit"
+                } else {
+                    "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit"
+                };
+                if let Err(e) = savepoint(&mut tx, end).await {
+                    // The unit's work is lost with the transaction: report its own failure,
+                    // or try it again in a new transaction (a bounded number of times).
+                    match outcome {
+                        Err(f) => results[i] = Some(Err(f)),
+                        Ok(_) if attempts[i] >= ATTEMPTS => {
+                            results[i] = Some(Err(failed("a message could not be finished", &e)));
+                        }
+                        Ok(_) => {}
+                    }
+                    if results[i].is_some() {
+                        next += 1;
+                    }
+                    broken = Some(e);
+                    break;
+                }
+                match outcome {
+                    Ok(s) => {
+                        staged.push((i, s));
+                        next += 1;
+                    }
+                    Err(f) if is_conflict(&f) && attempts[i] < ATTEMPTS => {
+                        // Lost a race (or a deadlock): commit what this transaction holds so
+                        // the other writer can finish, then retry the unit in a fresh one.
+                        break;
+                    }
+                    Err(f) => {
+                        results[i] = Some(Err(f));
+                        next += 1;
+                    }
+                }
+            }
+            let commit = match broken {
+                Some(e) => Err(e),
+                None if self.rollback => {
+                    drop(tx);
+                    Ok(())
+                }
+                None => tx.commit().await,
+            };
+            match commit {
+                Ok(()) => {
+                    for (i, s) in staged {
+                        results[i] = Some(match s {
+                            Some(s) => self.finish(units[i].entries, s).await.map(Some),
+                            None => Ok(None),
+                        });
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in staged {
+                        results[i] = Some(Err(failed("a group of messages was not committed", &e)));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every unit decided"))
+            .collect()
+    }
+}
