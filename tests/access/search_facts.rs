@@ -112,10 +112,8 @@ async fn a_read_is_decided_on_every_patient_the_resource_concerns() {
     // A patient the caller has no relationship with, named only by an absolute reference.
     let c = create_as(&app, "RX1", patient("Stranger", None)).await;
     let mut o = observation(c["id"].as_str().unwrap(), &[]);
-    o["subject"]["reference"] = serde_json::json!(app.url(&format!(
-        "Patient/{}",
-        c["id"].as_str().unwrap()
-    )));
+    o["subject"]["reference"] =
+        serde_json::json!(app.url(&format!("Patient/{}", c["id"].as_str().unwrap())));
     let o = create_as(&app, "RX1", o).await;
     let path = format!("Observation/{}", o["id"].as_str().unwrap());
     assert_eq!(get(&app, &doctor, &path).await.0, 404);

@@ -98,14 +98,21 @@ impl Dispatcher {
             .await
             .map_err(store_err)?;
         if changes.is_empty() {
-            let pending: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM change_feed WHERE (txid, seq) > ($1::text::xid8, $2))",
+            // Not `EXISTS (…)`: its generic plan scans the whole feed (~14 ms at 200k rows,
+            // every 100 ms); the first row in index order is one index probe.
+            let pending: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM change_feed WHERE (txid, seq) > ($1::text::xid8, $2)
+                 ORDER BY txid, seq LIMIT 1",
             )
             .bind(cursor.txid.to_string())
             .bind(cursor.seq)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            return Ok(if pending { Step::Waiting } else { Step::Idle });
+            return Ok(if pending.is_some() {
+                Step::Waiting
+            } else {
+                Step::Idle
+            });
         }
         for change in changes.iter().filter(|c| c.resource_type == "Subscription") {
             self.sync_subscription(&mut tx, change).await?;
