@@ -401,9 +401,13 @@ impl Planner<'_> {
                     Prefix::Lt => exact(lo(Unbounded, Excluded(*low))),
                     Prefix::Sa => exact(lo(Excluded(*high), Unbounded)),
                     Prefix::Eb => exact(hi(Unbounded, Excluded(*low))),
+                    // A value within [low, high] has both its bounds there (lo ≤ hi), so both
+                    // term ranges are the query's own day, month or year instead of every
+                    // later (lo) or earlier (hi) value in the index: a range walks every term
+                    // it spans and opens each one's postings.
                     Prefix::Eq => checked(all(vec![
-                        lo(Included(*low), Unbounded),
-                        hi(Unbounded, Included(*high)),
+                        lo(Included(*low), Included(*high)),
+                        hi(Included(*low), Included(*high)),
                     ])),
                     Prefix::Ge => checked(hi(Included(*low), Unbounded)),
                     Prefix::Le => checked(lo(Unbounded, Included(*high))),
