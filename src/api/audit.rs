@@ -137,7 +137,7 @@ pub async fn audit(
         relationship: note.relationship.unwrap_or(note.patients.is_empty()),
         client_ip,
     };
-    match crate::metrics::time_audit_write(audit.record(&record)).await {
+    match crate::metrics::time_audit_write(audit.record(record)).await {
         Ok(_) => Ok(response),
         Err(e) => {
             tracing::error!(error = %e, "audit write failed; withholding the response");

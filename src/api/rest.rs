@@ -274,16 +274,10 @@ pub async fn read(
             )
             .await
             .map_err(|e| ApiError::Interaction(e.into()))?;
-            let found = match r.current {
-                crate::store::Current::Found(v) => Ok(v),
-                crate::store::Current::Deleted(_) => {
-                    Err(crate::interactions::Error::Gone(what.clone()))
-                }
-                crate::store::Current::NotFound => {
-                    Err(crate::interactions::Error::NotFound(what.clone()))
-                }
-            };
-            (found, Some((r.grants, r.covered)))
+            (
+                Repository::current_row(r.current, &resource_type, &id),
+                Some((r.grants, r.covered)),
+            )
         }
         None => (state.repository.read(&resource_type, &id).await, None),
     };

@@ -178,9 +178,8 @@ impl Audit {
 
     /// Appends the record to the chain and commits; returns its sequence number. The caller
     /// must not release data before this returns `Ok`.
-    pub async fn record(&self, record: &AuditRecord) -> Result<i64, StoreError> {
+    pub async fn record(&self, record: AuditRecord) -> Result<i64, StoreError> {
         let (done, committed) = oneshot::channel();
-        let record = record.clone();
         self.queue
             .send(Pending { record, done })
             .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;

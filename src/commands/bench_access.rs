@@ -272,7 +272,7 @@ pub async fn run(
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if audit.record(&record).await.is_ok() {
+                if audit.record(record.clone()).await.is_ok() {
                     n += 1;
                 }
             }

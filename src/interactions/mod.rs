@@ -92,7 +92,16 @@ impl Repository {
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<VersionRow, Error> {
         Self::check_type(resource_type)?;
         Self::check_id(id)?;
-        match self.store.read(resource_type, id).await? {
+        Self::current_row(self.store.read(resource_type, id).await?, resource_type, id)
+    }
+
+    /// The answer a read gives for the current state of `resource_type/id`.
+    pub fn current_row(
+        current: Current,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<VersionRow, Error> {
+        match current {
             Current::Found(v) => Ok(v),
             Current::Deleted(_) => Err(Error::Gone(format!("{resource_type}/{id}"))),
             Current::NotFound => Err(Error::NotFound(format!("{resource_type}/{id}"))),

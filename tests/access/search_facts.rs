@@ -25,6 +25,17 @@ fn matched_subjects(bundle: &Value) -> Vec<String> {
     out
 }
 
+/// A doctor (R8000, B0360) at `org`.
+fn clinician(app: &TestApp, org: &str) -> String {
+    app.user_token(
+        &format!("u-{org}"),
+        "Test Doctor",
+        "S8000:G8000:R8000",
+        org,
+        &["B0360"],
+    )
+}
+
 #[tokio::test]
 async fn each_search_sees_the_relationships_and_consents_committed_before_it() {
     let app = TestApp::spawn().await;
@@ -33,13 +44,7 @@ async fn each_search_sees_the_relationships_and_consents_committed_before_it() {
     let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
     create_as(&app, "RX1", observation(a, &[])).await;
     create_as(&app, "RX1", observation(b, &[])).await;
-    let doctor = app.user_token(
-        "u-rx2",
-        "Rhys Doctor",
-        "S8000:G8000:R8000",
-        "RX2",
-        &["B0360"],
-    );
+    let doctor = clinician(&app, "RX2");
     let search = || get(&app, &doctor, "Observation?code=http://loinc.org|8867-4");
     let (status, bundle) = search().await;
     assert_eq!(status, 200, "{bundle}");
@@ -75,13 +80,7 @@ async fn each_search_sees_the_relationships_and_consents_committed_before_it() {
     assert_eq!(matched_subjects(&search().await.1), want_a);
 
     // Another organisation's facts are its own: RX3 still sees nothing.
-    let rx3 = app.user_token(
-        "u-rx3",
-        "Rosa Doctor",
-        "S8000:G8000:R8000",
-        "RX3",
-        &["B0360"],
-    );
+    let rx3 = clinician(&app, "RX3");
     let (_, bundle) = get(&app, &rx3, "Observation?code=http://loinc.org|8867-4").await;
     assert!(matched_subjects(&bundle).is_empty(), "{bundle}");
 }
@@ -98,13 +97,7 @@ async fn a_read_is_decided_on_every_patient_the_resource_concerns() {
     o["performer"] = serde_json::json!([{"reference": format!("Patient/{b}")}]);
     let o = create_as(&app, "RX1", o).await;
     let path = format!("Observation/{}", o["id"].as_str().unwrap());
-    let doctor = app.user_token(
-        "u-rx2",
-        "Rhys Doctor",
-        "S8000:G8000:R8000",
-        "RX2",
-        &["B0360"],
-    );
+    let doctor = clinician(&app, "RX2");
     assert_eq!(get(&app, &doctor, &path).await.0, 200);
     // The performer, a patient too, opts out: the resource is in their compartment as well.
     create_as(&app, "RX1", consent(b, &[], &[], None)).await;

@@ -92,6 +92,20 @@ async fn publish(client: &async_nats::Client, subject: &str, token: Option<&str>
 }
 
 /// Message `k` of the convergence test: patient `k % 40`, encounter `k % 120`, source time `k`.
+/// Whether the durable consumer has nothing pending and nothing awaiting acknowledgement.
+async fn settled(client: &async_nats::Client, names: &Names) -> bool {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&names.stream)
+        .await
+        .unwrap()
+        .get_consumer(&names.consumer)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    info.num_pending == 0 && info.num_ack_pending == 0
+}
+
 fn message(k: usize) -> Value {
     let mut m = admission(
         "RX1",
@@ -178,19 +192,7 @@ async fn every_message_twice_in_shuffled_order_converges_to_the_in_order_state()
         );
     }
     // Let acknowledgements of the repeats settle before reading the final state.
-    eventually("the duplicates processed", 60, || async {
-        let js = async_nats::jetstream::new(client.clone());
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(&names.stream)
-            .await
-            .unwrap()
-            .get_consumer(&names.consumer)
-            .await
-            .unwrap();
-        let info = consumer.info().await.unwrap();
-        info.num_pending == 0 && info.num_ack_pending == 0
-    })
-    .await;
+    eventually("the duplicates processed", 60, || settled(&client, &names)).await;
     assert_eq!(state(&app, "Patient").await, expected_patients);
     assert_eq!(state(&app, "Encounter").await, expected_encounters);
     assert_eq!(scalar(&app, "SELECT count(*) FROM dead_letter").await, 0);
@@ -491,17 +493,8 @@ async fn a_backlog_with_poison_messages_is_applied_in_groups_and_every_message_s
         },
     )
     .await;
-    eventually("every message settled with the broker", 60, || async {
-        let js = async_nats::jetstream::new(client.clone());
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(&names.stream)
-            .await
-            .unwrap()
-            .get_consumer(&names.consumer)
-            .await
-            .unwrap();
-        let info = consumer.info().await.unwrap();
-        info.num_pending == 0 && info.num_ack_pending == 0
+    eventually("every message settled with the broker", 60, || {
+        settled(&client, &names)
     })
     .await;
     let reasons: Vec<String> =
