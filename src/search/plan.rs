@@ -43,6 +43,10 @@ fn term(field: Field, text: &str) -> Q {
     ))
 }
 
+fn term_query(t: Term) -> Q {
+    Box::new(TermQuery::new(t, IndexRecordOption::Basic))
+}
+
 fn range(field: Field, low: Bound<String>, high: Bound<String>) -> Q {
     let map = |b: Bound<String>| match b {
         Bound::Included(s) => Bound::Included(Term::from_field_text(field, &s)),
@@ -85,11 +89,11 @@ fn not(q: Q) -> Q {
     ]))
 }
 
-/// The packed values of `code` on a document decide the match.
-fn packed_predicate(index: &SearchIndex, code: &str, p: ValuePredicate, now: i64) -> Q {
+/// The packed values of `code` on a document decide the match (any of `ps`).
+fn packed_predicate(index: &SearchIndex, code: &str, ps: Vec<ValuePredicate>, now: i64) -> Q {
     let code = code.to_string();
     let base = index.base.clone();
-    let p = Arc::new(p);
+    let p = Arc::new(ps);
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
         let column = segment.fast_fields().bytes("packed")?;
         let (code, base, p) = (code.clone(), base.clone(), p.clone());
@@ -106,7 +110,7 @@ fn packed_predicate(index: &SearchIndex, code: &str, p: ValuePredicate, now: i64
             }
             super::packed::unpack(&buf, &code)
                 .iter()
-                .any(|v| value_matches(v, &p, &base, now))
+                .any(|v| p.iter().any(|p| value_matches(v, p, &base, now)))
         })
     });
     Box::new(DocPredicateQuery::from(predicate))
@@ -135,10 +139,74 @@ impl Planner<'_> {
     /// The whole query: the types, then every clause (AND).
     pub fn query(&self, types: &[String], clauses: &[Clause]) -> Result<Q, PlanError> {
         let mut parts = vec![self.types(types)];
+        let narrowed = clauses.iter().any(|c| self.narrows(c));
         for c in clauses {
-            parts.push(self.clause(types, c)?);
+            parts.push(match c {
+                // Beside a clause that selects few documents, a date is checked on those
+                // documents' packed values alone: a term range over dates walks every distinct
+                // value it spans (all of them for `ge`/`le`), which grows with the index.
+                Clause::Values {
+                    code,
+                    values,
+                    negated: false,
+                    ..
+                } if narrowed
+                    && values
+                        .iter()
+                        .all(|v| matches!(v, ValuePredicate::Date { .. })) =>
+                {
+                    packed_predicate(self.index, code, values.clone(), self.now)
+                }
+                _ => self.clause(types, c)?,
+            });
         }
         Ok(all(parts))
+    }
+
+    /// Whether a clause is answered from few postings, so that an intersection it leads
+    /// visits few documents.
+    fn narrows(&self, clause: &Clause) -> bool {
+        const FEW: u64 = 20_000;
+        let f = &self.index.fields;
+        let freq = |t: &Term| self.searcher.doc_freq(t).unwrap_or(u64::MAX);
+        match clause {
+            Clause::Values {
+                code,
+                values,
+                negated: false,
+                ..
+            } => {
+                let mut docs = 0u64;
+                for v in values {
+                    docs = docs.saturating_add(match v {
+                        ValuePredicate::Token {
+                            system,
+                            code: Some(c),
+                        } => freq(&Term::from_field_text(
+                            f.token,
+                            &token_text(code, system, c),
+                        )),
+                        ValuePredicate::Reference(m) => freq(&self.reference(code, m)),
+                        ValuePredicate::String {
+                            mode: StringMode::Exact,
+                            text,
+                        } => freq(&Term::from_field_text(f.exact, &join(&[code, text]))),
+                        _ => return false,
+                    });
+                }
+                docs <= FEW
+            }
+            Clause::Compartment(p) => freq(&Term::from_field_text(f.compartment, p)) <= FEW,
+            Clause::AnyCompartment(ps) => {
+                ps.iter()
+                    .map(|p| freq(&Term::from_field_text(f.compartment, p)))
+                    .fold(0u64, u64::saturating_add)
+                    <= FEW
+            }
+            // Resolved to at most MAX_INTERMEDIATE targets.
+            Clause::Chain { .. } | Clause::Has { .. } => true,
+            _ => false,
+        }
     }
 
     fn clause(&self, types: &[String], clause: &Clause) -> Result<Q, PlanError> {
@@ -340,9 +408,7 @@ impl Planner<'_> {
             },
             ValuePredicate::Token { system, code: c } => {
                 let text = match (system, c) {
-                    (SystemMatch::Any, Some(c)) => join(&[code, &ANY.to_string(), c]),
-                    (SystemMatch::None, Some(c)) => join(&[code, "", c]),
-                    (SystemMatch::Is(s), Some(c)) => join(&[code, s, c]),
+                    (system, Some(c)) => token_text(code, system, c),
                     (SystemMatch::Is(s), None) => join(&[code, s, &ANY.to_string()]),
                     (_, None) => return term(f.has, code),
                 };
@@ -368,7 +434,7 @@ impl Planner<'_> {
                 f.token,
                 &join(&[&format!("{code}:of-type"), type_system, type_code, value]),
             ),
-            ValuePredicate::Reference(m) => self.reference(code, m),
+            ValuePredicate::Reference(m) => term_query(self.reference(code, m)),
             ValuePredicate::Date {
                 prefix: pre,
                 low,
@@ -393,7 +459,7 @@ impl Planner<'_> {
                 let checked = |q: Q| {
                     all(vec![
                         q,
-                        packed_predicate(self.index, code, v.clone(), self.now),
+                        packed_predicate(self.index, code, vec![v.clone()], self.now),
                     ])
                 };
                 match pre {
@@ -462,13 +528,18 @@ impl Planner<'_> {
                     .enumerate()
                     .map(|(i, part)| self.value(&format!("{code}${i}"), part))
                     .collect();
-                qs.push(packed_predicate(self.index, code, v.clone(), self.now));
+                qs.push(packed_predicate(
+                    self.index,
+                    code,
+                    vec![v.clone()],
+                    self.now,
+                ));
                 all(qs)
             }
         }
     }
 
-    fn reference(&self, code: &str, m: &ReferenceMatch) -> Q {
+    fn reference(&self, code: &str, m: &ReferenceMatch) -> Term {
         let f = &self.index.fields;
         match m {
             ReferenceMatch::Local { resource_type, id } => {
@@ -476,16 +547,19 @@ impl Planner<'_> {
                     Some(t) => format!("{t}/{id}"),
                     None => format!("{ANY}/{id}"),
                 };
-                term(f.reference, &join(&[code, &target]))
+                Term::from_field_text(f.reference, &join(&[code, &target]))
             }
             ReferenceMatch::Url(u) => {
                 // A URL under this server's base is a local reference.
                 if let Some(rest) = u.strip_prefix(&format!("{}/", self.index.base))
                     && let Some((t, id)) = rest.split_once('/')
                 {
-                    return term(f.reference, &join(&[code, &format!("{t}/{id}")]));
+                    return Term::from_field_text(
+                        f.reference,
+                        &join(&[code, &format!("{t}/{id}")]),
+                    );
                 }
-                term(f.reference, &join(&[code, u]))
+                Term::from_field_text(f.reference, &join(&[code, u]))
             }
             ReferenceMatch::Identifier { system, value } => {
                 let s = match system {
@@ -493,7 +567,7 @@ impl Planner<'_> {
                     SystemMatch::None => String::new(),
                     SystemMatch::Is(s) => s.clone(),
                 };
-                term(f.reference_identifier, &join(&[code, &s, value]))
+                Term::from_field_text(f.reference_identifier, &join(&[code, &s, value]))
             }
         }
     }
@@ -523,6 +597,15 @@ impl Planner<'_> {
                 r(Included(at(value - slack)), Included(at(value + slack)))
             }
         }
+    }
+}
+
+/// The token term of `system|code` (any system, none, or the given one).
+fn token_text(param: &str, system: &SystemMatch, code: &str) -> String {
+    match system {
+        SystemMatch::Any => join(&[param, &ANY.to_string(), code]),
+        SystemMatch::None => join(&[param, "", code]),
+        SystemMatch::Is(s) => join(&[param, s, code]),
     }
 }
 
