@@ -268,13 +268,20 @@ impl Engine<'_> {
                 (Occur::Must, policy),
             ]));
         }
-        let total = match (q.total, q.summary) {
-            (_, Summary::Count) | (TotalMode::Accurate | TotalMode::Estimate, _) => {
-                Some(searcher.search(&query, &Count)? as u64)
-            }
-            (TotalMode::None, _) => None,
+        let wants_total = matches!(
+            (q.total, q.summary),
+            (_, Summary::Count) | (TotalMode::Accurate | TotalMode::Estimate, _)
+        );
+        let counts_only = q.summary == Summary::Count || q.count == 0;
+        // A first page is counted in the same pass that ranks it; a later page's query is
+        // narrowed by its cursor, so its total takes a pass of its own.
+        let counted_with_page = wants_total && !counts_only && q.cursor.is_none();
+        let mut total = if wants_total && !counted_with_page {
+            Some(searcher.search(&query, &Count)? as u64)
+        } else {
+            None
         };
-        if q.summary == Summary::Count || q.count == 0 {
+        if counts_only {
             return Ok(SearchResult {
                 total,
                 matches: Vec::new(),
@@ -318,7 +325,13 @@ impl Engine<'_> {
                 }
             }
         });
-        let mut hits: Vec<(Reversed, DocAddress)> = searcher.search(&paged, &collector)?;
+        let mut hits: Vec<(Reversed, DocAddress)> = if counted_with_page {
+            let (count, hits) = searcher.search(&paged, &(Count, collector))?;
+            total = Some(count as u64);
+            hits
+        } else {
+            searcher.search(&paged, &collector)?
+        };
         let has_more = hits.len() > q.count;
         hits.truncate(q.count);
         if backwards {
