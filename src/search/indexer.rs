@@ -44,6 +44,9 @@ const QUIET: Duration = Duration::from_secs(2);
 /// Segments below this size are merged when the index is quiet, so a quiet index has few
 /// segments (each costs every search a term lookup per clause) whatever the bursts before.
 const SMALL_SEGMENT_DOCS: u32 = 10_000;
+/// A quiet merge takes a segment only if it is at most this many times the size of the
+/// smaller ones taken before it, so each document is rewritten a bounded number of times.
+const QUIET_MERGE_RATIO: u64 = 4;
 
 fn new_writer(index: &Index) -> Result<IndexWriter, IndexError> {
     let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), WRITER_MEMORY)?;
@@ -419,18 +422,32 @@ impl Indexer {
     /// `QUIET`). The merge runs on tantivy's threads, so the indexer keeps serving searches
     /// that wait for freshness; the task reports whether there is nothing left to do.
     fn consolidate(&self) -> tokio::task::JoinHandle<bool> {
-        let small: Vec<tantivy::index::SegmentId> =
+        let mut small: Vec<(u32, tantivy::index::SegmentId)> =
             match self.shared.index.searchable_segment_metas() {
                 Ok(metas) => metas
                     .into_iter()
                     .filter(|m| m.num_docs() < SMALL_SEGMENT_DOCS)
-                    .map(|m| m.id())
+                    .map(|m| (m.num_docs(), m.id()))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the search index's segments failed");
                     return tokio::spawn(async { true });
                 }
             };
+        // Smallest first, stopping at a segment larger than `QUIET_MERGE_RATIO` times all the
+        // smaller ones together: a trickle of changes with pauses between them would otherwise
+        // rewrite the whole merged segment for every few new documents.
+        small.sort_unstable_by_key(|(docs, _)| *docs);
+        let mut total = 0u64;
+        let small: Vec<tantivy::index::SegmentId> = small
+            .into_iter()
+            .take_while(|(docs, _)| {
+                let take = total == 0 || u64::from(*docs) <= QUIET_MERGE_RATIO * total;
+                total += u64::from(*docs);
+                take
+            })
+            .map(|(_, id)| id)
+            .collect();
         if small.len() < 2 {
             return tokio::spawn(async { true });
         }
