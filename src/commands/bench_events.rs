@@ -313,6 +313,152 @@ async fn commit_lags(
         .collect())
 }
 
+/// Clock ticks per second of `/proc/*/stat` times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU ticks and the name of a process or thread, from `/proc/.../stat`.
+fn proc_ticks(path: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// What a thread of this process does, from its name.
+fn thread_kind(name: &str) -> &'static str {
+    if name.starts_with("merge_thread") {
+        "tantivy merge"
+    } else if name.starts_with("thrd-tantivy-i") {
+        // Tantivy starts new indexing threads after every commit: most of their time shows
+        // under "ended threads".
+        "tantivy indexing"
+    } else if name.starts_with("segment_update") {
+        "tantivy commit"
+    } else if name.starts_with("tokio-r") {
+        // Async workers and the blocking pool (document building, commits).
+        "tokio"
+    } else if name.starts_with("actix") {
+        "actix"
+    } else {
+        "other"
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum CpuKey {
+    Thread(u32),
+    Backend(u32),
+}
+
+#[derive(Default)]
+struct CpuSamples {
+    process_start: u64,
+    process_last: u64,
+    start: HashMap<CpuKey, u64>,
+    last: HashMap<CpuKey, (String, u64)>,
+}
+
+/// CPU used during a phase by this process (server, publisher and receiver: the publisher's
+/// share is the same for every build) and by the PostgreSQL backends serving the bench's
+/// database (shared PostgreSQL processes such as the WAL writer are not counted). Other
+/// sessions on a shared machine do not count, so the figures compare across loads where
+/// messages/s do not. Samples twice a second: a thread or backend that ends between samples
+/// loses its last half second (the process total does not).
+struct CpuMeter {
+    samples: Arc<Mutex<CpuSamples>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CpuMeter {
+    async fn sample(pool: &PgPool, samples: &Mutex<CpuSamples>, first: bool) {
+        let mut seen: Vec<(CpuKey, String, u64)> = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if let Some((name, ticks)) = proc_ticks(&format!("/proc/self/task/{tid}/stat")) {
+                    seen.push((CpuKey::Thread(tid), name, ticks));
+                }
+            }
+        }
+        let backends: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        for pid in backends {
+            if let Some((name, ticks)) = proc_ticks(&format!("/proc/{pid}/stat")) {
+                seen.push((CpuKey::Backend(pid as u32), name, ticks));
+            }
+        }
+        let process = proc_ticks("/proc/self/stat").map_or(0, |(_, t)| t);
+        let mut s = samples.lock().unwrap();
+        if first {
+            s.process_start = process;
+        }
+        s.process_last = process;
+        for (key, name, ticks) in seen {
+            if first {
+                s.start.insert(key, ticks);
+            }
+            s.last.insert(key, (name, ticks));
+        }
+    }
+
+    async fn start(pool: PgPool) -> CpuMeter {
+        let samples = Arc::new(Mutex::new(CpuSamples::default()));
+        Self::sample(&pool, &samples, true).await;
+        let shared = samples.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Self::sample(&pool, &shared, false).await;
+            }
+        });
+        CpuMeter { samples, task }
+    }
+
+    /// Takes a last sample and prints CPU seconds and milliseconds per message.
+    async fn report(self, pool: &PgPool, what: &str, messages: usize) {
+        self.task.abort();
+        Self::sample(pool, &self.samples, false).await;
+        let s = self.samples.lock().unwrap();
+        let mut threads: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut postgres = 0;
+        for (key, (name, last)) in &s.last {
+            let used = last - s.start.get(key).copied().unwrap_or(0).min(*last);
+            match key {
+                CpuKey::Thread(_) => *threads.entry(thread_kind(name)).or_default() += used,
+                CpuKey::Backend(_) => postgres += used,
+            }
+        }
+        let process = s.process_last - s.process_start;
+        let per = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1000.0 / messages.max(1) as f64;
+        println!(
+            "  CPU, {what}: shcr process {:.1}s = {:.2} ms/message, PostgreSQL backends {:.1}s = {:.2} ms/message",
+            process as f64 / TICKS_PER_SECOND,
+            per(process),
+            postgres as f64 / TICKS_PER_SECOND,
+            per(postgres),
+        );
+        let live: u64 = threads.values().sum();
+        let split: Vec<String> = threads
+            .iter()
+            .map(|(k, t)| format!("{k} {:.2}", per(*t)))
+            .chain(std::iter::once(format!(
+                "ended threads {:.2}",
+                per(process.saturating_sub(live))
+            )))
+            .collect();
+        println!("    shcr ms/message by thread: {}", split.join(", "));
+    }
+}
+
 #[derive(Default)]
 struct Receipts {
     lags_ms: Vec<f64>,
@@ -334,6 +480,7 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         3600,
     ))?;
     let pool = app.store().pool().clone();
+    let search = app.search();
     let base = app.base_url();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -360,11 +507,16 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     );
 
     // 1. Throughput: publish as fast as JetStream takes them; the consumer drains meanwhile.
+    let whole_run = CpuMeter::start(pool.clone()).await;
+    let meter = CpuMeter::start(pool.clone()).await;
     let started = Instant::now();
     publish_paced(publisher.clone(), 0, args.messages, 0, args.patients).await?;
     let published = started.elapsed();
     wait_applied(&pool, args.messages as i64, Duration::from_secs(1800)).await?;
     let elapsed = started.elapsed();
+    // The goal is committed *and searchable*: the indexer's backlog counts too.
+    search.wait_fresh(Duration::from_secs(600)).await?;
+    let searchable = started.elapsed();
     println!(
         "inbound throughput: {} messages ({} resources) in {:.1}s = {:.0} messages/s, {:.0} resources/s (publishing took {:.1}s)",
         args.messages,
@@ -374,6 +526,15 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         args.messages as f64 * 5.0 / elapsed.as_secs_f64(),
         published.as_secs_f64()
     );
+    println!(
+        "  all of them searchable after {:.1}s = {:.0} messages/s; index segments: {}",
+        searchable.as_secs_f64(),
+        args.messages as f64 / searchable.as_secs_f64(),
+        search.index.searchable_segment_ids()?.len()
+    );
+    meter
+        .report(&pool, "first publish → all searchable", args.messages)
+        .await;
 
     let processing = &crate::events::metrics::PROCESSING;
     println!(
@@ -545,8 +706,19 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         summary(lags)
     );
 
+    let total = args.messages + lag_count + notify_count;
+    whole_run
+        .report(&pool, &format!("whole run ({total} messages)"), total)
+        .await;
+    println!(
+        "  index segments at the end: {}",
+        search.index.searchable_segment_ids()?.len()
+    );
+
     receiver_handle.stop(true).await;
     handle.stop(true).await;
+    // Before the database is dropped, or the indexer reports it missing.
+    search.shutdown().await;
     let _ = server.await;
     Ok(())
 }

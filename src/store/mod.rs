@@ -62,10 +62,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        // Statements are prepared once per connection, and after five executions PostgreSQL
+        // may keep a generic plan built from the statistics of that moment. Ours join small
+        // parameter arrays (`unnest($1::text[], …)`) to tables; planned while a table was small
+        // or its statistics stale, the generic plan is a hash join over a sequential scan, and
+        // it stays while the table grows (the events bench spent most of PostgreSQL's CPU
+        // hashing whole tables). A custom plan sees the array's length and uses the indexes;
+        // planning these short statements costs far less than one such scan.
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Store { pool })
     }

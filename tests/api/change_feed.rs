@@ -138,3 +138,36 @@ async fn a_search_after_a_large_commit_sees_all_of_it() {
     let bundle = app.search("Basic?_summary=count").await;
     assert_eq!(bundle["total"], n, "{bundle}");
 }
+
+#[tokio::test]
+async fn small_segments_are_merged_once_the_index_is_quiet() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    // Each write is searched for at once, so each gets an index commit (a segment) of its own,
+    // as a burst of small commits does.
+    let n = 12;
+    for i in 0..n {
+        let mut tx = store.begin_write().await.unwrap();
+        tx.write(&[version(&format!("quiet-{i}"))], &author())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let bundle = app.search("Basic?_summary=count").await;
+        assert_eq!(bundle["total"], i + 1, "{bundle}");
+    }
+    // The merge policy alone merges eight and leaves the rest; a quiet index merges them all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let segments = app.search.searcher().segment_readers().len();
+        if segments == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segments} segments left in a quiet index"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], n, "{bundle}");
+}
