@@ -374,10 +374,17 @@ pub async fn write_persons(
         .collect();
     let heads = tx.lock_heads(&keys).await?;
     let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+    // One index probe per person. Without statistics on identity_patient (before its first
+    // ANALYZE; autovacuum off) the planner takes `person_id = ANY(100 ids)` for half the table
+    // and reads all of it; the OFFSET keeps the probe from being flattened into a hash join
+    // that would do the same.
     let rows = sqlx::query(
-        "SELECT person_id, patient_id, org, score, grade, method, demographics
-         FROM identity_patient WHERE person_id = ANY($1) AND active
-         ORDER BY person_id, patient_id",
+        "SELECT m.person_id, m.patient_id, m.org, m.score, m.grade, m.method, m.demographics
+         FROM unnest($1::text[]) AS k(person)
+         CROSS JOIN LATERAL (
+             SELECT * FROM identity_patient p WHERE p.person_id = k.person AND p.active OFFSET 0
+         ) m
+         ORDER BY m.person_id, m.patient_id",
     )
     .bind(&ids)
     .fetch_all(tx.connection())
