@@ -21,7 +21,7 @@ const FAMILY: [&str; 6] = [
     "Haddad",
 ];
 
-/// Record `k`: its own birth date and postcode; names repeat, as in any region.
+/// Record `k`: its own birth date; names and postcodes repeat, as in any region.
 fn record(k: usize) -> EntryRequest {
     let birth = time::macros::date!(1950 - 01 - 01) + time::Duration::days(k as i64 * 37);
     let resource = json!({
