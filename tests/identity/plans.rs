@@ -27,7 +27,7 @@ fn record(k: usize) -> EntryRequest {
     let resource = json!({
         "resourceType": "Patient",
         "name": [{"family": FAMILY[k % 6], "given": [GIVEN[(k / 6) % 6]]}],
-        "gender": if k % 2 == 0 { "male" } else { "female" },
+        "gender": if k.is_multiple_of(2) { "male" } else { "female" },
         "birthDate": birth.to_string(),
         "address": [{"line": [format!("{k} High Street")], "postalCode": format!("LS{} {}AB", k % 30 + 1, k % 9 + 1)}],
         "managingOrganization": {"identifier": {"system": ODS, "value": TRUST}},
