@@ -127,6 +127,21 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e)
 }
 
+/// Plans the rest of the transaction's statements with their parameters and the tables as they
+/// are now. sqlx keeps every statement prepared on its connection, and after five executions
+/// PostgreSQL may switch to a generic plan that it keeps until the tables' statistics change. A
+/// generic candidate plan made while `identity_patient` was (nearly) empty reads the whole table
+/// once per record, for every later unit on that connection, under the blocking-key locks:
+/// `bench-identity` saw 100 sequential scans per such unit, and autovacuum had not analysed the
+/// table (the only thing that replaces the plan) after 40,000 records.
+pub(crate) async fn plan_for_current_tables(tx: &mut WriteTx) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+        .execute(tx.connection())
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
@@ -146,6 +161,7 @@ pub async fn candidates(
     patient_id: &str,
     d: &Demographics,
 ) -> Result<Vec<Candidate>, StoreError> {
+    plan_for_current_tables(tx).await?;
     Ok(super::unit::candidates_of(tx, &[(0, patient_id, d)])
         .await?
         .remove(&0)
@@ -274,6 +290,7 @@ pub async fn link_written(
         .collect();
     keys.sort_unstable();
     keys.dedup();
+    plan_for_current_tables(tx).await?;
     lock_keys(tx, &keys).await?;
     let records: Vec<super::unit::Record> = patients
         .into_iter()
@@ -357,10 +374,17 @@ pub async fn write_persons(
         .collect();
     let heads = tx.lock_heads(&keys).await?;
     let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
+    // One index probe per person. Without statistics on identity_patient (before its first
+    // ANALYZE; autovacuum off) the planner takes `person_id = ANY(100 ids)` for half the table
+    // and reads all of it; the OFFSET keeps the probe from being flattened into a hash join
+    // that would do the same.
     let rows = sqlx::query(
-        "SELECT person_id, patient_id, org, score, grade, method, demographics
-         FROM identity_patient WHERE person_id = ANY($1) AND active
-         ORDER BY person_id, patient_id",
+        "SELECT m.person_id, m.patient_id, m.org, m.score, m.grade, m.method, m.demographics
+         FROM unnest($1::text[]) AS k(person)
+         CROSS JOIN LATERAL (
+             SELECT * FROM identity_patient p WHERE p.person_id = k.person AND p.active OFFSET 0
+         ) m
+         ORDER BY m.person_id, m.patient_id",
     )
     .bind(&ids)
     .fetch_all(tx.connection())

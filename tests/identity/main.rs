@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod linking;
 mod longitudinal;
+mod plans;
 mod population;
 mod provenance;
 mod review;
