@@ -127,21 +127,6 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e)
 }
 
-/// Plans the rest of the transaction's statements with their parameters and the tables as they
-/// are now. sqlx keeps every statement prepared on its connection, and after five executions
-/// PostgreSQL may switch to a generic plan that it keeps until the tables' statistics change. A
-/// generic candidate plan made while `identity_patient` was (nearly) empty reads the whole table
-/// once per record, for every later unit on that connection, under the blocking-key locks:
-/// `bench-identity` saw 100 sequential scans per such unit, and autovacuum had not analysed the
-/// table (the only thing that replaces the plan) after 40,000 records.
-pub(crate) async fn plan_for_current_tables(tx: &mut WriteTx) -> Result<(), StoreError> {
-    sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    Ok(())
-}
-
 async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
@@ -161,7 +146,6 @@ pub async fn candidates(
     patient_id: &str,
     d: &Demographics,
 ) -> Result<Vec<Candidate>, StoreError> {
-    plan_for_current_tables(tx).await?;
     Ok(super::unit::candidates_of(tx, &[(0, patient_id, d)])
         .await?
         .remove(&0)
@@ -290,7 +274,6 @@ pub async fn link_written(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    plan_for_current_tables(tx).await?;
     lock_keys(tx, &keys).await?;
     let records: Vec<super::unit::Record> = patients
         .into_iter()

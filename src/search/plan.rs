@@ -37,10 +37,7 @@ pub enum PlanError {
 type Q = Box<dyn Query>;
 
 fn term(field: Field, text: &str) -> Q {
-    Box::new(TermQuery::new(
-        Term::from_field_text(field, text),
-        IndexRecordOption::Basic,
-    ))
+    term_query(Term::from_field_text(field, text))
 }
 
 fn term_query(t: Term) -> Q {
