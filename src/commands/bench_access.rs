@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::AUTHORIZATION;
 
 use super::bench::{percentile, report};
+use super::cpu_meter::CpuMeter;
 use crate::access::dev_issuer::{DevIssuer, Grant, TokenClaims};
 use crate::audit::{Audit, AuditRecord};
 use crate::config::Settings;
@@ -69,6 +70,70 @@ fn clinician(
     ))?)
 }
 
+fn next(n: usize) -> usize {
+    n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003
+}
+
+/// The `n`th request of the mix: half reads of related patients' Observations, half
+/// patient-scoped searches; returns the URL and whether it is a search.
+fn request(base: &str, s: &Sample, n: usize) -> (String, bool) {
+    if n % 2 == 0 {
+        let p = &s.patients[(n / 2) % s.patients.len()];
+        let url = if n % 4 == 0 {
+            format!("{base}/Observation?subject=Patient/{p}&_count=20")
+        } else {
+            format!("{base}/Patient/{p}/Condition")
+        };
+        (url, true)
+    } else {
+        let o = &s.observations[(n / 2) % s.observations.len()];
+        (format!("{base}/Observation/{o}"), false)
+    }
+}
+
+/// The same mix sent at a fixed rate whatever the answers take (open loop), the way a region's
+/// portals load the server; each latency counts from the request's due time, so a server that
+/// falls behind is charged for the queue it builds. Returns (reads, searches, errors).
+async fn paced(
+    base: &str,
+    token: &str,
+    s: &Arc<Sample>,
+    rate: f64,
+    seconds: u64,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("client");
+    let total = (rate * seconds as f64) as usize;
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 1;
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        n = next(n);
+        let (url, search) = request(base, s, n);
+        let (client, auth) = (client.clone(), format!("Bearer {token}"));
+        tasks.spawn(async move {
+            let ok = match client.get(url).header(AUTHORIZATION, auth).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            (ok, search, due.elapsed())
+        });
+    }
+    let (mut reads, mut searches, mut errors) = (Vec::new(), Vec::new(), 0);
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((true, true, t)) => searches.push(t),
+            Ok((true, false, t)) => reads.push(t),
+            _ => errors += 1,
+        }
+    }
+    (reads, searches, errors)
+}
+
 /// Reads and searches for `seconds`; returns (read samples, search samples, errors, elapsed).
 async fn load(
     base: &str,
@@ -95,19 +160,8 @@ async fn load(
             let (mut reads, mut searches, mut errors) = (Vec::new(), Vec::new(), 0usize);
             let mut n = c * 7919 + 1;
             while Instant::now() < deadline {
-                n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
-                let search = n % 2 == 0;
-                let url = if search {
-                    let p = &s.patients[(n / 2) % s.patients.len()];
-                    if n % 4 == 0 {
-                        format!("{base}/Observation?subject=Patient/{p}&_count=20")
-                    } else {
-                        format!("{base}/Patient/{p}/Condition")
-                    }
-                } else {
-                    let o = &s.observations[(n / 2) % s.observations.len()];
-                    format!("{base}/Observation/{o}")
-                };
+                n = next(n);
+                let (url, search) = request(&base, &s, n);
                 let t = Instant::now();
                 let ok = match client
                     .get(url)
@@ -212,37 +266,111 @@ pub async fn run(
             let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
                 .fetch_one(store.pool())
                 .await?;
+            let meter = CpuMeter::start(store.pool().clone()).await;
             let (reads, searches, errors, elapsed) = load(base, token, &s, clients, seconds).await;
+            let cpu = meter
+                .report_quiet(store.pool(), reads.len() + searches.len())
+                .await;
             let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
                 .fetch_one(store.pool())
                 .await?;
             report(&format!("read {label}"), reads.clone(), elapsed, errors);
             report(&format!("search {label}"), searches.clone(), elapsed, 0);
             println!(
-                "         audit rows written {:.0}/s",
-                (audited - audited_before) as f64 / elapsed.as_secs_f64()
+                "         audit rows written {:.0}/s; CPU per request: shcr {:.2} ms (servers and the bench's clients), PostgreSQL {:.2} ms",
+                (audited - audited_before) as f64 / elapsed.as_secs_f64(),
+                cpu.process_ms,
+                cpu.postgres_ms
             );
-            rows.push((*label, p99(reads), p99(searches)));
+            let rate = (reads.len() + searches.len()) as f64 / elapsed.as_secs_f64();
+            rows.push((
+                *label,
+                p99(reads),
+                p99(searches),
+                cpu.process_ms + cpu.postgres_ms,
+                rate,
+            ));
         }
     }
+    // The same mix at one fixed rate for every configuration, half of what the slowest one
+    // sustained above: the latency a clinician sees at a region's normal load rather than at
+    // the server's limit.
+    let rate = 0.5
+        * rows
+            .iter()
+            .map(|r| r.4)
+            .fold(f64::INFINITY, f64::min)
+            .max(2.0);
+    println!("access at a fixed rate of {rate:.0} requests/s (open loop):");
+    let mut fixed = Vec::new();
+    for (label, base, token) in &targets {
+        paced(base, token, &s, rate, warmup).await;
+        let meter = CpuMeter::start(store.pool().clone()).await;
+        let (reads, searches, errors) = paced(base, token, &s, rate, seconds).await;
+        let cpu = meter
+            .report_quiet(store.pool(), reads.len() + searches.len())
+            .await;
+        let elapsed = Duration::from_secs(seconds);
+        report(
+            &format!("read {label} @rate"),
+            reads.clone(),
+            elapsed,
+            errors,
+        );
+        report(
+            &format!("search {label} @rate"),
+            searches.clone(),
+            elapsed,
+            0,
+        );
+        println!(
+            "         CPU per request: shcr {:.2} ms, PostgreSQL {:.2} ms",
+            cpu.process_ms, cpu.postgres_ms
+        );
+        fixed.push((*label, p99(reads), p99(searches)));
+    }
+    if let Some(off) = fixed.iter().find(|r| r.0 == "off") {
+        for r in fixed.iter().filter(|r| r.0 != "off") {
+            println!(
+                "{} vs off at {rate:.0} requests/s: read p99 {:.2} vs {:.2} ms ({:+.0}%), search p99 {:.2} vs {:.2} ms ({:+.0}%)",
+                r.0,
+                r.1,
+                off.1,
+                (r.1 / off.1 - 1.0) * 100.0,
+                r.2,
+                off.2,
+                (r.2 / off.2 - 1.0) * 100.0
+            );
+        }
+    }
+
     for (_, _, _, handle, search, running) in servers {
         handle.stop(true).await;
         running.await??;
         search.shutdown().await;
     }
-    let best = |l: &str, f: fn(&(&str, f64, f64)) -> f64| {
+    let best = |l: &str, f: fn(&(&str, f64, f64, f64, f64)) -> f64| {
         rows.iter()
             .filter(|r| r.0 == l)
             .map(f)
             .fold(f64::INFINITY, f64::min)
     };
-    let (read_off, search_off) = (best("off", |r| r.1), best("off", |r| r.2));
+    let (read_off, search_off, cpu_off) = (
+        best("off", |r| r.1),
+        best("off", |r| r.2),
+        best("off", |r| r.3),
+    );
     for label in ["on", "policy-only"] {
-        let (read, search) = (best(label, |r| r.1), best(label, |r| r.2));
+        let (read, search, cpu) = (
+            best(label, |r| r.1),
+            best(label, |r| r.2),
+            best(label, |r| r.3),
+        );
         println!(
-            "{label} vs off (best of two runs each): read p99 {read:.2} vs {read_off:.2} ms ({:+.0}%), search p99 {search:.2} vs {search_off:.2} ms ({:+.0}%)",
+            "{label} vs off (best of two runs each): read p99 {read:.2} vs {read_off:.2} ms ({:+.0}%), search p99 {search:.2} vs {search_off:.2} ms ({:+.0}%), CPU per request {cpu:.2} vs {cpu_off:.2} ms ({:+.0}%)",
             (read / read_off - 1.0) * 100.0,
-            (search / search_off - 1.0) * 100.0
+            (search / search_off - 1.0) * 100.0,
+            (cpu / cpu_off - 1.0) * 100.0
         );
     }
 

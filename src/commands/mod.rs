@@ -6,6 +6,7 @@ pub mod bench_access;
 pub mod bench_events;
 pub mod bench_identity;
 pub mod clients;
+pub mod cpu_meter;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;
