@@ -97,6 +97,10 @@ pub enum Scope<'a> {
     /// be fresh first (`Engine::wait_fresh`).
     All,
     Patients(&'a [String]),
+    /// These patients, for a caller that has waited for the index to be fresh: their facts
+    /// come from the organisation's cached set like `All`'s, and break-glass grants are read
+    /// only if one of them is not plainly visible without one.
+    FreshPatients(&'a [String]),
 }
 
 /// Access facts for one request. The sets are shared (copy on write): a search's facts cover
@@ -124,7 +128,7 @@ impl Grants {
     ) -> Result<Grants, StoreError> {
         let patients: Option<Vec<String>> = match scope {
             Scope::All => None,
-            Scope::Patients(p) => Some(p.to_vec()),
+            Scope::Patients(p) | Scope::FreshPatients(p) => Some(p.to_vec()),
         };
         // One round trip: relationships, break-glass grants and consent restrictions, tagged.
         // Two statements, not one with `$3 IS NULL OR …`: a read names its patients, and only a
@@ -179,6 +183,47 @@ impl Grants {
         let mut grants = Grants::from_rows(relationship, consents);
         grants.break_glass = break_glass.into_iter().collect();
         Ok(grants)
+    }
+
+    /// These facts for `patients` only.
+    pub fn restricted_to(&self, patients: &[String]) -> Grants {
+        let keep = |set: &HashSet<String>| -> Arc<HashSet<String>> {
+            Arc::new(
+                patients
+                    .iter()
+                    .filter(|p| set.contains(*p))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        Grants {
+            relationship: keep(&self.relationship),
+            break_glass: self
+                .break_glass
+                .iter()
+                .filter(|(p, _)| patients.contains(p))
+                .map(|(p, g)| (p.clone(), *g))
+                .collect(),
+            opted_out: keep(&self.opted_out),
+            org_denied: keep(&self.org_denied),
+            label_denied: Arc::new(
+                self.label_denied
+                    .iter()
+                    .map(|(label, denying)| (label.clone(), (*keep(denying)).clone()))
+                    .filter(|(_, denying)| !denying.is_empty())
+                    .collect(),
+            ),
+            cache_key: None,
+        }
+    }
+
+    /// Whether a break-glass grant could change a decision about `patient`: it has no care
+    /// relationship, or a consent restriction that a grant may override.
+    pub fn glass_could_matter(&self, patient: &str) -> bool {
+        !self.relationship.contains(patient)
+            || self.opted_out.contains(patient)
+            || self.org_denied.contains(patient)
+            || self.label_denied.values().any(|d| d.contains(patient))
     }
 
     /// Facts from relationship rows (patient ids) and consent rows (patient, kind, value).

@@ -158,6 +158,25 @@ pub async fn load_grants(
             }
             grants
         }
+        Scope::FreshPatients(patients) => {
+            let generation = state.search.facts_generation();
+            let cached = state
+                .access
+                .org_grants
+                .get(store, &org, window, generation)
+                .await
+                .map_err(|e| ApiError::Interaction(e.into()))?;
+            let mut grants = cached.restricted_to(patients);
+            if patients.iter().any(|p| grants.glass_could_matter(p)) {
+                grants.break_glass = org_grants::break_glass_grants(store, &org, &user)
+                    .await
+                    .map_err(|e| ApiError::Interaction(e.into()))?
+                    .into_iter()
+                    .filter(|(p, _)| patients.contains(p))
+                    .collect();
+            }
+            grants
+        }
         scope => Grants::load(store, &org, Some(&user), window, &scope)
             .await
             .map_err(|e| ApiError::Interaction(e.into()))?,

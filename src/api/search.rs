@@ -145,14 +145,14 @@ async fn run(
     for t in &q.resource_types {
         super::access::require(&d, req, t, "search")?;
     }
-    // A compartment search concerns one patient: load only that patient's facts (and that is
+    // A compartment search concerns one patient: only that patient's facts count (and that is
     // the patient a break-glass ask opens).
     let one_patient = compartment
         .map(str::to_string)
         .or_else(|| single_patient(&params));
     let scoped: Vec<String> = compartment.map(str::to_string).into_iter().collect();
     let scope = match compartment {
-        Some(_) => crate::access::Scope::Patients(&scoped),
+        Some(_) => crate::access::Scope::FreshPatients(&scoped),
         None => crate::access::Scope::All,
     };
     let engine = Engine {

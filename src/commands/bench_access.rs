@@ -192,6 +192,25 @@ async fn load(
     (reads, searches, errors, started.elapsed())
 }
 
+/// Hits and misses of the organisation facts cache and of the access filter's segment cache.
+struct CacheCounts([u64; 4]);
+
+impl CacheCounts {
+    fn since(&self, before: &CacheCounts) -> CacheCounts {
+        CacheCounts(std::array::from_fn(|i| self.0[i] - before.0[i]))
+    }
+}
+
+fn cache_counts() -> CacheCounts {
+    use crate::metrics::{FILTER_CACHE, ORG_GRANTS_CACHE};
+    CacheCounts([
+        ORG_GRANTS_CACHE.with_label_values(&["hit"]).get(),
+        ORG_GRANTS_CACHE.with_label_values(&["miss"]).get(),
+        FILTER_CACHE.with_label_values(&["hit"]).get(),
+        FILTER_CACHE.with_label_values(&["miss"]).get(),
+    ])
+}
+
 fn p99(mut v: Vec<Duration>) -> f64 {
     v.sort();
     percentile(&v, 99.0)
@@ -266,8 +285,10 @@ pub async fn run(
             let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
                 .fetch_one(store.pool())
                 .await?;
+            let caches_before = cache_counts();
             let meter = CpuMeter::start(store.pool().clone()).await;
             let (reads, searches, errors, elapsed) = load(base, token, &s, clients, seconds).await;
+            let caches = cache_counts().since(&caches_before);
             let cpu = meter
                 .report_quiet(store.pool(), reads.len() + searches.len())
                 .await;
@@ -281,6 +302,10 @@ pub async fn run(
                 (audited - audited_before) as f64 / elapsed.as_secs_f64(),
                 cpu.process_ms,
                 cpu.postgres_ms
+            );
+            println!(
+                "         organisation facts cache hit/miss {}/{}, access filter segments hit/miss {}/{}",
+                caches.0[0], caches.0[1], caches.0[2], caches.0[3]
             );
             let rate = (reads.len() + searches.len()) as f64 / elapsed.as_secs_f64();
             rows.push((

@@ -11,9 +11,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use tantivy::index::SegmentId;
-use tantivy::query::{
-    BitSetDocSet, ConstScorer, EnableScoring, Explanation, Query, Scorer, Weight,
-};
+use tantivy::query::{ConstScorer, EnableScoring, Explanation, Query, Scorer, Weight};
 use tantivy::{BitSet, DocId, DocSet, Score, SegmentReader, TERMINATED, TantivyError};
 
 /// Bytes of bitsets kept in all (each is max_doc / 8 bytes: 125 kB per million documents).
@@ -77,44 +75,72 @@ impl fmt::Debug for CachedFilter {
 
 impl Query for CachedFilter {
     fn weight(&self, enable_scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        // Building the inner weight is itself costly (term lookups, automata): skip it when
-        // every segment of the searcher is cached.
-        if let Some(searcher) = enable_scoring.searcher() {
+        let Some(searcher) = enable_scoring.searcher() else {
+            // No segments to know of (a weight for the schema alone): evaluate as asked.
+            return Ok(Box::new(CachedWeight {
+                key: self.key,
+                known: HashMap::new(),
+                inner: Some(self.inner.weight(enable_scoring)?),
+            }));
+        };
+        // Every segment's bitset is made here, not when the segment is first scored: a
+        // conjunction stops building scorers at its first clause without matches in a
+        // segment, so a segment the filter was never scored on would otherwise stay unknown,
+        // and every later search would build the inner weight (term lookups, automata) again.
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        {
             let cache = CACHE.lock().expect("filter cache");
-            let known: Option<HashMap<SegmentId, Arc<BitSet>>> = searcher
-                .segment_readers()
-                .iter()
-                .map(|r| {
-                    let id = r.segment_id();
-                    cache.get(&(self.key, id)).map(|b| (id, b.clone()))
-                })
-                .collect();
-            if let Some(known) = known {
-                return Ok(Box::new(CachedWeight {
-                    key: self.key,
-                    known,
-                    inner: None,
-                }));
+            for reader in searcher.segment_readers() {
+                let id = reader.segment_id();
+                match cache.get(&(self.key, id)) {
+                    Some(bits) => {
+                        known.insert(id, bits.clone());
+                    }
+                    None => missing.push(reader),
+                }
             }
         }
-        // Only membership matters: the inner query is evaluated without scores.
-        let unscored = match enable_scoring.searcher() {
-            Some(searcher) => EnableScoring::disabled_from_searcher(searcher),
-            None => EnableScoring::disabled_from_schema(enable_scoring.schema()),
-        };
+        crate::metrics::FILTER_CACHE
+            .with_label_values(&["hit"])
+            .inc_by(known.len() as u64);
+        if !missing.is_empty() {
+            // Only membership matters: the inner query is evaluated without scores.
+            let inner = self
+                .inner
+                .weight(EnableScoring::disabled_from_searcher(searcher))?;
+            for reader in missing {
+                crate::metrics::FILTER_CACHE
+                    .with_label_values(&["miss"])
+                    .inc();
+                let mut bits = BitSet::with_max_value(reader.max_doc());
+                let mut scorer = inner.scorer(reader, 1.0)?;
+                let mut doc = scorer.doc();
+                while doc != TERMINATED {
+                    bits.insert(doc);
+                    doc = scorer.advance();
+                }
+                let bits = Arc::new(bits);
+                CACHE
+                    .lock()
+                    .expect("filter cache")
+                    .insert((self.key, reader.segment_id()), bits.clone());
+                known.insert(reader.segment_id(), bits);
+            }
+        }
         Ok(Box::new(CachedWeight {
             key: self.key,
-            known: HashMap::new(),
-            inner: Some(self.inner.weight(unscored)?),
+            known,
+            inner: None,
         }))
     }
 }
 
 struct CachedWeight {
     key: u64,
-    /// Bitsets found when the weight was made.
+    /// The bitset of every segment of the searcher the weight was made for.
     known: HashMap<SegmentId, Arc<BitSet>>,
-    /// The inner weight, unless every segment was known.
+    /// The inner weight, when the weight was made without a searcher.
     inner: Option<Box<dyn Weight>>,
 }
 
@@ -122,26 +148,14 @@ impl CachedWeight {
     fn bits(&self, reader: &SegmentReader) -> tantivy::Result<Arc<BitSet>> {
         let id = reader.segment_id();
         if let Some(bits) = self.known.get(&id) {
-            crate::metrics::FILTER_CACHE
-                .with_label_values(&["hit"])
-                .inc();
-            return Ok(bits.clone());
-        }
-        let key = (self.key, id);
-        if let Some(bits) = CACHE.lock().expect("filter cache").get(&key) {
-            crate::metrics::FILTER_CACHE
-                .with_label_values(&["hit"])
-                .inc();
             return Ok(bits.clone());
         }
         let Some(inner) = &self.inner else {
             return Err(TantivyError::InternalError(format!(
-                "access filter: segment {id:?} was not in the searcher the weight was made for"
+                "access filter {}: segment {id:?} was not in the searcher the weight was made for",
+                self.key
             )));
         };
-        crate::metrics::FILTER_CACHE
-            .with_label_values(&["miss"])
-            .inc();
         let mut bits = BitSet::with_max_value(reader.max_doc());
         let mut scorer = inner.scorer(reader, 1.0)?;
         let mut doc = scorer.doc();
@@ -149,19 +163,16 @@ impl CachedWeight {
             bits.insert(doc);
             doc = scorer.advance();
         }
-        let bits = Arc::new(bits);
-        CACHE
-            .lock()
-            .expect("filter cache")
-            .insert(key, bits.clone());
-        Ok(bits)
+        Ok(Arc::new(bits))
     }
 }
 
 impl Weight for CachedWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        let bits = (*self.bits(reader)?).clone();
-        Ok(Box::new(ConstScorer::new(BitSetDocSet::from(bits), boost)))
+        Ok(Box::new(ConstScorer::new(
+            SharedBits::new(self.bits(reader)?),
+            boost,
+        )))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
@@ -172,6 +183,91 @@ impl Weight for CachedWeight {
                 "Document #({doc}) does not match"
             )))
         }
+    }
+}
+
+/// A cached bitset as a doc set. Shares the bitset: copying it for every search and segment
+/// cost an allocation and a copy of max_doc / 8 bytes each time.
+struct SharedBits {
+    docs: Arc<BitSet>,
+    bucket: u32,
+    /// The documents of `bucket` not yet returned, one bit each.
+    word: u64,
+    doc: DocId,
+}
+
+/// The 64 documents from `bucket * 64` as bits.
+fn bucket_word(docs: &BitSet, bucket: u32) -> u64 {
+    u64::from_le_bytes(docs.tinyset(bucket).into_bytes())
+}
+
+impl SharedBits {
+    fn new(docs: Arc<BitSet>) -> SharedBits {
+        let word = if docs.max_value() == 0 {
+            0
+        } else {
+            bucket_word(&docs, 0)
+        };
+        let mut set = SharedBits {
+            docs,
+            bucket: 0,
+            word,
+            doc: 0,
+        };
+        set.advance();
+        set
+    }
+}
+
+impl DocSet for SharedBits {
+    fn advance(&mut self) -> DocId {
+        if self.word == 0 {
+            let next = if self.docs.max_value() == 0 {
+                None
+            } else {
+                self.docs.first_non_empty_bucket(self.bucket + 1)
+            };
+            match next {
+                Some(bucket) => {
+                    self.bucket = bucket;
+                    self.word = bucket_word(&self.docs, bucket);
+                }
+                None => {
+                    self.doc = TERMINATED;
+                    return TERMINATED;
+                }
+            }
+        }
+        let low = self.word.trailing_zeros();
+        self.word &= self.word - 1;
+        self.doc = self.bucket * 64 + low;
+        self.doc
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        if self.doc >= target {
+            return self.doc;
+        }
+        if target >= self.docs.max_value() {
+            self.doc = TERMINATED;
+            return TERMINATED;
+        }
+        let bucket = target / 64;
+        if bucket > self.bucket {
+            self.bucket = bucket;
+            self.word = bucket_word(&self.docs, bucket);
+        }
+        // Documents below the target in its bucket are skipped.
+        self.word &= u64::MAX << (target % 64);
+        self.advance()
+    }
+
+    fn doc(&self) -> DocId {
+        self.doc
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.docs.len() as u32
     }
 }
 
@@ -211,5 +307,99 @@ mod tests {
         assert_eq!(plain.len(), 3);
         let segment = searcher.segment_readers()[0].segment_id();
         assert!(CACHE.lock().unwrap().contains_key(&(key, segment)));
+    }
+    #[test]
+    fn every_segment_is_cached_even_where_the_search_matches_nothing() {
+        let mut schema = Schema::builder();
+        let f = schema.add_text_field("f", STRING);
+        let g = schema.add_text_field("g", STRING);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        // Two commits, two segments; "x" only in the first.
+        for segment in [[("x", "a"), ("y", "a")], [("y", "a"), ("y", "b")]] {
+            for (fv, gv) in segment {
+                let mut d = TantivyDocument::new();
+                d.add_text(f, fv);
+                d.add_text(g, gv);
+                writer.add_document(d).unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        let searcher = index.reader().unwrap().searcher();
+        assert!(searcher.segment_readers().len() >= 2);
+        let key = u64::MAX - 11;
+        let filter = CachedFilter::new(
+            key,
+            Box::new(TermQuery::new(
+                Term::from_field_text(g, "a"),
+                IndexRecordOption::Basic,
+            )),
+        );
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (
+                tantivy::query::Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f, "x"),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>,
+            ),
+            (tantivy::query::Occur::Must, Box::new(filter)),
+        ]);
+        assert_eq!(searcher.search(&query, &DocSetCollector).unwrap().len(), 1);
+        let cache = CACHE.lock().unwrap();
+        for reader in searcher.segment_readers() {
+            assert!(
+                cache.contains_key(&(key, reader.segment_id())),
+                "segment {:?} not cached",
+                reader.segment_id()
+            );
+        }
+    }
+
+    #[test]
+    fn shared_bits_iterate_and_seek_like_the_bitset() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for max in [0u32, 1, 63, 64, 65, 1000, 4096] {
+            for density in [0u64, 1, 10, 50, 100] {
+                let mut bits = BitSet::with_max_value(max);
+                let mut expected = Vec::new();
+                for d in 0..max {
+                    if rand() % 100 < density {
+                        bits.insert(d);
+                        expected.push(d);
+                    }
+                }
+                let bits = Arc::new(bits);
+                let mut all = Vec::new();
+                let mut set = SharedBits::new(bits.clone());
+                while set.doc() != TERMINATED {
+                    all.push(set.doc());
+                    set.advance();
+                }
+                assert_eq!(all, expected, "max {max} density {density}");
+                // Seeks to random increasing targets land on the first document at or after.
+                let mut set = SharedBits::new(bits.clone());
+                let mut target = 0;
+                while target < max + 2 {
+                    target += (rand() % 70) as u32;
+                    let want = expected
+                        .iter()
+                        .copied()
+                        .find(|d| *d >= target.max(set.doc()))
+                        .unwrap_or(TERMINATED);
+                    let want = if set.doc() >= target { set.doc() } else { want };
+                    assert_eq!(set.seek(target), want, "max {max} target {target}");
+                    if want == TERMINATED {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
