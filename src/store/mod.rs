@@ -71,7 +71,12 @@ impl Store {
         // planning these short statements costs far less than one such scan.
         let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let options = options.options([("plan_cache_mode", "force_custom_plan")]);
+        // sqlx pings a connection when it goes back to the pool (a broken one is closed
+        // there) and, by default, again before handing it out: a third round trip for every
+        // statement, and a PostgreSQL wake-up. The ping on release is enough; a connection
+        // that breaks while idle fails its next statement, which is answered as an error.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
