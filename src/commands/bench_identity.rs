@@ -52,6 +52,10 @@ pub struct BenchIdentityArgs {
     /// `scripts/febrl4.sh`). Each file is one trust; `soc_sec_id` is not used.
     #[arg(long)]
     pub febrl4: Option<std::path::PathBuf>,
+    /// Hold the in-process search indexer back while linking (it catches up before the
+    /// longitudinal phase): the link rate without indexing competing for the CPU.
+    #[arg(long)]
+    pub pause_index: bool,
 }
 
 pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Result<()> {
@@ -120,18 +124,153 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
     );
 
     let outcome = async {
-        let truth = link_phase(&repo, args).await?;
+        if args.pause_index {
+            search.pause(true);
+        }
+        let cpu = CpuUse::sample(store.pool()).await?;
+        let locks = LinkTimes::now();
+        let (truth, secs) = link_phase(&repo, args).await?;
+        let cpu = CpuUse::sample(store.pool()).await?.since(&cpu);
+        locks.report();
+        cpu.report(truth.len(), secs);
+        // The index follows the writes; the longitudinal phase searches, so it starts from an
+        // index that has caught up (a search gives up after a few seconds otherwise).
+        search.pause(false);
+        let started = Instant::now();
+        let cpu = CpuUse::sample(store.pool()).await?;
+        search.wait_fresh(INDEX_CATCH_UP).await?;
+        let cpu = CpuUse::sample(store.pool()).await?.since(&cpu);
+        println!(
+            "index caught up {:.1} s after the link phase (shcr CPU {:.1} s, tantivy threads {:.1} s, PostgreSQL backends {:.1} s)",
+            started.elapsed().as_secs_f64(),
+            cpu.process,
+            cpu.tantivy,
+            cpu.postgres
+        );
         accuracy(store.pool(), &truth).await?;
         if args.febrl4.is_some() {
             return Ok(());
         }
-        longitudinal(&repo, &base, &token, args).await
+        longitudinal(&repo, &base, &token, args, &search).await
     }
     .await;
+    search.pause(false);
     handle.stop(true).await;
     server.await??;
     search.shutdown().await;
     outcome
+}
+
+/// Longest wait for the index to catch up with the link phase's writes.
+const INDEX_CATCH_UP: Duration = Duration::from_secs(1800);
+
+/// Clock ticks per second in `/proc/*/stat` (USER_HZ: 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) of this process, of its threads named by tantivy (indexing and
+/// merging), and of the PostgreSQL backends serving the bench database: a figure that holds on
+/// a shared machine, where wall-clock rates move with everyone else's load.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    process: f64,
+    tantivy: f64,
+    postgres: f64,
+}
+
+/// `utime + stime` in seconds and the thread or process name, from a `/proc/…/stat` file.
+fn proc_cpu(path: &std::path::Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The name is in parentheses and may hold spaces: fields are counted after its end.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((name, (utime + stime) / TICKS_PER_SECOND))
+}
+
+impl CpuUse {
+    async fn sample(pool: &PgPool) -> anyhow::Result<CpuUse> {
+        let process = proc_cpu(std::path::Path::new("/proc/self/stat")).map_or(0.0, |p| p.1);
+        let mut tantivy = 0.0;
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                if let Some((name, cpu)) = proc_cpu(&task.path().join("stat"))
+                    && name.contains("tantivy")
+                {
+                    tantivy += cpu;
+                }
+            }
+        }
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await?;
+        let postgres = pids
+            .iter()
+            .filter_map(|pid| proc_cpu(&std::path::PathBuf::from(format!("/proc/{pid}/stat"))))
+            .map(|p| p.1)
+            .sum();
+        Ok(CpuUse {
+            process,
+            tantivy,
+            postgres,
+        })
+    }
+
+    /// The CPU used since `earlier` (backends that closed in between are not counted).
+    fn since(&self, earlier: &CpuUse) -> CpuUse {
+        CpuUse {
+            process: self.process - earlier.process,
+            tantivy: (self.tantivy - earlier.tantivy).max(0.0),
+            postgres: (self.postgres - earlier.postgres).max(0.0),
+        }
+    }
+
+    fn report(&self, records: usize, secs: f64) {
+        let per = |s: f64| s * 1000.0 / records.max(1) as f64;
+        println!(
+            "link CPU: shcr {:.1} s ({:.2} ms/record; tantivy threads {:.1} s), PostgreSQL backends {:.1} s ({:.2} ms/record); {:.2} of 2 cores busy with both",
+            self.process,
+            per(self.process),
+            self.tantivy,
+            self.postgres,
+            per(self.postgres),
+            (self.process + self.postgres) / secs.max(f64::EPSILON)
+        );
+    }
+}
+
+/// The linkers' lock timings over the link phase (`identity_lock_wait_seconds`,
+/// `identity_link_locked_seconds`).
+struct LinkTimes {
+    wait: (f64, u64),
+    locked: (f64, u64),
+}
+
+impl LinkTimes {
+    fn now() -> LinkTimes {
+        let w = &crate::metrics::IDENTITY_LOCK_WAIT;
+        let l = &crate::metrics::IDENTITY_LINK_LOCKED;
+        LinkTimes {
+            wait: (w.get_sample_sum(), w.get_sample_count()),
+            locked: (l.get_sample_sum(), l.get_sample_count()),
+        }
+    }
+
+    fn report(&self) {
+        let after = LinkTimes::now();
+        let units = after.locked.1.saturating_sub(self.locked.1).max(1) as f64;
+        let wait = after.wait.0 - self.wait.0;
+        let locked = after.locked.0 - self.locked.0;
+        println!(
+            "link units: {units:.0}; waiting for blocking-key locks {wait:.1} s ({:.1} ms/unit), linking under the locks {locked:.1} s ({:.1} ms/unit, commit not included)",
+            wait * 1000.0 / units,
+            locked * 1000.0 / units
+        );
+    }
 }
 
 fn load_average() -> String {
@@ -163,11 +302,11 @@ fn trust_author(ods: &str) -> Author {
     }
 }
 
-/// Writes the records; returns patient id → true person.
+/// Writes the records; returns patient id → true person, and the seconds it took.
 async fn link_phase(
     repo: &Repository,
     args: &BenchIdentityArgs,
-) -> anyhow::Result<HashMap<String, String>> {
+) -> anyhow::Result<(HashMap<String, String>, f64)> {
     let opts = GenerateOptions {
         // Enough people for the records (most have 1–3); the records are taken lazily.
         persons: args.records.clamp(1, crate::generate::MAX_PERSONS),
@@ -238,7 +377,7 @@ async fn link_phase(
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "link: {total} Patient records of {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {})",
+        "link: {total} Patient records of {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {}{}); load average {}",
         samples
             .iter()
             .map(|s| s.person_key.as_str())
@@ -251,12 +390,18 @@ async fn link_phase(
             .len(),
         total as f64 / secs,
         args.batch,
-        args.concurrency
+        args.concurrency,
+        if args.pause_index {
+            "; indexing paused"
+        } else {
+            ""
+        },
+        load_average()
     );
     let truth = Arc::try_unwrap(truth)
         .map_err(|_| anyhow::anyhow!("workers still hold the truth map"))?
         .into_inner();
-    Ok(truth)
+    Ok((truth, secs))
 }
 
 /// FEBRL4 as two trusts' Patients: `rec-N-org` in file a, `rec-N-dup-k` in file b are person N.
@@ -411,6 +556,7 @@ async fn longitudinal(
     base: &str,
     token: &str,
     args: &BenchIdentityArgs,
+    search: &crate::search::indexer::SearchIndex,
 ) -> anyhow::Result<()> {
     let nhs = crate::identity::nhs_number::NhsNumber::from_stem(943_476_591)?;
     let trusts = BENCH_TRUSTS;
@@ -480,7 +626,8 @@ async fn longitudinal(
         }
     };
     let p = &patients[0];
-    // Warm-up: the index catches up with the writes above.
+    // The index catches up with the writes above before anything is timed.
+    search.wait_fresh(INDEX_CATCH_UP).await?;
     let first = get(format!("{base}/Patient/{p}/$everything?_count=100")).await?;
     println!(
         "longitudinal: person with {} resources across 3 trusts ($everything total {})",

@@ -274,7 +274,10 @@ pub async fn link_written(
         .collect();
     keys.sort_unstable();
     keys.dedup();
+    let asked = std::time::Instant::now();
     lock_keys(tx, &keys).await?;
+    let locked = std::time::Instant::now();
+    crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
     let records: Vec<super::unit::Record> = patients
         .into_iter()
         .map(|(v, d)| super::unit::Record {
@@ -286,7 +289,9 @@ pub async fn link_written(
         .collect();
     let touched = super::unit::link_unit(tx, &records, author.org.as_deref()).await?;
     let matcher = matcher_author(author.request_id.as_deref());
-    write_persons(tx, &touched, &matcher, now, None).await
+    write_persons(tx, &touched, &matcher, now, None).await?;
+    crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());
+    Ok(())
 }
 
 pub(crate) fn grade_of(code: &str) -> Grade {
