@@ -132,6 +132,7 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
         let (truth, secs) = link_phase(&repo, args).await?;
         let cpu = CpuUse::sample(store.pool()).await?.since(&cpu);
         locks.report();
+        crate::identity::phase::report();
         cpu.report(truth.len(), secs);
         // The index follows the writes; the longitudinal phase searches, so it starts from an
         // index that has caught up (a search gives up after a few seconds otherwise).

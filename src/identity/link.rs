@@ -360,7 +360,9 @@ pub async fn write_persons(
         .iter()
         .map(|p| ("Person".to_string(), p.clone()))
         .collect();
+    let t0 = std::time::Instant::now();
     let heads = tx.lock_heads(&keys).await?;
+    let t0 = super::phase::add(5, t0);
     let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
     // One index probe per person. Without statistics on identity_patient (before its first
     // ANALYZE; autovacuum off) the planner takes `person_id = ANY(100 ids)` for half the table
@@ -470,7 +472,10 @@ pub async fn write_persons(
     }
     let provenance = crate::provenance::for_write(&versions, author, now, reason);
     versions.extend(provenance);
-    tx.write(&versions, author).await
+    let t0 = super::phase::add(6, t0);
+    tx.write(&versions, author).await?;
+    super::phase::add(7, t0);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,3 +15,4 @@ pub mod review;
 pub mod scoring;
 pub mod unit;
 pub mod view;
+pub mod phase;

@@ -112,6 +112,7 @@ pub async fn link_unit(
     org: Option<&str>,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut touched = BTreeSet::new();
+    let t0 = std::time::Instant::now();
     let revisited: Vec<&str> = records
         .iter()
         .filter(|r| !r.first || r.demographics.is_none())
@@ -124,7 +125,9 @@ pub async fn link_unit(
         .enumerate()
         .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
         .collect();
+    let t0 = super::phase::add(0, t0);
     let mut found = candidates_of(tx, &wanted).await?;
+    let mut t0 = super::phase::add(1, t0);
 
     // Rows written (or deactivated) by earlier records of this unit, by patient id.
     let mut overlay: HashMap<String, Linked> = HashMap::new();
@@ -183,6 +186,7 @@ pub async fn link_unit(
                 });
             }
         }
+        t0 = super::phase::add(2, t0);
         let scored: Vec<(Candidate, PairScore)> = cands
             .into_iter()
             .map(|c| {
@@ -239,6 +243,7 @@ pub async fn link_unit(
             grade,
             method: method.to_string(),
         };
+        t0 = super::phase::add(3, t0);
         pending.links.push((r.patient_id.to_string(), d.clone()));
         overlay.insert(
             r.patient_id.to_string(),
@@ -252,6 +257,7 @@ pub async fn link_unit(
         );
     }
     write_pending(tx, &pending, &overlay, org).await?;
+    super::phase::add(4, t0);
     Ok(touched)
 }
 
@@ -403,12 +409,15 @@ pub(crate) async fn candidates_of(
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
+    let td = std::time::Instant::now();
     let mut out: HashMap<usize, Vec<Candidate>> = HashMap::new();
     for r in rows {
         let i: i32 = r.try_get("pos").map_err(StoreError::Database)?;
         let c = candidate(&r).map_err(StoreError::Database)?;
         out.entry(i as usize).or_default().push(c);
     }
+    super::phase::add(2, td);
+    super::phase::T[1].fetch_sub(td.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(out)
 }
 
