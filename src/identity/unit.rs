@@ -460,50 +460,68 @@ async fn members_besides(
     Ok(stored + unit)
 }
 
-/// Writes the links (with their demographics), deactivations, history and review items.
+/// Writes the links (with their demographics), deactivations, history and review items in one
+/// statement: it runs while the unit holds its blocking-key locks, and on a busy machine every
+/// round trip made then is paid for by each linker waiting behind this one.
 async fn write_pending(
     tx: &mut WriteTx,
     p: &Pending,
     overlay: &HashMap<String, Linked>,
     org: Option<&str>,
 ) -> Result<(), StoreError> {
-    if !p.links.is_empty() {
-        let n = p.links.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut persons = Vec::with_capacity(n);
-        let mut nhs = Vec::with_capacity(n);
-        let mut verified = Vec::with_capacity(n);
-        let mut invalid = Vec::with_capacity(n);
-        let mut codes = Vec::with_capacity(n);
-        let mut births = Vec::with_capacity(n);
-        let mut years = Vec::with_capacity(n);
-        let mut postcodes = Vec::with_capacity(n);
-        let mut demographics = Vec::with_capacity(n);
-        let mut scores = Vec::with_capacity(n);
-        let mut grades = Vec::with_capacity(n);
-        let mut methods = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        for (id, d) in &p.links {
-            let a = &overlay[id].assignment;
-            ids.push(id.as_str());
-            persons.push(a.person_id.as_str());
-            nhs.push(d.nhs_number.as_deref());
-            verified.push(d.nhs_verified);
-            invalid.push(d.nhs_invalid);
-            codes.push(d.family_code.as_deref());
-            births.push(d.birth());
-            years.push(d.birth_year());
-            postcodes.push(d.postcode.as_deref());
-            demographics.push(serde_json::to_value(d).unwrap_or(Value::Null));
-            scores.push(a.score);
-            grades.push(a.grade.as_str());
-            methods.push(a.method.as_str());
-            names.push(d.name_key());
-        }
-        // The write engine allows one entry per resource in a unit, so no patient repeats
-        // (a repeat would make ON CONFLICT DO UPDATE fail).
-        sqlx::query(
-            "INSERT INTO identity_patient
+    if p.links.is_empty() && p.deactivate.is_empty() && p.events.is_empty() && p.reviews.is_empty()
+    {
+        return Ok(());
+    }
+    let n = p.links.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut persons = Vec::with_capacity(n);
+    let mut nhs = Vec::with_capacity(n);
+    let mut verified = Vec::with_capacity(n);
+    let mut invalid = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    let mut births = Vec::with_capacity(n);
+    let mut years = Vec::with_capacity(n);
+    let mut postcodes = Vec::with_capacity(n);
+    let mut demographics = Vec::with_capacity(n);
+    let mut scores = Vec::with_capacity(n);
+    let mut grades = Vec::with_capacity(n);
+    let mut methods = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    for (id, d) in &p.links {
+        let a = &overlay[id].assignment;
+        ids.push(id.as_str());
+        persons.push(a.person_id.as_str());
+        nhs.push(d.nhs_number.as_deref());
+        verified.push(d.nhs_verified);
+        invalid.push(d.nhs_invalid);
+        codes.push(d.family_code.as_deref());
+        births.push(d.birth());
+        years.push(d.birth_year());
+        postcodes.push(d.postcode.as_deref());
+        demographics.push(serde_json::to_value(d).unwrap_or(Value::Null));
+        scores.push(a.score);
+        grades.push(a.grade.as_str());
+        methods.push(a.method.as_str());
+        names.push(d.name_key());
+    }
+    let e_ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
+    let e_from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
+    let e_to: Vec<Option<&str>> = p.events.iter().map(|e| e.to.as_deref()).collect();
+    let e_scores: Vec<Option<f64>> = p.events.iter().map(|e| e.score).collect();
+    let e_grades: Vec<&str> = p.events.iter().map(|e| e.grade.as_str()).collect();
+    let e_methods: Vec<&str> = p.events.iter().map(|e| e.method).collect();
+    let r_ids: Vec<&str> = p.reviews.iter().map(|r| r.0.as_str()).collect();
+    let r_cands: Vec<&str> = p.reviews.iter().map(|r| r.1.as_str()).collect();
+    let r_scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
+    let r_reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
+    // The write engine allows one entry per resource in a unit, so no patient repeats (a
+    // repeat would make ON CONFLICT DO UPDATE fail) and no patient is both linked and
+    // deactivated (one statement may not change a row twice). Link events are numbered in the
+    // unit's order, so the history reads as the decisions were taken.
+    sqlx::query(
+        "WITH links AS (
+             INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
                 linked_at, active)
@@ -523,79 +541,57 @@ async fn write_pending(
                grade = excluded.grade, method = excluded.method, name_key = excluded.name_key,
                active = true,
                linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
-                                THEN identity_patient.linked_at ELSE now() END",
-        )
-        .bind(&ids)
-        .bind(&persons)
-        .bind(org)
-        .bind(&nhs)
-        .bind(&verified)
-        .bind(&invalid)
-        .bind(&codes)
-        .bind(&births)
-        .bind(&years)
-        .bind(&postcodes)
-        .bind(&demographics)
-        .bind(&scores)
-        .bind(&grades)
-        .bind(&methods)
-        .bind(&names)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
-    if !p.deactivate.is_empty() {
-        sqlx::query("UPDATE identity_patient SET active = false WHERE patient_id = ANY($1)")
-            .bind(&p.deactivate)
-            .execute(tx.connection())
-            .await
-            .map_err(db)?;
-    }
-    if !p.events.is_empty() {
-        let ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
-        let from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
-        let to: Vec<Option<&str>> = p.events.iter().map(|e| e.to.as_deref()).collect();
-        let scores: Vec<Option<f64>> = p.events.iter().map(|e| e.score).collect();
-        let grades: Vec<&str> = p.events.iter().map(|e| e.grade.as_str()).collect();
-        let methods: Vec<&str> = p.events.iter().map(|e| e.method).collect();
-        // In the unit's order, so the history reads as the decisions were taken.
-        sqlx::query(
-            "INSERT INTO identity_link_event
+                                THEN identity_patient.linked_at ELSE now() END
+         ),
+         gone AS (
+             UPDATE identity_patient SET active = false WHERE patient_id = ANY($16)
+         ),
+         events AS (
+             INSERT INTO identity_link_event
                (patient_id, from_person, to_person, score, grade, method, actor)
-             SELECT pid, f, t, s, g, m, $7
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::text[])
+             SELECT pid, f, t, s, g, m, $23
+             FROM unnest($17::text[], $18::text[], $19::text[], $20::float8[], $21::text[],
+                         $22::text[])
                   WITH ORDINALITY AS k(pid, f, t, s, g, m, ord)
-             ORDER BY ord",
-        )
-        .bind(&ids)
-        .bind(&from)
-        .bind(&to)
-        .bind(&scores)
-        .bind(&grades)
-        .bind(&methods)
-        .bind(MATCHER_ID)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
-    if !p.reviews.is_empty() {
-        let ids: Vec<&str> = p.reviews.iter().map(|r| r.0.as_str()).collect();
-        let cands: Vec<&str> = p.reviews.iter().map(|r| r.1.as_str()).collect();
-        let scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
-        let reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
-        sqlx::query(
-            "INSERT INTO identity_review (patient_id, candidate_id, score, reason)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&cands)
-        .bind(&scores)
-        .bind(&reasons)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
+             ORDER BY ord
+         ),
+         reviews AS (
+             INSERT INTO identity_review (patient_id, candidate_id, score, reason)
+             SELECT * FROM unnest($24::text[], $25::text[], $26::float8[], $27::text[])
+             ON CONFLICT DO NOTHING
+         )
+         SELECT 1",
+    )
+    .bind(&ids)
+    .bind(&persons)
+    .bind(org)
+    .bind(&nhs)
+    .bind(&verified)
+    .bind(&invalid)
+    .bind(&codes)
+    .bind(&births)
+    .bind(&years)
+    .bind(&postcodes)
+    .bind(&demographics)
+    .bind(&scores)
+    .bind(&grades)
+    .bind(&methods)
+    .bind(&names)
+    .bind(&p.deactivate)
+    .bind(&e_ids)
+    .bind(&e_from)
+    .bind(&e_to)
+    .bind(&e_scores)
+    .bind(&e_grades)
+    .bind(&e_methods)
+    .bind(MATCHER_ID)
+    .bind(&r_ids)
+    .bind(&r_cands)
+    .bind(&r_scores)
+    .bind(&r_reasons)
+    .execute(tx.connection())
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
