@@ -274,10 +274,6 @@ pub async fn link_written(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let asked = std::time::Instant::now();
-    lock_keys(tx, &keys).await?;
-    let locked = std::time::Instant::now();
-    crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
     let records: Vec<super::unit::Record> = patients
         .into_iter()
         .map(|(v, d)| super::unit::Record {
@@ -287,7 +283,15 @@ pub async fn link_written(
             demographics: d,
         })
         .collect();
-    let touched = super::unit::link_unit(tx, &records, author.org.as_deref()).await?;
+    let tp = std::time::Instant::now();
+    let prefetched = super::unit::prefetch(tx, &records).await?;
+    super::phase::add(8, tp);
+    let asked = std::time::Instant::now();
+    lock_keys(tx, &keys).await?;
+    let locked = std::time::Instant::now();
+    crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
+    let touched =
+        super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
     let matcher = matcher_author(author.request_id.as_deref());
     write_persons(tx, &touched, &matcher, now, None).await?;
     crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());

@@ -2,10 +2,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-pub static T: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-pub const NAMES: [&str; 8] = [
-    "current+nonmatch", "candidates sql", "decode", "score+decide", "write_pending",
-    "persons heads", "persons members+json", "persons tx.write",
+pub static T: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
+pub const NAMES: [&str; 9] = [
+    "current+nonmatch", "settle (delta)", "overlay cands", "score+decide", "write_pending",
+    "persons heads", "persons members+json", "persons tx.write", "prefetch (unlocked)",
 ];
 
 pub fn add(i: usize, since: Instant) -> Instant {

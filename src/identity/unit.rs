@@ -2,9 +2,12 @@
 //! size: the linker holds its blocking-key locks until commit, so every round trip made while
 //! holding them is time other linkers wait (issue 5: a 100-record unit made ~200 round trips).
 //!
-//! 1. read what the unit needs in one statement each: the current links of updated records,
-//!    reviewers' non-matches between records of the unit, the candidates of every record
-//!    (`LATERAL`, one block look-up per record);
+//! 0. before the locks: read and score the candidates of every record (`LATERAL`, one block
+//!    look-up per record), noting the snapshot they were read in (`prefetch`);
+//! 1. under the locks, read what the unit needs in one statement each: the current links of
+//!    updated records, reviewers' non-matches of updated records, and the `identity_patient`
+//!    rows written since the snapshot (`txid`, migration 0032) — what other linkers committed
+//!    while this one waited, which replaces or joins the candidates read before;
 //! 2. decide record by record in memory, in the unit's order. What earlier records of the unit
 //!    decided is kept in an overlay that takes the place of their (older, or missing) rows, so
 //!    each record sees exactly what the one-statement-per-record linker saw;
@@ -104,12 +107,155 @@ impl Blocks {
     }
 }
 
-/// Links the unit's records (their blocking keys already locked); returns the persons whose
-/// membership or member scores changed.
+/// Every record's candidates, read and scored before the unit took its blocking-key locks, and
+/// the snapshot they were read in (`pg_current_snapshot()` taken just before: anything written
+/// after it is read again under the locks).
+pub struct Prefetched {
+    snapshot: Option<String>,
+    found: HashMap<usize, Vec<(Candidate, PairScore)>>,
+}
+
+/// Reads and scores the candidates of the unit's records without holding any lock. Linkers
+/// sharing a blocking key run one after another, so the block look-ups, decoding and scoring
+/// done here overlap with the linker that holds the locks instead of queueing behind it.
+pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefetched, StoreError> {
+    let wanted: Vec<(usize, &str, &Demographics)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Prefetched {
+            snapshot: None,
+            found: HashMap::new(),
+        });
+    }
+    // Taken before the candidates are read: a row written in between is read twice, never
+    // missed.
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(tx.connection())
+        .await
+        .map_err(db)?;
+    let found = scored(candidates_of(tx, &wanted).await?, &wanted);
+    Ok(Prefetched {
+        snapshot: Some(snapshot),
+        found,
+    })
+}
+
+/// Scores each record's candidates (by position in the unit).
+fn scored(
+    found: HashMap<usize, Vec<Candidate>>,
+    wanted: &[(usize, &str, &Demographics)],
+) -> HashMap<usize, Vec<(Candidate, PairScore)>> {
+    let own: HashMap<usize, &Demographics> = wanted.iter().map(|(i, _, d)| (*i, *d)).collect();
+    found
+        .into_iter()
+        .filter_map(|(i, cands)| {
+            let d = own.get(&i)?;
+            let scored = cands
+                .into_iter()
+                .map(|c| {
+                    let s = scoring::compare(d, &c.demographics);
+                    (c, s)
+                })
+                .collect();
+            Some((i, scored))
+        })
+        .collect()
+}
+
+/// A row of `identity_patient` written since the prefetch snapshot.
+struct Changed {
+    candidate: Candidate,
+    blocks: Blocks,
+    active: bool,
+}
+
+/// The rows other linkers (or reviewers) wrote since `snapshot`: with the locks held, every
+/// row that could be a candidate of the unit and was not in the prefetch, or has changed since.
+async fn changed_since(tx: &mut WriteTx, snapshot: &str) -> Result<Vec<Changed>, StoreError> {
+    // Both bounds on `txid` make it a range the planner reads through the index, even before
+    // the table has statistics (autovacuum off): a few hundred rows, not the table.
+    let rows = sqlx::query(
+        "SELECT patient_id, person_id, org, demographics, active FROM identity_patient
+         WHERE txid >= pg_snapshot_xmin($1::pg_snapshot)
+           AND txid < pg_snapshot_xmax(pg_current_snapshot())
+           AND NOT pg_visible_in_snapshot(txid, $1::pg_snapshot)",
+    )
+    .bind(snapshot)
+    .fetch_all(tx.connection())
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let candidate = candidate(r)?;
+            Ok(Changed {
+                blocks: Blocks::of(&candidate.demographics),
+                active: r.try_get("active")?,
+                candidate,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::Database)
+}
+
+/// The candidates of every record as of now (the locks held): the prefetched ones, less those
+/// changed since, plus the changed rows in the record's blocks; a record whose prefetch was cut
+/// at `MAX_CANDIDATES` is looked up again whole. Reviewers' non-matches are left out.
+async fn settle(
+    tx: &mut WriteTx,
+    wanted: &[(usize, &str, &Demographics)],
+    mut prefetched: Prefetched,
+    non_matches: &HashSet<(String, String)>,
+) -> Result<HashMap<usize, Vec<(Candidate, PairScore)>>, StoreError> {
+    let changed = match &prefetched.snapshot {
+        Some(s) => changed_since(tx, s).await?,
+        None => Vec::new(),
+    };
+    let changed_ids: HashSet<&str> = changed
+        .iter()
+        .map(|c| c.candidate.patient_id.as_str())
+        .collect();
+    let mut again = Vec::new();
+    let mut out = HashMap::with_capacity(wanted.len());
+    for &(i, id, d) in wanted {
+        let mut list = prefetched.found.remove(&i).unwrap_or_default();
+        if list.len() as i64 >= MAX_CANDIDATES {
+            again.push((i, id, d));
+            continue;
+        }
+        list.retain(|(c, _)| !changed_ids.contains(c.patient_id.as_str()));
+        let blocks = Blocks::of(d);
+        for c in &changed {
+            if c.active && c.candidate.patient_id != id && blocks.finds(&c.blocks) {
+                let s = scoring::compare(d, &c.candidate.demographics);
+                list.push((c.candidate.clone(), s));
+            }
+        }
+        list.truncate(MAX_CANDIDATES as usize);
+        out.insert(i, list);
+    }
+    if !again.is_empty() {
+        out.extend(scored(candidates_of(tx, &again).await?, &again));
+    }
+    if !non_matches.is_empty() {
+        for &(i, id, _) in wanted {
+            if let Some(list) = out.get_mut(&i) {
+                list.retain(|(c, _)| !non_matches.contains(&pair(id, &c.patient_id)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Links the unit's records (their blocking keys already locked, their candidates prefetched);
+/// returns the persons whose membership or member scores changed.
 pub async fn link_unit(
     tx: &mut WriteTx,
     records: &[Record<'_>],
     org: Option<&str>,
+    prefetched: Prefetched,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut touched = BTreeSet::new();
     let t0 = std::time::Instant::now();
@@ -119,14 +265,14 @@ pub async fn link_unit(
         .map(|r| r.patient_id)
         .collect();
     let mut stored = current_rows(tx, &revisited).await?;
-    let non_matches = non_matches_within(tx, &revisited).await?;
+    let non_matches = non_matches_of(tx, &revisited).await?;
     let wanted: Vec<(usize, &str, &Demographics)> = records
         .iter()
         .enumerate()
         .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
         .collect();
     let t0 = super::phase::add(0, t0);
-    let mut found = candidates_of(tx, &wanted).await?;
+    let mut found = settle(tx, &wanted, prefetched, &non_matches).await?;
     let mut t0 = super::phase::add(1, t0);
 
     // Rows written (or deactivated) by earlier records of this unit, by patient id.
@@ -165,11 +311,11 @@ pub async fn link_unit(
         };
         let previous = if r.first { None } else { previous };
         let blocks = Blocks::of(d);
-        let mut cands: Vec<Candidate> = found
+        let mut scored: Vec<(Candidate, PairScore)> = found
             .remove(&i)
             .unwrap_or_default()
             .into_iter()
-            .filter(|c| !overlay.contains_key(&c.patient_id))
+            .filter(|(c, _)| !overlay.contains_key(&c.patient_id))
             .collect();
         for (id, o) in &overlay {
             let Some(od) = &o.demographics else { continue };
@@ -178,22 +324,17 @@ pub async fn link_unit(
                 && blocks.finds(&o.blocks)
                 && !non_matches.contains(&pair(r.patient_id, id))
             {
-                cands.push(Candidate {
+                let c = Candidate {
                     patient_id: id.clone(),
                     person_id: o.assignment.person_id.clone(),
                     org: o.org.clone(),
                     demographics: od.clone(),
-                });
+                };
+                let s = scoring::compare(d, &c.demographics);
+                scored.push((c, s));
             }
         }
         t0 = super::phase::add(2, t0);
-        let scored: Vec<(Candidate, PairScore)> = cands
-            .into_iter()
-            .map(|c| {
-                let s = scoring::compare(d, &c.demographics);
-                (c, s)
-            })
-            .collect();
         let decision = match &previous {
             Some(p) if p.method == "manual" => manual_stands(d, p, &scored),
             _ => {
@@ -319,18 +460,19 @@ async fn current_rows(
         .map_err(StoreError::Database)
 }
 
-/// Non-matches a reviewer recorded between records of the unit (only records written before
-/// can have any), as ordered pairs.
-async fn non_matches_within(
+/// Non-matches a reviewer recorded for records of the unit (only records written before can
+/// have any), as ordered pairs: read under the locks, so a decision taken after the prefetch
+/// counts.
+async fn non_matches_of(
     tx: &mut WriteTx,
     ids: &[&str],
 ) -> Result<HashSet<(String, String)>, StoreError> {
-    if ids.len() < 2 {
+    if ids.is_empty() {
         return Ok(HashSet::new());
     }
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT patient_a, patient_b FROM identity_non_match
-         WHERE patient_a = ANY($1) AND patient_b = ANY($1)",
+         WHERE patient_a = ANY($1) OR patient_b = ANY($1)",
     )
     .bind(ids)
     .fetch_all(tx.connection())
@@ -409,15 +551,12 @@ pub(crate) async fn candidates_of(
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
-    let td = std::time::Instant::now();
     let mut out: HashMap<usize, Vec<Candidate>> = HashMap::new();
     for r in rows {
         let i: i32 = r.try_get("pos").map_err(StoreError::Database)?;
         let c = candidate(&r).map_err(StoreError::Database)?;
         out.entry(i as usize).or_default().push(c);
     }
-    super::phase::add(2, td);
-    super::phase::T[1].fetch_sub(td.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(out)
 }
 
