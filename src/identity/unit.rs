@@ -136,7 +136,7 @@ pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefet
         .fetch_one(tx.connection())
         .await
         .map_err(db)?;
-    let found = scored(candidates_of(tx, &wanted).await?, &wanted);
+    let found = score_candidates(candidates_of(tx, &wanted).await?, &wanted);
     Ok(Prefetched {
         snapshot: Some(snapshot),
         found,
@@ -144,7 +144,7 @@ pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefet
 }
 
 /// Scores each record's candidates (by position in the unit).
-fn scored(
+fn score_candidates(
     found: HashMap<usize, Vec<Candidate>>,
     wanted: &[(usize, &str, &Demographics)],
 ) -> HashMap<usize, Vec<(Candidate, PairScore)>> {
@@ -179,9 +179,9 @@ async fn changed_since(tx: &mut WriteTx, snapshot: &str) -> Result<Vec<Changed>,
     // the table has statistics (autovacuum off): a few hundred rows, not the table.
     let rows = sqlx::query(
         "SELECT patient_id, person_id, org, demographics, active FROM identity_patient
-         WHERE txid >= pg_snapshot_xmin($1::pg_snapshot)
+         WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot)
            AND txid < pg_snapshot_xmax(pg_current_snapshot())
-           AND NOT pg_visible_in_snapshot(txid, $1::pg_snapshot)",
+           AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)",
     )
     .bind(snapshot)
     .fetch_all(tx.connection())
@@ -237,7 +237,7 @@ async fn settle(
         out.insert(i, list);
     }
     if !again.is_empty() {
-        out.extend(scored(candidates_of(tx, &again).await?, &again));
+        out.extend(score_candidates(candidates_of(tx, &again).await?, &again));
     }
     if !non_matches.is_empty() {
         for &(i, id, _) in wanted {
