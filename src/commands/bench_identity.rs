@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use super::cpu_meter::CpuMeter;
 use crate::access::dev_issuer::{Grant, TokenClaims};
 use crate::config::Settings;
 use crate::generate::{GenerateOptions, PatientSample, patient_samples};
@@ -127,27 +128,23 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
         if args.pause_index {
             search.pause(true);
         }
-        let cpu = CpuUse::sample(store.pool()).await?;
+        let cpu = CpuMeter::start(store.pool().clone()).await;
         let locks = LinkTimes::now();
-        let (truth, secs) = link_phase(&repo, args).await?;
-        let cpu = CpuUse::sample(store.pool()).await?.since(&cpu);
+        let truth = link_phase(&repo, args).await?;
         locks.report();
         crate::identity::phase::report();
-        cpu.report(truth.len(), secs);
+        cpu_report(cpu, store.pool(), "link", truth.len()).await;
         // The index follows the writes; the longitudinal phase searches, so it starts from an
         // index that has caught up (a search gives up after a few seconds otherwise).
         search.pause(false);
         let started = Instant::now();
-        let cpu = CpuUse::sample(store.pool()).await?;
+        let cpu = CpuMeter::start(store.pool().clone()).await;
         search.wait_fresh(INDEX_CATCH_UP).await?;
-        let cpu = CpuUse::sample(store.pool()).await?.since(&cpu);
         println!(
-            "index caught up {:.1} s after the link phase (shcr CPU {:.1} s, tantivy threads {:.1} s, PostgreSQL backends {:.1} s)",
-            started.elapsed().as_secs_f64(),
-            cpu.process,
-            cpu.tantivy,
-            cpu.postgres
+            "index caught up {:.1} s after the link phase",
+            started.elapsed().as_secs_f64()
         );
+        cpu_report(cpu, store.pool(), "index catching up", truth.len()).await;
         accuracy(store.pool(), &truth).await?;
         if args.febrl4.is_some() {
             return Ok(());
@@ -165,83 +162,17 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
 /// Longest wait for the index to catch up with the link phase's writes.
 const INDEX_CATCH_UP: Duration = Duration::from_secs(1800);
 
-/// Clock ticks per second in `/proc/*/stat` (USER_HZ: 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// CPU seconds (user + system) of this process, of its threads named by tantivy (indexing and
-/// merging), and of the PostgreSQL backends serving the bench database: a figure that holds on
-/// a shared machine, where wall-clock rates move with everyone else's load.
-#[derive(Debug, Clone, Copy, Default)]
-struct CpuUse {
-    process: f64,
-    tantivy: f64,
-    postgres: f64,
-}
-
-/// `utime + stime` in seconds and the thread or process name, from a `/proc/…/stat` file.
-fn proc_cpu(path: &std::path::Path) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The name is in parentheses and may hold spaces: fields are counted after its end.
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_string();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((name, (utime + stime) / TICKS_PER_SECOND))
-}
-
-impl CpuUse {
-    async fn sample(pool: &PgPool) -> anyhow::Result<CpuUse> {
-        let process = proc_cpu(std::path::Path::new("/proc/self/stat")).map_or(0.0, |p| p.1);
-        let mut tantivy = 0.0;
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                if let Some((name, cpu)) = proc_cpu(&task.path().join("stat"))
-                    && name.contains("tantivy")
-                {
-                    tantivy += cpu;
-                }
-            }
-        }
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
-        )
-        .fetch_all(pool)
-        .await?;
-        let postgres = pids
-            .iter()
-            .filter_map(|pid| proc_cpu(&std::path::PathBuf::from(format!("/proc/{pid}/stat"))))
-            .map(|p| p.1)
-            .sum();
-        Ok(CpuUse {
-            process,
-            tantivy,
-            postgres,
-        })
-    }
-
-    /// The CPU used since `earlier` (backends that closed in between are not counted).
-    fn since(&self, earlier: &CpuUse) -> CpuUse {
-        CpuUse {
-            process: self.process - earlier.process,
-            tantivy: (self.tantivy - earlier.tantivy).max(0.0),
-            postgres: (self.postgres - earlier.postgres).max(0.0),
-        }
-    }
-
-    fn report(&self, records: usize, secs: f64) {
-        let per = |s: f64| s * 1000.0 / records.max(1) as f64;
-        println!(
-            "link CPU: shcr {:.1} s ({:.2} ms/record; tantivy threads {:.1} s), PostgreSQL backends {:.1} s ({:.2} ms/record); {:.2} of 2 cores busy with both",
-            self.process,
-            per(self.process),
-            self.tantivy,
-            self.postgres,
-            per(self.postgres),
-            (self.process + self.postgres) / secs.max(f64::EPSILON)
-        );
-    }
+/// Prints a phase's CPU per linked record.
+async fn cpu_report(cpu: CpuMeter, pool: &PgPool, what: &str, records: usize) {
+    let split = cpu.report_quiet(pool, records).await;
+    println!(
+        "CPU, {what}: shcr {:.1} s = {:.2} ms/record, PostgreSQL backends {:.1} s = {:.2} ms/record; shcr ms/record by thread: {}",
+        split.process_seconds,
+        split.process_ms,
+        split.postgres_seconds,
+        split.postgres_ms,
+        split.by_thread
+    );
 }
 
 /// The linkers' lock timings over the link phase (`identity_lock_wait_seconds`,
@@ -303,11 +234,11 @@ fn trust_author(ods: &str) -> Author {
     }
 }
 
-/// Writes the records; returns patient id → true person, and the seconds it took.
+/// Writes the records; returns patient id → true person.
 async fn link_phase(
     repo: &Repository,
     args: &BenchIdentityArgs,
-) -> anyhow::Result<(HashMap<String, String>, f64)> {
+) -> anyhow::Result<HashMap<String, String>> {
     let opts = GenerateOptions {
         // Enough people for the records (most have 1–3); the records are taken lazily.
         persons: args.records.clamp(1, crate::generate::MAX_PERSONS),
@@ -402,7 +333,7 @@ async fn link_phase(
     let truth = Arc::try_unwrap(truth)
         .map_err(|_| anyhow::anyhow!("workers still hold the truth map"))?
         .into_inner();
-    Ok((truth, secs))
+    Ok(truth)
 }
 
 /// FEBRL4 as two trusts' Patients: `rec-N-org` in file a, `rec-N-dup-k` in file b are person N.
