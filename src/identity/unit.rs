@@ -165,34 +165,76 @@ fn score_candidates(
         .collect()
 }
 
-/// A row of `identity_patient` written since the prefetch snapshot.
+/// A row of `identity_patient` written since the prefetch snapshot: its id, and when it is
+/// active and shares a blocking value with some record of the unit, the candidate it makes.
 struct Changed {
-    candidate: Candidate,
-    blocks: Blocks,
-    active: bool,
+    patient_id: String,
+    candidate: Option<(Candidate, Blocks)>,
 }
 
 /// The rows other linkers (or reviewers) wrote since `snapshot`: with the locks held, every
 /// row that could be a candidate of the unit and was not in the prefetch, or has changed since.
-async fn changed_since(tx: &mut WriteTx, snapshot: &str) -> Result<Vec<Changed>, StoreError> {
+async fn changed_since(
+    tx: &mut WriteTx,
+    snapshot: &str,
+    wanted: &[(usize, &str, &Demographics)],
+) -> Result<Vec<Changed>, StoreError> {
+    // Any record's blocking values: rows outside all of them are only dropped from the
+    // prefetch, so their demographics are not read.
+    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (_, _, d) in wanted {
+        let b = Blocks::of(d);
+        nhs.extend(b.nhs);
+        births.extend(b.birth);
+        births.extend(b.swapped);
+        if let (Some(c), Some(y)) = (b.code, b.year) {
+            phonetic.push(format!("{c}|{y}"));
+        }
+        postcodes.extend(b.postcode);
+        names.extend(b.names);
+    }
     // Both bounds on `txid` make it a range the planner reads through the index, even before
-    // the table has statistics (autovacuum off): a few hundred rows, not the table.
+    // the table has statistics (autovacuum off): the rows of the linkers that committed while
+    // this one waited, not the table.
     let rows = sqlx::query(
-        "SELECT patient_id, person_id, org, demographics, active FROM identity_patient
+        "SELECT patient_id, person_id, org,
+                CASE WHEN active AND (nhs_number = ANY($2) OR birth_date = ANY($3)
+                                      OR family_code || '|' || birth_year = ANY($4)
+                                      OR postcode = ANY($5) OR name_key = ANY($6))
+                     THEN demographics END AS demographics
+         FROM identity_patient
          WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot)
            AND txid < pg_snapshot_xmax(pg_current_snapshot())
            AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)",
     )
     .bind(snapshot)
+    .bind(&nhs)
+    .bind(&births)
+    .bind(&phonetic)
+    .bind(&postcodes)
+    .bind(&names)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
     rows.iter()
         .map(|r| {
-            let candidate = candidate(r)?;
+            let patient_id: String = r.try_get("patient_id")?;
+            let candidate = match r.try_get::<Option<Json<Demographics>>, _>("demographics")? {
+                None => None,
+                Some(Json(demographics)) => {
+                    let blocks = Blocks::of(&demographics);
+                    let c = Candidate {
+                        patient_id: patient_id.clone(),
+                        person_id: r.try_get("person_id")?,
+                        org: r.try_get("org")?,
+                        demographics,
+                    };
+                    Some((c, blocks))
+                }
+            };
             Ok(Changed {
-                blocks: Blocks::of(&candidate.demographics),
-                active: r.try_get("active")?,
+                patient_id,
                 candidate,
             })
         })
@@ -210,13 +252,12 @@ async fn settle(
     non_matches: &HashSet<(String, String)>,
 ) -> Result<HashMap<usize, Vec<(Candidate, PairScore)>>, StoreError> {
     let changed = match &prefetched.snapshot {
-        Some(s) => changed_since(tx, s).await?,
+        Some(s) => changed_since(tx, s, wanted).await?,
         None => Vec::new(),
     };
-    let changed_ids: HashSet<&str> = changed
-        .iter()
-        .map(|c| c.candidate.patient_id.as_str())
-        .collect();
+    let changed_ids: HashSet<&str> = changed.iter().map(|c| c.patient_id.as_str()).collect();
+    let in_blocks: Vec<&(Candidate, Blocks)> =
+        changed.iter().filter_map(|c| c.candidate.as_ref()).collect();
     let mut again = Vec::new();
     let mut out = HashMap::with_capacity(wanted.len());
     for &(i, id, d) in wanted {
@@ -227,10 +268,10 @@ async fn settle(
         }
         list.retain(|(c, _)| !changed_ids.contains(c.patient_id.as_str()));
         let blocks = Blocks::of(d);
-        for c in &changed {
-            if c.active && c.candidate.patient_id != id && blocks.finds(&c.blocks) {
-                let s = scoring::compare(d, &c.candidate.demographics);
-                list.push((c.candidate.clone(), s));
+        for (c, b) in &in_blocks {
+            if c.patient_id != id && blocks.finds(b) {
+                let s = scoring::compare(d, &c.demographics);
+                list.push((c.clone(), s));
             }
         }
         list.truncate(MAX_CANDIDATES as usize);
