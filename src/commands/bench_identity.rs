@@ -132,7 +132,6 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
         let locks = LinkTimes::now();
         let truth = link_phase(&repo, args).await?;
         locks.report();
-        crate::identity::phase::report();
         cpu_report(cpu, store.pool(), "link", truth.len()).await;
         // The index follows the writes; the longitudinal phase searches, so it starts from an
         // index that has caught up (a search gives up after a few seconds otherwise).

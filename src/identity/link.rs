@@ -3,11 +3,12 @@
 //! before the transaction commits, so a Patient never exists without its link and a crash loses
 //! neither (both or nothing are committed).
 //!
-//! Concurrency: the linker takes transaction-scoped advisory locks on the new record's blocking
-//! keys before looking for candidates. Two records that could be candidates of each other share
-//! at least one blocking key, so the second waits until the first has committed and then sees
-//! it (READ COMMITTED reads the latest committed rows per statement). Person resources are
-//! rewritten under their head row locks.
+//! Concurrency: the linker reads and scores candidates, then takes transaction-scoped advisory
+//! locks on the new records' blocking keys and reads again the rows written since its first
+//! read. Two records that could be candidates of each other share at least one blocking key, so
+//! the second waits until the first has committed and then sees it among those rows (READ
+//! COMMITTED reads the latest committed rows per statement). Person resources are rewritten
+//! under their head row locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -283,9 +284,7 @@ pub async fn link_written(
             demographics: d,
         })
         .collect();
-    let tp = std::time::Instant::now();
     let prefetched = super::unit::prefetch(tx, &records).await?;
-    super::phase::add(8, tp);
     let asked = std::time::Instant::now();
     lock_keys(tx, &keys).await?;
     let locked = std::time::Instant::now();
@@ -364,9 +363,7 @@ pub async fn write_persons(
         .iter()
         .map(|p| ("Person".to_string(), p.clone()))
         .collect();
-    let t0 = std::time::Instant::now();
     let heads = tx.lock_heads(&keys).await?;
-    let t0 = super::phase::add(5, t0);
     let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
     // One index probe per person. Without statistics on identity_patient (before its first
     // ANALYZE; autovacuum off) the planner takes `person_id = ANY(100 ids)` for half the table
@@ -476,10 +473,7 @@ pub async fn write_persons(
     }
     let provenance = crate::provenance::for_write(&versions, author, now, reason);
     versions.extend(provenance);
-    let t0 = super::phase::add(6, t0);
-    tx.write(&versions, author).await?;
-    super::phase::add(7, t0);
-    Ok(())
+    tx.write(&versions, author).await
 }
 
 #[cfg(test)]

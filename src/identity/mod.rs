@@ -15,4 +15,3 @@ pub mod review;
 pub mod scoring;
 pub mod unit;
 pub mod view;
-pub mod phase;

@@ -299,7 +299,6 @@ pub async fn link_unit(
     prefetched: Prefetched,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut touched = BTreeSet::new();
-    let t0 = std::time::Instant::now();
     let revisited: Vec<&str> = records
         .iter()
         .filter(|r| !r.first || r.demographics.is_none())
@@ -312,9 +311,7 @@ pub async fn link_unit(
         .enumerate()
         .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
         .collect();
-    let t0 = super::phase::add(0, t0);
     let mut found = settle(tx, &wanted, prefetched, &non_matches).await?;
-    let mut t0 = super::phase::add(1, t0);
 
     // Rows written (or deactivated) by earlier records of this unit, by patient id.
     let mut overlay: HashMap<String, Linked> = HashMap::new();
@@ -375,7 +372,6 @@ pub async fn link_unit(
                 scored.push((c, s));
             }
         }
-        t0 = super::phase::add(2, t0);
         let decision = match &previous {
             Some(p) if p.method == "manual" => manual_stands(d, p, &scored),
             _ => {
@@ -425,7 +421,6 @@ pub async fn link_unit(
             grade,
             method: method.to_string(),
         };
-        t0 = super::phase::add(3, t0);
         pending.links.push((r.patient_id.to_string(), d.clone()));
         overlay.insert(
             r.patient_id.to_string(),
@@ -439,7 +434,6 @@ pub async fn link_unit(
         );
     }
     write_pending(tx, &pending, &overlay, org).await?;
-    super::phase::add(4, t0);
     Ok(touched)
 }
 
