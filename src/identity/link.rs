@@ -289,8 +289,7 @@ pub async fn link_written(
     lock_keys(tx, &keys).await?;
     let locked = std::time::Instant::now();
     crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
-    let touched =
-        super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
+    let touched = super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
     let matcher = matcher_author(author.request_id.as_deref());
     write_persons(tx, &touched, &matcher, now, None).await?;
     crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());

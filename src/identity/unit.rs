@@ -256,8 +256,10 @@ async fn settle(
         None => Vec::new(),
     };
     let changed_ids: HashSet<&str> = changed.iter().map(|c| c.patient_id.as_str()).collect();
-    let in_blocks: Vec<&(Candidate, Blocks)> =
-        changed.iter().filter_map(|c| c.candidate.as_ref()).collect();
+    let in_blocks: Vec<&(Candidate, Blocks)> = changed
+        .iter()
+        .filter_map(|c| c.candidate.as_ref())
+        .collect();
     let mut again = Vec::new();
     let mut out = HashMap::with_capacity(wanted.len());
     for &(i, id, d) in wanted {

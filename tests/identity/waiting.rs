@@ -131,10 +131,7 @@ async fn a_linker_sees_what_committed_while_it_waited_for_its_locks() {
     release.notify_one();
 
     let a = held.await.expect("RX1 task")[0].id.clone().expect("id");
-    let b = waiting.await.expect("RX2 task")[0]
-        .id
-        .clone()
-        .expect("id");
+    let b = waiting.await.expect("RX2 task")[0].id.clone().expect("id");
     assert_eq!(
         person(&store, &a).await,
         person(&store, &b).await,
