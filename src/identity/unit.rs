@@ -11,7 +11,7 @@
 //! 2. decide record by record in memory, in the unit's order. What earlier records of the unit
 //!    decided is kept in an overlay that takes the place of their (older, or missing) rows, so
 //!    each record sees exactly what the one-statement-per-record linker saw;
-//! 3. write the links, their history and the review items in one statement each.
+//! 3. write the links, deactivations, their history and the review items in one statement.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
