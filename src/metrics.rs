@@ -305,3 +305,42 @@ pub static ACCESS_DENIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("counter"),
     )
 });
+
+// --- identity ------------------------------------------------------------------------------------
+
+/// Buckets for the linking timings: a unit links in milliseconds on a quiet machine, and waits
+/// for seconds behind other linkers when its blocks are busy.
+fn link_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+/// Time a write unit waits for its blocking-key locks (other linkers hold a shared key).
+pub static IDENTITY_LOCK_WAIT: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "identity_lock_wait_seconds",
+                "Time a write unit waits for its identity blocking-key locks",
+            )
+            .buckets(link_buckets()),
+        )
+        .expect("histogram"),
+    )
+});
+
+/// Time a write unit spends linking while it holds its blocking-key locks (the commit follows):
+/// linkers sharing a key run one after another, so this bounds the linking rate.
+pub static IDENTITY_LINK_LOCKED: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "identity_link_locked_seconds",
+                "Time a write unit links while holding its identity blocking-key locks",
+            )
+            .buckets(link_buckets()),
+        )
+        .expect("histogram"),
+    )
+});

@@ -77,9 +77,9 @@ fn next(n: usize) -> usize {
 /// The `n`th request of the mix: half reads of related patients' Observations, half
 /// patient-scoped searches; returns the URL and whether it is a search.
 fn request(base: &str, s: &Sample, n: usize) -> (String, bool) {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let p = &s.patients[(n / 2) % s.patients.len()];
-        let url = if n % 4 == 0 {
+        let url = if n.is_multiple_of(4) {
             format!("{base}/Observation?subject=Patient/{p}&_count=20")
         } else {
             format!("{base}/Patient/{p}/Condition")

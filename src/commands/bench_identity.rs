@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use super::cpu_meter::CpuMeter;
 use crate::access::dev_issuer::{Grant, TokenClaims};
 use crate::config::Settings;
 use crate::generate::{GenerateOptions, PatientSample, patient_samples};
@@ -52,6 +53,10 @@ pub struct BenchIdentityArgs {
     /// `scripts/febrl4.sh`). Each file is one trust; `soc_sec_id` is not used.
     #[arg(long)]
     pub febrl4: Option<std::path::PathBuf>,
+    /// Hold the in-process search indexer back while linking (it catches up before the
+    /// longitudinal phase): the link rate without indexing competing for the CPU.
+    #[arg(long)]
+    pub pause_index: bool,
 }
 
 pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Result<()> {
@@ -120,18 +125,83 @@ async fn bench(settings: Settings, args: &BenchIdentityArgs) -> anyhow::Result<(
     );
 
     let outcome = async {
+        if args.pause_index {
+            search.pause(true);
+        }
+        let cpu = CpuMeter::start(store.pool().clone()).await;
+        let locks = LinkTimes::now();
         let truth = link_phase(&repo, args).await?;
+        locks.report();
+        cpu_report(cpu, store.pool(), "link", truth.len()).await;
+        // The index follows the writes; the longitudinal phase searches, so it starts from an
+        // index that has caught up (a search gives up after a few seconds otherwise).
+        search.pause(false);
+        let started = Instant::now();
+        let cpu = CpuMeter::start(store.pool().clone()).await;
+        search.wait_fresh(INDEX_CATCH_UP).await?;
+        println!(
+            "index caught up {:.1} s after the link phase",
+            started.elapsed().as_secs_f64()
+        );
+        cpu_report(cpu, store.pool(), "index catching up", truth.len()).await;
         accuracy(store.pool(), &truth).await?;
         if args.febrl4.is_some() {
             return Ok(());
         }
-        longitudinal(&repo, &base, &token, args).await
+        longitudinal(&repo, &base, &token, args, &search).await
     }
     .await;
+    search.pause(false);
     handle.stop(true).await;
     server.await??;
     search.shutdown().await;
     outcome
+}
+
+/// Longest wait for the index to catch up with the link phase's writes.
+const INDEX_CATCH_UP: Duration = Duration::from_secs(1800);
+
+/// Prints a phase's CPU per linked record.
+async fn cpu_report(cpu: CpuMeter, pool: &PgPool, what: &str, records: usize) {
+    let split = cpu.report_quiet(pool, records).await;
+    println!(
+        "CPU, {what}: shcr {:.1} s = {:.2} ms/record, PostgreSQL backends {:.1} s = {:.2} ms/record; shcr ms/record by thread: {}",
+        split.process_seconds,
+        split.process_ms,
+        split.postgres_seconds,
+        split.postgres_ms,
+        split.by_thread
+    );
+}
+
+/// The linkers' lock timings over the link phase (`identity_lock_wait_seconds`,
+/// `identity_link_locked_seconds`).
+struct LinkTimes {
+    wait: (f64, u64),
+    locked: (f64, u64),
+}
+
+impl LinkTimes {
+    fn now() -> LinkTimes {
+        let w = &crate::metrics::IDENTITY_LOCK_WAIT;
+        let l = &crate::metrics::IDENTITY_LINK_LOCKED;
+        LinkTimes {
+            wait: (w.get_sample_sum(), w.get_sample_count()),
+            locked: (l.get_sample_sum(), l.get_sample_count()),
+        }
+    }
+
+    fn report(&self) {
+        let after = LinkTimes::now();
+        let units = after.locked.1.saturating_sub(self.locked.1).max(1) as f64;
+        let wait = after.wait.0 - self.wait.0;
+        let locked = after.locked.0 - self.locked.0;
+        println!(
+            "link units: {units:.0}; waiting for blocking-key locks {wait:.1} s ({:.1} ms/unit), linking under the locks {locked:.1} s ({:.1} ms/unit, commit not included)",
+            wait * 1000.0 / units,
+            locked * 1000.0 / units
+        );
+    }
 }
 
 fn load_average() -> String {
@@ -238,7 +308,7 @@ async fn link_phase(
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "link: {total} Patient records of {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {})",
+        "link: {total} Patient records of {} persons at {} trusts in {secs:.1} s ({:.0} records/s; batch {}, concurrency {}{}); load average {}",
         samples
             .iter()
             .map(|s| s.person_key.as_str())
@@ -251,7 +321,13 @@ async fn link_phase(
             .len(),
         total as f64 / secs,
         args.batch,
-        args.concurrency
+        args.concurrency,
+        if args.pause_index {
+            "; indexing paused"
+        } else {
+            ""
+        },
+        load_average()
     );
     let truth = Arc::try_unwrap(truth)
         .map_err(|_| anyhow::anyhow!("workers still hold the truth map"))?
@@ -411,6 +487,7 @@ async fn longitudinal(
     base: &str,
     token: &str,
     args: &BenchIdentityArgs,
+    search: &crate::search::indexer::SearchIndex,
 ) -> anyhow::Result<()> {
     let nhs = crate::identity::nhs_number::NhsNumber::from_stem(943_476_591)?;
     let trusts = BENCH_TRUSTS;
@@ -469,27 +546,32 @@ async fn longitudinal(
         }
     }
     let client = reqwest::Client::new();
+    // The whole body is received, but only the paging links and the total are read from it:
+    // the timings are the server's, not the bench building a JSON tree of every entry on the
+    // same two cores.
     let get = |url: String| {
         let client = client.clone();
         let token = token.to_string();
         async move {
             let r = client.get(&url).bearer_auth(token).send().await?;
             anyhow::ensure!(r.status().is_success(), "{url}: {}", r.status());
-            let v: Value = r.json().await?;
-            anyhow::Ok(v)
+            let body = r.bytes().await?;
+            let page: Page = serde_json::from_slice(&body)?;
+            anyhow::Ok(page)
         }
     };
     let p = &patients[0];
-    // Warm-up: the index catches up with the writes above.
+    // The index catches up with the writes above before anything is timed.
+    search.wait_fresh(INDEX_CATCH_UP).await?;
     let first = get(format!("{base}/Patient/{p}/$everything?_count=100")).await?;
     println!(
         "longitudinal: person with {} resources across 3 trusts ($everything total {})",
         per_trust * trusts.len(),
-        first["total"]
+        first.total.unwrap_or(0)
     );
     // Timing requests that release nothing (e.g. a caller without access) would measure nothing.
     anyhow::ensure!(
-        first["total"].as_u64().unwrap_or(0) > 0,
+        first.total.unwrap_or(0) > 0,
         "$everything released nothing to the bench clinician"
     );
     let mut page = Vec::new();
@@ -502,12 +584,12 @@ async fn longitudinal(
         let t = Instant::now();
         let mut url = Some(format!("{base}/Patient/{p}/$everything?_count=1000"));
         while let Some(u) = url {
-            let b = get(u).await?;
-            url = b["link"]
-                .as_array()
-                .and_then(|l| l.iter().find(|x| x["relation"] == "next"))
-                .and_then(|x| x["url"].as_str())
-                .map(str::to_string);
+            url = get(u)
+                .await?
+                .link
+                .into_iter()
+                .find(|l| l.relation == "next")
+                .map(|l| l.url);
         }
         whole.push(t.elapsed());
         let t = Instant::now();
@@ -519,6 +601,20 @@ async fn longitudinal(
     report("$summary", &mut summary);
     println!("load average after: {}", load_average());
     Ok(())
+}
+
+/// What the bench reads of a response Bundle.
+#[derive(serde::Deserialize)]
+struct Page {
+    total: Option<u64>,
+    #[serde(default)]
+    link: Vec<PageLink>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageLink {
+    relation: String,
+    url: String,
 }
 
 fn report(what: &str, d: &mut [Duration]) {

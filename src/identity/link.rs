@@ -3,11 +3,12 @@
 //! before the transaction commits, so a Patient never exists without its link and a crash loses
 //! neither (both or nothing are committed).
 //!
-//! Concurrency: the linker takes transaction-scoped advisory locks on the new record's blocking
-//! keys before looking for candidates. Two records that could be candidates of each other share
-//! at least one blocking key, so the second waits until the first has committed and then sees
-//! it (READ COMMITTED reads the latest committed rows per statement). Person resources are
-//! rewritten under their head row locks.
+//! Concurrency: the linker reads and scores candidates, then takes transaction-scoped advisory
+//! locks on the new records' blocking keys and reads again the rows written since its first
+//! read. Two records that could be candidates of each other share at least one blocking key, so
+//! the second waits until the first has committed and then sees it among those rows (READ
+//! COMMITTED reads the latest committed rows per statement). Person resources are rewritten
+//! under their head row locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -274,7 +275,6 @@ pub async fn link_written(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    lock_keys(tx, &keys).await?;
     let records: Vec<super::unit::Record> = patients
         .into_iter()
         .map(|(v, d)| super::unit::Record {
@@ -284,9 +284,16 @@ pub async fn link_written(
             demographics: d,
         })
         .collect();
-    let touched = super::unit::link_unit(tx, &records, author.org.as_deref()).await?;
+    let prefetched = super::unit::prefetch(tx, &records).await?;
+    let asked = std::time::Instant::now();
+    lock_keys(tx, &keys).await?;
+    let locked = std::time::Instant::now();
+    crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
+    let touched = super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
     let matcher = matcher_author(author.request_id.as_deref());
-    write_persons(tx, &touched, &matcher, now, None).await
+    write_persons(tx, &touched, &matcher, now, None).await?;
+    crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());
+    Ok(())
 }
 
 pub(crate) fn grade_of(code: &str) -> Grade {

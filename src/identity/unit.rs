@@ -2,13 +2,16 @@
 //! size: the linker holds its blocking-key locks until commit, so every round trip made while
 //! holding them is time other linkers wait (issue 5: a 100-record unit made ~200 round trips).
 //!
-//! 1. read what the unit needs in one statement each: the current links of updated records,
-//!    reviewers' non-matches between records of the unit, the candidates of every record
-//!    (`LATERAL`, one block look-up per record);
+//! 0. before the locks: read and score the candidates of every record (`LATERAL`, one block
+//!    look-up per record), noting the snapshot they were read in (`prefetch`);
+//! 1. under the locks, read what the unit needs in one statement each: the current links of
+//!    updated records, reviewers' non-matches of updated records, and the `identity_patient`
+//!    rows written since the snapshot (`txid`, migration 0032) — what other linkers committed
+//!    while this one waited, which replaces or joins the candidates read before;
 //! 2. decide record by record in memory, in the unit's order. What earlier records of the unit
 //!    decided is kept in an overlay that takes the place of their (older, or missing) rows, so
 //!    each record sees exactly what the one-statement-per-record linker saw;
-//! 3. write the links, their history and the review items in one statement each.
+//! 3. write the links, deactivations, their history and the review items in one statement.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -104,12 +107,198 @@ impl Blocks {
     }
 }
 
-/// Links the unit's records (their blocking keys already locked); returns the persons whose
-/// membership or member scores changed.
+/// Every record's candidates, read and scored before the unit took its blocking-key locks, and
+/// the snapshot they were read in (`pg_current_snapshot()` taken just before: anything written
+/// after it is read again under the locks).
+pub struct Prefetched {
+    snapshot: Option<String>,
+    found: HashMap<usize, Vec<(Candidate, PairScore)>>,
+}
+
+/// Reads and scores the candidates of the unit's records without holding any lock. Linkers
+/// sharing a blocking key run one after another, so the block look-ups, decoding and scoring
+/// done here overlap with the linker that holds the locks instead of queueing behind it.
+pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefetched, StoreError> {
+    let wanted: Vec<(usize, &str, &Demographics)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Prefetched {
+            snapshot: None,
+            found: HashMap::new(),
+        });
+    }
+    // Taken before the candidates are read: a row written in between is read twice, never
+    // missed.
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(tx.connection())
+        .await
+        .map_err(db)?;
+    let found = score_candidates(candidates_of(tx, &wanted).await?, &wanted);
+    Ok(Prefetched {
+        snapshot: Some(snapshot),
+        found,
+    })
+}
+
+/// Scores each record's candidates (by position in the unit).
+fn score_candidates(
+    found: HashMap<usize, Vec<Candidate>>,
+    wanted: &[(usize, &str, &Demographics)],
+) -> HashMap<usize, Vec<(Candidate, PairScore)>> {
+    let own: HashMap<usize, &Demographics> = wanted.iter().map(|(i, _, d)| (*i, *d)).collect();
+    found
+        .into_iter()
+        .filter_map(|(i, cands)| {
+            let d = own.get(&i)?;
+            let scored = cands
+                .into_iter()
+                .map(|c| {
+                    let s = scoring::compare(d, &c.demographics);
+                    (c, s)
+                })
+                .collect();
+            Some((i, scored))
+        })
+        .collect()
+}
+
+/// A row of `identity_patient` written since the prefetch snapshot: its id, and when it is
+/// active and shares a blocking value with some record of the unit, the candidate it makes.
+struct Changed {
+    patient_id: String,
+    candidate: Option<(Candidate, Blocks)>,
+}
+
+/// The rows other linkers (or reviewers) wrote since `snapshot`: with the locks held, every
+/// row that could be a candidate of the unit and was not in the prefetch, or has changed since.
+async fn changed_since(
+    tx: &mut WriteTx,
+    snapshot: &str,
+    wanted: &[(usize, &str, &Demographics)],
+) -> Result<Vec<Changed>, StoreError> {
+    // Any record's blocking values: rows outside all of them are only dropped from the
+    // prefetch, so their demographics are not read.
+    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (_, _, d) in wanted {
+        let b = Blocks::of(d);
+        nhs.extend(b.nhs);
+        births.extend(b.birth);
+        births.extend(b.swapped);
+        if let (Some(c), Some(y)) = (b.code, b.year) {
+            phonetic.push(format!("{c}|{y}"));
+        }
+        postcodes.extend(b.postcode);
+        names.extend(b.names);
+    }
+    // Both bounds on `txid` make it a range the planner reads through the index, even before
+    // the table has statistics (autovacuum off): the rows of the linkers that committed while
+    // this one waited, not the table.
+    let rows = sqlx::query(
+        "SELECT patient_id, person_id, org,
+                CASE WHEN active AND (nhs_number = ANY($2) OR birth_date = ANY($3)
+                                      OR family_code || '|' || birth_year = ANY($4)
+                                      OR postcode = ANY($5) OR name_key = ANY($6))
+                     THEN demographics END AS demographics
+         FROM identity_patient
+         WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot)
+           AND txid < pg_snapshot_xmax(pg_current_snapshot())
+           AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot)",
+    )
+    .bind(snapshot)
+    .bind(&nhs)
+    .bind(&births)
+    .bind(&phonetic)
+    .bind(&postcodes)
+    .bind(&names)
+    .fetch_all(tx.connection())
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let patient_id: String = r.try_get("patient_id")?;
+            let candidate = match r.try_get::<Option<Json<Demographics>>, _>("demographics")? {
+                None => None,
+                Some(Json(demographics)) => {
+                    let blocks = Blocks::of(&demographics);
+                    let c = Candidate {
+                        patient_id: patient_id.clone(),
+                        person_id: r.try_get("person_id")?,
+                        org: r.try_get("org")?,
+                        demographics,
+                    };
+                    Some((c, blocks))
+                }
+            };
+            Ok(Changed {
+                patient_id,
+                candidate,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::Database)
+}
+
+/// The candidates of every record as of now (the locks held): the prefetched ones, less those
+/// changed since, plus the changed rows in the record's blocks; a record whose prefetch was cut
+/// at `MAX_CANDIDATES` is looked up again whole. Reviewers' non-matches are left out.
+async fn settle(
+    tx: &mut WriteTx,
+    wanted: &[(usize, &str, &Demographics)],
+    mut prefetched: Prefetched,
+    non_matches: &HashSet<(String, String)>,
+) -> Result<HashMap<usize, Vec<(Candidate, PairScore)>>, StoreError> {
+    let changed = match &prefetched.snapshot {
+        Some(s) => changed_since(tx, s, wanted).await?,
+        None => Vec::new(),
+    };
+    let changed_ids: HashSet<&str> = changed.iter().map(|c| c.patient_id.as_str()).collect();
+    let in_blocks: Vec<&(Candidate, Blocks)> = changed
+        .iter()
+        .filter_map(|c| c.candidate.as_ref())
+        .collect();
+    let mut again = Vec::new();
+    let mut out = HashMap::with_capacity(wanted.len());
+    for &(i, id, d) in wanted {
+        let mut list = prefetched.found.remove(&i).unwrap_or_default();
+        if list.len() as i64 >= MAX_CANDIDATES {
+            again.push((i, id, d));
+            continue;
+        }
+        list.retain(|(c, _)| !changed_ids.contains(c.patient_id.as_str()));
+        let blocks = Blocks::of(d);
+        for (c, b) in &in_blocks {
+            if c.patient_id != id && blocks.finds(b) {
+                let s = scoring::compare(d, &c.demographics);
+                list.push((c.clone(), s));
+            }
+        }
+        list.truncate(MAX_CANDIDATES as usize);
+        out.insert(i, list);
+    }
+    if !again.is_empty() {
+        out.extend(score_candidates(candidates_of(tx, &again).await?, &again));
+    }
+    if !non_matches.is_empty() {
+        for &(i, id, _) in wanted {
+            if let Some(list) = out.get_mut(&i) {
+                list.retain(|(c, _)| !non_matches.contains(&pair(id, &c.patient_id)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Links the unit's records (their blocking keys already locked, their candidates prefetched);
+/// returns the persons whose membership or member scores changed.
 pub async fn link_unit(
     tx: &mut WriteTx,
     records: &[Record<'_>],
     org: Option<&str>,
+    prefetched: Prefetched,
 ) -> Result<BTreeSet<String>, StoreError> {
     let mut touched = BTreeSet::new();
     let revisited: Vec<&str> = records
@@ -118,13 +307,13 @@ pub async fn link_unit(
         .map(|r| r.patient_id)
         .collect();
     let mut stored = current_rows(tx, &revisited).await?;
-    let non_matches = non_matches_within(tx, &revisited).await?;
+    let non_matches = non_matches_of(tx, &revisited).await?;
     let wanted: Vec<(usize, &str, &Demographics)> = records
         .iter()
         .enumerate()
         .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
         .collect();
-    let mut found = candidates_of(tx, &wanted).await?;
+    let mut found = settle(tx, &wanted, prefetched, &non_matches).await?;
 
     // Rows written (or deactivated) by earlier records of this unit, by patient id.
     let mut overlay: HashMap<String, Linked> = HashMap::new();
@@ -162,11 +351,11 @@ pub async fn link_unit(
         };
         let previous = if r.first { None } else { previous };
         let blocks = Blocks::of(d);
-        let mut cands: Vec<Candidate> = found
+        let mut scored: Vec<(Candidate, PairScore)> = found
             .remove(&i)
             .unwrap_or_default()
             .into_iter()
-            .filter(|c| !overlay.contains_key(&c.patient_id))
+            .filter(|(c, _)| !overlay.contains_key(&c.patient_id))
             .collect();
         for (id, o) in &overlay {
             let Some(od) = &o.demographics else { continue };
@@ -175,21 +364,16 @@ pub async fn link_unit(
                 && blocks.finds(&o.blocks)
                 && !non_matches.contains(&pair(r.patient_id, id))
             {
-                cands.push(Candidate {
+                let c = Candidate {
                     patient_id: id.clone(),
                     person_id: o.assignment.person_id.clone(),
                     org: o.org.clone(),
                     demographics: od.clone(),
-                });
+                };
+                let s = scoring::compare(d, &c.demographics);
+                scored.push((c, s));
             }
         }
-        let scored: Vec<(Candidate, PairScore)> = cands
-            .into_iter()
-            .map(|c| {
-                let s = scoring::compare(d, &c.demographics);
-                (c, s)
-            })
-            .collect();
         let decision = match &previous {
             Some(p) if p.method == "manual" => manual_stands(d, p, &scored),
             _ => {
@@ -313,18 +497,19 @@ async fn current_rows(
         .map_err(StoreError::Database)
 }
 
-/// Non-matches a reviewer recorded between records of the unit (only records written before
-/// can have any), as ordered pairs.
-async fn non_matches_within(
+/// Non-matches a reviewer recorded for records of the unit (only records written before can
+/// have any), as ordered pairs: read under the locks, so a decision taken after the prefetch
+/// counts.
+async fn non_matches_of(
     tx: &mut WriteTx,
     ids: &[&str],
 ) -> Result<HashSet<(String, String)>, StoreError> {
-    if ids.len() < 2 {
+    if ids.is_empty() {
         return Ok(HashSet::new());
     }
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT patient_a, patient_b FROM identity_non_match
-         WHERE patient_a = ANY($1) AND patient_b = ANY($1)",
+         WHERE patient_a = ANY($1) OR patient_b = ANY($1)",
     )
     .bind(ids)
     .fetch_all(tx.connection())
@@ -451,50 +636,68 @@ async fn members_besides(
     Ok(stored + unit)
 }
 
-/// Writes the links (with their demographics), deactivations, history and review items.
+/// Writes the links (with their demographics), deactivations, history and review items in one
+/// statement: it runs while the unit holds its blocking-key locks, and on a busy machine every
+/// round trip made then is paid for by each linker waiting behind this one.
 async fn write_pending(
     tx: &mut WriteTx,
     p: &Pending,
     overlay: &HashMap<String, Linked>,
     org: Option<&str>,
 ) -> Result<(), StoreError> {
-    if !p.links.is_empty() {
-        let n = p.links.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut persons = Vec::with_capacity(n);
-        let mut nhs = Vec::with_capacity(n);
-        let mut verified = Vec::with_capacity(n);
-        let mut invalid = Vec::with_capacity(n);
-        let mut codes = Vec::with_capacity(n);
-        let mut births = Vec::with_capacity(n);
-        let mut years = Vec::with_capacity(n);
-        let mut postcodes = Vec::with_capacity(n);
-        let mut demographics = Vec::with_capacity(n);
-        let mut scores = Vec::with_capacity(n);
-        let mut grades = Vec::with_capacity(n);
-        let mut methods = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        for (id, d) in &p.links {
-            let a = &overlay[id].assignment;
-            ids.push(id.as_str());
-            persons.push(a.person_id.as_str());
-            nhs.push(d.nhs_number.as_deref());
-            verified.push(d.nhs_verified);
-            invalid.push(d.nhs_invalid);
-            codes.push(d.family_code.as_deref());
-            births.push(d.birth());
-            years.push(d.birth_year());
-            postcodes.push(d.postcode.as_deref());
-            demographics.push(serde_json::to_value(d).unwrap_or(Value::Null));
-            scores.push(a.score);
-            grades.push(a.grade.as_str());
-            methods.push(a.method.as_str());
-            names.push(d.name_key());
-        }
-        // The write engine allows one entry per resource in a unit, so no patient repeats
-        // (a repeat would make ON CONFLICT DO UPDATE fail).
-        sqlx::query(
-            "INSERT INTO identity_patient
+    if p.links.is_empty() && p.deactivate.is_empty() && p.events.is_empty() && p.reviews.is_empty()
+    {
+        return Ok(());
+    }
+    let n = p.links.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut persons = Vec::with_capacity(n);
+    let mut nhs = Vec::with_capacity(n);
+    let mut verified = Vec::with_capacity(n);
+    let mut invalid = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    let mut births = Vec::with_capacity(n);
+    let mut years = Vec::with_capacity(n);
+    let mut postcodes = Vec::with_capacity(n);
+    let mut demographics = Vec::with_capacity(n);
+    let mut scores = Vec::with_capacity(n);
+    let mut grades = Vec::with_capacity(n);
+    let mut methods = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    for (id, d) in &p.links {
+        let a = &overlay[id].assignment;
+        ids.push(id.as_str());
+        persons.push(a.person_id.as_str());
+        nhs.push(d.nhs_number.as_deref());
+        verified.push(d.nhs_verified);
+        invalid.push(d.nhs_invalid);
+        codes.push(d.family_code.as_deref());
+        births.push(d.birth());
+        years.push(d.birth_year());
+        postcodes.push(d.postcode.as_deref());
+        demographics.push(serde_json::to_value(d).unwrap_or(Value::Null));
+        scores.push(a.score);
+        grades.push(a.grade.as_str());
+        methods.push(a.method.as_str());
+        names.push(d.name_key());
+    }
+    let e_ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
+    let e_from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
+    let e_to: Vec<Option<&str>> = p.events.iter().map(|e| e.to.as_deref()).collect();
+    let e_scores: Vec<Option<f64>> = p.events.iter().map(|e| e.score).collect();
+    let e_grades: Vec<&str> = p.events.iter().map(|e| e.grade.as_str()).collect();
+    let e_methods: Vec<&str> = p.events.iter().map(|e| e.method).collect();
+    let r_ids: Vec<&str> = p.reviews.iter().map(|r| r.0.as_str()).collect();
+    let r_cands: Vec<&str> = p.reviews.iter().map(|r| r.1.as_str()).collect();
+    let r_scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
+    let r_reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
+    // The write engine allows one entry per resource in a unit, so no patient repeats (a
+    // repeat would make ON CONFLICT DO UPDATE fail) and no patient is both linked and
+    // deactivated (one statement may not change a row twice). Link events are numbered in the
+    // unit's order, so the history reads as the decisions were taken.
+    sqlx::query(
+        "WITH links AS (
+             INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
                 linked_at, active)
@@ -514,79 +717,57 @@ async fn write_pending(
                grade = excluded.grade, method = excluded.method, name_key = excluded.name_key,
                active = true,
                linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
-                                THEN identity_patient.linked_at ELSE now() END",
-        )
-        .bind(&ids)
-        .bind(&persons)
-        .bind(org)
-        .bind(&nhs)
-        .bind(&verified)
-        .bind(&invalid)
-        .bind(&codes)
-        .bind(&births)
-        .bind(&years)
-        .bind(&postcodes)
-        .bind(&demographics)
-        .bind(&scores)
-        .bind(&grades)
-        .bind(&methods)
-        .bind(&names)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
-    if !p.deactivate.is_empty() {
-        sqlx::query("UPDATE identity_patient SET active = false WHERE patient_id = ANY($1)")
-            .bind(&p.deactivate)
-            .execute(tx.connection())
-            .await
-            .map_err(db)?;
-    }
-    if !p.events.is_empty() {
-        let ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
-        let from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
-        let to: Vec<Option<&str>> = p.events.iter().map(|e| e.to.as_deref()).collect();
-        let scores: Vec<Option<f64>> = p.events.iter().map(|e| e.score).collect();
-        let grades: Vec<&str> = p.events.iter().map(|e| e.grade.as_str()).collect();
-        let methods: Vec<&str> = p.events.iter().map(|e| e.method).collect();
-        // In the unit's order, so the history reads as the decisions were taken.
-        sqlx::query(
-            "INSERT INTO identity_link_event
+                                THEN identity_patient.linked_at ELSE now() END
+         ),
+         gone AS (
+             UPDATE identity_patient SET active = false WHERE patient_id = ANY($16)
+         ),
+         events AS (
+             INSERT INTO identity_link_event
                (patient_id, from_person, to_person, score, grade, method, actor)
-             SELECT pid, f, t, s, g, m, $7
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::text[])
+             SELECT pid, f, t, s, g, m, $23
+             FROM unnest($17::text[], $18::text[], $19::text[], $20::float8[], $21::text[],
+                         $22::text[])
                   WITH ORDINALITY AS k(pid, f, t, s, g, m, ord)
-             ORDER BY ord",
-        )
-        .bind(&ids)
-        .bind(&from)
-        .bind(&to)
-        .bind(&scores)
-        .bind(&grades)
-        .bind(&methods)
-        .bind(MATCHER_ID)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
-    if !p.reviews.is_empty() {
-        let ids: Vec<&str> = p.reviews.iter().map(|r| r.0.as_str()).collect();
-        let cands: Vec<&str> = p.reviews.iter().map(|r| r.1.as_str()).collect();
-        let scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
-        let reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
-        sqlx::query(
-            "INSERT INTO identity_review (patient_id, candidate_id, score, reason)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&cands)
-        .bind(&scores)
-        .bind(&reasons)
-        .execute(tx.connection())
-        .await
-        .map_err(db)?;
-    }
+             ORDER BY ord
+         ),
+         reviews AS (
+             INSERT INTO identity_review (patient_id, candidate_id, score, reason)
+             SELECT * FROM unnest($24::text[], $25::text[], $26::float8[], $27::text[])
+             ON CONFLICT DO NOTHING
+         )
+         SELECT 1",
+    )
+    .bind(&ids)
+    .bind(&persons)
+    .bind(org)
+    .bind(&nhs)
+    .bind(&verified)
+    .bind(&invalid)
+    .bind(&codes)
+    .bind(&births)
+    .bind(&years)
+    .bind(&postcodes)
+    .bind(&demographics)
+    .bind(&scores)
+    .bind(&grades)
+    .bind(&methods)
+    .bind(&names)
+    .bind(&p.deactivate)
+    .bind(&e_ids)
+    .bind(&e_from)
+    .bind(&e_to)
+    .bind(&e_scores)
+    .bind(&e_grades)
+    .bind(&e_methods)
+    .bind(MATCHER_ID)
+    .bind(&r_ids)
+    .bind(&r_cands)
+    .bind(&r_scores)
+    .bind(&r_reasons)
+    .execute(tx.connection())
+    .await
+    .map_err(db)?;
     Ok(())
 }
 

@@ -94,6 +94,8 @@ pub struct SearchIndex {
     /// and reports `stopped`.
     stop: watch::Sender<bool>,
     stopped: watch::Sender<bool>,
+    /// Set while indexing is held back (`pause`): changes wait in the feed.
+    paused: AtomicBool,
 }
 
 fn payload(position: FeedPosition) -> String {
@@ -150,6 +152,14 @@ impl SearchIndex {
 
     pub fn searcher(&self) -> tantivy::Searcher {
         self.reader.searcher()
+    }
+
+    /// Holds indexing back (`true`) or lets it catch up (`false`). Benchmarks use it to tell
+    /// the cost of writing from the cost of indexing what was written; a search waiting for
+    /// freshness meanwhile waits until indexing resumes (or times out).
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// Asks the indexer to stop without waiting (for `Drop`).
@@ -216,6 +226,7 @@ pub async fn start(
         facts_generation: AtomicU64::new(0),
         stop: watch::channel(false).0,
         stopped: watch::channel(false).0,
+        paused: AtomicBool::new(false),
     });
     let mut indexer = Indexer {
         shared: shared.clone(),
@@ -483,6 +494,14 @@ impl Indexer {
             if *stop.borrow_and_update() {
                 break;
             }
+            if self.shared.paused.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = self.shared.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
             let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
             let more = match self.poll().await {
                 Ok((more, applied)) => {
@@ -631,6 +650,7 @@ pub async fn reindex(
         facts_generation: AtomicU64::new(0),
         stop: watch::channel(false).0,
         stopped: watch::channel(false).0,
+        paused: AtomicBool::new(false),
     });
     let mut indexer = Indexer {
         shared,

@@ -13,3 +13,4 @@ mod population;
 mod provenance;
 mod review;
 mod support;
+mod waiting;
