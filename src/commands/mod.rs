@@ -9,6 +9,7 @@ pub mod clients;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;
+pub mod identity_estimate;
 pub mod import;
 pub mod reindex;
 pub mod serve;

@@ -70,6 +70,7 @@ pub struct Blocks {
     year: Option<i32>,
     postcode: Option<String>,
     names: Option<String>,
+    line: Option<String>,
 }
 
 impl Blocks {
@@ -87,6 +88,7 @@ impl Blocks {
             year: birth.map(|b| b.year()),
             postcode: d.postcode.clone(),
             names: d.name_key(),
+            line: d.line_key().map(str::to_string),
         }
     }
 
@@ -101,6 +103,7 @@ impl Blocks {
             || (eq(&self.code, &other.code) && eq(&self.year, &other.year))
             || eq(&self.postcode, &other.postcode)
             || eq(&self.names, &other.names)
+            || eq(&self.line, &other.line)
     }
 }
 
@@ -350,7 +353,8 @@ pub(crate) async fn candidates_of(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut code, mut year, mut postcode, mut names) = (
+    let (mut code, mut year, mut postcode, mut names, mut line) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -367,14 +371,15 @@ pub(crate) async fn candidates_of(
         year.push(b.year);
         postcode.push(b.postcode);
         names.push(b.names);
+        line.push(b.line);
     }
     // One block look-up per record (each an index OR over the blocking columns), in one
     // statement.
     let rows = sqlx::query(
         "SELECT k.pos, c.patient_id, c.person_id, c.org, c.demographics
          FROM unnest($1::int4[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[],
-                     $7::int4[], $8::text[], $9::text[])
-              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names)
+                     $7::int4[], $8::text[], $9::text[], $11::text[])
+              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names, line)
          CROSS JOIN LATERAL (
              SELECT p.patient_id, p.person_id, p.org, p.demographics FROM identity_patient p
              WHERE p.active AND p.patient_id <> k.pid AND (
@@ -383,7 +388,8 @@ pub(crate) async fn candidates_of(
                 OR p.birth_date = k.swapped
                 OR (p.family_code = k.code AND p.birth_year = k.year)
                 OR p.postcode = k.postcode
-                OR p.name_key = k.names)
+                OR p.name_key = k.names
+                OR p.line_key = k.line)
                AND NOT EXISTS (
                    SELECT 1 FROM identity_non_match n
                    WHERE (n.patient_a = k.pid AND n.patient_b = p.patient_id)
@@ -400,6 +406,7 @@ pub(crate) async fn candidates_of(
     .bind(&postcode)
     .bind(&names)
     .bind(MAX_CANDIDATES)
+    .bind(&line)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -474,6 +481,7 @@ async fn write_pending(
         let mut grades = Vec::with_capacity(n);
         let mut methods = Vec::with_capacity(n);
         let mut names = Vec::with_capacity(n);
+        let mut lines = Vec::with_capacity(n);
         for (id, d) in &p.links {
             let a = &overlay[id].assignment;
             ids.push(id.as_str());
@@ -490,6 +498,7 @@ async fn write_pending(
             grades.push(a.grade.as_str());
             methods.push(a.method.as_str());
             names.push(d.name_key());
+            lines.push(d.line_key());
         }
         // The write engine allows one entry per resource in a unit, so no patient repeats
         // (a repeat would make ON CONFLICT DO UPDATE fail).
@@ -497,14 +506,14 @@ async fn write_pending(
             "INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
-                linked_at, active)
+                line_key, linked_at, active)
              SELECT pid, person, $3, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                    method, names, now(), true
+                    method, names, line, now(), true
              FROM unnest($1::text[], $2::text[], $4::text[], $5::bool[], $6::bool[], $7::text[],
                          $8::date[], $9::int4[], $10::text[], $11::jsonb[], $12::float8[],
-                         $13::text[], $14::text[], $15::text[])
+                         $13::text[], $14::text[], $15::text[], $16::text[])
                   AS k(pid, person, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                       method, names)
+                       method, names, line)
              ON CONFLICT (patient_id) DO UPDATE SET
                person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
                nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
@@ -512,7 +521,7 @@ async fn write_pending(
                birth_year = excluded.birth_year, postcode = excluded.postcode,
                demographics = excluded.demographics, score = excluded.score,
                grade = excluded.grade, method = excluded.method, name_key = excluded.name_key,
-               active = true,
+               line_key = excluded.line_key, active = true,
                linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
                                 THEN identity_patient.linked_at ELSE now() END",
         )
@@ -531,6 +540,7 @@ async fn write_pending(
         .bind(&grades)
         .bind(&methods)
         .bind(&names)
+        .bind(&lines)
         .execute(tx.connection())
         .await
         .map_err(db)?;
