@@ -348,28 +348,40 @@ mod tests {
 
     #[test]
     fn em_per_blocking_key_ignores_the_comparisons_of_the_key() {
-        // Pairs sharing a postcode: the address always agrees, so it says nothing; the
-        // family name separates 100 matches (90 % agree) from 900 non-matches (5 %).
+        // Pairs sharing a postcode: the address agrees for all of them, so it says nothing;
+        // family name and birth date separate 100 matches (90 % and 80 % agree) from 900
+        // non-matches (5 % and 1 %), as in `em_recovers_m_and_the_share_of_matches`.
         let prior = MatchConfig::built_in();
+        let (fe, fd) = ("family.exact", "family.disagree");
+        let (be, bd) = ("birth_date.exact", "birth_date.disagree");
+        let full = "address.full";
         let mut pairs = Patterns::new();
-        let (fe, fd, full) = ("family.exact", "family.disagree", "address.full");
-        pairs.insert(vec![fe, full], 90 + 45);
-        pairs.insert(vec![fd, full], 10 + 855);
+        for (f, b, n) in [
+            (fe, be, 72),
+            (fe, bd, 18 + 45),
+            (fd, be, 8 + 9),
+            (fd, bd, 2 + 846),
+        ] {
+            pairs.insert(vec![f, b, full], n);
+        }
         let mut u = u_from_random(&Patterns::new(), &prior);
-        u.insert(fe, 0.05);
-        u.insert(fd, 0.95);
-        u.insert(full, 0.0001);
+        for (l, x) in [(fe, 0.05), (fd, 0.95), (be, 0.01), (bd, 0.99), (full, 0.0001)] {
+            u.insert(l, x);
+        }
         let rules = [RulePairs {
             name: "postcode",
             uses: &["address"],
             pairs: pairs.clone(),
         }];
         let e = estimate_by_rule(&prior, &rules, &pairs, &u, 0.0);
-        let m = e.config.family.exact.m;
-        assert!((m - 0.9).abs() < 0.05, "{m}");
+        let m = |l| e.config.level(l).unwrap().m;
+        assert!((m(fe) - 0.9).abs() < 0.05, "{}", m(fe));
+        assert!((m(be) - 0.8).abs() < 0.05, "{}", m(be));
         // The address's m is not estimated from pairs chosen for agreeing on it.
         assert_eq!(e.config.address.full.m, prior.address.full.m);
-        assert!(e.lambda > 0.0 && e.lambda < 1.0);
+        // A plain EM over the same pairs takes the shared address for evidence of a match.
+        let plain = estimate(&prior, &pairs, &u, 0.0);
+        assert!(plain.lambda > 0.9, "{plain:?}");
     }
 
     #[test]
