@@ -365,7 +365,13 @@ mod tests {
             pairs.insert(vec![f, b, full], n);
         }
         let mut u = u_from_random(&Patterns::new(), &prior);
-        for (l, x) in [(fe, 0.05), (fd, 0.95), (be, 0.01), (bd, 0.99), (full, 0.0001)] {
+        for (l, x) in [
+            (fe, 0.05),
+            (fd, 0.95),
+            (be, 0.01),
+            (bd, 0.99),
+            (full, 0.0001),
+        ] {
             u.insert(l, x);
         }
         let rules = [RulePairs {

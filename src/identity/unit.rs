@@ -644,5 +644,13 @@ mod tests {
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)), "same phonetic names");
         z.given_code = Some("ALS".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
+        // Exchanged names share the key; so do records at one numbered street address.
+        let mut swapped = x.clone();
+        std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
+        assert!(Blocks::of(&x).finds(&Blocks::of(&swapped)));
+        z.address_line = Some("12 MILL LANE".into());
+        assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
+        x.address_line = Some("12 MILL LANE".into());
+        assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
     }
 }
