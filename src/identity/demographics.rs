@@ -132,7 +132,7 @@ impl Demographics {
     /// The first address line as a blocking key when it names a numbered street (`12 MILL
     /// LANE`): it finds records that kept their address while birth date, postcode and names
     /// were mistyped. A line naming only a flat (`FLAT 3`) is shared by too many to be a key.
-    /// Migration 0032 computes the same in SQL for rows written before.
+    /// Migration 0033 computes the same in SQL for rows written before.
     pub fn line_key(&self) -> Option<&str> {
         let line = self.address_line.as_deref()?;
         let numbered = line.bytes().any(|b| b.is_ascii_digit());

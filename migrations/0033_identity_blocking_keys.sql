@@ -12,9 +12,11 @@ UPDATE identity_patient
        ~ '\m[A-Z]{3,}\M';
 CREATE INDEX identity_patient_line_key ON identity_patient (line_key) WHERE active;
 
--- name_key: the two phonetic names in alphabetical order, so a record whose family and given
--- names were exchanged has the same key (it was family|given).
+-- name_key: the two phonetic names in byte order (as Rust compares them), so a record whose
+-- family and given names were exchanged has the same key (it was family|given).
 UPDATE identity_patient
-   SET name_key = least(demographics->>'family_code', demographics->>'given_code') || '|' ||
-                  greatest(demographics->>'family_code', demographics->>'given_code')
+   SET name_key = least(demographics->>'family_code' COLLATE "C",
+                        demographics->>'given_code' COLLATE "C") || '|' ||
+                  greatest(demographics->>'family_code' COLLATE "C",
+                           demographics->>'given_code' COLLATE "C")
  WHERE name_key IS NOT NULL;
