@@ -10,7 +10,8 @@
 # (`shcr identity-estimate`: u from random pairs, m by EM over the blocked pairs, as Splink
 # trains its model on the data it links) and the server links with that file; the truth is
 # not used for it. `--built-in` links with the built-in identity/matching.toml instead. Further
-# options go to `shcr identity-estimate` (e.g. `--match-threshold 20`).
+# options go to `shcr identity-estimate`; without any, match 20 / possible 8 (FEBRL4's highest
+# false pair scores 18.3 with the estimated weights; see BENCHMARKS.md).
 set -euo pipefail
 shcr=${1:-target/release/shcr}
 shift || true
@@ -33,6 +34,9 @@ PY
 if [[ $built_in == true ]]; then
     "$shcr" bench-identity --febrl4 "$work" --concurrency 1
 else
+    if [[ $# -eq 0 ]]; then
+        set -- --match-threshold 20 --possible-threshold 8
+    fi
     "$shcr" identity-estimate --febrl4 "$work" --out "$work/matching.toml" "$@"
     SHCR_IDENTITY_MATCHING="$work/matching.toml" \
         "$shcr" bench-identity --febrl4 "$work" --concurrency 1
