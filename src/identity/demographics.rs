@@ -37,6 +37,9 @@ pub struct Demographics {
     pub sex: Option<String>,
     pub postcode: Option<String>,
     pub address_line: Option<String>,
+    /// Town or city of the home address (absent in rows written before it was compared).
+    #[serde(default)]
+    pub town: Option<String>,
 }
 
 impl Demographics {
@@ -98,6 +101,10 @@ impl Demographics {
                 .and_then(Value::as_str)
                 .map(normalise_line)
                 .filter(|s| !s.is_empty());
+            d.town = a["city"]
+                .as_str()
+                .map(normalise_line)
+                .filter(|s| !s.is_empty());
         }
         d
     }
@@ -110,12 +117,31 @@ impl Demographics {
         self.birth().map(|d| d.year())
     }
 
-    /// Phonetic family and given name (`SM0|JN`), a blocking key.
+    /// Phonetic family and given name in alphabetical order (`JN|SM0`), a blocking key that
+    /// also finds a record whose two names were exchanged.
     pub fn name_key(&self) -> Option<String> {
         match (&self.family_code, &self.given_code) {
-            (Some(f), Some(g)) if !f.is_empty() && !g.is_empty() => Some(format!("{f}|{g}")),
+            (Some(f), Some(g)) if !f.is_empty() && !g.is_empty() => {
+                let (x, y) = if f <= g { (f, g) } else { (g, f) };
+                Some(format!("{x}|{y}"))
+            }
             _ => None,
         }
+    }
+
+    /// The first address line as a blocking key when it names a numbered street (`12 MILL
+    /// LANE`): it finds records that kept their address while birth date, postcode and names
+    /// were mistyped. A line naming only a flat (`FLAT 3`) is shared by too many to be a key.
+    /// Migration 0033 computes the same in SQL for rows written before.
+    pub fn line_key(&self) -> Option<&str> {
+        let line = self.address_line.as_deref()?;
+        let numbered = line.bytes().any(|b| b.is_ascii_digit());
+        let street = line.split_whitespace().any(|w| {
+            w.len() >= 3
+                && w.bytes().all(|b| b.is_ascii_alphabetic())
+                && !matches!(w, "FLAT" | "APARTMENT" | "UNIT" | "APT")
+        });
+        (numbered && street).then_some(line)
     }
 
     /// Postcode district (outward code): all but the last three characters of a UK postcode.
@@ -252,7 +278,7 @@ mod tests {
             "name": [{"use": "official", "family": "O'Brien", "given": ["Zoë", "Ann"]}],
             "gender": "female",
             "birthDate": "1980-03-07",
-            "address": [{"use": "home", "line": ["12, Mill  Lane"], "postalCode": "ls1 4ab"}]
+            "address": [{"use": "home", "line": ["12, Mill  Lane"], "city": "Leeds", "postalCode": "ls1 4ab"}]
         })
     }
 
@@ -266,6 +292,7 @@ mod tests {
         assert_eq!(d.postcode.as_deref(), Some("LS14AB"));
         assert_eq!(d.outward(), Some("LS1"));
         assert_eq!(d.address_line.as_deref(), Some("12 MILL LANE"));
+        assert_eq!(d.town.as_deref(), Some("LEEDS"));
         assert_eq!(d.birth_year(), Some(1980));
     }
 
@@ -289,6 +316,24 @@ mod tests {
         p["identifier"][0]["value"] = json!("9434765919");
         flag_patient(&mut p);
         assert!(p["meta"].get("tag").is_none());
+    }
+
+    #[test]
+    fn blocking_keys_of_names_and_address_lines() {
+        let mut d = Demographics::from_patient(&patient("9434765919", "01"));
+        let mut swapped = d.clone();
+        std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
+        assert_eq!(d.name_key(), swapped.name_key());
+        assert_eq!(d.line_key(), Some("12 MILL LANE"));
+        for (line, key) in [
+            ("FLAT 3", false),
+            ("MILL COTTAGE", false),
+            ("95", false),
+            ("FLAT 3 12 MILL LANE", true),
+        ] {
+            d.address_line = Some(line.into());
+            assert_eq!(d.line_key().is_some(), key, "{line}");
+        }
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
     if let Some(n) = d.name_key() {
         keys.push(lock_key(&["names", &n]));
     }
+    if let Some(l) = d.line_key() {
+        keys.push(lock_key(&["line", l]));
+    }
     keys.sort_unstable();
     keys.dedup();
     keys

@@ -44,8 +44,12 @@ pub struct FamilyLevels {
     pub exact: Level,
     pub similar: Level,
     pub phonetic: Level,
+    pub close: Level,
+    /// Family and given name exchanged (`SMITH JOHN` against `JOHN SMITH`).
+    pub swapped: Level,
     pub disagree: Level,
     pub similar_at: f64,
+    pub close_at: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,8 +58,10 @@ pub struct GivenLevels {
     pub nickname: Level,
     pub similar: Level,
     pub phonetic: Level,
+    pub close: Level,
     pub disagree: Level,
     pub similar_at: f64,
+    pub close_at: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +69,7 @@ pub struct BirthLevels {
     pub exact: Level,
     pub swapped_day_month: Level,
     pub one_digit: Level,
+    pub two_digits: Level,
     pub disagree: Level,
 }
 
@@ -70,16 +77,19 @@ pub struct BirthLevels {
 pub struct AddressLevels {
     pub full: Level,
     pub postcode: Level,
+    pub line: Level,
+    pub near: Level,
     pub outward: Level,
+    pub town: Level,
     pub disagree: Level,
     pub similar_at: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Safety {
-    /// A pair whose given names disagree (not equal, nickname, similar or phonetic) is at most
-    /// POSSIBLE_MATCH: twins.
-    pub given_disagree_caps_at_possible: bool,
+    /// Twins: a pair whose given names are not the same name (not equal, a nickname, similar or
+    /// phonetically equal) while family name and birth date agree is at most POSSIBLE_MATCH.
+    pub twins_cap_at_possible: bool,
 }
 
 /// The whole matching configuration, as in `identity/matching.toml`.
@@ -114,33 +124,112 @@ impl MatchConfig {
         MatchConfig::parse(BUILT_IN).expect("the built-in identity/matching.toml is valid")
     }
 
+    /// Every level's name (`comparison.level`), in the file's order.
+    pub const LEVELS: &'static [&'static str] = &[
+        "nhs_number.agree",
+        "nhs_number.disagree",
+        "family.exact",
+        "family.similar",
+        "family.phonetic",
+        "family.swapped",
+        "family.close",
+        "family.disagree",
+        "given.exact",
+        "given.nickname",
+        "given.similar",
+        "given.phonetic",
+        "given.close",
+        "given.disagree",
+        "birth_date.exact",
+        "birth_date.swapped_day_month",
+        "birth_date.one_digit",
+        "birth_date.two_digits",
+        "birth_date.disagree",
+        "sex.agree",
+        "sex.disagree",
+        "address.full",
+        "address.postcode",
+        "address.line",
+        "address.near",
+        "address.outward",
+        "address.town",
+        "address.disagree",
+    ];
+
+    /// The m/u probabilities of a level by name (the estimator writes them).
+    pub fn level_mut(&mut self, name: &str) -> Option<&mut Level> {
+        Some(match name {
+            "nhs_number.agree" => &mut self.nhs_number.agree,
+            "nhs_number.disagree" => &mut self.nhs_number.disagree,
+            "family.exact" => &mut self.family.exact,
+            "family.similar" => &mut self.family.similar,
+            "family.phonetic" => &mut self.family.phonetic,
+            "family.close" => &mut self.family.close,
+            "family.swapped" => &mut self.family.swapped,
+            "family.disagree" => &mut self.family.disagree,
+            "given.exact" => &mut self.given.exact,
+            "given.nickname" => &mut self.given.nickname,
+            "given.similar" => &mut self.given.similar,
+            "given.phonetic" => &mut self.given.phonetic,
+            "given.close" => &mut self.given.close,
+            "given.disagree" => &mut self.given.disagree,
+            "birth_date.exact" => &mut self.birth_date.exact,
+            "birth_date.swapped_day_month" => &mut self.birth_date.swapped_day_month,
+            "birth_date.one_digit" => &mut self.birth_date.one_digit,
+            "birth_date.two_digits" => &mut self.birth_date.two_digits,
+            "birth_date.disagree" => &mut self.birth_date.disagree,
+            "sex.agree" => &mut self.sex.agree,
+            "sex.disagree" => &mut self.sex.disagree,
+            "address.full" => &mut self.address.full,
+            "address.postcode" => &mut self.address.postcode,
+            "address.line" => &mut self.address.line,
+            "address.near" => &mut self.address.near,
+            "address.outward" => &mut self.address.outward,
+            "address.town" => &mut self.address.town,
+            "address.disagree" => &mut self.address.disagree,
+            _ => return None,
+        })
+    }
+
+    pub fn level(&self, name: &str) -> Option<Level> {
+        Some(match name {
+            "nhs_number.agree" => self.nhs_number.agree,
+            "nhs_number.disagree" => self.nhs_number.disagree,
+            "family.exact" => self.family.exact,
+            "family.similar" => self.family.similar,
+            "family.phonetic" => self.family.phonetic,
+            "family.close" => self.family.close,
+            "family.swapped" => self.family.swapped,
+            "family.disagree" => self.family.disagree,
+            "given.exact" => self.given.exact,
+            "given.nickname" => self.given.nickname,
+            "given.similar" => self.given.similar,
+            "given.phonetic" => self.given.phonetic,
+            "given.close" => self.given.close,
+            "given.disagree" => self.given.disagree,
+            "birth_date.exact" => self.birth_date.exact,
+            "birth_date.swapped_day_month" => self.birth_date.swapped_day_month,
+            "birth_date.one_digit" => self.birth_date.one_digit,
+            "birth_date.two_digits" => self.birth_date.two_digits,
+            "birth_date.disagree" => self.birth_date.disagree,
+            "sex.agree" => self.sex.agree,
+            "sex.disagree" => self.sex.disagree,
+            "address.full" => self.address.full,
+            "address.postcode" => self.address.postcode,
+            "address.line" => self.address.line,
+            "address.near" => self.address.near,
+            "address.outward" => self.address.outward,
+            "address.town" => self.address.town,
+            "address.disagree" => self.address.disagree,
+            _ => return None,
+        })
+    }
+
     fn levels(&self) -> Vec<(&'static str, Level)> {
-        vec![
-            ("nhs_number.agree", self.nhs_number.agree),
-            ("nhs_number.disagree", self.nhs_number.disagree),
-            ("family.exact", self.family.exact),
-            ("family.similar", self.family.similar),
-            ("family.phonetic", self.family.phonetic),
-            ("family.disagree", self.family.disagree),
-            ("given.exact", self.given.exact),
-            ("given.nickname", self.given.nickname),
-            ("given.similar", self.given.similar),
-            ("given.phonetic", self.given.phonetic),
-            ("given.disagree", self.given.disagree),
-            ("birth_date.exact", self.birth_date.exact),
-            (
-                "birth_date.swapped_day_month",
-                self.birth_date.swapped_day_month,
-            ),
-            ("birth_date.one_digit", self.birth_date.one_digit),
-            ("birth_date.disagree", self.birth_date.disagree),
-            ("sex.agree", self.sex.agree),
-            ("sex.disagree", self.sex.disagree),
-            ("address.full", self.address.full),
-            ("address.postcode", self.address.postcode),
-            ("address.outward", self.address.outward),
-            ("address.disagree", self.address.disagree),
-        ]
+        Self::LEVELS
+            .iter()
+            .filter_map(|n| self.level(n).map(|l| (*n, l)))
+            .collect()
     }
 
     /// Probabilities in (0, 1] and thresholds in order: a typo here must stop start-up, not
@@ -150,6 +239,16 @@ impl MatchConfig {
             if !(l.m > 0.0 && l.m <= 1.0 && l.u > 0.0 && l.u <= 1.0) {
                 return Err(ConfigError::Invalid(format!(
                     "{name}: m and u must be probabilities in (0, 1]"
+                )));
+            }
+        }
+        for (name, close, similar) in [
+            ("family", self.family.close_at, self.family.similar_at),
+            ("given", self.given.close_at, self.given.similar_at),
+        ] {
+            if !(0.0..=1.0).contains(&close) || close > similar || similar > 1.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: need 0 <= close_at <= similar_at <= 1"
                 )));
             }
         }
@@ -270,85 +369,12 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         };
     }
     let conflict = both_verified && a.nhs_number != b.nhs_number;
-    let mut levels = Vec::new();
-    let mut score = 0.0;
-    let mut add = |name: &'static str, l: Level| {
-        levels.push(name);
-        score += l.weight();
-    };
-
-    if let (Some(x), Some(y)) = (&a.nhs_number, &b.nhs_number) {
-        if x == y {
-            add("nhs_number.agree", c.nhs_number.agree);
-        } else {
-            add("nhs_number.disagree", c.nhs_number.disagree);
-        }
-    }
-    if let (Some(x), Some(y)) = (&a.family, &b.family) {
-        let f = &c.family;
-        if x == y {
-            add("family.exact", f.exact);
-        } else if jaro_winkler(x, y) >= f.similar_at {
-            add("family.similar", f.similar);
-        } else if sounds_alike(a, b) {
-            add("family.phonetic", f.phonetic);
-        } else {
-            add("family.disagree", f.disagree);
-        }
-    }
-    if let (Some(x), Some(y)) = (&a.given, &b.given) {
-        let g = &c.given;
-        if x == y {
-            add("given.exact", g.exact);
-        } else if nicknames(x, y) {
-            add("given.nickname", g.nickname);
-        } else if jaro_winkler(x, y) >= g.similar_at {
-            add("given.similar", g.similar);
-        } else if a.given_code.is_some() && a.given_code == b.given_code {
-            add("given.phonetic", g.phonetic);
-        } else {
-            add("given.disagree", g.disagree);
-        }
-    }
-    if let (Some(x), Some(y)) = (&a.birth_date, &b.birth_date) {
-        let bd = &c.birth_date;
-        if x == y {
-            add("birth_date.exact", bd.exact);
-        } else if swapped_day_month(x, y) {
-            add("birth_date.swapped_day_month", bd.swapped_day_month);
-        } else if one_digit_apart(x, y) {
-            add("birth_date.one_digit", bd.one_digit);
-        } else {
-            add("birth_date.disagree", bd.disagree);
-        }
-    }
-    if let (Some(x), Some(y)) = (&a.sex, &b.sex) {
-        if x == y {
-            add("sex.agree", c.sex.agree);
-        } else {
-            add("sex.disagree", c.sex.disagree);
-        }
-    }
-    if let (Some(x), Some(y)) = (&a.postcode, &b.postcode) {
-        let ad = &c.address;
-        if x == y {
-            let lines_agree = match (&a.address_line, &b.address_line) {
-                (Some(l), Some(m)) => jaro_winkler(l, m) >= ad.similar_at,
-                // Same postcode and no line to contradict it.
-                _ => true,
-            };
-            if lines_agree {
-                add("address.full", ad.full);
-            } else {
-                add("address.postcode", ad.postcode);
-            }
-        } else if a.outward().is_some() && a.outward() == b.outward() {
-            add("address.outward", ad.outward);
-        } else {
-            add("address.disagree", ad.disagree);
-        }
-    }
-
+    let levels = comparison_levels(c, a, b);
+    let score = levels
+        .iter()
+        .filter_map(|n| c.level(n))
+        .map(|l| l.weight())
+        .sum();
     let grade = if conflict {
         // Two traced NHS numbers say these are two people. Only when everything else says they
         // are one (a number issued twice, or keyed against the wrong person) may a person look.
@@ -357,9 +383,7 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         } else {
             Grade::CertainlyNot
         }
-    } else if score >= c.thresholds.match_
-        && !(c.safety.given_disagree_caps_at_possible && levels.contains(&"given.disagree"))
-    {
+    } else if score >= c.thresholds.match_ && !(c.safety.twins_cap_at_possible && twins(&levels)) {
         Grade::Probable
     } else if score >= c.thresholds.possible {
         Grade::Possible
@@ -372,6 +396,137 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         conflict,
         levels,
     }
+}
+
+/// Twins (or siblings sharing a birthday) look like one person with another first name: one
+/// family name, one birth date, often one address. A given name that is merely close (a typo
+/// such as `JOHN`/`JOAN` is also how two names of one family differ) counts as different.
+fn twins(levels: &[&str]) -> bool {
+    let given_differs = levels
+        .iter()
+        .any(|l| matches!(*l, "given.close" | "given.disagree"));
+    let family_agrees = levels
+        .iter()
+        .any(|l| matches!(*l, "family.exact" | "family.similar" | "family.phonetic"));
+    let birth_agrees = levels
+        .iter()
+        .any(|l| matches!(*l, "birth_date.exact" | "birth_date.swapped_day_month"));
+    given_differs && family_agrees && birth_agrees
+}
+
+/// The agreement level of each comparison both records can take part in (a field missing on
+/// either side is no evidence either way); the estimator counts these.
+pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Vec<&'static str> {
+    let mut levels = Vec::with_capacity(6);
+    if let (Some(x), Some(y)) = (&a.nhs_number, &b.nhs_number) {
+        levels.push(if x == y {
+            "nhs_number.agree"
+        } else {
+            "nhs_number.disagree"
+        });
+    }
+    let mut swapped = false;
+    if let (Some(x), Some(y)) = (&a.family, &b.family) {
+        let f = &c.family;
+        let jw = jaro_winkler(x, y);
+        levels.push(if x == y {
+            "family.exact"
+        } else if jw >= f.similar_at {
+            "family.similar"
+        } else if sounds_alike(a, b) {
+            "family.phonetic"
+        } else if names_swapped(c, a, b) {
+            swapped = true;
+            "family.swapped"
+        } else if jw >= f.close_at {
+            "family.close"
+        } else {
+            "family.disagree"
+        });
+    }
+    // Exchanged names are one piece of evidence, carried by `family.swapped`: scoring the given
+    // name as well would count it twice.
+    if let (Some(x), Some(y), false) = (&a.given, &b.given, swapped) {
+        let g = &c.given;
+        let jw = jaro_winkler(x, y);
+        levels.push(if x == y {
+            "given.exact"
+        } else if nicknames(x, y) {
+            "given.nickname"
+        } else if jw >= g.similar_at {
+            "given.similar"
+        } else if a.given_code.is_some() && a.given_code == b.given_code {
+            "given.phonetic"
+        } else if jw >= g.close_at {
+            "given.close"
+        } else {
+            "given.disagree"
+        });
+    }
+    if let (Some(x), Some(y)) = (&a.birth_date, &b.birth_date) {
+        let differing = x.bytes().zip(y.bytes()).filter(|(p, q)| p != q).count();
+        levels.push(if x == y {
+            "birth_date.exact"
+        } else if swapped_day_month(x, y) {
+            "birth_date.swapped_day_month"
+        } else if x.len() == y.len() && differing == 1 {
+            "birth_date.one_digit"
+        } else if x.len() == y.len() && differing == 2 {
+            "birth_date.two_digits"
+        } else {
+            "birth_date.disagree"
+        });
+    }
+    if let (Some(x), Some(y)) = (&a.sex, &b.sex) {
+        levels.push(if x == y { "sex.agree" } else { "sex.disagree" });
+    }
+    if let Some(l) = address_level(&c.address, a, b) {
+        levels.push(l);
+    }
+    levels
+}
+
+/// Postcode, first line and town are one comparison because they are correlated (one address):
+/// scored separately, a shared household address would outweigh different names and birth
+/// dates. The levels go from the whole address to the town alone.
+fn address_level(ad: &AddressLevels, a: &Demographics, b: &Demographics) -> Option<&'static str> {
+    fn both<'x>(x: &'x Option<String>, y: &'x Option<String>) -> Option<(&'x str, &'x str)> {
+        Some((x.as_deref()?, y.as_deref()?))
+    }
+    let postcodes = both(&a.postcode, &b.postcode);
+    let lines =
+        both(&a.address_line, &b.address_line).map(|(l, m)| jaro_winkler(l, m) >= ad.similar_at);
+    let towns = both(&a.town, &b.town).map(|(s, t)| jaro_winkler(s, t) >= ad.similar_at);
+    if postcodes.is_none() && lines.is_none() && towns.is_none() {
+        return None;
+    }
+    let postcode_equal = postcodes.is_some_and(|(p, q)| p == q);
+    Some(if postcode_equal && lines != Some(false) {
+        "address.full"
+    } else if postcode_equal {
+        "address.postcode"
+    } else if lines == Some(true) {
+        "address.line"
+    } else if postcodes.is_some_and(|(p, q)| one_edit(p, q)) {
+        "address.near"
+    } else if a.outward().is_some() && a.outward() == b.outward() {
+        "address.outward"
+    } else if towns == Some(true) {
+        "address.town"
+    } else {
+        "address.disagree"
+    })
+}
+
+/// Family and given name exchanged between the two records.
+fn names_swapped(c: &MatchConfig, a: &Demographics, b: &Demographics) -> bool {
+    let (Some(af), Some(ag), Some(bf), Some(bg)) = (&a.family, &a.given, &b.family, &b.given)
+    else {
+        return false;
+    };
+    af != ag
+        && jaro_winkler(af, bg) >= c.family.similar_at
+        && jaro_winkler(ag, bf) >= c.given.similar_at
 }
 
 fn sounds_alike(a: &Demographics, b: &Demographics) -> bool {
@@ -388,9 +543,25 @@ fn swapped_day_month(x: &str, y: &str) -> bool {
     x.len() == 10 && y.len() == 10 && x[..4] == y[..4] && x[5..7] == y[8..10] && x[8..10] == y[5..7]
 }
 
-/// Exactly one digit differs (a keying slip in one position).
-fn one_digit_apart(x: &str, y: &str) -> bool {
-    x.len() == y.len() && x.bytes().zip(y.bytes()).filter(|(p, q)| p != q).count() == 1
+/// One keying slip: one character different, or two neighbours exchanged (`6017`/`6071`).
+fn one_edit(x: &str, y: &str) -> bool {
+    if x.len() != y.len() || x == y {
+        return false;
+    }
+    let diff: Vec<usize> = x
+        .bytes()
+        .zip(y.bytes())
+        .enumerate()
+        .filter(|(_, (p, q))| p != q)
+        .map(|(i, _)| i)
+        .collect();
+    match diff[..] {
+        [_] => true,
+        [i, j] => {
+            j == i + 1 && x.as_bytes()[i] == y.as_bytes()[j] && x.as_bytes()[j] == y.as_bytes()[i]
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -519,6 +690,127 @@ mod tests {
         assert!(s.conflict);
         assert_ne!(s.grade, Grade::Probable);
         assert_ne!(s.grade, Grade::Certain);
+    }
+
+    #[test]
+    fn exchanged_family_and_given_names_are_recognised() {
+        let mut b = person();
+        b.family = Some("WILLIAM".into());
+        b.given = Some("SMITH".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.levels.contains(&"family.swapped"), "{s:?}");
+        assert!(
+            !s.levels.iter().any(|l| l.starts_with("given.")),
+            "one piece of evidence, counted once: {s:?}"
+        );
+    }
+
+    #[test]
+    fn a_heavier_typo_is_close_not_different() {
+        let mut b = person();
+        b.given = Some("WLLIAMX".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.levels.contains(&"given.close"), "{s:?}");
+        assert!(!s.levels.contains(&"given.disagree"));
+    }
+
+    #[test]
+    fn two_changed_digits_of_a_birth_date_are_their_own_level() {
+        let mut b = person();
+        b.birth_date = Some("1980-03-70".into());
+        assert!(
+            compare(&person(), &b)
+                .levels
+                .contains(&"birth_date.two_digits")
+        );
+        b.birth_date = Some("1991-12-25".into());
+        assert!(
+            compare(&person(), &b)
+                .levels
+                .contains(&"birth_date.disagree")
+        );
+    }
+
+    #[test]
+    fn address_levels_go_from_the_whole_address_to_the_town() {
+        let level = |f: &dyn Fn(&mut Demographics)| {
+            let (mut a, mut b) = (person(), person());
+            a.town = Some("LEEDS".into());
+            b.town = Some("LEEDS".into());
+            f(&mut b);
+            compare(&a, &b)
+                .levels
+                .into_iter()
+                .find(|l| l.starts_with("address."))
+        };
+        assert_eq!(level(&|_| {}), Some("address.full"));
+        assert_eq!(
+            level(&|b| b.address_line = Some("3 HIGH STREET".into())),
+            Some("address.postcode")
+        );
+        // A postcode typo under the same first line; a postcode typo alone.
+        assert_eq!(
+            level(&|b| b.postcode = Some("LS14BA".into())),
+            Some("address.line")
+        );
+        assert_eq!(
+            level(&|b| {
+                b.postcode = Some("LS14AD".into());
+                b.address_line = Some("3 HIGH STREET".into());
+            }),
+            Some("address.near")
+        );
+        assert_eq!(
+            level(&|b| {
+                b.postcode = Some("LS12XY".into());
+                b.address_line = Some("3 HIGH STREET".into());
+            }),
+            Some("address.outward")
+        );
+        assert_eq!(
+            level(&|b| {
+                b.postcode = Some("LS279QQ".into());
+                b.address_line = Some("3 HIGH STREET".into());
+            }),
+            Some("address.town")
+        );
+        assert_eq!(
+            level(&|b| {
+                b.postcode = None;
+                b.address_line = None;
+                b.town = None;
+            }),
+            None,
+            "nothing to compare is no evidence"
+        );
+    }
+
+    #[test]
+    fn a_first_name_slip_with_other_differences_is_not_taken_for_twins() {
+        // The first name differs and so does the birth date: not the twins' pattern, the score
+        // decides.
+        let mut b = person();
+        b.given = Some("EDWARD".into());
+        b.birth_date = Some("1980-03-17".into());
+        refresh_codes(&mut b);
+        assert!(!twins(&compare(&person(), &b).levels));
+        // Same family name and birth date with a close first name: twins' pattern.
+        let mut b = person();
+        b.given = Some("WLLIAMX".into());
+        refresh_codes(&mut b);
+        assert!(twins(&compare(&person(), &b).levels));
+    }
+
+    #[test]
+    fn every_level_has_a_name_and_probabilities() {
+        let mut c = MatchConfig::built_in();
+        for &l in MatchConfig::LEVELS {
+            assert!(c.level(l).is_some(), "{l}");
+            assert!(c.level_mut(l).is_some(), "{l}");
+        }
+        assert!(c.level("family.unknown").is_none());
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub struct Blocks {
     year: Option<i32>,
     postcode: Option<String>,
     names: Option<String>,
+    line: Option<String>,
 }
 
 impl Blocks {
@@ -90,6 +91,7 @@ impl Blocks {
             year: birth.map(|b| b.year()),
             postcode: d.postcode.clone(),
             names: d.name_key(),
+            line: d.line_key().map(str::to_string),
         }
     }
 
@@ -104,6 +106,7 @@ impl Blocks {
             || (eq(&self.code, &other.code) && eq(&self.year, &other.year))
             || eq(&self.postcode, &other.postcode)
             || eq(&self.names, &other.names)
+            || eq(&self.line, &other.line)
     }
 }
 
@@ -181,8 +184,14 @@ async fn changed_since(
 ) -> Result<Vec<Changed>, StoreError> {
     // Any record's blocking values: rows outside all of them are only dropped from the
     // prefetch, so their demographics are not read.
-    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names, mut lines) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (_, _, d) in wanted {
         let b = Blocks::of(d);
         nhs.extend(b.nhs);
@@ -193,6 +202,7 @@ async fn changed_since(
         }
         postcodes.extend(b.postcode);
         names.extend(b.names);
+        lines.extend(b.line);
     }
     // Both bounds on `txid` make it a range the planner reads through the index, even before
     // the table has statistics (autovacuum off): the rows of the linkers that committed while
@@ -201,7 +211,8 @@ async fn changed_since(
         "SELECT patient_id, person_id, org,
                 CASE WHEN active AND (nhs_number = ANY($2) OR birth_date = ANY($3)
                                       OR family_code || '|' || birth_year = ANY($4)
-                                      OR postcode = ANY($5) OR name_key = ANY($6))
+                                      OR postcode = ANY($5) OR name_key = ANY($6)
+                                      OR line_key = ANY($7))
                      THEN demographics END AS demographics
          FROM identity_patient
          WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot)
@@ -214,6 +225,7 @@ async fn changed_since(
     .bind(&phonetic)
     .bind(&postcodes)
     .bind(&names)
+    .bind(&lines)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -535,7 +547,8 @@ pub(crate) async fn candidates_of(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut code, mut year, mut postcode, mut names) = (
+    let (mut code, mut year, mut postcode, mut names, mut line) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -552,14 +565,15 @@ pub(crate) async fn candidates_of(
         year.push(b.year);
         postcode.push(b.postcode);
         names.push(b.names);
+        line.push(b.line);
     }
     // One block look-up per record (each an index OR over the blocking columns), in one
     // statement.
     let rows = sqlx::query(
         "SELECT k.pos, c.patient_id, c.person_id, c.org, c.demographics
          FROM unnest($1::int4[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[],
-                     $7::int4[], $8::text[], $9::text[])
-              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names)
+                     $7::int4[], $8::text[], $9::text[], $11::text[])
+              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names, line)
          CROSS JOIN LATERAL (
              SELECT p.patient_id, p.person_id, p.org, p.demographics FROM identity_patient p
              WHERE p.active AND p.patient_id <> k.pid AND (
@@ -568,7 +582,8 @@ pub(crate) async fn candidates_of(
                 OR p.birth_date = k.swapped
                 OR (p.family_code = k.code AND p.birth_year = k.year)
                 OR p.postcode = k.postcode
-                OR p.name_key = k.names)
+                OR p.name_key = k.names
+                OR p.line_key = k.line)
                AND NOT EXISTS (
                    SELECT 1 FROM identity_non_match n
                    WHERE (n.patient_a = k.pid AND n.patient_b = p.patient_id)
@@ -585,6 +600,7 @@ pub(crate) async fn candidates_of(
     .bind(&postcode)
     .bind(&names)
     .bind(MAX_CANDIDATES)
+    .bind(&line)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -664,6 +680,7 @@ async fn write_pending(
     let mut grades = Vec::with_capacity(n);
     let mut methods = Vec::with_capacity(n);
     let mut names = Vec::with_capacity(n);
+    let mut lines = Vec::with_capacity(n);
     for (id, d) in &p.links {
         let a = &overlay[id].assignment;
         ids.push(id.as_str());
@@ -680,6 +697,7 @@ async fn write_pending(
         grades.push(a.grade.as_str());
         methods.push(a.method.as_str());
         names.push(d.name_key());
+        lines.push(d.line_key());
     }
     let e_ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
     let e_from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
@@ -700,14 +718,14 @@ async fn write_pending(
              INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
-                linked_at, active)
+                line_key, linked_at, active)
              SELECT pid, person, $3, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                    method, names, now(), true
+                    method, names, line, now(), true
              FROM unnest($1::text[], $2::text[], $4::text[], $5::bool[], $6::bool[], $7::text[],
                          $8::date[], $9::int4[], $10::text[], $11::jsonb[], $12::float8[],
-                         $13::text[], $14::text[], $15::text[])
+                         $13::text[], $14::text[], $15::text[], $16::text[])
                   AS k(pid, person, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                       method, names)
+                       method, names, line)
              ON CONFLICT (patient_id) DO UPDATE SET
                person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
                nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
@@ -715,25 +733,25 @@ async fn write_pending(
                birth_year = excluded.birth_year, postcode = excluded.postcode,
                demographics = excluded.demographics, score = excluded.score,
                grade = excluded.grade, method = excluded.method, name_key = excluded.name_key,
-               active = true,
+               line_key = excluded.line_key, active = true,
                linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
                                 THEN identity_patient.linked_at ELSE now() END
          ),
          gone AS (
-             UPDATE identity_patient SET active = false WHERE patient_id = ANY($16)
+             UPDATE identity_patient SET active = false WHERE patient_id = ANY($17)
          ),
          events AS (
              INSERT INTO identity_link_event
                (patient_id, from_person, to_person, score, grade, method, actor)
-             SELECT pid, f, t, s, g, m, $23
-             FROM unnest($17::text[], $18::text[], $19::text[], $20::float8[], $21::text[],
-                         $22::text[])
+             SELECT pid, f, t, s, g, m, $24
+             FROM unnest($18::text[], $19::text[], $20::text[], $21::float8[], $22::text[],
+                         $23::text[])
                   WITH ORDINALITY AS k(pid, f, t, s, g, m, ord)
              ORDER BY ord
          ),
          reviews AS (
              INSERT INTO identity_review (patient_id, candidate_id, score, reason)
-             SELECT * FROM unnest($24::text[], $25::text[], $26::float8[], $27::text[])
+             SELECT * FROM unnest($25::text[], $26::text[], $27::float8[], $28::text[])
              ON CONFLICT DO NOTHING
          )
          SELECT 1",
@@ -753,6 +771,7 @@ async fn write_pending(
     .bind(&grades)
     .bind(&methods)
     .bind(&names)
+    .bind(&lines)
     .bind(&p.deactivate)
     .bind(&e_ids)
     .bind(&e_from)
@@ -815,5 +834,13 @@ mod tests {
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)), "same phonetic names");
         z.given_code = Some("ALS".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
+        // Exchanged names share the key; so do records at one numbered street address.
+        let mut swapped = x.clone();
+        std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
+        assert!(Blocks::of(&x).finds(&Blocks::of(&swapped)));
+        z.address_line = Some("12 MILL LANE".into());
+        assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
+        x.address_line = Some("12 MILL LANE".into());
+        assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
     }
 }
