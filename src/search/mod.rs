@@ -14,4 +14,5 @@ pub mod packed;
 pub mod params;
 pub mod plan;
 pub mod query;
+pub mod rank;
 pub mod terms;

@@ -337,27 +337,53 @@ impl Planner<'_> {
         clauses: &[Clause],
     ) -> Result<Vec<(String, String)>, PlanError> {
         let docs = self.matching_docs(types, clauses)?;
-        let mut out = Vec::with_capacity(docs.len());
-        for d in docs {
-            out.push(self.key_of(d)?);
-        }
-        Ok(out)
+        self.keys_of(&docs)
     }
 
     pub fn key_of(&self, d: tantivy::DocAddress) -> Result<(String, String), PlanError> {
-        let segment = self.searcher.segment_reader(d.segment_ord);
-        let ff = segment.fast_fields();
-        let read = |name: &str| -> Result<String, PlanError> {
-            let col = ff.str(name)?.ok_or_else(|| {
-                PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!("{name} column")))
-            })?;
-            let mut s = String::new();
-            if let Some(ord) = col.term_ords(d.doc_id).next() {
-                col.ord_to_str(ord, &mut s)?;
+        Ok(self.keys_of(&[d])?.pop().unwrap_or_default())
+    }
+
+    /// `(type, id)` of each document, in the given order. A string column's dictionary is
+    /// read in blocks: looking ids up one by one decodes a block per document, so each
+    /// segment's ids are read in ordinal order, in one pass over the blocks they fall in.
+    pub fn keys_of(
+        &self,
+        docs: &[tantivy::DocAddress],
+    ) -> Result<Vec<(String, String)>, PlanError> {
+        let mut out = vec![(String::new(), String::new()); docs.len()];
+        let mut by_segment: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, d) in docs.iter().enumerate() {
+            by_segment.entry(d.segment_ord).or_default().push(i);
+        }
+        for (segment_ord, positions) in by_segment {
+            let ff = self.searcher.segment_reader(segment_ord).fast_fields();
+            for name in ["type", "id"] {
+                let col = ff.str(name)?.ok_or_else(|| {
+                    PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!(
+                        "{name} column"
+                    )))
+                })?;
+                let mut ords: Vec<(u64, usize)> = positions
+                    .iter()
+                    .filter_map(|&i| col.term_ords(docs[i].doc_id).next().map(|o| (o, i)))
+                    .collect();
+                ords.sort_unstable();
+                let sorted: Vec<u64> = ords.iter().map(|(o, _)| *o).collect();
+                let mut slots = ords.iter().map(|(_, i)| *i);
+                col.dictionary().sorted_ords_to_term_cb(&sorted, |bytes| {
+                    if let Some(i) = slots.next() {
+                        let text = String::from_utf8_lossy(bytes).into_owned();
+                        if name == "type" {
+                            out[i].0 = text;
+                        } else {
+                            out[i].1 = text;
+                        }
+                    }
+                })?;
             }
-            Ok(s)
-        };
-        Ok((read("type")?, read("id")?))
+        }
+        Ok(out)
     }
 
     /// The packed values of `code` on each document.
