@@ -130,11 +130,20 @@ impl Engine<'_> {
         let paged: Box<dyn Query> = match &cursor {
             Some(c) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, query.box_clone()),
-                (Occur::Must, beyond(c.clone(), sort.clone(), backwards)),
+                (
+                    Occur::Must,
+                    beyond(
+                        self.index.columns.clone(),
+                        c.clone(),
+                        sort.clone(),
+                        backwards,
+                    ),
+                ),
             ])),
             None => query.box_clone(),
         };
         let collector = TopRanked {
+            columns: self.index.columns.clone(),
             sort: sort.clone(),
             descending: descending.clone(),
             limit: q.count + 1,
@@ -192,11 +201,14 @@ impl Engine<'_> {
                 Some(key) => key,
                 None => planner.key_of(*d)?,
             };
-            let segment = planner.searcher.segment_reader(d.segment_ord);
-            let version = segment
-                .fast_fields()
-                .i64("version")?
-                .first(d.doc_id)
+            let columns = self
+                .index
+                .columns
+                .get(planner.searcher.segment_reader(d.segment_ord));
+            let version = columns
+                .version
+                .as_ref()
+                .and_then(|c| c.first(d.doc_id))
                 .unwrap_or(0);
             out.push((t, id, version));
         }

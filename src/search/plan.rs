@@ -91,18 +91,13 @@ fn packed_predicate(index: &SearchIndex, code: &str, ps: Vec<ValuePredicate>, no
     let code = code.to_string();
     let base = index.base.clone();
     let p = Arc::new(ps);
+    let cache = index.columns.clone();
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
-        let column = segment.fast_fields().bytes("packed")?;
+        let columns = cache.get(segment);
         let (code, base, p) = (code.clone(), base.clone(), p.clone());
         Ok(move |doc: DocId| {
-            let Some(column) = column.as_ref() else {
-                return false;
-            };
-            let Some(ord) = column.term_ords(doc).next() else {
-                return false;
-            };
             let mut buf = Vec::new();
-            if !column.ord_to_bytes(ord, &mut buf).unwrap_or(false) {
+            if !columns.packed_bytes(doc, &mut buf) {
                 return false;
             }
             super::packed::unpack(&buf, &code)
@@ -357,9 +352,12 @@ impl Planner<'_> {
             by_segment.entry(d.segment_ord).or_default().push(i);
         }
         for (segment_ord, positions) in by_segment {
-            let ff = self.searcher.segment_reader(segment_ord).fast_fields();
-            for name in ["type", "id"] {
-                let col = ff.str(name)?.ok_or_else(|| {
+            let columns = self
+                .index
+                .columns
+                .get(self.searcher.segment_reader(segment_ord));
+            for (name, col) in [("type", &columns.types), ("id", &columns.ids)] {
+                let col = col.as_ref().ok_or_else(|| {
                     PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!(
                         "{name} column"
                     )))
@@ -395,16 +393,11 @@ impl Planner<'_> {
         let mut out = Vec::with_capacity(docs.len());
         let mut buf = Vec::new();
         for d in docs {
-            let segment = self.searcher.segment_reader(d.segment_ord);
-            let Some(col) = segment.fast_fields().bytes("packed")? else {
-                out.push(Vec::new());
-                continue;
-            };
-            buf.clear();
-            let found = match col.term_ords(d.doc_id).next() {
-                Some(ord) => col.ord_to_bytes(ord, &mut buf)?,
-                None => false,
-            };
+            let columns = self
+                .index
+                .columns
+                .get(self.searcher.segment_reader(d.segment_ord));
+            let found = columns.packed_bytes(d.doc_id, &mut buf);
             out.push(if found {
                 super::packed::unpack(&buf, code)
             } else {

@@ -14,6 +14,7 @@ use tantivy::query::Query;
 use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
+use super::columns::{ColumnCache, SegmentColumns};
 use super::query::SortKey;
 
 /// Sort position of a document: keys in sort order (missing values last), then type and id.
@@ -148,8 +149,7 @@ struct RankReader {
 }
 
 impl RankReader {
-    fn new(segment: &SegmentReader, sort: &[SortKey], descending: Arc<Vec<bool>>) -> RankReader {
-        let ff = segment.fast_fields();
+    fn new(columns: &SegmentColumns, sort: &[SortKey], descending: Arc<Vec<bool>>) -> RankReader {
         RankReader {
             sources: sort
                 .iter()
@@ -163,10 +163,10 @@ impl RankReader {
                 })
                 .collect(),
             descending,
-            types: ff.str("type").ok().flatten(),
-            ids: ff.str("id").ok().flatten(),
-            last_updated: ff.i64("last_updated").ok(),
-            packed_sort: ff.bytes("sort").ok().flatten(),
+            types: columns.types.clone(),
+            ids: columns.ids.clone(),
+            last_updated: columns.last_updated.clone(),
+            packed_sort: columns.sort.clone(),
         }
     }
 
@@ -280,11 +280,16 @@ impl RankReader {
 }
 
 /// Documents strictly after (or, backwards, strictly before) `cursor` in rank order.
-pub fn beyond(cursor: Rank, sort: Vec<SortKey>, backwards: bool) -> Box<dyn Query> {
+pub fn beyond(
+    columns: Arc<ColumnCache>,
+    cursor: Rank,
+    sort: Vec<SortKey>,
+    backwards: bool,
+) -> Box<dyn Query> {
     let descending = cursor.descending.clone();
     let cursor = Arc::new(cursor);
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
-        let reader = RankReader::new(segment, &sort, descending.clone());
+        let reader = RankReader::new(&columns.get(segment), &sort, descending.clone());
         let cursor = cursor.clone();
         Ok(move |doc: DocId| {
             let r = reader.ranks(vec![reader.keys(doc)]).pop().expect("one rank");
@@ -301,6 +306,7 @@ pub fn beyond(cursor: Rank, sort: Vec<SortKey>, backwards: bool) -> Box<dyn Quer
 /// The first `limit` documents in rank order (or, `reverse`, in reverse rank order: walking
 /// back from a cursor, the documents nearest it), best first.
 pub struct TopRanked {
+    pub columns: Arc<ColumnCache>,
     pub sort: Vec<SortKey>,
     pub descending: Arc<Vec<bool>>,
     pub limit: usize,
@@ -325,7 +331,11 @@ impl Collector for TopRanked {
     ) -> tantivy::Result<TopRankedInSegment> {
         Ok(TopRankedInSegment {
             segment_ord,
-            reader: RankReader::new(segment, &self.sort, self.descending.clone()),
+            reader: RankReader::new(
+                &self.columns.get(segment),
+                &self.sort,
+                self.descending.clone(),
+            ),
             limit: self.limit,
             reverse: self.reverse,
             kept: Vec::new(),
@@ -435,7 +445,7 @@ mod tests {
                 let i = segment * 40 + n;
                 let t = types[(i * 7) % 3];
                 let id = format!("{:03}", (i * 37) % 160);
-                let updated = i64::from((i * 13) % 9);
+                let updated = ((i * 13) % 9) as i64;
                 let mut doc = TantivyDocument::new();
                 doc.add_text(f.resource_type, t);
                 doc.add_text(f.id, &id);
@@ -459,11 +469,13 @@ mod tests {
     ) -> Vec<Rank> {
         let descending = descending_flags(sort);
         let backwards = cursor.as_ref().is_some_and(|(_, b)| *b);
+        let columns = Arc::new(ColumnCache::default());
         let query: Box<dyn Query> = match cursor {
-            Some((rank, backwards)) => beyond(rank, sort.to_vec(), backwards),
+            Some((rank, backwards)) => beyond(columns.clone(), rank, sort.to_vec(), backwards),
             None => Box::new(AllQuery),
         };
         let collector = TopRanked {
+            columns,
             sort: sort.to_vec(),
             descending,
             limit,
