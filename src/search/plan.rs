@@ -358,9 +358,7 @@ impl Planner<'_> {
                 .get(self.searcher.segment_reader(segment_ord));
             for (name, col) in [("type", &columns.types), ("id", &columns.ids)] {
                 let col = col.as_ref().ok_or_else(|| {
-                    PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!(
-                        "{name} column"
-                    )))
+                    PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!("{name} column")))
                 })?;
                 let mut ords: Vec<(u64, usize)> = positions
                     .iter()

@@ -235,11 +235,13 @@ impl RankReader {
         sorted.sort_unstable();
         let just_ords: Vec<u64> = sorted.iter().map(|(o, _)| *o).collect();
         let mut slots = sorted.iter().map(|(_, i)| *i);
-        let _ = col.dictionary().sorted_ords_to_term_cb(&just_ords, |bytes| {
-            if let Some(i) = slots.next() {
-                out[i] = Some(bytes.to_vec());
-            }
-        });
+        let _ = col
+            .dictionary()
+            .sorted_ords_to_term_cb(&just_ords, |bytes| {
+                if let Some(i) = slots.next() {
+                    out[i] = Some(bytes.to_vec());
+                }
+            });
         out
     }
 
@@ -292,7 +294,10 @@ pub fn beyond(
         let reader = RankReader::new(&columns.get(segment), &sort, descending.clone());
         let cursor = cursor.clone();
         Ok(move |doc: DocId| {
-            let r = reader.ranks(vec![reader.keys(doc)]).pop().expect("one rank");
+            let r = reader
+                .ranks(vec![reader.keys(doc)])
+                .pop()
+                .expect("one rank");
             match r.partial_cmp(&cursor) {
                 Some(Ordering::Less) => !backwards,
                 Some(Ordering::Greater) => backwards,
@@ -437,7 +442,8 @@ mod tests {
     /// do), so type and id decide between them.
     fn index() -> (tantivy::Index, Vec<(i64, String, String)>) {
         let (index, f) = crate::search::index::in_memory();
-        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 50_000_000).unwrap();
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 50_000_000).unwrap();
         let mut expected = Vec::new();
         let types = ["Observation", "Condition", "Patient"];
         for segment in 0..4 {
@@ -498,8 +504,10 @@ mod tests {
         let keys = |ranks: &[Rank]| -> Vec<(String, String)> {
             ranks.iter().map(|r| r.key().unwrap()).collect()
         };
-        let want: Vec<(String, String)> =
-            expected.iter().map(|(_, t, id)| (t.clone(), id.clone())).collect();
+        let want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(_, t, id)| (t.clone(), id.clone()))
+            .collect();
 
         // Forwards in pages of 7: every document once, in order.
         let mut seen = Vec::new();
@@ -526,6 +534,9 @@ mod tests {
         }];
         let mut want_by_id = want.clone();
         want_by_id.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        assert_eq!(keys(&page(&searcher, &by_id, 11, None)), want_by_id[..11].to_vec());
+        assert_eq!(
+            keys(&page(&searcher, &by_id, 11, None)),
+            want_by_id[..11].to_vec()
+        );
     }
 }
