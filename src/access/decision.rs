@@ -168,7 +168,7 @@ impl Grants {
                 use sqlx::Row;
                 Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
             })
-            .fetch_all(store.pool())
+            .fetch_all(store.lookups_pool())
             .await?;
         let mut relationship = Vec::new();
         let mut break_glass = Vec::new();

@@ -178,7 +178,7 @@ pub async fn break_glass_grants(
     )
     .bind(user_id)
     .bind(org)
-    .fetch_all(store.pool())
+    .fetch_all(store.lookups_pool())
     .await?;
     Ok(rows.into_iter().collect())
 }

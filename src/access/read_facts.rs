@@ -70,7 +70,7 @@ pub async fn read(
     .bind(org)
     .bind(user_id)
     .bind(window_days as i32)
-    .fetch_optional(store.pool())
+    .fetch_optional(store.lookups_pool())
     .await?;
     let Some(row) = row else {
         return Ok(ReadFacts {

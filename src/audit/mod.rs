@@ -396,7 +396,7 @@ impl Columns {
         .bind(last)
         .bind(last_hash)
         .bind(base)
-        .execute(store.pool())
+        .execute(store.lookups_pool())
         .await?;
         Ok(done.rows_affected())
     }

@@ -2,23 +2,21 @@
 //! queries with authorisation and paging inside the index query, ranks, then loads the page's
 //! versions (exactly as indexed) and the included resources from PostgreSQL.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
 use tantivy::query::{BooleanQuery, Occur, Query};
-use tantivy::{DocAddress, DocId, Score, SegmentReader, Term};
+use tantivy::{DocAddress, Term};
 
 use super::extract::IndexValue;
 use super::indexer::{IndexError, SearchIndex};
 use super::params::ParamType;
 use super::plan::{PlanError, Planner};
-use super::query::{Clause, Include, SearchQuery, SortKey, Summary, TotalMode};
+use super::query::{Clause, Include, SearchQuery, Summary, TotalMode};
+use super::rank::{
+    Rank, TopRanked, beyond, decode_cursor, descending_flags, effective_sort, encode_cursor,
+};
 use super::terms::join;
 use crate::store::{Store, VersionRow};
 
@@ -50,178 +48,6 @@ pub struct SearchResult {
     pub includes: Vec<VersionRow>,
     pub next: Option<String>,
     pub previous: Option<String>,
-}
-
-/// Sort position of a document: keys in sort order (missing values last), then type and id.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rank {
-    keys: Vec<Option<Vec<u8>>>,
-    descending: Arc<Vec<bool>>,
-}
-
-impl PartialOrd for Rank {
-    /// Greater means "comes first": the top collector keeps the greatest.
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        for (i, (a, b)) in self.keys.iter().zip(&other.keys).enumerate() {
-            let desc = self.descending.get(i).copied().unwrap_or(false);
-            let o = match (a, b) {
-                (None, None) => Ordering::Equal,
-                (None, Some(_)) => Ordering::Less,
-                (Some(_), None) => Ordering::Greater,
-                (Some(a), Some(b)) if desc => a.cmp(b),
-                (Some(a), Some(b)) => b.cmp(a),
-            };
-            if o != Ordering::Equal {
-                return Some(o);
-            }
-        }
-        Some(Ordering::Equal)
-    }
-}
-
-/// Reads the sort keys of documents in one segment.
-struct RankReader {
-    sort: Vec<SortKey>,
-    descending: Arc<Vec<bool>>,
-    types: Option<tantivy::columnar::StrColumn>,
-    ids: Option<tantivy::columnar::StrColumn>,
-    last_updated: Option<tantivy::columnar::Column<i64>>,
-    packed_sort: Option<tantivy::columnar::BytesColumn>,
-    buf: Vec<u8>,
-}
-
-impl RankReader {
-    fn new(segment: &SegmentReader, sort: &[SortKey], descending: Arc<Vec<bool>>) -> RankReader {
-        let ff = segment.fast_fields();
-        RankReader {
-            sort: sort.to_vec(),
-            descending,
-            types: ff.str("type").ok().flatten(),
-            ids: ff.str("id").ok().flatten(),
-            last_updated: ff.i64("last_updated").ok(),
-            packed_sort: ff.bytes("sort").ok().flatten(),
-            buf: Vec::new(),
-        }
-    }
-
-    fn string(col: &Option<tantivy::columnar::StrColumn>, doc: DocId) -> Option<Vec<u8>> {
-        let col = col.as_ref()?;
-        let ord = col.term_ords(doc).next()?;
-        let mut s = String::new();
-        col.ord_to_str(ord, &mut s).ok()?;
-        Some(s.into_bytes())
-    }
-
-    fn rank(&mut self, doc: DocId) -> Rank {
-        let mut keys = Vec::with_capacity(self.sort.len() + 2);
-        let mut packed_loaded = false;
-        for s in &self.sort {
-            let key = match s.code.as_str() {
-                "_id" => Self::string(&self.ids, doc),
-                "_lastUpdated" => self
-                    .last_updated
-                    .as_ref()
-                    .and_then(|c| c.first(doc))
-                    .map(|v| super::terms::hex_i64(v).into_bytes()),
-                code => {
-                    if !packed_loaded {
-                        self.buf.clear();
-                        if let Some(col) = &self.packed_sort
-                            && let Some(ord) = col.term_ords(doc).next()
-                        {
-                            let _ = col.ord_to_bytes(ord, &mut self.buf);
-                        }
-                        packed_loaded = true;
-                    }
-                    super::index::unpack_sort_key(&self.buf, code).map(|(min, max)| {
-                        if s.descending {
-                            max.to_vec()
-                        } else {
-                            min.to_vec()
-                        }
-                    })
-                }
-            };
-            keys.push(key);
-        }
-        keys.push(Self::string(&self.types, doc));
-        keys.push(Self::string(&self.ids, doc));
-        Rank {
-            keys,
-            descending: self.descending.clone(),
-        }
-    }
-}
-
-fn effective_sort(sort: &[SortKey]) -> Vec<SortKey> {
-    if sort.is_empty() {
-        vec![SortKey {
-            code: "_lastUpdated".into(),
-            descending: true,
-        }]
-    } else {
-        sort.to_vec()
-    }
-}
-
-fn descending_flags(sort: &[SortKey]) -> Arc<Vec<bool>> {
-    let mut flags: Vec<bool> = sort.iter().map(|s| s.descending).collect();
-    flags.extend([false, false]);
-    Arc::new(flags)
-}
-
-fn encode_cursor(rank: &Rank, backwards: bool) -> String {
-    let keys: Vec<Option<String>> = rank
-        .keys
-        .iter()
-        .map(|k| {
-            k.as_ref()
-                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
-        })
-        .collect();
-    URL_SAFE_NO_PAD.encode(serde_json::json!({"k": keys, "b": backwards}).to_string())
-}
-
-fn decode_cursor(s: &str, descending: Arc<Vec<bool>>) -> Option<(Rank, bool)> {
-    let raw = URL_SAFE_NO_PAD.decode(s).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    let keys = v["k"]
-        .as_array()?
-        .iter()
-        .map(|k| match k.as_str() {
-            None => Some(None),
-            Some(hex) => (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()
-                .map(Some),
-        })
-        .collect::<Option<Vec<_>>>()?;
-    if keys.len() != descending.len() {
-        return None;
-    }
-    Some((Rank { keys, descending }, v["b"].as_bool().unwrap_or(false)))
-}
-
-/// Documents strictly after (or, backwards, strictly before) `cursor` in rank order.
-fn beyond(cursor: Rank, sort: Vec<SortKey>, backwards: bool) -> Box<dyn Query> {
-    let descending = cursor.descending.clone();
-    let cursor = Arc::new(cursor);
-    let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
-        // The predicate must be `Fn + Sync`; the reader's scratch buffer sits behind a lock
-        // nobody contends (one segment is searched by one thread).
-        let reader = std::sync::Mutex::new(RankReader::new(segment, &sort, descending.clone()));
-        let cursor = cursor.clone();
-        Ok(move |doc: DocId| {
-            let r = reader.lock().expect("rank reader").rank(doc);
-            match r.partial_cmp(&cursor) {
-                Some(Ordering::Less) => !backwards,
-                Some(Ordering::Greater) => backwards,
-                _ => false,
-            }
-        })
-    });
-    Box::new(DocPredicateQuery::from(predicate))
 }
 
 pub struct Engine<'a> {
@@ -304,28 +130,26 @@ impl Engine<'_> {
         let paged: Box<dyn Query> = match &cursor {
             Some(c) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, query.box_clone()),
-                (Occur::Must, beyond(c.clone(), sort.clone(), backwards)),
+                (
+                    Occur::Must,
+                    beyond(
+                        self.index.columns.clone(),
+                        c.clone(),
+                        sort.clone(),
+                        backwards,
+                    ),
+                ),
             ])),
             None => query.box_clone(),
         };
-        let limit = q.count + 1;
-        let (sort_for_collector, flags) = (sort.clone(), descending.clone());
-        let collector = TopDocs::with_limit(limit).tweak_score(move |segment: &SegmentReader| {
-            let reader = std::cell::RefCell::new(RankReader::new(
-                segment,
-                &sort_for_collector,
-                flags.clone(),
-            ));
-            move |doc: DocId, _score: Score| {
-                let r = reader.borrow_mut().rank(doc);
-                // Walking backwards, the documents nearest the cursor come first.
-                Reversed {
-                    rank: r,
-                    reverse: backwards,
-                }
-            }
-        });
-        let mut hits: Vec<(Reversed, DocAddress)> = if counted_with_page {
+        let collector = TopRanked {
+            columns: self.index.columns.clone(),
+            sort: sort.clone(),
+            descending: descending.clone(),
+            limit: q.count + 1,
+            reverse: backwards,
+        };
+        let mut hits: Vec<(Rank, DocAddress)> = if counted_with_page {
             let (count, hits) = searcher.search(&paged, &(Count, collector))?;
             total = Some(count as u64);
             hits
@@ -337,8 +161,8 @@ impl Engine<'_> {
         if backwards {
             hits.reverse();
         }
-        let ranks: Vec<Rank> = hits.iter().map(|(r, _)| r.rank.clone()).collect();
         let docs: Vec<DocAddress> = hits.iter().map(|(_, d)| *d).collect();
+        let ranks: Vec<Rank> = hits.into_iter().map(|(r, _)| r).collect();
 
         let next = match (ranks.last(), backwards, has_more, &cursor) {
             (Some(last), false, true, _) => Some(encode_cursor(last, false)),
@@ -352,7 +176,7 @@ impl Engine<'_> {
             _ => None,
         };
 
-        let keys = self.doc_versions(&planner, &docs)?;
+        let keys = self.doc_versions(&planner, &ranks, &docs)?;
         let matches = self.load(&keys).await?;
         let includes = self.includes(&planner, q, &docs, &matches).await?;
         Ok(SearchResult {
@@ -364,19 +188,27 @@ impl Engine<'_> {
         })
     }
 
+    /// `(type, id, version)` of each ranked document (its rank holds its type and id).
     fn doc_versions(
         &self,
         planner: &Planner<'_>,
+        ranks: &[Rank],
         docs: &[DocAddress],
     ) -> Result<Vec<(String, String, i64)>, SearchError> {
         let mut out = Vec::with_capacity(docs.len());
-        for d in docs {
-            let (t, id) = planner.key_of(*d)?;
-            let segment = planner.searcher.segment_reader(d.segment_ord);
-            let version = segment
-                .fast_fields()
-                .i64("version")?
-                .first(d.doc_id)
+        for (rank, d) in ranks.iter().zip(docs) {
+            let (t, id) = match rank.key() {
+                Some(key) => key,
+                None => planner.key_of(*d)?,
+            };
+            let columns = self
+                .index
+                .columns
+                .get(planner.searcher.segment_reader(d.segment_ord));
+            let version = columns
+                .version
+                .as_ref()
+                .and_then(|c| c.first(d.doc_id))
                 .unwrap_or(0);
             out.push((t, id, version));
         }
@@ -412,10 +244,7 @@ impl Engine<'_> {
         let mut first_round = true;
         while !frontier.is_empty() && out.len() < MAX_INCLUDES {
             let mut found: BTreeSet<(String, String)> = BTreeSet::new();
-            let frontier_keys: Vec<(String, String)> = frontier
-                .iter()
-                .map(|d| planner.key_of(*d))
-                .collect::<Result<_, _>>()?;
+            let frontier_keys = planner.keys_of(&frontier)?;
             for inc in q.includes.iter().filter(|i| first_round || i.iterate) {
                 for (i, d) in frontier.iter().enumerate() {
                     let (t, _) = &frontier_keys[i];
@@ -475,9 +304,8 @@ impl Engine<'_> {
                     &BooleanQuery::new(parts),
                     &TopDocs::with_limit(MAX_INCLUDES).order_by_score(),
                 )?;
-                for (_, d) in hits {
-                    found.insert(planner.key_of(d)?);
-                }
+                let docs: Vec<DocAddress> = hits.into_iter().map(|(_, d)| d).collect();
+                found.extend(planner.keys_of(&docs)?);
             }
             first_round = false;
             let new: Vec<(String, String)> = found
@@ -488,9 +316,12 @@ impl Engine<'_> {
                 break;
             }
             let heads = self.store.heads(&new).await?;
+            let iterating = q.includes.iter().chain(&q.revincludes).any(|i| i.iterate);
             let mut next_frontier = Vec::new();
             for h in heads.into_iter().filter(|h| !h.deleted) {
-                next_frontier.extend(self.docs_for(planner, &h.resource_type, &h.id)?);
+                if iterating {
+                    next_frontier.extend(self.docs_for(planner, &h.resource_type, &h.id)?);
+                }
                 out.push(VersionRow {
                     resource_type: h.resource_type,
                     id: h.id,
@@ -502,7 +333,6 @@ impl Engine<'_> {
                     author_org: h.author_org,
                 });
             }
-            let iterating = q.includes.iter().chain(&q.revincludes).any(|i| i.iterate);
             if !iterating {
                 break;
             }
@@ -537,20 +367,6 @@ impl Engine<'_> {
             .filter(|p| p.param_type == ParamType::Reference)
             .map(|p| p.code.clone())
             .collect()
-    }
-}
-
-/// Rank wrapper letting one collector order forwards or backwards.
-#[derive(Clone, Debug, PartialEq)]
-struct Reversed {
-    rank: Rank,
-    reverse: bool,
-}
-
-impl PartialOrd for Reversed {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        let o = self.rank.partial_cmp(&other.rank)?;
-        Some(if self.reverse { o.reverse() } else { o })
     }
 }
 

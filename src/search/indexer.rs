@@ -76,6 +76,8 @@ pub struct SearchIndex {
     pub index: Index,
     pub fields: Fields,
     pub reader: IndexReader,
+    /// Fast-field columns of the searchable segments, opened once each.
+    pub columns: Arc<super::columns::ColumnCache>,
     pub registry: Arc<Registry>,
     /// FHIR base URL: absolute references under it are local.
     pub base: String,
@@ -215,6 +217,7 @@ pub async fn start(
         index,
         fields,
         reader,
+        columns: Default::default(),
         registry,
         base: options.base,
         next_generation: AtomicU64::new(1),
@@ -356,6 +359,7 @@ impl Indexer {
             prepared.set_payload(&payload);
             prepared.commit()?;
             shared.reader.reload()?;
+            shared.columns.keep_only(&shared.reader.searcher());
             Ok(())
         })
         .await
@@ -470,6 +474,7 @@ impl Indexer {
                     if let Err(e) = shared.reader.reload() {
                         tracing::warn!(error = %e, "reloading the search index failed");
                     }
+                    shared.columns.keep_only(&shared.reader.searcher());
                     true
                 }
                 // A segment may be in a merge the policy started: try again after it.
@@ -639,6 +644,7 @@ pub async fn reindex(
         index,
         fields,
         reader,
+        columns: Default::default(),
         registry,
         base,
         next_generation: AtomicU64::new(1),

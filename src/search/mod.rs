@@ -1,6 +1,7 @@
 //! FHIR search: SearchParameter definitions as data, the values each resource is indexed under,
 //! the tantivy index that follows the change feed, and the query engine over it.
 
+pub mod columns;
 pub mod compartments;
 pub mod engine;
 pub mod extract;
@@ -14,4 +15,5 @@ pub mod packed;
 pub mod params;
 pub mod plan;
 pub mod query;
+pub mod rank;
 pub mod terms;

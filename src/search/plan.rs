@@ -91,18 +91,13 @@ fn packed_predicate(index: &SearchIndex, code: &str, ps: Vec<ValuePredicate>, no
     let code = code.to_string();
     let base = index.base.clone();
     let p = Arc::new(ps);
+    let cache = index.columns.clone();
     let predicate = FunctionPredicate::from(move |segment: &SegmentReader| {
-        let column = segment.fast_fields().bytes("packed")?;
+        let columns = cache.get(segment);
         let (code, base, p) = (code.clone(), base.clone(), p.clone());
         Ok(move |doc: DocId| {
-            let Some(column) = column.as_ref() else {
-                return false;
-            };
-            let Some(ord) = column.term_ords(doc).next() else {
-                return false;
-            };
             let mut buf = Vec::new();
-            if !column.ord_to_bytes(ord, &mut buf).unwrap_or(false) {
+            if !columns.packed_bytes(doc, &mut buf) {
                 return false;
             }
             super::packed::unpack(&buf, &code)
@@ -337,27 +332,54 @@ impl Planner<'_> {
         clauses: &[Clause],
     ) -> Result<Vec<(String, String)>, PlanError> {
         let docs = self.matching_docs(types, clauses)?;
-        let mut out = Vec::with_capacity(docs.len());
-        for d in docs {
-            out.push(self.key_of(d)?);
-        }
-        Ok(out)
+        self.keys_of(&docs)
     }
 
     pub fn key_of(&self, d: tantivy::DocAddress) -> Result<(String, String), PlanError> {
-        let segment = self.searcher.segment_reader(d.segment_ord);
-        let ff = segment.fast_fields();
-        let read = |name: &str| -> Result<String, PlanError> {
-            let col = ff.str(name)?.ok_or_else(|| {
-                PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!("{name} column")))
-            })?;
-            let mut s = String::new();
-            if let Some(ord) = col.term_ords(d.doc_id).next() {
-                col.ord_to_str(ord, &mut s)?;
+        Ok(self.keys_of(&[d])?.pop().unwrap_or_default())
+    }
+
+    /// `(type, id)` of each document, in the given order. A string column's dictionary is
+    /// read in blocks: looking ids up one by one decodes a block per document, so each
+    /// segment's ids are read in ordinal order, in one pass over the blocks they fall in.
+    pub fn keys_of(
+        &self,
+        docs: &[tantivy::DocAddress],
+    ) -> Result<Vec<(String, String)>, PlanError> {
+        let mut out = vec![(String::new(), String::new()); docs.len()];
+        let mut by_segment: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, d) in docs.iter().enumerate() {
+            by_segment.entry(d.segment_ord).or_default().push(i);
+        }
+        for (segment_ord, positions) in by_segment {
+            let columns = self
+                .index
+                .columns
+                .get(self.searcher.segment_reader(segment_ord));
+            for (name, col) in [("type", &columns.types), ("id", &columns.ids)] {
+                let col = col.as_ref().ok_or_else(|| {
+                    PlanError::Tantivy(tantivy::TantivyError::SchemaError(format!("{name} column")))
+                })?;
+                let mut ords: Vec<(u64, usize)> = positions
+                    .iter()
+                    .filter_map(|&i| col.term_ords(docs[i].doc_id).next().map(|o| (o, i)))
+                    .collect();
+                ords.sort_unstable();
+                let sorted: Vec<u64> = ords.iter().map(|(o, _)| *o).collect();
+                let mut slots = ords.iter().map(|(_, i)| *i);
+                col.dictionary().sorted_ords_to_term_cb(&sorted, |bytes| {
+                    if let Some(i) = slots.next() {
+                        let text = String::from_utf8_lossy(bytes).into_owned();
+                        if name == "type" {
+                            out[i].0 = text;
+                        } else {
+                            out[i].1 = text;
+                        }
+                    }
+                })?;
             }
-            Ok(s)
-        };
-        Ok((read("type")?, read("id")?))
+        }
+        Ok(out)
     }
 
     /// The packed values of `code` on each document.
@@ -369,16 +391,11 @@ impl Planner<'_> {
         let mut out = Vec::with_capacity(docs.len());
         let mut buf = Vec::new();
         for d in docs {
-            let segment = self.searcher.segment_reader(d.segment_ord);
-            let Some(col) = segment.fast_fields().bytes("packed")? else {
-                out.push(Vec::new());
-                continue;
-            };
-            buf.clear();
-            let found = match col.term_ords(d.doc_id).next() {
-                Some(ord) => col.ord_to_bytes(ord, &mut buf)?,
-                None => false,
-            };
+            let columns = self
+                .index
+                .columns
+                .get(self.searcher.segment_reader(d.segment_ord));
+            let found = columns.packed_bytes(d.doc_id, &mut buf);
             out.push(if found {
                 super::packed::unpack(&buf, code)
             } else {

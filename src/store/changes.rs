@@ -130,7 +130,7 @@ impl Store {
         .bind(after.txid.to_string())
         .bind(after.seq)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.lookups_pool())
         .await?;
         let more = rows.len() as i64 >= limit;
         let mut poll = FeedPoll {

@@ -68,7 +68,7 @@ impl Store {
         )
         .bind(resource_type)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.lookups_pool())
         .await?;
         Ok(match row {
             None => Current::NotFound,
@@ -272,7 +272,7 @@ impl Store {
         )
         .bind(&types)
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(self.lookups_pool())
         .await?;
         rows.iter()
             .map(HeadState::from_row)
@@ -328,7 +328,7 @@ impl Store {
         .bind(&types)
         .bind(&ids)
         .bind(&vids)
-        .fetch_all(&self.pool)
+        .fetch_all(self.lookups_pool())
         .await?;
         rows.iter()
             .map(VersionRow::from_row)
