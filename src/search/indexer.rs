@@ -475,7 +475,9 @@ impl Indexer {
                         tracing::warn!(error = %e, "reloading the search index failed");
                     }
                     shared.columns.keep_only(&shared.reader.searcher());
-                    true
+                    // Look again: a merge the policy had in flight may have ended meanwhile
+                    // and left another small segment beside this one.
+                    false
                 }
                 // A segment may be in a merge the policy started: try again after it.
                 Err(e) => {
