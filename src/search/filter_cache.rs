@@ -113,14 +113,7 @@ impl Query for CachedFilter {
                 crate::metrics::FILTER_CACHE
                     .with_label_values(&["miss"])
                     .inc();
-                let mut bits = BitSet::with_max_value(reader.max_doc());
-                let mut scorer = inner.scorer(reader, 1.0)?;
-                let mut doc = scorer.doc();
-                while doc != TERMINATED {
-                    bits.insert(doc);
-                    doc = scorer.advance();
-                }
-                let bits = Arc::new(bits);
+                let bits = Arc::new(matches(inner.as_ref(), reader)?);
                 CACHE
                     .lock()
                     .expect("filter cache")
@@ -156,15 +149,20 @@ impl CachedWeight {
                 self.key
             )));
         };
-        let mut bits = BitSet::with_max_value(reader.max_doc());
-        let mut scorer = inner.scorer(reader, 1.0)?;
-        let mut doc = scorer.doc();
-        while doc != TERMINATED {
-            bits.insert(doc);
-            doc = scorer.advance();
-        }
-        Ok(Arc::new(bits))
+        Ok(Arc::new(matches(inner.as_ref(), reader)?))
     }
+}
+
+/// The documents of the segment `weight` matches.
+fn matches(weight: &dyn Weight, reader: &SegmentReader) -> tantivy::Result<BitSet> {
+    let mut bits = BitSet::with_max_value(reader.max_doc());
+    let mut scorer = weight.scorer(reader, 1.0)?;
+    let mut doc = scorer.doc();
+    while doc != TERMINATED {
+        bits.insert(doc);
+        doc = scorer.advance();
+    }
+    Ok(bits)
 }
 
 impl Weight for CachedWeight {
