@@ -93,10 +93,10 @@ impl Store {
         // Planning a custom plan cost more than running the statement for search's key
         // lookups (a page's versions: 0.25 ms to plan, 0.17 ms to run; the feed poll 0.2 ms
         // against 0.02 ms), and every search makes them; so do reads (the version and its
-        // patients' access facts), break-glass look-ups and the audit append. Their connections plan each statement
-        // once, and may not use sequential scans, hash or merge joins: a generic plan made
-        // while the tables were small is then still the index probe per key it is on a large
-        // table, never a scan that grows with it.
+        // patients' access facts), break-glass look-ups and the audit append. Their
+        // connections plan each statement once, and may not use sequential scans, hash or
+        // merge joins: a generic plan made while the tables were small is then still the
+        // index probe per key it is on a large table, never a scan that grows with it.
         let lookups = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(lookup_connections(max_connections))
