@@ -128,43 +128,35 @@ pub trait WriteHook: Send {
     /// After conditional criteria are resolved under their advisory locks (concurrent writers
     /// of the same business identifiers wait here), before anything is written. `matched[i]`
     /// is the id entry `i`'s criteria matched, when they matched exactly one resource.
+    /// By default every entry is written.
     fn on_locked(
         &mut self,
-        tx: &mut WriteTx,
-        matched: &[Option<String>],
-    ) -> impl std::future::Future<Output = Result<HookDecision, Error>> + Send;
+        _tx: &mut WriteTx,
+        _matched: &[Option<String>],
+    ) -> impl std::future::Future<Output = Result<HookDecision, Error>> + Send {
+        async {
+            Ok(HookDecision::Proceed {
+                hold: HashSet::new(),
+            })
+        }
+    }
 
     /// After every version is written, before commit. `outcomes` is in entry order; entries
     /// written nothing (held, matched conditional creates) carry no version yet.
+    /// By default nothing is added to the transaction.
     fn before_commit(
         &mut self,
-        tx: &mut WriteTx,
-        outcomes: &[EntryOutcome],
-    ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+        _tx: &mut WriteTx,
+        _outcomes: &[EntryOutcome],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The engine without a hook.
 pub struct NoHook;
 
-impl WriteHook for NoHook {
-    async fn on_locked(
-        &mut self,
-        _tx: &mut WriteTx,
-        _matched: &[Option<String>],
-    ) -> Result<HookDecision, Error> {
-        Ok(HookDecision::Proceed {
-            hold: HashSet::new(),
-        })
-    }
-
-    async fn before_commit(
-        &mut self,
-        _tx: &mut WriteTx,
-        _outcomes: &[EntryOutcome],
-    ) -> Result<(), Error> {
-        Ok(())
-    }
-}
+impl WriteHook for NoHook {}
 
 /// Where each entry stands once conditions are resolved.
 enum Plan {

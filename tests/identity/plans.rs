@@ -2,9 +2,7 @@
 //! `identity_patient` has grown since its connection first prepared the statements.
 
 use serde_json::json;
-use shcr::interactions::{
-    EntryAction, EntryOutcome, EntryRequest, Error, HookDecision, Repository, WriteHook,
-};
+use shcr::interactions::{EntryAction, EntryOutcome, EntryRequest, Error, Repository, WriteHook};
 use shcr::store::{Author, Store, WriteTx};
 
 use crate::common::TestDatabase;
@@ -47,16 +45,6 @@ fn record(k: usize) -> EntryRequest {
 struct ScanCount(Option<i64>);
 
 impl WriteHook for ScanCount {
-    async fn on_locked(
-        &mut self,
-        _tx: &mut WriteTx,
-        _matched: &[Option<String>],
-    ) -> Result<HookDecision, Error> {
-        Ok(HookDecision::Proceed {
-            hold: Default::default(),
-        })
-    }
-
     async fn before_commit(
         &mut self,
         tx: &mut WriteTx,

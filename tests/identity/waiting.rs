@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shcr::interactions::{
-    EntryAction, EntryOutcome, EntryRequest, Error, HookDecision, Repository, WriteHook,
-};
+use shcr::interactions::{EntryAction, EntryOutcome, EntryRequest, Error, Repository, WriteHook};
 use shcr::store::{Author, Store, WriteTx};
 use tokio::sync::{Notify, oneshot};
 
@@ -22,16 +20,6 @@ struct HoldBeforeCommit {
 }
 
 impl WriteHook for HoldBeforeCommit {
-    async fn on_locked(
-        &mut self,
-        _tx: &mut WriteTx,
-        _matched: &[Option<String>],
-    ) -> Result<HookDecision, Error> {
-        Ok(HookDecision::Proceed {
-            hold: Default::default(),
-        })
-    }
-
     async fn before_commit(
         &mut self,
         _tx: &mut WriteTx,
