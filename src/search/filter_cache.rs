@@ -80,7 +80,11 @@ impl Query for CachedFilter {
             return Ok(Box::new(CachedWeight {
                 key: self.key,
                 known: HashMap::new(),
-                inner: Some(self.inner.weight(enable_scoring)?),
+                // Only membership matters: the inner query is evaluated without scores.
+                inner: Some(
+                    self.inner
+                        .weight(EnableScoring::disabled_from_schema(enable_scoring.schema()))?,
+                ),
             }));
         };
         // Every segment's bitset is made here, not when the segment is first scored: a
