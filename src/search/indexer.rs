@@ -464,7 +464,16 @@ impl Indexer {
             .map(|(_, id)| id)
             .collect();
         if small.len() < 2 {
-            return tokio::spawn(async { true });
+            // Nothing left to merge; but a merge the policy finished while the index was quiet
+            // is only seen by searches once the reader reloads (no commit will come to do it).
+            let shared = self.shared.clone();
+            return tokio::spawn(async move {
+                if let Err(e) = shared.reader.reload() {
+                    tracing::warn!(error = %e, "reloading the search index failed");
+                }
+                shared.columns.keep_only(&shared.reader.searcher());
+                true
+            });
         }
         let merge = self.writer.write().expect("writer").merge(&small);
         let shared = self.shared.clone();
