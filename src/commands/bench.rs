@@ -504,7 +504,7 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
                         "index caught up with ingest {:.1} s after it ended",
                         caught_up.elapsed().as_secs_f64()
                     );
-                    search_phase(&target, &pool, &args).await?;
+                    search_phase(&target, &pool, &args, &search).await?;
                     commit_to_searchable(&target, 200).await?;
                     index_footprint(&settings, &search, &pool).await?;
                 }
@@ -867,17 +867,68 @@ async fn search_phase(
     target: &Arc<Target>,
     pool: &sqlx::PgPool,
     args: &BenchArgs,
+    search: &Arc<crate::search::indexer::SearchIndex>,
 ) -> anyhow::Result<()> {
     let s = Arc::new(samples(pool).await?);
     if s.patients.is_empty() || s.codes.is_empty() {
         anyhow::bail!("nothing ingested to search");
     }
-    let deadline = Instant::now() + Duration::from_secs(args.seconds * 2);
+    // Warm-up as in the other latency phases (first touches of the index files, the access
+    // filter's and the columns' per-segment caches); reported, not counted.
+    for (measured, seconds) in [(false, args.warmup), (true, args.seconds * 2)] {
+        if seconds == 0 {
+            continue;
+        }
+        let watch = segment_watch(search.clone());
+        let (by_kind, errors, elapsed) = run_mix(target, &s, args.clients, seconds).await?;
+        watch.abort();
+        let all: Vec<Duration> = by_kind.iter().flatten().copied().collect();
+        if !measured {
+            report("search warm-up (not counted)", all, elapsed, errors);
+            continue;
+        }
+        report("search", all, elapsed, errors);
+        for (k, v) in by_kind.into_iter().enumerate() {
+            report(&format!("  {}", MIX[k]), v, elapsed, 0);
+        }
+    }
+    Ok(())
+}
+
+/// Prints the searchable segment count whenever it changes (merges finishing under load), with
+/// the time since the round started.
+fn segment_watch(search: Arc<crate::search::indexer::SearchIndex>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            let n = search.reader.searcher().segment_readers().len();
+            if last != Some(n) {
+                println!(
+                    "  searchable segments at {:.1} s: {n}",
+                    started.elapsed().as_secs_f64()
+                );
+                last = Some(n);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// Runs the search mix from `clients` closed-loop clients for `seconds`: latencies by kind,
+/// failed requests, elapsed time.
+async fn run_mix(
+    target: &Arc<Target>,
+    s: &Arc<Samples>,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(Vec<Vec<Duration>>, usize, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let mut clients = Vec::new();
-    for c in 0..args.clients {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
         let (s, target) = (s.clone(), target.clone());
-        clients.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); MIX.len()];
             let mut errors = 0usize;
             let mut n = c * 7919;
@@ -905,20 +956,14 @@ async fn search_phase(
     }
     let mut by_kind: Vec<Vec<Duration>> = vec![Vec::new(); MIX.len()];
     let mut errors = 0;
-    for c in clients {
+    for c in tasks {
         let (samples, e) = c.await?;
         for (k, v) in samples.into_iter().enumerate() {
             by_kind[k].extend(v);
         }
         errors += e;
     }
-    let elapsed = started.elapsed();
-    let all: Vec<Duration> = by_kind.iter().flatten().copied().collect();
-    report("search", all, elapsed, errors);
-    for (k, v) in by_kind.into_iter().enumerate() {
-        report(&format!("  {}", MIX[k]), v, elapsed, 0);
-    }
-    Ok(())
+    Ok((by_kind, errors, started.elapsed()))
 }
 
 /// Creates resources and immediately searches for each: the search's latency is the time from
@@ -1000,6 +1045,7 @@ async fn index_footprint(
         search.registry.clone(),
         &dir,
         search.base.clone(),
+        crate::search::indexer::REBUILD_MEMORY,
         |_| {},
     )
     .await?;

@@ -15,6 +15,9 @@ pub struct ReindexArgs {
     /// Index folder (defaults to `index_dir` from the configuration).
     #[arg(long)]
     pub index_dir: Option<PathBuf>,
+    /// Memory for the indexing threads, in MB: more makes fewer, larger segments.
+    #[arg(long, default_value_t = crate::search::indexer::REBUILD_MEMORY / (1024 * 1024))]
+    pub memory_mb: usize,
 }
 
 pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<()> {
@@ -37,9 +40,14 @@ pub async fn run(settings: Settings, args: ReindexArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port))
     );
     let started = Instant::now();
-    let n = crate::search::indexer::reindex(store, registry, &dir, base, |done| {
-        bar.set_position(done as u64)
-    })
+    let n = crate::search::indexer::reindex(
+        store,
+        registry,
+        &dir,
+        base,
+        args.memory_mb * 1024 * 1024,
+        |done| bar.set_position(done as u64),
+    )
     .await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

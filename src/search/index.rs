@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use tantivy::schema::{
-    BytesOptions, FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema,
-    TextFieldIndexing, TextOptions,
+    BytesOptions, FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions,
 };
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, TantivyDocument};
@@ -17,7 +17,7 @@ use super::params::{ParamType, Registry};
 use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
 
 /// Bumped whenever the document layout changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The `comp` term of a resource in no patient compartment (Organization, Practitioner …), so
 /// access filters can name such resources.
@@ -28,8 +28,9 @@ pub const FOLDED: &str = "folded";
 #[derive(Clone, Copy)]
 pub struct Fields {
     pub resource_type: Field,
+    /// Stored and a column, not indexed.
     pub id: Field,
-    /// `Type/id`: the delete key.
+    /// `Type/id`: the delete key, and how `_has` names the resources it found.
     pub key: Field,
     pub version: Field,
     pub last_updated: Field,
@@ -66,10 +67,15 @@ pub fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         resource_type: b.add_text_field("type", STRING | FAST),
-        id: b.add_text_field("id", STRING | STORED | FAST),
+        // Not indexed: `key` finds a resource; a second unique term per document only made
+        // every segment's term dictionary larger to build (reindex spent most of its time
+        // building dictionaries).
+        id: b.add_text_field("id", STORED | FAST),
         key: b.add_text_field("key", STRING),
         version: b.add_i64_field("version", STORED | FAST),
-        last_updated: b.add_i64_field("last_updated", INDEXED | FAST),
+        // Sorting and result metadata read the column; `_lastUpdated` filters use its
+        // parameter's terms.
+        last_updated: b.add_i64_field("last_updated", FAST),
         token: b.add_text_field("tok", STRING),
         token_text: b.add_text_field("toktext", STRING),
         string: b.add_text_field("str", STRING),

@@ -47,13 +47,30 @@ const SMALL_SEGMENT_DOCS: u32 = 10_000;
 /// A quiet merge takes a segment only if it is at most this many times the size of the
 /// smaller ones taken before it, so each document is rewritten a bounded number of times.
 const QUIET_MERGE_RATIO: u64 = 4;
+/// Below this many documents in all, a quiet merge takes segments whatever their ratio:
+/// rewriting them costs a few milliseconds, and a trickle with pauses (a write every few
+/// seconds) otherwise left one stray segment beside the merged one for good.
+const QUIET_MERGE_ALWAYS_DOCS: u64 = 1_000;
+
+/// Memory of a `shcr reindex` writer, shared by its indexing threads. A thread's segment is
+/// flushed when its share fills: with the live writer's 64 MB, 1M resources made ~125 segments
+/// that the merge policy rewrote two or three times during the rebuild.
+pub const REBUILD_MEMORY: usize = 1024 * 1024 * 1024;
 
 fn new_writer(index: &Index) -> Result<IndexWriter, IndexError> {
-    let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), WRITER_MEMORY)?;
+    writer_with_memory(index, WRITER_MEMORY)
+}
+
+fn writer_with_memory(index: &Index, memory: usize) -> Result<IndexWriter, IndexError> {
+    let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), memory)?;
+    writer.set_merge_policy(live_merge_policy());
+    Ok(writer)
+}
+
+fn live_merge_policy() -> Box<dyn tantivy::indexer::MergePolicy> {
     let mut policy = tantivy::indexer::LogMergePolicy::default();
     policy.set_min_layer_size(MIN_LAYER_DOCS);
-    writer.set_merge_policy(Box::new(policy));
-    Ok(writer)
+    Box::new(policy)
 }
 
 /// Applied changes are committed at least this often even when no search is waiting.
@@ -275,12 +292,17 @@ fn open_checked(dir: &Path) -> Result<(Index, Fields, Option<FeedPosition>), Ind
 
 impl Indexer {
     /// Re-indexes every current resource from PostgreSQL; returns how many.
+    ///
+    /// Segments are not merged while the rebuild runs (each merge would rewrite documents that
+    /// the next flushes join anyway); the live policy takes over afterwards.
     async fn rebuild(&mut self, mut progress: impl FnMut(usize)) -> Result<usize, IndexError> {
         let restart = self.store.feed_restart_point().await?;
         {
             let writer = self.writer.clone();
             tokio::task::spawn_blocking(move || {
-                writer.read().expect("writer").delete_all_documents()
+                let writer = writer.read().expect("writer");
+                writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+                writer.delete_all_documents()
             })
             .await
             .expect("join")?;
@@ -313,18 +335,22 @@ impl Indexer {
                 break;
             }
             total += batch.len();
-            self.index_heads(batch).await?;
+            self.index_heads(batch, Replace::No).await?;
             progress(total);
         }
         reader.abort();
         self.position = restart;
         self.applied_above.clear();
         self.commit().await?;
+        self.writer
+            .read()
+            .expect("writer")
+            .set_merge_policy(live_merge_policy());
         Ok(total)
     }
 
     /// Replaces the documents of `heads`, building documents on every core.
-    async fn index_heads(&self, heads: Vec<HeadState>) -> Result<(), IndexError> {
+    async fn index_heads(&self, heads: Vec<HeadState>, replace: Replace) -> Result<(), IndexError> {
         let threads = worker_threads();
         let chunk = heads.len().div_ceil(threads).max(1);
         let mut chunks = Vec::with_capacity(threads);
@@ -340,7 +366,7 @@ impl Indexer {
             .map(|heads| {
                 let shared = self.shared.clone();
                 let writer = self.writer.clone();
-                tokio::task::spawn_blocking(move || index_chunk(&shared, &writer, heads))
+                tokio::task::spawn_blocking(move || index_chunk(&shared, &writer, heads, replace))
             })
             .collect();
         for t in tasks {
@@ -414,7 +440,7 @@ impl Indexer {
                 });
             }
         }
-        self.index_heads(all).await?;
+        self.index_heads(all, Replace::Yes).await?;
         if let Some(last) = poll.ordered.last() {
             self.position = last.position;
         }
@@ -457,7 +483,9 @@ impl Indexer {
         let small: Vec<tantivy::index::SegmentId> = small
             .into_iter()
             .take_while(|(docs, _)| {
-                let take = total == 0 || u64::from(*docs) <= QUIET_MERGE_RATIO * total;
+                let take = total == 0
+                    || u64::from(*docs) <= QUIET_MERGE_RATIO * total
+                    || total + u64::from(*docs) <= QUIET_MERGE_ALWAYS_DOCS;
                 total += u64::from(*docs);
                 take
             })
@@ -595,20 +623,32 @@ impl Indexer {
     }
 }
 
+/// Whether documents being indexed may already be in the index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    /// A rebuild after `delete_all_documents`: a delete per document would only be queued and
+    /// checked against every segment at each flush.
+    No,
+}
+
 fn index_chunk(
     shared: &SearchIndex,
     writer: &RwLock<IndexWriter>,
     heads: Vec<HeadState>,
+    replace: Replace,
 ) -> Result<(), IndexError> {
     // Adding and deleting take `&IndexWriter`: chunks share the read side; commits take the
     // write side.
     let writer = writer.read().expect("writer");
     let f = shared.fields;
     for head in heads {
-        writer.delete_term(Term::from_field_text(
-            f.key,
-            &format!("{}/{}", head.resource_type, head.id),
-        ));
+        if replace == Replace::Yes {
+            writer.delete_term(Term::from_field_text(
+                f.key,
+                &format!("{}/{}", head.resource_type, head.id),
+            ));
+        }
         if head.deleted {
             continue;
         }
@@ -639,13 +679,14 @@ pub async fn reindex(
     registry: Arc<Registry>,
     dir: &Path,
     base: String,
+    memory: usize,
     progress: impl FnMut(usize),
 ) -> Result<usize, IndexError> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     let (index, fields) = open_or_create(dir)?;
-    let writer: IndexWriter = new_writer(&index)?;
+    let writer: IndexWriter = writer_with_memory(&index, memory)?;
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)

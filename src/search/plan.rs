@@ -286,7 +286,7 @@ impl Planner<'_> {
                             && types.contains(&t)
                             && super::index::is_local(&url, &self.index.base)
                         {
-                            ids.insert(id);
+                            ids.insert(format!("{t}/{id}"));
                         }
                     }
                 }
@@ -297,7 +297,7 @@ impl Planner<'_> {
                 }
                 let terms: Vec<Term> = ids
                     .iter()
-                    .map(|id| Term::from_field_text(f.id, id))
+                    .map(|key| Term::from_field_text(f.key, key))
                     .collect();
                 crate::search::terms::any_of(terms)
             }

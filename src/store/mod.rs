@@ -65,10 +65,30 @@ fn lookup_connections(max_connections: u32) -> u32 {
     (max_connections / 2).clamp(1, 16)
 }
 
+/// How long a `lookups_pool` connection, and with it the generic plans it made, is kept.
+///
+/// A generic plan is made from the tables' size at the time: on empty tables (a new database,
+/// the first minutes of a region's load) `resource_version`'s `(resource_type, last_updated,
+/// id, version_id)` index costs the same as its primary key for a `(type, id, version)` probe,
+/// and the planner may keep it. On a large table it reads every version of the type for each
+/// key: the indexer's head loads took 15 s per 2,000 keys at 1M resources. PostgreSQL only
+/// replans a cached statement after `ANALYZE`, which autovacuum may not run; a new connection
+/// plans from the tables' current size.
+pub const LOOKUP_PLAN_LIFETIME: Duration = Duration::from_secs(60);
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Store::connect_with(url, max_connections, LOOKUP_PLAN_LIFETIME).await
+    }
+
+    /// `connect`, with the lifetime of the lookups pool's connections (tests shorten it).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        plan_lifetime: Duration,
+    ) -> Result<Store, StoreError> {
         // Statements are prepared once per connection, and after five executions PostgreSQL
         // may keep a generic plan built from the statistics of that moment. Ours join small
         // parameter arrays (`unnest($1::text[], …)`) to tables; planned while a table was small
@@ -95,12 +115,15 @@ impl Store {
         // against 0.02 ms), and every search makes them; so do reads (the version and its
         // patients' access facts), break-glass look-ups and the audit append. Their
         // connections plan each statement once, and may not use sequential scans, hash or
-        // merge joins: a generic plan made while the tables were small is then still the
-        // index probe per key it is on a large table, never a scan that grows with it.
+        // merge joins: a generic plan made while the tables were small is then still an index
+        // probe per key on a large table, never a scan that grows with it; and connections
+        // are replaced every `plan_lifetime`, so the index probed is the one that fits the
+        // tables' current size (see `LOOKUP_PLAN_LIFETIME`).
         let lookups = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(lookup_connections(max_connections))
             .acquire_timeout(Duration::from_secs(10))
+            .max_lifetime(plan_lifetime)
             .connect_lazy_with(base.options([
                 ("plan_cache_mode", "force_generic_plan"),
                 ("enable_seqscan", "off"),
@@ -125,7 +148,7 @@ impl Store {
     /// (every plan an index probe per key): search's version and head loads, the feed poll,
     /// reads with their access facts, break-glass grants and the audit append. Anything that
     /// may need to scan belongs on `pool`.
-    pub(crate) fn lookups_pool(&self) -> &PgPool {
+    pub fn lookups_pool(&self) -> &PgPool {
         &self.lookups
     }
 

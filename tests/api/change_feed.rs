@@ -171,3 +171,45 @@ async fn small_segments_are_merged_once_the_index_is_quiet() {
     let bundle = app.search("Basic?_summary=count").await;
     assert_eq!(bundle["total"], n, "{bundle}");
 }
+
+/// A trickle: a quiet index merged, then one more write after a pause. The new segment joins
+/// the merged one once the index is quiet again, rather than staying beside it for good.
+#[tokio::test]
+async fn a_write_after_a_quiet_merge_is_merged_in_once_quiet_again() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    let wait_for_one_segment = |what: &'static str| {
+        let search = app.search.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let segments = search.searcher().segment_readers().len();
+                if segments == 1 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{segments} segments left {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for i in 0..11 {
+        let mut tx = store.begin_write().await.unwrap();
+        tx.write(&[version(&format!("trickle-{i}"))], &author())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let bundle = app.search("Basic?_summary=count").await;
+        assert_eq!(bundle["total"], i + 1, "{bundle}");
+    }
+    wait_for_one_segment("after the burst").await;
+    let mut tx = store.begin_write().await.unwrap();
+    tx.write(&[version("trickle-late")], &author())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], 12, "{bundle}");
+    wait_for_one_segment("after the late write").await;
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], 12, "{bundle}");
+}

@@ -11,6 +11,7 @@ mod differential;
 mod errors;
 mod history;
 mod import;
+mod lookup_plans;
 mod observability;
 mod search;
 mod transactions;

@@ -866,6 +866,7 @@ async fn reindex_rebuilds_from_the_database() {
         registry,
         &dir.path().join("rebuilt"),
         app.base.clone(),
+        shcr::search::indexer::REBUILD_MEMORY,
         |_| {},
     )
     .await
