@@ -192,17 +192,46 @@ impl Audit {
     /// Appends records in one transaction (one lock of the chain head, one statement); returns
     /// the last sequence number.
     pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
-        append(&self.store, &mut None, records.iter()).await
+        let mut conn = self.store.lookups_pool().acquire().await?;
+        append(&mut conn, &mut None, records.iter()).await
     }
 }
 
 /// The writer task: takes everything queued, appends it in one statement, answers each.
+///
+/// It keeps a connection of its own, out of the pool: a pooled one costs a round trip per
+/// group on its way back (sqlx pings every connection it takes back), and would hold one of
+/// the request path's lookup connections half of the time. A connection that failed is
+/// dropped and the next group opens another.
 async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     // The chain head as this writer last left it; checked by every append.
     let mut head = None;
+    let mut own: Option<sqlx::PgConnection> = None;
     while pending.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let result = append(&store, &mut head, group.iter().map(|p| &p.record)).await;
+        let result = match own.take() {
+            Some(conn) => Ok(conn),
+            None => store
+                .lookups_pool()
+                .acquire()
+                .await
+                .map(|c| c.detach())
+                .map_err(StoreError::from),
+        };
+        let result = match result {
+            Ok(mut conn) => {
+                let appended = append(&mut conn, &mut head, group.iter().map(|p| &p.record)).await;
+                if appended.is_ok() {
+                    own = Some(conn);
+                } else {
+                    // Unknown state (the commit may or may not have happened): start afresh,
+                    // from the head as stored.
+                    head = None;
+                }
+                appended
+            }
+            Err(e) => Err(e),
+        };
         crate::metrics::AUDIT_GROUP_SIZE.observe(group.len() as f64);
         let first = match &result {
             Ok(Some(last)) => Ok(last - group.len() as i64 + 1),
@@ -224,7 +253,7 @@ async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending
 /// Concurrent writers queue on the head row's lock, and PostgreSQL re-checks the condition
 /// after the wait, so the chain stays linear.
 async fn append<'a>(
-    store: &Store,
+    conn: &mut sqlx::PgConnection,
     head: &mut Option<(i64, Vec<u8>)>,
     records: impl ExactSizeIterator<Item = &'a AuditRecord> + Clone,
 ) -> Result<Option<i64>, StoreError> {
@@ -237,7 +266,7 @@ async fn append<'a>(
             Some(h) => h,
             None => {
                 sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
-                    .fetch_one(store.pool())
+                    .fetch_one(&mut *conn)
                     .await?
             }
         };
@@ -247,7 +276,7 @@ async fn append<'a>(
             seq += 1;
             prev = rows.push(seq, prev, record);
         }
-        let inserted = rows.insert(store, base, seq, &prev).await?;
+        let inserted = rows.insert(&mut *conn, base, seq, &prev).await?;
         if inserted == n as u64 {
             *head = Some((seq, prev));
             crate::metrics::AUDIT_WRITES.inc_by(n as u64);
@@ -335,7 +364,7 @@ impl Columns {
     /// returns the number of rows inserted (0: the head had moved).
     async fn insert(
         self,
-        store: &Store,
+        conn: &mut sqlx::PgConnection,
         base: i64,
         last: i64,
         last_hash: &[u8],
@@ -396,7 +425,7 @@ impl Columns {
         .bind(last)
         .bind(last_hash)
         .bind(base)
-        .execute(store.lookups_pool())
+        .execute(conn)
         .await?;
         Ok(done.rows_affected())
     }
