@@ -501,7 +501,11 @@ mod tests {
             let t = r["resourceType"].as_str().unwrap();
             let id = r["id"].as_str().unwrap();
             let stored = compartment_candidates(&registry, t, id, r);
-            for base in [ours, "https://elsewhere.example/fhir", "http://127.0.0.1:1/fhir"] {
+            for base in [
+                ours,
+                "https://elsewhere.example/fhir",
+                "http://127.0.0.1:1/fhir",
+            ] {
                 assert_eq!(
                     compartment_of_candidates(&stored, base),
                     patient_compartments(&registry, base, t, id, r),

@@ -415,7 +415,6 @@ fn text_array(items: &[String]) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::{lock_key, text_array};
@@ -433,4 +432,3 @@ mod tests {
         assert_ne!(lock_key(&["ab", ""]), lock_key(&["a", "b"]));
     }
 }
-
