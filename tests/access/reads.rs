@@ -1,6 +1,7 @@
 //! A clinician's read decides on the patient compartment kept with the stored version
 //! (`resource_version.compartment`), without parsing the resource; versions without it are
-//! decided from their content exactly as before.
+//! decided from their content exactly as before. Only references on this server's base count:
+//! an opted-out patient named by another server's URL does not hide the resource.
 
 use serde_json::json;
 
@@ -27,7 +28,10 @@ async fn reads_decide_on_the_stored_compartment_as_on_the_content() {
         other["id"].as_str().unwrap(),
     );
     create_as(&app, "RX2", encounter(a, &days_ago(3), &days_ago(2))).await;
-    // The unrelated patient, named as another server's patient: not in the compartment here.
+    // The other patient has opted out: a resource in their compartment is hidden from RX2 even
+    // though it is also in the related patient's.
+    create_as(&app, "RX1", consent(b, &[], &[], None)).await;
+    // The opted-out patient, named as another server's patient: not in the compartment here.
     let mut foreign = observation(a, &[]);
     foreign["performer"] =
         json!([{"reference": format!("https://elsewhere.example/fhir/Patient/{b}")}]);
