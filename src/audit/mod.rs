@@ -146,6 +146,10 @@ pub fn chain_hash(prev: &[u8], seq: i64, record: &AuditRecord, recorded_micros: 
 /// Most rows one group commit writes.
 const GROUP_MAX: usize = 512;
 
+/// How long the writer keeps its own connection: the lookups pool's connection lifetime
+/// (`store::LOOKUP_PLAN_LIFETIME` on main), so its plans follow the table's growth too.
+const OWN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A request's row waiting for the next group commit.
 struct Pending {
     record: AuditRecord,
@@ -202,27 +206,31 @@ impl Audit {
 /// It keeps a connection of its own, out of the pool: a pooled one costs a round trip per
 /// group on its way back (sqlx pings every connection it takes back), and would hold one of
 /// the request path's lookup connections half of the time. A connection that failed is
-/// dropped and the next group opens another.
+/// dropped and the next group opens another; so is one older than `OWN_CONNECTION_LIFETIME`,
+/// like the lookups pool's own (its generic plans are remade from the tables' current size).
 async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     // The chain head as this writer last left it; checked by every append.
     let mut head = None;
-    let mut own: Option<sqlx::PgConnection> = None;
+    let mut own: Option<(sqlx::PgConnection, std::time::Instant)> = None;
     while pending.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let result = match own.take() {
+        let kept = own
+            .take()
+            .filter(|(_, opened)| opened.elapsed() < OWN_CONNECTION_LIFETIME);
+        let result = match kept {
             Some(conn) => Ok(conn),
             None => store
                 .lookups_pool()
                 .acquire()
                 .await
-                .map(|c| c.detach())
+                .map(|c| (c.detach(), std::time::Instant::now()))
                 .map_err(StoreError::from),
         };
         let result = match result {
-            Ok(mut conn) => {
+            Ok((mut conn, opened)) => {
                 let appended = append(&mut conn, &mut head, group.iter().map(|p| &p.record)).await;
                 if appended.is_ok() {
-                    own = Some(conn);
+                    own = Some((conn, opened));
                 } else {
                     // Unknown state (the commit may or may not have happened): start afresh,
                     // from the head as stored.
