@@ -76,6 +76,7 @@ pub fn for_write(
             method: "POST",
             content: Some(resource.to_string()),
             identifiers: Vec::new(),
+            compartment: None,
         });
     }
     out
@@ -122,6 +123,7 @@ mod tests {
             method: "PUT",
             content: None,
             identifiers: Vec::new(),
+            compartment: None,
         }
     }
 

@@ -126,7 +126,8 @@ impl Application {
         if !settings.access.enforce {
             tracing::warn!("access policy enforcement is OFF: benchmarking only, never in service");
         }
-        let repository = Repository::with_labels(store.clone(), access.labels());
+        let repository = Repository::with_labels(store.clone(), access.labels())
+            .with_compartments(registry.clone());
         let lag_source = search.clone();
         let events = crate::events::Runtime::start(
             &settings,

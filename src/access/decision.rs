@@ -441,6 +441,34 @@ impl Decider {
 
     /// The index filter expressing `check` for every document; `None`: no restriction.
     pub fn search_filter(&self, f: &Fields) -> Option<Box<dyn Query>> {
+        let org = match &self.who {
+            Who::Unrestricted => return None,
+            Who::System { org, .. } => {
+                return Some(Box::new(TermQuery::new(
+                    Term::from_field_text(f.author_org, org),
+                    IndexRecordOption::Basic,
+                )));
+            }
+            Who::User { org, .. } => org,
+        };
+        let visible = self.visible_labels();
+        Some(match self.grants.cache_key {
+            // The facts and the labels the role may not see determine the filter (the
+            // organisation is the facts'; break-glass grants never come with a key).
+            Some(facts) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (facts, org, &self.policy.gated, &visible).hash(&mut h);
+                Box::new(CachedFilter::get_or_build(h.finish(), || {
+                    self.user_filter(f, org, &visible)
+                }))
+            }
+            None => self.user_filter(f, org, &visible),
+        })
+    }
+
+    /// `search_filter` for a user of `org` who may see the gated labels in `visible`.
+    fn user_filter(&self, f: &Fields, org: &str, visible: &BTreeSet<&str>) -> Box<dyn Query> {
         let term = |field, text: &str| -> Box<dyn Query> {
             Box::new(TermQuery::new(
                 Term::from_field_text(field, text),
@@ -456,16 +484,7 @@ impl Decider {
         };
         let label_term =
             |l: &str| Term::from_field_text(f.token, &join(&["_security", &ANY.to_string(), l]));
-        let (org, is_user) = match &self.who {
-            Who::Unrestricted => return None,
-            Who::System { org, .. } => (org, false),
-            Who::User { org, .. } => (org, true),
-        };
         let own = term(f.author_org, org);
-        if !is_user {
-            return Some(own);
-        }
-        let visible = self.visible_labels();
         let hidden: Vec<Term> = self
             .policy
             .gated
@@ -526,18 +545,7 @@ impl Decider {
         if !hidden.is_empty() {
             top.push((Occur::MustNot, any_of(hidden)));
         }
-        let filter: Box<dyn Query> = Box::new(BooleanQuery::new(top));
-        Some(match self.grants.cache_key {
-            // The facts and the labels the role may not see determine the filter (the
-            // organisation is the facts'; break-glass grants never come with a key).
-            Some(facts) => {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (facts, org, &self.policy.gated, &visible).hash(&mut h);
-                Box::new(CachedFilter::new(h.finish(), filter))
-            }
-            None => filter,
-        })
+        Box::new(BooleanQuery::new(top))
     }
 
     /// The break-glass grants this request could use.

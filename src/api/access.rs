@@ -271,6 +271,10 @@ pub async fn guard_row(
     guard_row_with(state, req, d, row, what, None).await
 }
 
+/// What the statement that read a row loaded with it: the facts (`Grants`) of the patients in
+/// the set, and the row's own `Facts` when its stored compartment could be used.
+pub type Preloaded = (Grants, HashSet<String>, Option<Facts>);
+
 /// `guard_row` with facts already loaded for the patients in `covered` (by the statement that
 /// read the row); used only when they cover the row's whole patient compartment.
 pub async fn guard_row_with(
@@ -279,9 +283,13 @@ pub async fn guard_row_with(
     d: &mut Decider,
     row: &VersionRow,
     what: &str,
-    preloaded: Option<(Grants, HashSet<String>)>,
+    preloaded: Option<Preloaded>,
 ) -> Result<(), ApiError> {
-    let facts = facts(state, row);
+    let (preloaded, known) = match preloaded {
+        Some((grants, covered, known)) => (Some((grants, covered)), known),
+        None => (None, None),
+    };
+    let facts = known.or_else(|| facts(state, row));
     let patients: Vec<String> = facts
         .as_ref()
         .map(|f| f.patients.clone())

@@ -271,12 +271,16 @@ pub async fn read(
                 &org,
                 &user,
                 d.policy.settings.relationship_window_days,
+                crate::access::read_facts::Compartments {
+                    key: state.repository.compartment_key(),
+                    base: &state.search.base,
+                },
             )
             .await
             .map_err(|e| ApiError::Interaction(e.into()))?;
             (
                 Repository::current_row(r.current, &resource_type, &id),
-                Some((r.grants, r.covered)),
+                Some((r.grants, r.covered, r.facts)),
             )
         }
         None => (state.repository.read(&resource_type, &id).await, None),

@@ -146,6 +146,10 @@ pub fn chain_hash(prev: &[u8], seq: i64, record: &AuditRecord, recorded_micros: 
 /// Most rows one group commit writes.
 const GROUP_MAX: usize = 512;
 
+/// How long the writer keeps its own connection: the lookups pool's connection lifetime
+/// (`store::LOOKUP_PLAN_LIFETIME` on main), so its plans follow the table's growth too.
+const OWN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A request's row waiting for the next group commit.
 struct Pending {
     record: AuditRecord,
@@ -192,17 +196,50 @@ impl Audit {
     /// Appends records in one transaction (one lock of the chain head, one statement); returns
     /// the last sequence number.
     pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
-        append(&self.store, &mut None, records.iter()).await
+        let mut conn = self.store.lookups_pool().acquire().await?;
+        append(&mut conn, &mut None, records.iter()).await
     }
 }
 
 /// The writer task: takes everything queued, appends it in one statement, answers each.
+///
+/// It keeps a connection of its own, out of the pool: a pooled one costs a round trip per
+/// group on its way back (sqlx pings every connection it takes back), and would hold one of
+/// the request path's lookup connections half of the time. A connection that failed is
+/// dropped and the next group opens another; so is one older than `OWN_CONNECTION_LIFETIME`,
+/// like the lookups pool's own (its generic plans are remade from the tables' current size).
 async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     // The chain head as this writer last left it; checked by every append.
     let mut head = None;
+    let mut own: Option<(sqlx::PgConnection, std::time::Instant)> = None;
     while pending.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let result = append(&store, &mut head, group.iter().map(|p| &p.record)).await;
+        let kept = own
+            .take()
+            .filter(|(_, opened)| opened.elapsed() < OWN_CONNECTION_LIFETIME);
+        let result = match kept {
+            Some(conn) => Ok(conn),
+            None => store
+                .lookups_pool()
+                .acquire()
+                .await
+                .map(|c| (c.detach(), std::time::Instant::now()))
+                .map_err(StoreError::from),
+        };
+        let result = match result {
+            Ok((mut conn, opened)) => {
+                let appended = append(&mut conn, &mut head, group.iter().map(|p| &p.record)).await;
+                if appended.is_ok() {
+                    own = Some((conn, opened));
+                } else {
+                    // Unknown state (the commit may or may not have happened): start afresh,
+                    // from the head as stored.
+                    head = None;
+                }
+                appended
+            }
+            Err(e) => Err(e),
+        };
         crate::metrics::AUDIT_GROUP_SIZE.observe(group.len() as f64);
         let first = match &result {
             Ok(Some(last)) => Ok(last - group.len() as i64 + 1),
@@ -224,7 +261,7 @@ async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending
 /// Concurrent writers queue on the head row's lock, and PostgreSQL re-checks the condition
 /// after the wait, so the chain stays linear.
 async fn append<'a>(
-    store: &Store,
+    conn: &mut sqlx::PgConnection,
     head: &mut Option<(i64, Vec<u8>)>,
     records: impl ExactSizeIterator<Item = &'a AuditRecord> + Clone,
 ) -> Result<Option<i64>, StoreError> {
@@ -237,7 +274,7 @@ async fn append<'a>(
             Some(h) => h,
             None => {
                 sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
-                    .fetch_one(store.pool())
+                    .fetch_one(&mut *conn)
                     .await?
             }
         };
@@ -247,7 +284,7 @@ async fn append<'a>(
             seq += 1;
             prev = rows.push(seq, prev, record);
         }
-        let inserted = rows.insert(store, base, seq, &prev).await?;
+        let inserted = rows.insert(&mut *conn, base, seq, &prev).await?;
         if inserted == n as u64 {
             *head = Some((seq, prev));
             crate::metrics::AUDIT_WRITES.inc_by(n as u64);
@@ -335,7 +372,7 @@ impl Columns {
     /// returns the number of rows inserted (0: the head had moved).
     async fn insert(
         self,
-        store: &Store,
+        conn: &mut sqlx::PgConnection,
         base: i64,
         last: i64,
         last_hash: &[u8],
@@ -396,7 +433,7 @@ impl Columns {
         .bind(last)
         .bind(last_hash)
         .bind(base)
-        .execute(store.lookups_pool())
+        .execute(conn)
         .await?;
         Ok(done.rows_affected())
     }

@@ -437,6 +437,7 @@ pub async fn write_persons(
                     method: "DELETE",
                     content: None,
                     identifiers: Vec::new(),
+                    compartment: None,
                 });
             }
             continue;
@@ -471,6 +472,8 @@ pub async fn write_persons(
             method,
             content: Some(resource.to_string()),
             identifiers,
+            // Written without the search registry: a read decides it from its content.
+            compartment: None,
         });
     }
     let provenance = crate::provenance::for_write(&versions, author, now, reason);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crate::access::labels::LabelCell;
 use crate::fhir::outcome::IssueType;
+use crate::search::params::Registry;
 use crate::store::{Current, HistoryPage, HistoryQuery, HistoryScope, Store, VersionRow};
 
 #[derive(Clone)]
@@ -29,6 +30,10 @@ pub struct Repository {
     labels: Arc<LabelCell>,
     /// Sandbox: run every write to just before commit, then roll back (see `sandboxed`).
     rollback: bool,
+    /// The search parameters whose patient-compartment extraction every stored version keeps
+    /// (with their `compartment_key`); `None` for tools without a server, whose versions are
+    /// decided from their content when read.
+    compartments: Option<(Arc<Registry>, i64)>,
 }
 
 impl Repository {
@@ -38,6 +43,7 @@ impl Repository {
             store,
             labels: LabelCell::builtin(),
             rollback: false,
+            compartments: None,
         }
     }
 
@@ -47,7 +53,21 @@ impl Repository {
             store,
             labels,
             rollback: false,
+            compartments: None,
         }
+    }
+
+    /// The `compartment_key` of the versions this repository writes, if it keeps compartments.
+    pub fn compartment_key(&self) -> Option<i64> {
+        self.compartments.as_ref().map(|(_, key)| *key)
+    }
+
+    /// Keeps each written version's patient-compartment references as `registry` extracts
+    /// them (`search::index::compartment_candidates`), so reads need not extract them.
+    pub fn with_compartments(mut self, registry: Arc<Registry>) -> Repository {
+        let key = crate::search::index::compartment_key(&registry);
+        self.compartments = Some((registry, key));
+        self
     }
 
     /// The same engine for a trust's trial run: writes go through validation, conditions,
@@ -58,6 +78,7 @@ impl Repository {
             store: self.store.clone(),
             labels: self.labels.clone(),
             rollback: true,
+            compartments: self.compartments.clone(),
         }
     }
 

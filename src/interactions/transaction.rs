@@ -2,6 +2,7 @@
 //! atomic unit: check, resolve conditions and local references, lock, version, write, commit.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -10,6 +11,7 @@ use crate::fhir::id::new_id;
 use crate::fhir::instant::now_millis;
 use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::reference::{ReferenceKind, classify};
+use crate::search::params::Registry;
 use crate::store::{Author, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
 
 use super::Repository;
@@ -657,6 +659,7 @@ impl Repository {
                         Operation::Create,
                         "POST",
                         Some(&resource),
+                        self.compartments.as_ref(),
                     ));
                 }
                 Plan::Update {
@@ -697,6 +700,7 @@ impl Repository {
                         operation,
                         "PUT",
                         Some(&resource),
+                        self.compartments.as_ref(),
                     ));
                 }
                 Plan::Delete { id, if_match } => {
@@ -721,6 +725,7 @@ impl Repository {
                                 Operation::Delete,
                                 "DELETE",
                                 None,
+                                self.compartments.as_ref(),
                             ));
                         }
                         // Deleting what is already gone (or never was) succeeds without a new version.
@@ -892,6 +897,7 @@ fn check_unresolved(unresolved: &[String]) -> Result<(), Error> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn new_version(
     resource_type: &str,
     id: &str,
@@ -900,7 +906,16 @@ fn new_version(
     operation: Operation,
     method: &'static str,
     resource: Option<&Value>,
+    compartments: Option<&(Arc<Registry>, i64)>,
 ) -> NewVersion {
+    let compartment = match (resource, compartments) {
+        (Some(r), Some((registry, key))) => Some((
+            *key,
+            crate::search::index::compartment_candidates(registry, resource_type, id, r),
+        )),
+        // A deletion carries no content, hence no compartment: nothing to decide on.
+        _ => None,
+    };
     NewVersion {
         resource_type: resource_type.to_string(),
         id: id.to_string(),
@@ -910,6 +925,7 @@ fn new_version(
         method,
         content: resource.map(|r| r.to_string()),
         identifiers: resource.map(identifiers).unwrap_or_default(),
+        compartment,
     }
 }
 

@@ -58,12 +58,35 @@ pub struct CachedFilter {
     inner: Arc<dyn Query>,
 }
 
+/// Filters already built, by key. Building one makes a term per patient of the organisation
+/// (hundreds to thousands of strings and queries) that every search would otherwise make
+/// again only to find every segment's bitset cached.
+static BUILT: LazyLock<Mutex<HashMap<u64, CachedFilter>>> = LazyLock::new(Default::default);
+
+/// Keys of built filters kept; past this the memo starts again.
+const BUILT_MAX: usize = 1024;
+
 impl CachedFilter {
     pub fn new(key: u64, inner: Box<dyn Query>) -> CachedFilter {
         CachedFilter {
             key,
             inner: Arc::from(inner),
         }
+    }
+
+    /// The filter under `key`, calling `build` only if none was built under it yet (the
+    /// caller's guarantee that one key stands for one filter makes the built one reusable).
+    pub fn get_or_build(key: u64, build: impl FnOnce() -> Box<dyn Query>) -> CachedFilter {
+        if let Some(f) = BUILT.lock().expect("filter memo").get(&key) {
+            return f.clone();
+        }
+        let f = CachedFilter::new(key, build());
+        let mut built = BUILT.lock().expect("filter memo");
+        if built.len() >= BUILT_MAX {
+            built.clear();
+        }
+        built.insert(key, f.clone());
+        f
     }
 }
 

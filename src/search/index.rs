@@ -354,9 +354,16 @@ fn compartment_ids(
     extracted: &[Extracted<'_>],
     base: &str,
 ) -> Vec<String> {
+    compartment_of_candidates(&candidates(resource_type, id, extracted), base)
+}
+
+/// The patient references of a resource's compartment, before the server's base is applied:
+/// pairs of (patient id, reference URL if absolute, else `""`), flattened.
+fn candidates(resource_type: &str, id: &str, extracted: &[Extracted<'_>]) -> Vec<String> {
     let mut out = Vec::new();
     if resource_type == "Patient" {
         out.push(id.to_string());
+        out.push(String::new());
     }
     let params = patient_params(resource_type);
     for e in extracted {
@@ -371,14 +378,82 @@ fn compartment_ids(
                 ..
             } = v
                 && t == "Patient"
-                && is_local(url, base)
-                && !out.contains(pid)
             {
                 out.push(pid.clone());
+                out.push(if url.contains("://") {
+                    url.clone()
+                } else {
+                    String::new()
+                });
             }
         }
     }
     out
+}
+
+/// The patient compartment from `compartment_candidates` on the server at `base`: the ids of
+/// relative references and of absolute ones on this server, first occurrence order.
+pub fn compartment_of_candidates(candidates: &[String], base: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for pair in candidates.chunks(2) {
+        let [pid, url] = pair else {
+            break;
+        };
+        if (url.is_empty() || is_local(url, base)) && !out.contains(pid) {
+            out.push(pid.clone());
+        }
+    }
+    out
+}
+
+/// What `patient_compartments` would give on any server, kept with each stored version (see
+/// `compartment_of_candidates`) so that a read needs neither the JSON nor the extraction.
+pub fn compartment_candidates(
+    registry: &Registry,
+    resource_type: &str,
+    id: &str,
+    resource: &Value,
+) -> Vec<String> {
+    let params = patient_params(resource_type);
+    if resource_type != "Patient" && params.is_empty() {
+        return Vec::new();
+    }
+    let extracted =
+        super::extract::extract_some(registry, resource, |code| params.iter().any(|p| p == code));
+    candidates(resource_type, id, &extracted)
+}
+
+/// Bumped whenever the extraction of compartment references changes in code, so that stored
+/// candidates computed the old way are no longer trusted.
+const COMPARTMENT_CODE_VERSION: u8 = 1;
+
+/// Names the compartment extraction of `registry`: the compartment parameters' definitions
+/// for every resource type, and the code's version. Stored candidates computed under another
+/// key (other search parameters, older code) are ignored and the compartment recomputed.
+pub fn compartment_key(registry: &Registry) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update([COMPARTMENT_CODE_VERSION]);
+    for t in super::compartments::patient_compartment_types() {
+        let params = patient_params(&t);
+        h.update(t.as_bytes());
+        h.update([0]);
+        for b in registry.bound_for(&t) {
+            let param = registry.param(b.param);
+            if !params.iter().any(|p| p == &param.code) {
+                continue;
+            }
+            h.update(param.code.as_bytes());
+            h.update([0]);
+            h.update(format!("{:?}", param.param_type).as_bytes());
+            h.update([0]);
+            h.update(b.expression.as_ref().map_or("", |e| e.source()).as_bytes());
+            h.update([0]);
+        }
+        h.update([1]);
+    }
+    let digest = h.finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// The patient compartments of a resource exactly as the index records them (access policy
@@ -397,4 +472,65 @@ pub fn patient_compartments(
     let extracted =
         super::extract::extract_some(registry, resource, |code| params.iter().any(|p| p == code));
     compartment_ids(resource_type, id, &extracted, base)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The compartment kept with a stored version, applied to a base, is exactly the one the
+    /// index computes on that base: reads decide on the one, searches filter on the other.
+    #[test]
+    fn stored_candidates_give_the_index_compartment_on_every_base() {
+        let registry = Registry::load(None).expect("built-in parameters");
+        let ours = "https://shcr.example/fhir";
+        let resources = [
+            json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                   "code": {"text": "x"},
+                   "subject": {"reference": "Patient/p1"},
+                   "performer": [{"reference": "Patient/p2/_history/3"},
+                                 {"reference": "https://shcr.example/fhir/Patient/p3"},
+                                 {"reference": "https://elsewhere.example/fhir/Patient/p4"},
+                                 {"reference": "Practitioner/d1"}]}),
+            json!({"resourceType": "Observation", "id": "o2", "status": "final",
+                   "code": {"text": "x"},
+                   "subject": {"reference": "https://elsewhere.example/fhir/Patient/p4"}}),
+            json!({"resourceType": "Patient", "id": "p1",
+                   "link": [{"other": {"reference": "Patient/p5"}, "type": "seealso"}]}),
+            json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+                   "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "Organization", "id": "org1"}),
+        ];
+        for r in &resources {
+            let t = r["resourceType"].as_str().unwrap();
+            let id = r["id"].as_str().unwrap();
+            let stored = compartment_candidates(&registry, t, id, r);
+            for base in [
+                ours,
+                "https://elsewhere.example/fhir",
+                "http://127.0.0.1:1/fhir",
+            ] {
+                assert_eq!(
+                    compartment_of_candidates(&stored, base),
+                    patient_compartments(&registry, base, t, id, r),
+                    "{t}/{id} on {base}"
+                );
+            }
+        }
+        let o1 = compartment_of_candidates(
+            &compartment_candidates(&registry, "Observation", "o1", &resources[0]),
+            ours,
+        );
+        assert!(o1.contains(&"p1".to_string()) && o1.contains(&"p3".to_string()));
+        assert!(!o1.contains(&"p4".to_string()), "another server's patient");
+    }
+
+    #[test]
+    fn the_compartment_key_names_the_registry() {
+        let a = Registry::load(None).expect("built-in parameters");
+        let b = Registry::load(None).expect("built-in parameters");
+        assert_eq!(compartment_key(&a), compartment_key(&b));
+    }
 }

@@ -46,6 +46,9 @@ pub struct NewVersion {
     pub content: Option<String>,
     /// `(system, value)` business identifiers of the new version (empty for deletions).
     pub identifiers: Vec<(String, String)>,
+    /// The version's patient-compartment references and the key of the extraction that found
+    /// them (`search::index::compartment_candidates`, `compartment_key`); `None`: not computed.
+    pub compartment: Option<(i64, Vec<String>)>,
 }
 
 /// `identifier` token search as conditional operations use it.
@@ -234,6 +237,8 @@ impl WriteTx {
         let mut methods = Vec::with_capacity(n);
         let mut contents = Vec::with_capacity(n);
         let mut ops = Vec::with_capacity(n);
+        let mut compartments: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut compartment_keys: Vec<Option<i64>> = Vec::with_capacity(n);
         let (mut it, mut ii, mut is, mut iv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for v in versions {
             types.push(v.resource_type.as_str());
@@ -244,6 +249,8 @@ impl WriteTx {
             methods.push(v.method);
             contents.push(v.content.as_deref());
             ops.push(v.operation.as_str());
+            compartments.push(v.compartment.as_ref().map(|(_, c)| text_array(c)));
+            compartment_keys.push(v.compartment.as_ref().map(|(k, _)| *k));
             for (system, value) in &v.identifiers {
                 it.push(v.resource_type.as_str());
                 ii.push(v.id.as_str());
@@ -255,10 +262,11 @@ impl WriteTx {
         sqlx::query(
             "INSERT INTO resource_version
                (resource_type, id, version_id, last_updated, deleted, method, content,
-                author_kind, author_id, author_org, request_id)
-             SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11
+                author_kind, author_id, author_org, request_id, compartment, compartment_key)
+             SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11, pc::text[], pk
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
-                         $6::text[], $7::text[]) AS x(t, i, v, lu, d, m, c)",
+                         $6::text[], $7::text[], $12::text[], $13::bigint[])
+                  AS x(t, i, v, lu, d, m, c, pc, pk)",
         )
         .bind(&types)
         .bind(&ids)
@@ -271,6 +279,8 @@ impl WriteTx {
         .bind(&author.id)
         .bind(&author.org)
         .bind(&author.request_id)
+        .bind(&compartments)
+        .bind(&compartment_keys)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| {
@@ -384,9 +394,37 @@ impl WriteTx {
     }
 }
 
+/// A PostgreSQL array literal of `items` (each quoted), for arrays that cannot be bound as
+/// arrays of arrays (PostgreSQL's must be rectangular).
+fn text_array(items: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::lock_key;
+    use super::{lock_key, text_array};
+
+    #[test]
+    fn text_arrays_quote_every_item() {
+        let items = ["a".to_string(), String::new(), "q\"b\\s,{}".to_string()];
+        assert_eq!(text_array(&items), r#"{"a","","q\"b\\s,{}"}"#);
+        assert_eq!(text_array(&[]), "{}");
+    }
 
     #[test]
     fn lock_keys_are_stable_and_separate_parts() {

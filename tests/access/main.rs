@@ -11,6 +11,7 @@ mod ig;
 mod labels;
 mod matrix;
 mod policy;
+mod reads;
 mod search_facts;
 mod writes;
 

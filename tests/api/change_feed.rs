@@ -25,6 +25,7 @@ fn version(id: &str) -> NewVersion {
         method: "POST",
         content: Some(format!(r#"{{"resourceType":"Basic","id":"{id}"}}"#)),
         identifiers: vec![],
+        compartment: None,
     }
 }
 
