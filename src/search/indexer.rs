@@ -48,8 +48,17 @@ const SMALL_SEGMENT_DOCS: u32 = 10_000;
 /// smaller ones taken before it, so each document is rewritten a bounded number of times.
 const QUIET_MERGE_RATIO: u64 = 4;
 
-fn new_writer(index: &Index) -> Result<IndexWriter, IndexError> {
-    let writer: IndexWriter = index.writer_with_num_threads(worker_threads(), WRITER_MEMORY)?;
+/// Indexing threads of the server's writer, which follows the change feed. Tantivy gives each
+/// indexing thread a segment of its own, so every commit (each 250 ms, or per waiting search)
+/// made one segment per thread: twice the segments to write and merge, for documents that
+/// arrive a few hundred at a time (events bench: tantivy's indexing and merging 1.45 against
+/// 0.82 ms of CPU per message with one thread). `shcr reindex` keeps a thread per core; the
+/// server's own rebuild of a missing index builds documents on every core but indexes them on
+/// this one thread.
+const FOLLOWER_THREADS: usize = 1;
+
+fn new_writer(index: &Index, threads: usize) -> Result<IndexWriter, IndexError> {
+    let writer: IndexWriter = index.writer_with_num_threads(threads, WRITER_MEMORY)?;
     let mut policy = tantivy::indexer::LogMergePolicy::default();
     policy.set_min_layer_size(MIN_LAYER_DOCS);
     writer.set_merge_policy(Box::new(policy));
@@ -207,7 +216,7 @@ pub async fn start(
         }
         Some(dir) => open_checked(dir)?,
     };
-    let writer: IndexWriter = new_writer(&index)?;
+    let writer: IndexWriter = new_writer(&index, FOLLOWER_THREADS)?;
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
@@ -645,7 +654,7 @@ pub async fn reindex(
         std::fs::remove_dir_all(dir)?;
     }
     let (index, fields) = open_or_create(dir)?;
-    let writer: IndexWriter = new_writer(&index)?;
+    let writer: IndexWriter = new_writer(&index, worker_threads())?;
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
