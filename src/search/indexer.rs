@@ -51,8 +51,8 @@ const QUIET_MERGE_RATIO: u64 = 4;
 /// Indexing threads of the server's writer, which follows the change feed. Tantivy gives each
 /// indexing thread a segment of its own, so every commit (each 250 ms, or per waiting search)
 /// made one segment per thread: twice the segments to write and merge, for documents that
-/// arrive a few hundred at a time (events bench: tantivy's indexing and merging 1.45 against
-/// 0.82 ms of CPU per message with one thread). `shcr reindex` keeps a thread per core; the
+/// arrive a few hundred at a time (events bench: tantivy's indexing and merging ~1.5 against
+/// ~0.85 ms of CPU per message with one thread). `shcr reindex` keeps a thread per core; the
 /// server's own rebuild of a missing index builds documents on every core but indexes them on
 /// this one thread.
 const FOLLOWER_THREADS: usize = 1;
