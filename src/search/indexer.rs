@@ -378,7 +378,22 @@ impl Indexer {
     /// Applies one poll of the feed to the writer (not yet committed); returns whether more
     /// ordered rows are waiting and whether anything was applied.
     async fn poll(&mut self) -> Result<(bool, bool), IndexError> {
-        let poll = self.store.poll_feed(self.position, BATCH).await?;
+        let mut poll = self.store.poll_feed(self.position, BATCH).await?;
+        // A full batch of rows above the xmin (another transaction in the cluster still runs),
+        // all applied already: the position cannot pass them, so read on after them, or the
+        // rows past the batch would wait for that transaction while searches are told the
+        // index has caught up. A row settled in a later batch means every row before it is
+        // settled too (rows come in txid order), and all of those were applied.
+        while poll.more
+            && poll.ordered.is_empty()
+            && poll
+                .above
+                .iter()
+                .all(|c| self.applied_above.contains(&c.position))
+            && let Some(last) = poll.above.last().map(|c| c.position)
+        {
+            poll = self.store.poll_feed(last, BATCH).await?;
+        }
         let mut changed: Vec<&Change> = poll.ordered.iter().collect();
         changed.extend(
             poll.above
