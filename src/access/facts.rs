@@ -215,7 +215,7 @@ fn consent(r: &Value) -> Option<ConsentFacts> {
 }
 
 /// Replaces the facts derived from each written version (deletions remove them).
-/// Relationships of all versions are replaced in two statements (one delete, one insert), as
+/// Relationships of all versions are replaced in one statement (a delete and an insert), as
 /// they are written on every message: round trips, not rows, are what a write pays for here.
 pub async fn record(
     tx: &mut WriteTx,
@@ -254,15 +254,6 @@ pub async fn record(
     if replaced_ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "DELETE FROM access_relationship r
-         USING unnest($1::text[], $2::text[]) AS k(t, i)
-         WHERE r.source_type = k.t AND r.source_id = k.i",
-    )
-    .bind(&replaced_types)
-    .bind(&replaced_ids)
-    .execute(tx.connection())
-    .await?;
     let mut rows = RelationshipRows::default();
     for (v, rel) in &relationships {
         let mut orgs = rel.ods.clone();
@@ -279,15 +270,21 @@ pub async fn record(
             rows.end.push(rel.end);
         }
     }
-    if rows.org.is_empty() {
-        return Ok(());
-    }
+    // One statement: the delete runs on the statement's snapshot, which does not hold the
+    // rows the insert adds, so only the previous versions' rows go.
     sqlx::query(
-        "INSERT INTO access_relationship
+        "WITH gone AS (
+             DELETE FROM access_relationship r
+             USING unnest($1::text[], $2::text[]) AS k(t, i)
+             WHERE r.source_type = k.t AND r.source_id = k.i
+         )
+         INSERT INTO access_relationship
              (source_type, source_id, org, patient_id, kind, period_start, period_end)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::timestamptz[], $7::timestamptz[])",
+         SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                              $8::timestamptz[], $9::timestamptz[])",
     )
+    .bind(&replaced_types)
+    .bind(&replaced_ids)
     .bind(&rows.source_type)
     .bind(&rows.source_id)
     .bind(&rows.org)

@@ -388,7 +388,9 @@ impl WriteHook for MessageHook<'_> {
         let org = m.sender.as_str();
         let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
         // One round trip for the common case: claim the message id and read the source times
-        // held for its resources.
+        // held for its resources. One primary-key probe per entry (`OFFSET 0` keeps the
+        // subquery from being flattened): without statistics (a new database, autovacuum off)
+        // the planner took `org = $1` for a few rows and read every row of the trust instead.
         let types: Vec<&str> = m.entries.iter().map(|e| e.resource_type.as_str()).collect();
         let systems: Vec<&str> = m.entries.iter().map(|e| e.key.0.as_str()).collect();
         let values: Vec<&str> = m.entries.iter().map(|e| e.key.1.as_str()).collect();
@@ -403,8 +405,12 @@ impl WriteHook for MessageHook<'_> {
                     COALESCE((
                         SELECT json_agg(json_build_array(k.ord, s.source_time, s.message_id))
                         FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS k(t, sy, v, ord)
-                        JOIN event_source_state s
-                          ON s.org = $1 AND s.resource_type = k.t AND s.system = k.sy AND s.value = k.v
+                        CROSS JOIN LATERAL (
+                            SELECT s.source_time, s.message_id FROM event_source_state s
+                            WHERE s.org = $1 AND s.resource_type = k.t AND s.system = k.sy
+                              AND s.value = k.v
+                            OFFSET 0
+                        ) s
                     ), '[]'::json) AS held",
         )
         .bind(org)

@@ -132,11 +132,14 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
 }
 
 async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
+    // A group of units took its units' keys before the first (`WriteTx::lock_for_transaction`):
+    // those need no second round trip.
+    let keys: Vec<i64> = keys.iter().copied().filter(|k| !tx.holds(*k)).collect();
     if keys.is_empty() {
         return Ok(());
     }
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
-        .bind(keys)
+        .bind(&keys)
         .execute(tx.connection())
         .await
         .map_err(db)?;

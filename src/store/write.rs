@@ -1,7 +1,7 @@
 //! One write transaction: lock what is being changed, answer conditional look-ups, then write
 //! every new version, its head, its identifiers and its change-feed row together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
@@ -63,12 +63,16 @@ pub struct IdentifierQuery {
 
 pub struct WriteTx {
     tx: Transaction<'static, Postgres>,
+    /// Advisory keys this transaction took outside any savepoint (`lock_for_transaction`):
+    /// held until it ends, so taking them again needs no round trip.
+    held: HashSet<i64>,
 }
 
 impl Store {
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.pool.begin().await?,
+            held: HashSet::new(),
         })
     }
 }
@@ -111,6 +115,7 @@ impl WriteTx {
     /// prevents deadlocks between transactions locking overlapping sets in one statement.
     /// Re-taking a key this transaction holds is free, so a caller may lock a superset first.
     pub async fn lock_advisory(&mut self, mut keys: Vec<i64>) -> Result<(), StoreError> {
+        keys.retain(|k| !self.held.contains(k));
         if keys.is_empty() {
             return Ok(());
         }
@@ -121,6 +126,21 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// As `lock_advisory`, for keys taken before any savepoint (a group of units takes every
+    /// unit's keys first): they are held until the transaction ends — rolling back to a later
+    /// savepoint does not release them — so later `lock_advisory` calls skip them.
+    pub async fn lock_for_transaction(&mut self, keys: Vec<i64>) -> Result<(), StoreError> {
+        let taken = keys.clone();
+        self.lock_advisory(keys).await?;
+        self.held.extend(taken);
+        Ok(())
+    }
+
+    /// Whether `lock_for_transaction` took `key`.
+    pub fn holds(&self, key: i64) -> bool {
+        self.held.contains(&key)
     }
 
     /// Ids of current, non-deleted resources matching each query (same order as `queries`).
@@ -259,14 +279,49 @@ impl WriteTx {
             }
         }
 
+        // Identifiers follow the current version: of a replaced resource, those its new
+        // version no longer carries are dropped and the new ones added (kept ones stay).
+        let replaced: Vec<usize> = (0..n).filter(|&k| vids[k] > 1).collect();
+        let rt: Vec<&str> = replaced.iter().map(|&k| types[k]).collect();
+        let ri: Vec<&str> = replaced.iter().map(|&k| ids[k]).collect();
+
+        // One statement, one round trip: the version, its head, its identifiers and its
+        // change-feed row (a write used to be five). The parts touch different tables, except
+        // the identifiers: the delete takes only rows the insert does not add, so the order in
+        // which PostgreSQL runs them cannot matter.
         sqlx::query(
-            "INSERT INTO resource_version
-               (resource_type, id, version_id, last_updated, deleted, method, content,
-                author_kind, author_id, author_org, request_id, compartment, compartment_key)
-             SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11, pc::text[], pk
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
-                         $6::text[], $7::text[], $12::text[], $13::bigint[])
-                  AS x(t, i, v, lu, d, m, c, pc, pk)",
+            "WITH versions AS (
+                 INSERT INTO resource_version
+                   (resource_type, id, version_id, last_updated, deleted, method, content,
+                    author_kind, author_id, author_org, request_id, compartment, compartment_key)
+                 SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11, pc::text[], pk
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
+                             $5::bool[], $6::text[], $7::text[], $19::text[], $20::bigint[])
+                      AS x(t, i, v, lu, d, m, c, pc, pk)
+             ), heads AS (
+                 INSERT INTO resource_head (resource_type, id, version_id, last_updated, deleted)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
+                                      $5::bool[])
+                 ON CONFLICT (resource_type, id) DO UPDATE
+                   SET version_id = excluded.version_id,
+                       last_updated = excluded.last_updated,
+                       deleted = excluded.deleted
+             ), dropped AS (
+                 DELETE FROM resource_identifier ri
+                 USING unnest($13::text[], $14::text[]) AS k(t, i)
+                 WHERE ri.resource_type = k.t AND ri.id = k.i
+                   AND NOT EXISTS (
+                       SELECT 1 FROM unnest($15::text[], $16::text[], $17::text[], $18::text[])
+                           AS n(t, i, s, v)
+                       WHERE n.t = ri.resource_type AND n.i = ri.id
+                         AND n.s = ri.system AND n.v = ri.value)
+             ), added AS (
+                 INSERT INTO resource_identifier (resource_type, id, system, value)
+                 SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::text[])
+                 ON CONFLICT DO NOTHING
+             )
+             INSERT INTO change_feed (resource_type, id, version_id, operation)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $12::text[])",
         )
         .bind(&types)
         .bind(&ids)
@@ -279,11 +334,19 @@ impl WriteTx {
         .bind(&author.id)
         .bind(&author.org)
         .bind(&author.request_id)
+        .bind(&ops)
+        .bind(&rt)
+        .bind(&ri)
+        .bind(&it)
+        .bind(&ii)
+        .bind(&is)
+        .bind(&iv)
         .bind(&compartments)
         .bind(&compartment_keys)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| {
+            // A unique violation can only be a version row: two writers raced for it.
             StoreError::from_write(e, || {
                 versions
                     .iter()
@@ -292,62 +355,6 @@ impl WriteTx {
                     .join(", ")
             })
         })?;
-
-        sqlx::query(
-            "INSERT INTO resource_head (resource_type, id, version_id, last_updated, deleted)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[])
-             ON CONFLICT (resource_type, id) DO UPDATE
-               SET version_id = excluded.version_id,
-                   last_updated = excluded.last_updated,
-                   deleted = excluded.deleted",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .bind(&vids)
-        .bind(&times)
-        .bind(&deleted)
-        .execute(&mut *self.tx)
-        .await?;
-
-        // Identifiers follow the current version: drop the previous version's, add the new ones.
-        let replaced: Vec<usize> = (0..n).filter(|&k| vids[k] > 1).collect();
-        if !replaced.is_empty() {
-            let rt: Vec<&str> = replaced.iter().map(|&k| types[k]).collect();
-            let ri: Vec<&str> = replaced.iter().map(|&k| ids[k]).collect();
-            sqlx::query(
-                "DELETE FROM resource_identifier ri
-                 USING unnest($1::text[], $2::text[]) AS k(t, i)
-                 WHERE ri.resource_type = k.t AND ri.id = k.i",
-            )
-            .bind(&rt)
-            .bind(&ri)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        if !it.is_empty() {
-            sqlx::query(
-                "INSERT INTO resource_identifier (resource_type, id, system, value)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&it)
-            .bind(&ii)
-            .bind(&is)
-            .bind(&iv)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-
-        sqlx::query(
-            "INSERT INTO change_feed (resource_type, id, version_id, operation)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .bind(&vids)
-        .bind(&ops)
-        .execute(&mut *self.tx)
-        .await?;
         Ok(())
     }
 
