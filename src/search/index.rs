@@ -414,13 +414,24 @@ pub fn compartment_candidates(
     id: &str,
     resource: &Value,
 ) -> Vec<String> {
+    compartment_values(registry, resource_type, resource).map_or_else(Vec::new, |extracted| {
+        candidates(resource_type, id, &extracted)
+    })
+}
+
+/// The values of `resource`'s compartment parameters; `None` for a type in no compartment.
+fn compartment_values<'r>(
+    registry: &'r Registry,
+    resource_type: &str,
+    resource: &Value,
+) -> Option<Vec<Extracted<'r>>> {
     let params = patient_params(resource_type);
     if resource_type != "Patient" && params.is_empty() {
-        return Vec::new();
+        return None;
     }
-    let extracted =
-        super::extract::extract_some(registry, resource, |code| params.iter().any(|p| p == code));
-    candidates(resource_type, id, &extracted)
+    Some(super::extract::extract_some(registry, resource, |code| {
+        params.iter().any(|p| p == code)
+    }))
 }
 
 /// Bumped whenever the extraction of compartment references changes in code, so that stored
@@ -465,13 +476,9 @@ pub fn patient_compartments(
     id: &str,
     resource: &Value,
 ) -> Vec<String> {
-    let params = patient_params(resource_type);
-    if resource_type != "Patient" && params.is_empty() {
-        return Vec::new();
-    }
-    let extracted =
-        super::extract::extract_some(registry, resource, |code| params.iter().any(|p| p == code));
-    compartment_ids(resource_type, id, &extracted, base)
+    compartment_values(registry, resource_type, resource).map_or_else(Vec::new, |extracted| {
+        compartment_ids(resource_type, id, &extracted, base)
+    })
 }
 
 #[cfg(test)]

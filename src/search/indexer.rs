@@ -300,7 +300,20 @@ impl Indexer {
     ///
     /// Segments are not merged while the rebuild runs (each merge would rewrite documents that
     /// the next flushes join anyway); the live policy takes over afterwards.
-    async fn rebuild(&mut self, mut progress: impl FnMut(usize)) -> Result<usize, IndexError> {
+    async fn rebuild(&mut self, progress: impl FnMut(usize)) -> Result<usize, IndexError> {
+        let result = self.rebuild_unmerged(progress).await;
+        // Also after a failure: the server goes on following the feed with this writer.
+        self.writer
+            .read()
+            .expect("writer")
+            .set_merge_policy(live_merge_policy());
+        result
+    }
+
+    async fn rebuild_unmerged(
+        &mut self,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, IndexError> {
         let restart = self.store.feed_restart_point().await?;
         {
             let writer = self.writer.clone();
@@ -347,10 +360,6 @@ impl Indexer {
         self.position = restart;
         self.applied_above.clear();
         self.commit().await?;
-        self.writer
-            .read()
-            .expect("writer")
-            .set_merge_policy(live_merge_policy());
         Ok(total)
     }
 

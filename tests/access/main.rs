@@ -72,6 +72,17 @@ pub async fn send(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A doctor (R8000, B0360) at `org`.
+pub fn clinician(app: &TestApp, org: &str) -> String {
+    app.user_token(
+        &format!("u-{org}"),
+        "Test Doctor",
+        "S8000:G8000:R8000",
+        org,
+        &["B0360"],
+    )
+}
+
 pub async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let id = uuid::Uuid::new_v4().to_string();
     send(app, token, reqwest::Method::GET, path, None, &id).await

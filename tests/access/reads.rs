@@ -8,16 +8,6 @@ use serde_json::json;
 use crate::common::TestApp;
 use crate::*;
 
-fn clinician(app: &TestApp, org: &str) -> String {
-    app.user_token(
-        &format!("u-{org}"),
-        "Test Doctor",
-        "S8000:G8000:R8000",
-        org,
-        &["B0360"],
-    )
-}
-
 #[tokio::test]
 async fn reads_decide_on_the_stored_compartment_as_on_the_content() {
     let app = TestApp::spawn().await;

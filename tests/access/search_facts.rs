@@ -25,17 +25,6 @@ fn matched_subjects(bundle: &Value) -> Vec<String> {
     out
 }
 
-/// A doctor (R8000, B0360) at `org`.
-fn clinician(app: &TestApp, org: &str) -> String {
-    app.user_token(
-        &format!("u-{org}"),
-        "Test Doctor",
-        "S8000:G8000:R8000",
-        org,
-        &["B0360"],
-    )
-}
-
 #[tokio::test]
 async fn each_search_sees_the_relationships_and_consents_committed_before_it() {
     let app = TestApp::spawn().await;
