@@ -140,35 +140,40 @@ async fn a_search_after_a_large_commit_sees_all_of_it() {
     assert_eq!(bundle["total"], n, "{bundle}");
 }
 
-#[tokio::test]
-async fn small_segments_are_merged_once_the_index_is_quiet() {
-    let app = TestApp::spawn().await;
-    let store = Store::from_pool(app.pool.clone());
-    // Each write is searched for at once, so each gets an index commit (a segment) of its own,
-    // as a burst of small commits does.
-    let n = 12;
-    for i in 0..n {
-        let mut tx = store.begin_write().await.unwrap();
-        tx.write(&[version(&format!("quiet-{i}"))], &author())
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        let bundle = app.search("Basic?_summary=count").await;
-        assert_eq!(bundle["total"], i + 1, "{bundle}");
-    }
-    // The merge policy alone merges eight and leaves the rest; a quiet index merges them all.
+/// Writes one version and searches at once, so the write gets an index commit (a segment) of
+/// its own; the search must count `expected` resources.
+async fn write_searched(app: &TestApp, store: &Store, id: &str, expected: usize) {
+    let mut tx = store.begin_write().await.unwrap();
+    tx.write(&[version(id)], &author()).await.unwrap();
+    tx.commit().await.unwrap();
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], expected, "{bundle}");
+}
+
+/// Polls until the index has one searchable segment.
+async fn wait_for_one_segment(app: &TestApp, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let segments = app.search.searcher().segment_readers().len();
         if segments == 1 {
-            break;
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{segments} segments left in a quiet index"
-        );
+        assert!(Instant::now() < deadline, "{segments} segments left {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn small_segments_are_merged_once_the_index_is_quiet() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    // Each write gets a segment of its own, as a burst of small commits does.
+    let n = 12;
+    for i in 0..n {
+        write_searched(&app, &store, &format!("quiet-{i}"), i + 1).await;
+    }
+    // The merge policy alone merges eight and leaves the rest; a quiet index merges them all.
+    wait_for_one_segment(&app, "in a quiet index").await;
     let bundle = app.search("Basic?_summary=count").await;
     assert_eq!(bundle["total"], n, "{bundle}");
 }
@@ -179,38 +184,12 @@ async fn small_segments_are_merged_once_the_index_is_quiet() {
 async fn a_write_after_a_quiet_merge_is_merged_in_once_quiet_again() {
     let app = TestApp::spawn().await;
     let store = Store::from_pool(app.pool.clone());
-    let wait_for_one_segment = |what: &'static str| {
-        let search = app.search.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let segments = search.searcher().segment_readers().len();
-                if segments == 1 {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{segments} segments left {what}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     for i in 0..11 {
-        let mut tx = store.begin_write().await.unwrap();
-        tx.write(&[version(&format!("trickle-{i}"))], &author())
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        let bundle = app.search("Basic?_summary=count").await;
-        assert_eq!(bundle["total"], i + 1, "{bundle}");
+        write_searched(&app, &store, &format!("trickle-{i}"), i + 1).await;
     }
-    wait_for_one_segment("after the burst").await;
-    let mut tx = store.begin_write().await.unwrap();
-    tx.write(&[version("trickle-late")], &author())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let bundle = app.search("Basic?_summary=count").await;
-    assert_eq!(bundle["total"], 12, "{bundle}");
-    wait_for_one_segment("after the late write").await;
+    wait_for_one_segment(&app, "after the burst").await;
+    write_searched(&app, &store, "trickle-late", 12).await;
+    wait_for_one_segment(&app, "after the late write").await;
     let bundle = app.search("Basic?_summary=count").await;
     assert_eq!(bundle["total"], 12, "{bundle}");
 }
