@@ -3,6 +3,7 @@
 
 mod changes;
 mod history;
+mod nodelay;
 mod read;
 mod write;
 
@@ -97,6 +98,10 @@ impl Store {
         // hashing whole tables). A custom plan sees the array's length and uses the indexes;
         // planning these short statements costs far less than one such scan.
         let base: sqlx::postgres::PgConnectOptions = url.parse()?;
+        // JIT compiles a statement whose estimated cost passes a threshold; ours are index
+        // probes and short scans the estimate sometimes overprices (a large unnest, a stale
+        // row count), and compiling then took longer than running them.
+        let base = base.options([("jit", "off")]);
         let options = base
             .clone()
             .options([("plan_cache_mode", "force_custom_plan")]);
@@ -108,6 +113,7 @@ impl Store {
             .test_before_acquire(false)
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| Box::pin(nodelay::disable_nagle(conn)))
             .connect_with(options)
             .await?;
         // Planning a custom plan cost more than running the statement for search's key
@@ -124,6 +130,7 @@ impl Store {
             .max_connections(lookup_connections(max_connections))
             .acquire_timeout(Duration::from_secs(10))
             .max_lifetime(plan_lifetime)
+            .after_connect(|conn, _| Box::pin(nodelay::disable_nagle(conn)))
             .connect_lazy_with(base.options([
                 ("plan_cache_mode", "force_generic_plan"),
                 ("enable_seqscan", "off"),

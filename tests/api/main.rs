@@ -6,6 +6,7 @@ mod common;
 mod auth;
 mod change_feed;
 mod concurrency;
+mod connections;
 mod crud;
 mod differential;
 mod errors;
