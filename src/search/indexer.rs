@@ -66,8 +66,19 @@ pub const REBUILD_MEMORY: usize = 1024 * 1024 * 1024;
 /// this one thread.
 const FOLLOWER_THREADS: usize = 1;
 
+/// Merge threads of a writer (tantivy's default); they run at low priority (`merge_priority`).
+const MERGE_THREADS: usize = 4;
+
 fn new_writer(index: &Index, threads: usize, memory: usize) -> Result<IndexWriter, IndexError> {
-    let writer: IndexWriter = index.writer_with_num_threads(threads, memory)?;
+    let options = tantivy::indexer::IndexWriterOptions::builder()
+        .num_worker_threads(threads)
+        .memory_budget_per_thread(memory / threads)
+        .num_merge_threads(MERGE_THREADS)
+        .build();
+    let (writer, _) = super::merge_priority::with_lowered_merge_threads(MERGE_THREADS, || {
+        index.writer_with_options(options)
+    });
+    let writer: IndexWriter = writer?;
     writer.set_merge_policy(live_merge_policy());
     Ok(writer)
 }
@@ -747,4 +758,29 @@ pub async fn reindex(
         applied_above: HashSet::new(),
     };
     indexer.rebuild(progress).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::merge_priority::{merge_threads, nice_of_thread};
+
+    #[test]
+    fn a_new_writer_merges_at_low_priority() {
+        let before = merge_threads();
+        let (index, _) = crate::search::index::in_memory();
+        let writer = new_writer(&index, 1, 15_000_000).expect("writer");
+        // Other tests may start writers of their own meanwhile (at normal priority), so count
+        // the lowered threads among the new ones: this writer's whole pool must be there.
+        let lowered = merge_threads()
+            .into_iter()
+            .filter(|tid| !before.contains(tid))
+            .filter(|&tid| nice_of_thread(tid).is_some_and(|nice| nice >= 10))
+            .count();
+        assert!(
+            lowered >= MERGE_THREADS,
+            "{lowered} new merge threads at nice 10"
+        );
+        drop(writer);
+    }
 }

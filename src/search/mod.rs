@@ -10,6 +10,7 @@ pub mod filter_cache;
 pub mod index;
 pub mod indexer;
 pub mod matching;
+pub mod merge_priority;
 pub mod normalise;
 pub mod packed;
 pub mod params;
