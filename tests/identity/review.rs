@@ -319,3 +319,41 @@ async fn merge_of_persons_with_different_verified_numbers_is_refused() {
     assert_eq!(status, 409, "{body}");
     assert_ne!(person_of(&app, &a).await, person_of(&app, &b).await);
 }
+
+#[tokio::test]
+async fn a_twin_whose_names_were_exchanged_waits_for_review() {
+    let app = TestApp::spawn().await;
+    let robert = create_as(&app, "RX1", &patient("RX1", None, &ROBERT)).await;
+    // His twin Richard: same birthday and home, registered elsewhere with family and given
+    // name exchanged. The family name crosses over, the first names differ: the twins'
+    // pattern, though everything else agrees.
+    let twin = Demo {
+        family: "Richard",
+        given: "Thompson",
+        ..ROBERT
+    };
+    let richard = create_as(&app, "RX2", &patient("RX2", None, &twin)).await;
+    assert_ne!(
+        person_of(&app, &robert).await,
+        person_of(&app, &richard).await,
+        "never auto-linked"
+    );
+    let items = open_items(&app).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(part(item, "reason")["valueCode"], "possible-match");
+    assert_eq!(
+        part(item, "patient")["valueReference"]["reference"],
+        format!("Patient/{richard}")
+    );
+    assert_eq!(
+        part(item, "candidate")["valueReference"]["reference"],
+        format!("Patient/{robert}")
+    );
+    // Held by the twins rule, not by its score.
+    let score = part(item, "score")["valueDecimal"].as_f64().unwrap();
+    assert!(
+        score >= shcr::identity::scoring::config().thresholds.match_,
+        "{score}"
+    );
+}
