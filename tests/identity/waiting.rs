@@ -104,7 +104,8 @@ async fn a_linker_sees_what_committed_while_it_waited_for_its_locks() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let waiters: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+               AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
         )
         .fetch_one(store.pool())
         .await
@@ -221,13 +222,14 @@ async fn a_person_rewritten_while_a_linker_waited_for_it_keeps_both_units_record
         })
     };
     // RX4's unit waits for the Person's head (a row lock: its transaction id), not for a
-    // blocking key.
+    // blocking key. (`pg_locks` is the server's: only this test's database counts.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (rows, keys): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE locktype IN ('transactionid', 'tuple')),
                     count(*) FILTER (WHERE locktype = 'advisory')
-             FROM pg_locks WHERE NOT granted",
+             FROM pg_locks WHERE NOT granted
+               AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
         )
         .fetch_one(store.pool())
         .await
