@@ -344,3 +344,35 @@ pub static IDENTITY_LINK_LOCKED: LazyLock<prometheus::Histogram> = LazyLock::new
         .expect("histogram"),
     )
 });
+
+/// Time of each step of linking a write unit, by `step`: `prefetch` (candidates read and scored
+/// before the locks), `lock-wait` (waiting for the blocking-key locks), and under the locks
+/// `settle` (current links, non-matches and rows written since the prefetch), `decide`
+/// (decisions in memory), `links` (one statement: links, history and review items written,
+/// Person heads locked, their members read), `members-again` (members read again when another
+/// unit rewrote one of the Persons while this one waited for its head) and `persons` (Person
+/// versions and their Provenance built and written). Where a unit's locked time goes, and so
+/// what bounds the rate of linkers that share blocking keys.
+pub static IDENTITY_LINK_STEP: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "identity_link_step_seconds",
+                "Time of each step of linking a write unit",
+            )
+            .buckets(link_buckets()),
+            &["step"],
+        )
+        .expect("histogram"),
+    )
+});
+
+/// Records how long a step of linking took since `since`, and returns now (the next step's
+/// start).
+pub fn link_step(step: &str, since: std::time::Instant) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    IDENTITY_LINK_STEP
+        .with_label_values(&[step])
+        .observe((now - since).as_secs_f64());
+    now
+}

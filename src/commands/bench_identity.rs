@@ -57,6 +57,10 @@ pub struct BenchIdentityArgs {
     /// longitudinal phase): the link rate without indexing competing for the CPU.
     #[arg(long)]
     pub pause_index: bool,
+    /// Keep the bench database afterwards (its name is printed), to read its tables and plans
+    /// (`EXPLAIN`) as the linker left them; drop it by hand.
+    #[arg(long)]
+    pub keep_database: bool,
 }
 
 pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Result<()> {
@@ -78,11 +82,15 @@ pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Res
     settings.index_dir = Some(temp.join("index"));
     settings.db_max_connections = 16;
     let result = bench(settings, &args).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
+    if args.keep_database {
+        println!("database kept: {name} (DROP DATABASE {name} when done)");
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
     let _ = std::fs::remove_dir_all(&temp);
     result
 }
@@ -175,19 +183,39 @@ async fn cpu_report(cpu: CpuMeter, pool: &PgPool, what: &str, records: usize) {
 }
 
 /// The linkers' lock timings over the link phase (`identity_lock_wait_seconds`,
-/// `identity_link_locked_seconds`).
+/// `identity_link_locked_seconds`) and the time of each step (`identity_link_step_seconds`).
 struct LinkTimes {
     wait: (f64, u64),
     locked: (f64, u64),
+    steps: Vec<(f64, u64)>,
 }
+
+/// The steps of `identity_link_step_seconds`, in the order a unit takes them.
+const LINK_STEPS: [&str; 7] = [
+    "prefetch",
+    "lock-wait",
+    "settle",
+    "decide",
+    "links",
+    "members-again",
+    "persons",
+];
 
 impl LinkTimes {
     fn now() -> LinkTimes {
         let w = &crate::metrics::IDENTITY_LOCK_WAIT;
         let l = &crate::metrics::IDENTITY_LINK_LOCKED;
+        let steps = LINK_STEPS
+            .iter()
+            .map(|s| {
+                let h = crate::metrics::IDENTITY_LINK_STEP.with_label_values(&[s]);
+                (h.get_sample_sum(), h.get_sample_count())
+            })
+            .collect();
         LinkTimes {
             wait: (w.get_sample_sum(), w.get_sample_count()),
             locked: (l.get_sample_sum(), l.get_sample_count()),
+            steps,
         }
     }
 
@@ -201,6 +229,18 @@ impl LinkTimes {
             wait * 1000.0 / units,
             locked * 1000.0 / units
         );
+        let steps: Vec<String> = LINK_STEPS
+            .iter()
+            .zip(after.steps.iter().zip(&self.steps))
+            .map(|(name, (a, b))| {
+                format!(
+                    "{name} {:.1} ({} units)",
+                    (a.0 - b.0) * 1000.0 / units,
+                    a.1 - b.1
+                )
+            })
+            .collect();
+        println!("link steps, ms/unit: {}", steps.join(", "));
     }
 }
 

@@ -13,14 +13,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Value, json};
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::demographics::{Demographics, FLAG_SYSTEM};
 use super::scoring::{Grade, PairScore};
 use crate::fhir::id::new_id;
 use crate::fhir::instant::format_instant;
-use crate::store::{Author, NewVersion, Operation, StoreError, WriteTx};
+use crate::store::{Author, Head, NewVersion, Operation, StoreError, WriteTx};
 
 /// The matcher as the author of automatic Person versions and link decisions.
 pub const MATCHER_ID: &str = "shcr-identity-matcher";
@@ -290,14 +289,18 @@ pub async fn link_written(
             demographics: d,
         })
         .collect();
+    let started = std::time::Instant::now();
     let prefetched = super::unit::prefetch(tx, &records).await?;
-    let asked = std::time::Instant::now();
+    let asked = crate::metrics::link_step("prefetch", started);
     lock_keys(tx, &keys).await?;
-    let locked = std::time::Instant::now();
+    let locked = crate::metrics::link_step("lock-wait", asked);
     crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
-    let touched = super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
+    let (touched, persons) =
+        super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
     let matcher = matcher_author(author.request_id.as_deref());
-    write_persons(tx, &touched, &matcher, now, None).await?;
+    let written = std::time::Instant::now();
+    rewrite_persons(tx, &touched, persons, &matcher, now, None).await?;
+    crate::metrics::link_step("persons", written);
     crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());
     Ok(())
 }
@@ -352,6 +355,27 @@ fn assurance(grade: &str, method: &str) -> &'static str {
     }
 }
 
+/// A Person's member as its Person resource shows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub person_id: String,
+    pub patient_id: String,
+    pub org: Option<String>,
+    pub score: Option<f64>,
+    pub grade: String,
+    pub method: String,
+    /// The member's NHS number when it is verified: the Person's identifier.
+    pub verified_nhs: Option<String>,
+}
+
+/// What rewriting Persons starts from: their heads, locked (absent: a new Person), and their
+/// active members as of the lock.
+#[derive(Debug, Default)]
+pub struct PersonsRead {
+    pub heads: HashMap<String, Head>,
+    pub members: Vec<Member>,
+}
+
 /// Rewrites the Person resource of each person from its current members (deleting a Person
 /// left with none), with Provenance naming `author` (the matcher or the reviewer).
 pub async fn write_persons(
@@ -364,66 +388,56 @@ pub async fn write_persons(
     if persons.is_empty() {
         return Ok(());
     }
-    let keys: Vec<(String, String)> = persons
-        .iter()
-        .map(|p| ("Person".to_string(), p.clone()))
-        .collect();
-    let heads = tx.lock_heads(&keys).await?;
-    let ids: Vec<&str> = persons.iter().map(String::as_str).collect();
-    // One index probe per person. Without statistics on identity_patient (before its first
-    // ANALYZE; autovacuum off) the planner takes `person_id = ANY(100 ids)` for half the table
-    // and reads all of it; the OFFSET keeps the probe from being flattened into a hash join
-    // that would do the same.
-    let rows = sqlx::query(
-        "SELECT m.person_id, m.patient_id, m.org, m.score, m.grade, m.method, m.demographics
-         FROM unnest($1::text[]) AS k(person)
-         CROSS JOIN LATERAL (
-             SELECT * FROM identity_patient p WHERE p.person_id = k.person AND p.active OFFSET 0
-         ) m
-         ORDER BY m.person_id, m.patient_id",
-    )
-    .bind(&ids)
-    .fetch_all(tx.connection())
-    .await
-    .map_err(db)?;
-    let mut members: HashMap<String, Vec<Value>> = HashMap::new();
+    let read = super::unit::lock_persons(tx, persons).await?;
+    rewrite_persons(tx, persons, read, author, now, reason).await
+}
+
+/// As `write_persons`, from heads and members already read under the heads' locks.
+pub(crate) async fn rewrite_persons(
+    tx: &mut WriteTx,
+    persons: &BTreeSet<String>,
+    read: PersonsRead,
+    author: &Author,
+    now: OffsetDateTime,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    if persons.is_empty() {
+        return Ok(());
+    }
+    let PersonsRead { heads, mut members } = read;
+    // Members in patient id order: the Person's links and its identifier (the first verified
+    // number) do not depend on where each member was read from.
+    members.sort_by(|a, b| {
+        (a.person_id.as_str(), a.patient_id.as_str())
+            .cmp(&(b.person_id.as_str(), b.patient_id.as_str()))
+    });
+    let mut links_of: HashMap<String, Vec<Value>> = HashMap::new();
     let mut verified_nhs: HashMap<String, String> = HashMap::new();
-    for r in rows {
-        let person: String = r.try_get("person_id").map_err(StoreError::Database)?;
-        let patient: String = r.try_get("patient_id").map_err(StoreError::Database)?;
-        let org: Option<String> = r.try_get("org").map_err(StoreError::Database)?;
-        let score: Option<f64> = r.try_get("score").map_err(StoreError::Database)?;
-        let grade: String = r.try_get("grade").map_err(StoreError::Database)?;
-        let method: String = r.try_get("method").map_err(StoreError::Database)?;
-        let demographics: Value = r.try_get("demographics").map_err(StoreError::Database)?;
-        if demographics["nhs_verified"] == true
-            && let Some(n) = demographics["nhs_number"].as_str()
-        {
-            verified_nhs
-                .entry(person.clone())
-                .or_insert_with(|| n.to_string());
+    for m in members {
+        if let Some(n) = m.verified_nhs {
+            verified_nhs.entry(m.person_id.clone()).or_insert(n);
         }
         let mut ext = vec![
-            json!({"url": "grade", "valueCode": grade}),
-            json!({"url": "method", "valueCode": method}),
+            json!({"url": "grade", "valueCode": m.grade}),
+            json!({"url": "method", "valueCode": m.method}),
         ];
-        if let Some(s) = score {
+        if let Some(s) = m.score {
             ext.push(json!({"url": "score", "valueDecimal": (s * 100.0).round() / 100.0}));
         }
-        let mut target = json!({"reference": format!("Patient/{patient}")});
-        if let Some(org) = org {
+        let mut target = json!({"reference": format!("Patient/{}", m.patient_id)});
+        if let Some(org) = m.org {
             target["display"] = json!(format!("record held by {org}"));
         }
-        members.entry(person).or_default().push(json!({
+        links_of.entry(m.person_id).or_default().push(json!({
             "extension": [{"url": LINK_EXT, "extension": ext}],
             "target": target,
-            "assurance": assurance(&grade, &method),
+            "assurance": assurance(&m.grade, &m.method),
         }));
     }
     let mut versions = Vec::new();
     for person in persons {
-        let head = heads.get(&("Person".to_string(), person.clone()));
-        let links = members.remove(person).unwrap_or_default();
+        let head = heads.get(person);
+        let links = links_of.remove(person).unwrap_or_default();
         let (version_id, operation, method) = match head {
             None => (1, Operation::Create, "POST"),
             Some(h) => (h.version_id + 1, Operation::Update, "PUT"),

@@ -21,10 +21,11 @@ use sqlx::types::Json;
 
 use super::demographics::Demographics;
 use super::link::{
-    Assignment, Candidate, Decision, MATCHER_ID, MAX_CANDIDATES, db, decide, grade_of, swapped,
+    Assignment, Candidate, Decision, MATCHER_ID, MAX_CANDIDATES, Member, PersonsRead, db, decide,
+    grade_of, swapped,
 };
 use super::scoring::{self, PairScore};
-use crate::store::{StoreError, WriteTx};
+use crate::store::{Head, StoreError, WriteTx};
 
 /// One Patient version of the unit: its id, whether it is the first version (nothing to
 /// re-evaluate), and its demographics (`None`: deleted).
@@ -305,13 +306,15 @@ async fn settle(
 }
 
 /// Links the unit's records (their blocking keys already locked, their candidates prefetched);
-/// returns the persons whose membership or member scores changed.
+/// returns the persons whose membership or member scores changed, with their heads locked and
+/// their members read.
 pub async fn link_unit(
     tx: &mut WriteTx,
     records: &[Record<'_>],
     org: Option<&str>,
     prefetched: Prefetched,
-) -> Result<BTreeSet<String>, StoreError> {
+) -> Result<(BTreeSet<String>, PersonsRead), StoreError> {
+    let started = std::time::Instant::now();
     let mut touched = BTreeSet::new();
     let revisited: Vec<&str> = records
         .iter()
@@ -326,6 +329,7 @@ pub async fn link_unit(
         .filter_map(|(i, r)| r.demographics.as_ref().map(|d| (i, r.patient_id, d)))
         .collect();
     let mut found = settle(tx, &wanted, prefetched, &non_matches).await?;
+    let settled = crate::metrics::link_step("settle", started);
 
     // Rows written (or deactivated) by earlier records of this unit, by patient id.
     let mut overlay: HashMap<String, Linked> = HashMap::new();
@@ -447,8 +451,10 @@ pub async fn link_unit(
             },
         );
     }
-    write_pending(tx, &pending, &overlay, org).await?;
-    Ok(touched)
+    let decided = crate::metrics::link_step("decide", settled);
+    let persons = write_pending(tx, &pending, &overlay, org, &touched).await?;
+    crate::metrics::link_step("links", decided);
+    Ok((touched, persons))
 }
 
 /// A person's decision stands until a person changes it; demographics still update, and other
@@ -652,19 +658,78 @@ async fn members_besides(
     Ok(stored + unit)
 }
 
-/// Writes the links (with their demographics), deactivations, history and review items in one
-/// statement: it runs while the unit holds its blocking-key locks, and on a busy machine every
-/// round trip made then is paid for by each linker waiting behind this one.
+/// Locks the heads of `persons` and reads their active members, to rewrite them
+/// (`link::write_persons`): the linker's last statement with nothing of its own to write.
+pub(crate) async fn lock_persons(
+    tx: &mut WriteTx,
+    persons: &BTreeSet<String>,
+) -> Result<PersonsRead, StoreError> {
+    write_pending(tx, &Pending::default(), &HashMap::new(), None, persons).await
+}
+
+/// Writes the links (with their demographics), deactivations, history and review items, locks
+/// the heads of the `persons` to rewrite and reads their members, in one statement: it runs
+/// while the unit holds its blocking-key locks, and on a busy machine every round trip made
+/// then is paid for by each linker waiting behind this one (this was three).
+///
+/// The statement reads the members in its snapshot, taken before it waited for any Person head
+/// another unit held. Whoever changes a Person's members rewrites that Person (under its head
+/// lock, in the same transaction), so a head whose version moved between the snapshot and the
+/// lock marks members that may have changed: they are then read again, with the heads held.
 async fn write_pending(
     tx: &mut WriteTx,
     p: &Pending,
     overlay: &HashMap<String, Linked>,
     org: Option<&str>,
-) -> Result<(), StoreError> {
-    if p.links.is_empty() && p.deactivate.is_empty() && p.events.is_empty() && p.reviews.is_empty()
+    persons: &BTreeSet<String>,
+) -> Result<PersonsRead, StoreError> {
+    if p.links.is_empty()
+        && p.deactivate.is_empty()
+        && p.events.is_empty()
+        && p.reviews.is_empty()
+        && persons.is_empty()
     {
-        return Ok(());
+        return Ok(PersonsRead::default());
     }
+    let (mut read, moved) = links_statement(tx, p, overlay, org, persons).await?;
+    if moved {
+        // The heads are held now: read in a new snapshot, nothing moves them any more.
+        let again = std::time::Instant::now();
+        read = links_statement(tx, &Pending::default(), overlay, org, persons)
+            .await?
+            .0;
+        crate::metrics::link_step("members-again", again);
+    }
+    for (id, o) in overlay {
+        if o.active && persons.contains(&o.assignment.person_id) {
+            let verified = o
+                .demographics
+                .as_ref()
+                .filter(|d| d.nhs_verified)
+                .and_then(|d| d.nhs_number.clone());
+            read.members.push(Member {
+                person_id: o.assignment.person_id.clone(),
+                patient_id: id.clone(),
+                org: o.org.clone(),
+                score: o.assignment.score,
+                grade: o.assignment.grade.clone(),
+                method: o.assignment.method.clone(),
+                verified_nhs: verified,
+            });
+        }
+    }
+    Ok(read)
+}
+
+/// `write_pending`'s statement; the members read leave out the unit's own records, and
+/// `true` says a head moved after the statement's snapshot.
+async fn links_statement(
+    tx: &mut WriteTx,
+    p: &Pending,
+    overlay: &HashMap<String, Linked>,
+    org: Option<&str>,
+    rewrite: &BTreeSet<String>,
+) -> Result<(PersonsRead, bool), StoreError> {
     let n = p.links.len();
     let mut ids = Vec::with_capacity(n);
     let mut persons = Vec::with_capacity(n);
@@ -709,11 +774,21 @@ async fn write_pending(
     let r_cands: Vec<&str> = p.reviews.iter().map(|r| r.1.as_str()).collect();
     let r_scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
     let r_reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
+    let person_ids: Vec<&str> = rewrite.iter().map(String::as_str).collect();
+    // The unit's own records are read from the overlay: the statement's snapshot does not
+    // hold what it writes.
+    let mine: Vec<&str> = overlay.keys().map(String::as_str).collect();
     // The write engine allows one entry per resource in a unit, so no patient repeats (a
     // repeat would make ON CONFLICT DO UPDATE fail) and no patient is both linked and
     // deactivated (one statement may not change a row twice). Link events are numbered in the
     // unit's order, so the history reads as the decisions were taken.
-    sqlx::query(
+    //
+    // Person heads are locked one index probe each, in the sorted order of `persons` (the
+    // order `WriteTx::lock_heads` uses), and read once more without the lock to see whether
+    // they moved; members are read one index probe per Person. Without statistics (a new
+    // database, autovacuum behind) a join with the id list reads every Person head, or half
+    // of `identity_patient`; the `OFFSET 0` and the locking subquery keep each probe a probe.
+    let rows = sqlx::query(
         "WITH links AS (
              INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
@@ -753,8 +828,40 @@ async fn write_pending(
              INSERT INTO identity_review (patient_id, candidate_id, score, reason)
              SELECT * FROM unnest($25::text[], $26::text[], $27::float8[], $28::text[])
              ON CONFLICT DO NOTHING
+         ),
+         locked AS MATERIALIZED (
+             SELECT k.person, h.version_id, h.deleted, h.last_updated
+             FROM unnest($29::text[]) AS k(person)
+             CROSS JOIN LATERAL (
+                 SELECT version_id, deleted, last_updated FROM resource_head
+                 WHERE resource_type = 'Person' AND id = k.person FOR UPDATE
+             ) h
+         ),
+         seen AS MATERIALIZED (
+             SELECT k.person, h.version_id
+             FROM unnest($29::text[]) AS k(person)
+             CROSS JOIN LATERAL (
+                 SELECT version_id FROM resource_head
+                 WHERE resource_type = 'Person' AND id = k.person OFFSET 0
+             ) h
          )
-         SELECT 1",
+         SELECT l.person AS person_id, NULL::text AS patient_id, l.version_id, l.deleted,
+                l.last_updated, s.version_id IS DISTINCT FROM l.version_id AS moved,
+                NULL::text AS org, NULL::float8 AS score, NULL::text AS grade,
+                NULL::text AS method, NULL::text AS verified_nhs
+         FROM locked l LEFT JOIN seen s ON s.person = l.person
+         UNION ALL
+         SELECT m.person_id, m.patient_id, NULL, NULL, NULL, NULL, m.org, m.score, m.grade,
+                m.method, m.verified_nhs
+         FROM unnest($29::text[]) AS k(person)
+         CROSS JOIN LATERAL (
+             SELECT p.person_id, p.patient_id, p.org, p.score, p.grade, p.method,
+                    CASE WHEN p.demographics -> 'nhs_verified' = 'true'::jsonb
+                         THEN p.demographics ->> 'nhs_number' END AS verified_nhs
+             FROM identity_patient p
+             WHERE p.person_id = k.person AND p.active AND p.patient_id <> ALL($30)
+             OFFSET 0
+         ) m",
     )
     .bind(&ids)
     .bind(&persons)
@@ -784,10 +891,53 @@ async fn write_pending(
     .bind(&r_cands)
     .bind(&r_scores)
     .bind(&r_reasons)
-    .execute(tx.connection())
+    .bind(&person_ids)
+    .bind(&mine)
+    .fetch_all(tx.connection())
     .await
     .map_err(db)?;
-    Ok(())
+    let mut read = PersonsRead::default();
+    let mut moved = false;
+    for r in &rows {
+        let person_id: String = r.try_get("person_id").map_err(StoreError::Database)?;
+        match r
+            .try_get::<Option<String>, _>("patient_id")
+            .map_err(StoreError::Database)?
+        {
+            None => {
+                moved |= r
+                    .try_get::<bool, _>("moved")
+                    .map_err(StoreError::Database)?;
+                let head = Head {
+                    version_id: r.try_get("version_id").map_err(StoreError::Database)?,
+                    deleted: r.try_get("deleted").map_err(StoreError::Database)?,
+                    last_updated: r.try_get("last_updated").map_err(StoreError::Database)?,
+                };
+                read.heads.insert(person_id, head);
+            }
+            Some(patient_id) => read
+                .members
+                .push(member(r, person_id, patient_id).map_err(StoreError::Database)?),
+        }
+    }
+    Ok((read, moved))
+}
+
+/// A member row of `identity_patient`, read for its Person.
+fn member(
+    r: &sqlx::postgres::PgRow,
+    person_id: String,
+    patient_id: String,
+) -> Result<Member, sqlx::Error> {
+    Ok(Member {
+        person_id,
+        patient_id,
+        org: r.try_get("org")?,
+        score: r.try_get("score")?,
+        grade: r.try_get("grade")?,
+        method: r.try_get("method")?,
+        verified_nhs: r.try_get("verified_nhs")?,
+    })
 }
 
 #[cfg(test)]

@@ -196,12 +196,18 @@ impl WriteTx {
         sorted.dedup();
         let types: Vec<&str> = sorted.iter().map(|k| k.0.as_str()).collect();
         let ids: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
+        // One index probe per key, locked in the order of the sorted keys (the order every
+        // head locker uses, so two writers cannot wait on each other's heads). A join with
+        // the key list is planned, before `resource_head` has statistics (a new database,
+        // autovacuum behind), as a hash join reading every head of the type; the locking
+        // subquery is never flattened into one.
         let rows = sqlx::query(
-            "SELECT h.resource_type, h.id, h.version_id, h.deleted, h.last_updated
-             FROM resource_head h
-             JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON h.resource_type = k.t AND h.id = k.i
-             ORDER BY h.resource_type, h.id
-             FOR UPDATE OF h",
+            "SELECT k.t AS resource_type, k.i AS id, h.version_id, h.deleted, h.last_updated
+             FROM unnest($1::text[], $2::text[]) AS k(t, i)
+             CROSS JOIN LATERAL (
+                 SELECT version_id, deleted, last_updated FROM resource_head
+                 WHERE resource_type = k.t AND id = k.i FOR UPDATE
+             ) h",
         )
         .bind(&types)
         .bind(&ids)
