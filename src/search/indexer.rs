@@ -75,7 +75,7 @@ fn new_writer(index: &Index, threads: usize, memory: usize) -> Result<IndexWrite
         .memory_budget_per_thread(memory / threads)
         .num_merge_threads(MERGE_THREADS)
         .build();
-    let (writer, _) = super::merge_priority::with_lowered_merge_threads(MERGE_THREADS, || {
+    let writer = super::merge_priority::with_lowered_merge_threads(MERGE_THREADS, || {
         index.writer_with_options(options)
     });
     let writer: IndexWriter = writer?;

@@ -29,8 +29,8 @@ pub fn merge_threads() -> Vec<libc::id_t> {
 /// Runs `create` (which makes an index writer) and lowers the priority of the merge threads
 /// it started. A thread names itself once it runs, so the new pool is awaited until `pool`
 /// threads carry the name (at most a second; they start at once unless the machine is
-/// saturated). Returns what `create` returned and how many threads were lowered.
-pub fn with_lowered_merge_threads<T>(pool: usize, create: impl FnOnce() -> T) -> (T, usize) {
+/// saturated). Returns what `create` returned.
+pub fn with_lowered_merge_threads<T>(pool: usize, create: impl FnOnce() -> T) -> T {
     let before = merge_threads();
     let created = create();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -51,11 +51,12 @@ pub fn with_lowered_merge_threads<T>(pool: usize, create: impl FnOnce() -> T) ->
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    (created, lowered.len())
+    created
 }
 
-/// The nice value of thread `tid` of this process, for tests.
-pub fn nice_of_thread(tid: libc::id_t) -> Option<i32> {
+/// The nice value of thread `tid` of this process.
+#[cfg(test)]
+pub(crate) fn nice_of_thread(tid: libc::id_t) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')';
     // nice is field 19 of stat, the 17th after the name.

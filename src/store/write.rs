@@ -198,9 +198,11 @@ impl WriteTx {
         let ids: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
         // One index probe per key, locked in the order of the sorted keys (the order every
         // head locker uses, so two writers cannot wait on each other's heads). A join with
-        // the key list is planned, before `resource_head` has statistics (a new database,
-        // autovacuum behind), as a hash join reading every head of the type; the locking
-        // subquery is never flattened into one.
+        // the key list may be planned, before `resource_head` has statistics (a new database,
+        // autovacuum behind), as a hash join reading every head of the type (seen for the
+        // Person heads of identity's links statement); the locking subquery is never
+        // flattened into one. On a 20,000-record bench database the probe form took 0.4 ms
+        // for 100 keys, the join 1.6 ms.
         let rows = sqlx::query(
             "SELECT k.t AS resource_type, k.i AS id, h.version_id, h.deleted, h.last_updated
              FROM unnest($1::text[], $2::text[]) AS k(t, i)

@@ -55,6 +55,27 @@ fn trust(ods: &str) -> Author {
     }
 }
 
+/// Lock requests of this test's database still waiting: on blocking keys (advisory locks) and
+/// on rows (a transaction or tuple lock). `pg_locks` is the server's, so other tests' waits
+/// running beside this one are left out.
+struct Waits {
+    keys: i64,
+    rows: i64,
+}
+
+async fn waits(store: &Store) -> Waits {
+    let (keys, rows): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE locktype = 'advisory'),
+                count(*) FILTER (WHERE locktype IN ('transactionid', 'tuple'))
+         FROM pg_locks WHERE NOT granted
+           AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("locks");
+    Waits { keys, rows }
+}
+
 async fn person(store: &Store, patient_id: &str) -> String {
     sqlx::query_scalar("SELECT person_id FROM identity_patient WHERE patient_id = $1")
         .bind(patient_id)
@@ -102,17 +123,7 @@ async fn a_linker_sees_what_committed_while_it_waited_for_its_locks() {
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiters: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-               AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-        )
-        .fetch_one(store.pool())
-        .await
-        .expect("locks");
-        if waiters > 0 {
-            break;
-        }
+    while waits(&store).await.keys == 0 {
         assert!(
             Instant::now() < deadline,
             "RX2's unit never waited for RX1's locks"
@@ -225,17 +236,9 @@ async fn a_person_rewritten_while_a_linker_waited_for_it_keeps_both_units_record
     // blocking key. (`pg_locks` is the server's: only this test's database counts.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (rows, keys): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE locktype IN ('transactionid', 'tuple')),
-                    count(*) FILTER (WHERE locktype = 'advisory')
-             FROM pg_locks WHERE NOT granted
-               AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-        )
-        .fetch_one(store.pool())
-        .await
-        .expect("locks");
-        assert_eq!(keys, 0, "the two units share no blocking key");
-        if rows > 0 {
+        let now = waits(&store).await;
+        assert_eq!(now.keys, 0, "the two units share no blocking key");
+        if now.rows > 0 {
             break;
         }
         assert!(
