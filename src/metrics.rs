@@ -214,6 +214,23 @@ pub static AUDIT_GROUP_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| 
     )
 });
 
+/// Time one audit group commit takes (the statement and its commit), apart from the time its
+/// rows waited for the group ahead: what the chain costs on its own.
+pub static AUDIT_GROUP_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_group_commit_seconds",
+                "Time to append and commit one audit group",
+            )
+            .buckets(vec![
+                0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
 /// Times an audit write: `metrics::time_audit_write(audit::write(...)).await`.
 pub async fn time_audit_write<T, E>(
     write: impl std::future::Future<Output = Result<T, E>>,

@@ -211,6 +211,66 @@ fn cache_counts() -> CacheCounts {
     ])
 }
 
+/// Sums of the audit histograms, to tell a request's wait from its group's commit.
+struct AuditTimes {
+    rows: f64,
+    wait_seconds: f64,
+    groups: f64,
+    group_seconds: f64,
+    /// Cumulative counts per upper bound, of the requests' waits and of the groups' commits.
+    wait_buckets: Vec<(f64, u64)>,
+    group_buckets: Vec<(f64, u64)>,
+}
+
+fn buckets(h: &prometheus::proto::Histogram) -> Vec<(f64, u64)> {
+    h.get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect()
+}
+
+fn bucket_diff(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    now.iter()
+        .zip(before)
+        .map(|(n, b)| (n.0, n.1 - b.1))
+        .collect()
+}
+
+/// The upper bound of the bucket holding the `q` quantile (∞ past the last bucket).
+fn bucket_quantile(buckets: &[(f64, u64)], total: f64, q: f64) -> f64 {
+    buckets
+        .iter()
+        .find(|(_, count)| *count as f64 >= q * total)
+        .map_or(f64::INFINITY, |(bound, _)| *bound)
+}
+
+impl AuditTimes {
+    fn now() -> AuditTimes {
+        use crate::metrics::{AUDIT_GROUP_SECONDS, AUDIT_WRITE};
+        use prometheus::core::Metric;
+        let write = AUDIT_WRITE.with_label_values(&["ok"]);
+        AuditTimes {
+            rows: write.get_sample_count() as f64,
+            wait_seconds: write.get_sample_sum(),
+            groups: AUDIT_GROUP_SECONDS.get_sample_count() as f64,
+            group_seconds: AUDIT_GROUP_SECONDS.get_sample_sum(),
+            wait_buckets: buckets(write.metric().get_histogram()),
+            group_buckets: buckets(AUDIT_GROUP_SECONDS.metric().get_histogram()),
+        }
+    }
+
+    fn since(&self, before: &AuditTimes) -> AuditTimes {
+        AuditTimes {
+            rows: self.rows - before.rows,
+            wait_seconds: self.wait_seconds - before.wait_seconds,
+            groups: self.groups - before.groups,
+            group_seconds: self.group_seconds - before.group_seconds,
+            wait_buckets: bucket_diff(&self.wait_buckets, &before.wait_buckets),
+            group_buckets: bucket_diff(&self.group_buckets, &before.group_buckets),
+        }
+    }
+}
+
 fn p99(mut v: Vec<Duration>) -> f64 {
     v.sort();
     percentile(&v, 99.0)
@@ -330,11 +390,13 @@ pub async fn run(
     let mut fixed = Vec::new();
     for (label, base, token) in &targets {
         paced(base, token, &s, rate, warmup).await;
+        let audit_before = AuditTimes::now();
         let meter = CpuMeter::start(store.pool().clone()).await;
         let (reads, searches, errors) = paced(base, token, &s, rate, seconds).await;
         let cpu = meter
             .report_quiet(store.pool(), reads.len() + searches.len())
             .await;
+        let audit_times = AuditTimes::now().since(&audit_before);
         let elapsed = Duration::from_secs(seconds);
         report(
             &format!("read {label} @rate"),
@@ -352,6 +414,16 @@ pub async fn run(
             "         CPU per request: shcr {:.2} ms, PostgreSQL {:.2} ms",
             cpu.process_ms, cpu.postgres_ms
         );
+        if audit_times.groups > 0.0 {
+            println!(
+                "         audit: wait per request mean {:.3} ms (p99 ≤ {:.2} ms), commit per group mean {:.3} ms (p99 ≤ {:.2} ms), {:.2} rows per group",
+                audit_times.wait_seconds / audit_times.rows * 1e3,
+                bucket_quantile(&audit_times.wait_buckets, audit_times.rows, 0.99) * 1e3,
+                audit_times.group_seconds / audit_times.groups * 1e3,
+                bucket_quantile(&audit_times.group_buckets, audit_times.groups, 0.99) * 1e3,
+                audit_times.rows / audit_times.groups
+            );
+        }
         fixed.push((*label, p99(reads), p99(searches)));
     }
     if let Some(off) = fixed.iter().find(|r| r.0 == "off") {

@@ -153,3 +153,68 @@ async fn concurrent_requests_are_each_audited_once_in_one_unbroken_chain() {
     assert!(ok, "{text}");
     assert!(text.contains("65 rows verified"), "{text}");
 }
+
+#[tokio::test]
+async fn two_processes_writers_sending_groups_ahead_keep_one_unbroken_chain() {
+    let app = TestApp::spawn().await;
+    // Two writers on one database, as two shcr processes have: each sends its next group
+    // before the previous one has committed, and each moves the head under the other.
+    let writers = [
+        shcr::audit::Audit::new(app.store.clone()),
+        shcr::audit::Audit::new(app.store.clone()),
+    ];
+    let record = |i: usize| shcr::audit::AuditRecord {
+        request_id: Some(format!("pipelined-{i}")),
+        interaction: "read".into(),
+        action: "R".into(),
+        http_status: 200,
+        caller_kind: "system".into(),
+        purpose: "HOPERAT".into(),
+        method: "GET".into(),
+        path: format!("/fhir/Patient/{i}"),
+        patients: vec![format!("p{}", i % 7)],
+        ..Default::default()
+    };
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Staggered arrivals make many small groups, so groups overlap in flight.
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let writer = writers[i % 2].clone();
+            let record = record(i);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(150 * (i as u64 / 2))).await;
+                writer.record(record).await
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.unwrap().expect("audited"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        600,
+        "every record got a sequence number of its own"
+    );
+    let audited = audited_request_ids(&app).await;
+    for i in 0..600 {
+        let id = format!("pipelined-{i}");
+        assert_eq!(audited.iter().filter(|a| **a == id).count(), 1, "{id}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, before + 600);
+    let (ok, text) = verify(&app);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{} rows verified", before + 600)),
+        "{text}"
+    );
+}
