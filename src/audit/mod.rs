@@ -146,23 +146,9 @@ pub fn chain_hash(prev: &[u8], seq: i64, record: &AuditRecord, recorded_micros: 
 /// Most rows one group commit writes.
 const GROUP_MAX: usize = 512;
 
-/// Groups in flight at once. The next group is chained on the previous group's last hash and
-/// sent before that group has committed: its move of the chain head waits in PostgreSQL for the
-/// previous group's lock, so it commits right after it, instead of a round trip, a statement and
-/// a flush later. Two keep the chain head busy; more would only wait on the same lock.
-const PIPELINE: usize = 2;
-
-/// How often one group re-reads the chain head and re-chains its rows before giving up: the
-/// head moves under a writer only when another process appends, or when the group sent before
-/// it failed.
-const RECHAIN_TRIES: usize = 16;
-
-/// How long the writer keeps its own connections: the lookups pool's connection lifetime
-/// (`store::LOOKUP_PLAN_LIFETIME` on main), so their plans follow the table's growth too.
+/// How long the writer keeps its own connection: the lookups pool's connection lifetime
+/// (`store::LOOKUP_PLAN_LIFETIME` on main), so its plans follow the table's growth too.
 const OWN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The SQLSTATE `audit_chain_moved()` raises (migration 0041).
-const CHAIN_MOVED: &str = "SH001";
 
 /// A request's row waiting for the next group commit.
 struct Pending {
@@ -173,7 +159,7 @@ struct Pending {
 /// The audit trail over the system-of-record database.
 ///
 /// Requests hand their row to one writer task per process, which appends whatever has queued
-/// meanwhile in one statement (group commit): one chain-head lock and one WAL flush serve a
+/// meanwhile in one transaction (group commit): one chain-head lock and one WAL flush serve a
 /// whole batch, instead of every request queueing for the chain head in turn. Each request
 /// still waits for the commit of its own row before its answer leaves.
 #[derive(Clone)]
@@ -210,304 +196,109 @@ impl Audit {
     /// Appends records in one transaction (one lock of the chain head, one statement); returns
     /// the last sequence number.
     pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
-        if records.is_empty() {
-            return Ok(None);
-        }
         let mut conn = self.store.lookups_pool().acquire().await?;
-        let refs: Vec<&AuditRecord> = records.iter().collect();
-        let appended = append(&mut conn, None, &refs, None, None).await?;
-        Ok(Some(appended.last))
+        append(&mut conn, &mut None, records.iter()).await
     }
 }
 
-/// A connection of the writer's own, with the time it was opened.
-type OwnConnection = (sqlx::PgConnection, std::time::Instant);
-
-/// How far a group in flight has got, for the group sent after it.
-#[derive(Clone, PartialEq)]
-enum Flight {
-    /// Not yet sent to PostgreSQL.
-    Waiting,
-    /// Its statement is on its way: the next group may follow.
-    Sent,
-    /// Committed, leaving the head here; or failed (`None`).
-    Landed(Option<(i64, Vec<u8>)>),
-}
-
-/// What a group's task hands back to the writer.
-struct Landed {
-    /// The connection, unless it failed (its state is then unknown).
-    conn: Option<OwnConnection>,
-    /// The chain head the group left, if it was appended without re-chaining: the writer may
-    /// chain its next group on it.
-    head: Option<(i64, Vec<u8>)>,
-}
-
-/// The writer task: takes what has queued, chains it on the head the previous group will leave,
-/// sends it while that group may still be in flight, and hands each group to a task that
-/// answers its requests once it has committed.
+/// The writer task: takes everything queued, appends it in one statement, answers each.
 ///
-/// Its connections are its own, out of the pool: a pooled one costs a round trip per group on
-/// its way back (sqlx pings every connection it takes back), and would hold the request path's
-/// lookup connections. A connection that failed is dropped and the next group opens another;
-/// so is one older than `OWN_CONNECTION_LIFETIME`, like the lookups pool's own (its generic
-/// plans are remade from the tables' current size).
+/// It keeps a connection of its own, out of the pool: a pooled one costs a round trip per
+/// group on its way back (sqlx pings every connection it takes back), and would hold one of
+/// the request path's lookup connections half of the time. A connection that failed is
+/// dropped and the next group opens another; so is one older than `OWN_CONNECTION_LIFETIME`,
+/// like the lookups pool's own (its generic plans are remade from the tables' current size).
 async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
-    // The head the last group sent will leave, when known: the next group is chained on it.
-    let mut tail: Option<(i64, Vec<u8>)> = None;
-    let mut idle: Vec<OwnConnection> = Vec::new();
-    let mut in_flight = std::collections::VecDeque::<tokio::task::JoinHandle<Landed>>::new();
-    // The last group sent, as the next one sees it.
-    let mut ahead: Option<tokio::sync::watch::Receiver<Flight>> = None;
-    let mut open = true;
-    loop {
-        // A group chained on an unknown head must read it first, which only tells the truth
-        // once nothing is in flight.
-        let may_send =
-            open && in_flight.len() < PIPELINE && (in_flight.is_empty() || tail.is_some());
-        tokio::select! {
-            biased;
-            landed = async { in_flight.front_mut().expect("a group in flight").await },
-                if !in_flight.is_empty() =>
-            {
-                in_flight.pop_front();
-                match landed {
-                    Ok(landed) => {
-                        if let Some(conn) = landed.conn {
-                            idle.push(conn);
-                        }
-                        match landed.head {
-                            Some(head) if in_flight.is_empty() => tail = Some(head),
-                            Some(_) => {}
-                            // Re-chained or failed: what the later groups were chained on no
-                            // longer holds (they re-chain themselves).
-                            None => tail = None,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "an audit group's task failed");
-                        tail = None;
-                    }
-                }
-            }
-            received = pending.recv_many(&mut group, GROUP_MAX), if may_send => {
-                if received == 0 {
-                    open = false;
-                    continue;
-                }
-                let records: Vec<AuditRecord> = group.iter().map(|p| p.record.clone()).collect();
-                let chained = tail.take().map(|base| chain(base, records.iter()));
-                tail = chained.as_ref().map(|c| (c.last, c.last_hash.clone()));
-                idle.retain(|(_, opened)| opened.elapsed() < OWN_CONNECTION_LIFETIME);
-                let (state, watch) = tokio::sync::watch::channel(Flight::Waiting);
-                let flight = GroupFlight {
-                    store: store.clone(),
-                    conn: idle.pop(),
-                    group: std::mem::replace(&mut group, Vec::with_capacity(GROUP_MAX)),
-                    records,
-                    chained,
-                    ahead: if in_flight.is_empty() { None } else { ahead.take() },
-                    state,
-                };
-                ahead = Some(watch);
-                in_flight.push_back(tokio::spawn(flight.fly()));
-            }
-            else => break,
-        }
-    }
-}
-
-/// One group on its way, with the group sent before it.
-struct GroupFlight {
-    store: Store,
-    conn: Option<OwnConnection>,
-    group: Vec<Pending>,
-    records: Vec<AuditRecord>,
-    chained: Option<Chain>,
-    ahead: Option<tokio::sync::watch::Receiver<Flight>>,
-    state: tokio::sync::watch::Sender<Flight>,
-}
-
-impl GroupFlight {
-    /// Appends the group and answers its requests.
-    async fn fly(mut self) -> Landed {
-        let conn = match self.conn.take() {
+    // The chain head as this writer last left it; checked by every append.
+    let mut head = None;
+    let mut own: Option<(sqlx::PgConnection, std::time::Instant)> = None;
+    while pending.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let kept = own
+            .take()
+            .filter(|(_, opened)| opened.elapsed() < OWN_CONNECTION_LIFETIME);
+        let result = match kept {
             Some(conn) => Ok(conn),
-            None => self
-                .store
+            None => store
                 .lookups_pool()
                 .acquire()
                 .await
                 .map(|c| (c.detach(), std::time::Instant::now()))
                 .map_err(StoreError::from),
         };
-        // Sent before the group ahead, it would find the head not yet moved and re-chain.
-        if let Some(ahead) = &mut self.ahead {
-            let _ = ahead.wait_for(|f| *f != Flight::Waiting).await;
-        }
-        let started = std::time::Instant::now();
-        let refs: Vec<&AuditRecord> = self.records.iter().collect();
-        let chained = self.chained.take();
-        let (result, conn) = match conn {
+        let result = match result {
             Ok((mut conn, opened)) => {
-                let appended = append(
-                    &mut conn,
-                    chained,
-                    &refs,
-                    Some(&self.state),
-                    self.ahead.as_mut(),
-                )
-                .await;
-                // After a failure the commit may or may not have happened: the connection goes.
-                let conn = appended.is_ok().then_some((conn, opened));
-                (appended, conn)
+                let started = std::time::Instant::now();
+                let appended = append(&mut conn, &mut head, group.iter().map(|p| &p.record)).await;
+                crate::metrics::AUDIT_GROUP_SECONDS.observe(started.elapsed().as_secs_f64());
+                if appended.is_ok() {
+                    own = Some((conn, opened));
+                } else {
+                    // Unknown state (the commit may or may not have happened): start afresh,
+                    // from the head as stored.
+                    head = None;
+                }
+                appended
             }
-            Err(e) => (Err(e), None),
+            Err(e) => Err(e),
         };
-        self.state.send_replace(Flight::Landed(
-            result.as_ref().ok().map(|a| (a.last, a.last_hash.clone())),
-        ));
-        crate::metrics::AUDIT_GROUP_SECONDS.observe(started.elapsed().as_secs_f64());
-        crate::metrics::AUDIT_GROUP_SIZE.observe(self.group.len() as f64);
+        crate::metrics::AUDIT_GROUP_SIZE.observe(group.len() as f64);
         let first = match &result {
-            Ok(appended) => Ok(appended.last - self.group.len() as i64 + 1),
+            Ok(Some(last)) => Ok(last - group.len() as i64 + 1),
+            Ok(None) => Err("nothing was appended".to_string()),
             Err(e) => Err(e.to_string()),
         };
-        for (i, p) in self.group.into_iter().enumerate() {
+        for (i, p) in group.drain(..).enumerate() {
             // A requester that went away no longer needs its answer; its row is committed.
             let _ = p.done.send(first.clone().map(|seq| seq + i as i64));
         }
-        Landed {
-            conn,
-            head: result
-                .ok()
-                .filter(|a| !a.rechained)
-                .map(|a| (a.last, a.last_hash)),
-        }
     }
 }
 
-/// Rows chained after a head, ready to insert.
-struct Chain {
-    base: i64,
-    base_hash: Vec<u8>,
-    rows: Columns,
-    last: i64,
-    last_hash: Vec<u8>,
-}
-
-fn chain<'a>(
-    (base, base_hash): (i64, Vec<u8>),
-    records: impl Iterator<Item = &'a AuditRecord>,
-) -> Chain {
-    let mut rows = Columns::default();
-    let (mut seq, mut prev) = (base, base_hash.clone());
-    for record in records {
-        seq += 1;
-        prev = rows.push(seq, prev, record);
-    }
-    Chain {
-        base,
-        base_hash,
-        rows,
-        last: seq,
-        last_hash: prev,
-    }
-}
-
-/// Where an append left the chain.
-struct Appended {
-    last: i64,
-    last_hash: Vec<u8>,
-    /// Whether the rows had to be chained again on another head than the one expected.
-    rechained: bool,
-}
-
-/// Appends `records` to the chain in one statement, committed on its own; `chained` holds them
-/// already chained on the head the caller expects, else the head is read first.
+/// Appends `records` to the chain; returns the last sequence number.
 ///
-/// The statement moves the chain head only if it is still where the chain starts, and inserts
-/// the rows only if it did: a head moved by another writer (a second shcr process, or a group of
-/// this one that failed or overtook it) makes it fail with `CHAIN_MOVED`, and the rows are
-/// chained again: on the head the group `ahead` left once it has landed, else on the head as
-/// read now. Writers queue on the head row's lock, and the condition is tested on the row as it
-/// is after the wait, so the chain stays linear. `sent` learns when the statement is on its way.
-async fn append(
+/// One statement, committed on its own: it moves the chain head only if the head is still
+/// where `head` says (another writer, e.g. a second shcr process, may have moved it) and
+/// inserts the rows only if it did. A moved head is read again and the rows re-chained.
+/// Concurrent writers queue on the head row's lock, and PostgreSQL re-checks the condition
+/// after the wait, so the chain stays linear.
+async fn append<'a>(
     conn: &mut sqlx::PgConnection,
-    mut chained: Option<Chain>,
-    records: &[&AuditRecord],
-    sent: Option<&tokio::sync::watch::Sender<Flight>>,
-    mut ahead: Option<&mut tokio::sync::watch::Receiver<Flight>>,
-) -> Result<Appended, StoreError> {
-    let n = records.len() as u64;
-    let mut rechained = false;
-    for _ in 0..RECHAIN_TRIES {
-        let c = match chained.take() {
-            Some(c) => c,
-            None => {
-                let head = sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
-                    .fetch_one(&mut *conn)
-                    .await?;
-                chain(head, records.iter().copied())
-            }
-        };
-        let inserted = {
-            let insert = c
-                .rows
-                .insert(&mut *conn, (c.base, &c.base_hash), c.last, &c.last_hash);
-            let mut insert = std::pin::pin!(insert);
-            let mut first_poll = true;
-            // The first poll writes the statement to the socket.
-            std::future::poll_fn(|cx| {
-                let polled = insert.as_mut().poll(cx);
-                if std::mem::take(&mut first_poll)
-                    && let Some(sent) = sent
-                {
-                    sent.send_if_modified(|f| {
-                        let waiting = *f == Flight::Waiting;
-                        if waiting {
-                            *f = Flight::Sent;
-                        }
-                        waiting
-                    });
-                }
-                polled
-            })
-            .await
-        };
-        match inserted {
-            Ok(inserted) if inserted == n => {
-                crate::metrics::AUDIT_WRITES.inc_by(n);
-                return Ok(Appended {
-                    last: c.last,
-                    last_hash: c.last_hash,
-                    rechained,
-                });
-            }
-            Ok(inserted) => {
-                return Err(StoreError::Unavailable(format!(
-                    "audit append wrote {inserted} of {n} rows (is the chain head row missing?)"
-                )));
-            }
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(CHAIN_MOVED) => {
-                tracing::debug!("the audit chain head moved under this writer; re-chaining");
-                rechained = true;
-                // Once only: after it the head is whatever the database says.
-                if let Some(ahead) = ahead.take()
-                    && let Ok(landed) = ahead.wait_for(|f| matches!(f, Flight::Landed(_))).await
-                    && let Flight::Landed(Some(head)) = landed.clone()
-                    && head != (c.base, c.base_hash.clone())
-                {
-                    chained = Some(chain(head, records.iter().copied()));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    head: &mut Option<(i64, Vec<u8>)>,
+    records: impl ExactSizeIterator<Item = &'a AuditRecord> + Clone,
+) -> Result<Option<i64>, StoreError> {
+    let n = records.len();
+    if n == 0 {
+        return Ok(None);
     }
-    Err(StoreError::Unavailable(format!(
-        "the audit chain head kept moving; {n} rows not appended after {RECHAIN_TRIES} tries"
-    )))
+    loop {
+        let (base, base_hash) = match head.take() {
+            Some(h) => h,
+            None => {
+                sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+        };
+        let mut rows = Columns::default();
+        let (mut seq, mut prev) = (base, base_hash);
+        for record in records.clone() {
+            seq += 1;
+            prev = rows.push(seq, prev, record);
+        }
+        let inserted = rows.insert(&mut *conn, base, seq, &prev).await?;
+        if inserted == n as u64 {
+            *head = Some((seq, prev));
+            crate::metrics::AUDIT_WRITES.inc_by(n as u64);
+            return Ok(Some(seq));
+        }
+        if inserted != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "audit append wrote {inserted} of {n} rows"
+            )));
+        }
+        tracing::debug!("the audit chain head moved under this writer; re-chaining");
+    }
 }
 
 /// Chained rows as one array per column, for a single `INSERT … SELECT FROM unnest(…)`.
@@ -533,33 +324,14 @@ struct Columns {
     query: Vec<Option<String>>,
     resource_type: Vec<Option<String>>,
     resource_id: Vec<Option<String>>,
-    patients: Vec<Vec<String>>,
+    /// Each row's patient ids as a JSON array: PostgreSQL arrays of arrays must be rectangular.
+    patients: Vec<String>,
     returned: Vec<i32>,
     denied: Vec<bool>,
     relationship: Vec<bool>,
     client_ip: Vec<Option<String>>,
     prev_hash: Vec<Vec<u8>>,
     hash: Vec<Vec<u8>>,
-}
-
-/// Moves the chain head from (`$30`, `$31`) to (`$28`, `$29`), or fails with `CHAIN_MOVED`; the
-/// rows are inserted only where it moved. Shared by both insert statements. The hash is compared
-/// as well as the number: groups re-chained after overtaking each other can leave the head at
-/// the number a later group expects but with other rows, hence another hash.
-macro_rules! move_head {
-    () => {
-        "WITH moved AS (
-             UPDATE audit_chain_head
-             SET seq = CASE WHEN seq = $30 AND hash = $31 THEN $28 ELSE audit_chain_moved() END,
-                 hash = $29
-             WHERE id = 1
-             RETURNING 1
-         )
-         INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
-             outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
-             purpose, break_glass_id, method, path, query, resource_type, resource_id,
-             patients, returned, denied, relationship, client_ip, prev_hash, hash)"
-    };
 }
 
 impl Columns {
@@ -587,7 +359,8 @@ impl Columns {
         self.query.push(r.query.clone());
         self.resource_type.push(r.resource_type.clone());
         self.resource_id.push(r.resource_id.clone());
-        self.patients.push(r.patients.clone());
+        self.patients
+            .push(serde_json::to_string(&r.patients).expect("strings serialise"));
         self.returned.push(r.returned);
         self.denied.push(r.denied);
         self.relationship.push(r.relationship);
@@ -598,28 +371,23 @@ impl Columns {
     }
 
     /// Inserts the rows if the head is still at `base`, moving it to (`last`, `last_hash`);
-    /// returns the number of rows inserted. A single row (the usual group below saturation)
-    /// goes as plain parameters: no arrays to decode and unnest.
+    /// returns the number of rows inserted (0: the head had moved).
     async fn insert(
-        mut self,
+        self,
         conn: &mut sqlx::PgConnection,
-        (base, base_hash): (i64, &[u8]),
+        base: i64,
         last: i64,
         last_hash: &[u8],
-    ) -> Result<u64, sqlx::Error> {
-        if self.seq.len() == 1 {
-            return self
-                .insert_one(conn, (base, base_hash), last, last_hash)
-                .await;
-        }
-        let patients: Vec<String> = self
-            .patients
-            .iter()
-            .map(|p| serde_json::to_string(p).expect("strings serialise"))
-            .collect();
-        let done = sqlx::query(concat!(
-            move_head!(),
-            "
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "WITH moved AS (
+                 UPDATE audit_chain_head SET seq = $28, hash = $29 WHERE id = 1 AND seq = $30
+                 RETURNING 1
+             )
+             INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
+                 outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
+                 purpose, break_glass_id, method, path, query, resource_type, resource_id,
+                 patients, returned, denied, relationship, client_ip, prev_hash, hash)
              SELECT seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
                  http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
                  break_glass_id, method, path, query, resource_type, resource_id,
@@ -635,91 +403,38 @@ impl Columns {
                  break_glass_id, method, path, query, resource_type, resource_id, patients,
                  returned, denied, relationship, client_ip, prev_hash, hash)
              WHERE EXISTS (SELECT 1 FROM moved)
-             ORDER BY seq"
-        ))
-        .bind(std::mem::take(&mut self.seq))
-        .bind(std::mem::take(&mut self.recorded_at))
-        .bind(std::mem::take(&mut self.request_id))
-        .bind(std::mem::take(&mut self.interaction))
-        .bind(std::mem::take(&mut self.action))
-        .bind(std::mem::take(&mut self.outcome))
-        .bind(std::mem::take(&mut self.outcome_desc))
-        .bind(std::mem::take(&mut self.http_status))
-        .bind(std::mem::take(&mut self.caller_kind))
-        .bind(std::mem::take(&mut self.caller_id))
-        .bind(std::mem::take(&mut self.caller_name))
-        .bind(std::mem::take(&mut self.role_code))
-        .bind(std::mem::take(&mut self.org))
-        .bind(std::mem::take(&mut self.purpose))
-        .bind(std::mem::take(&mut self.break_glass_id))
-        .bind(std::mem::take(&mut self.method))
-        .bind(std::mem::take(&mut self.path))
-        .bind(std::mem::take(&mut self.query))
-        .bind(std::mem::take(&mut self.resource_type))
-        .bind(std::mem::take(&mut self.resource_id))
-        .bind(patients)
-        .bind(std::mem::take(&mut self.returned))
-        .bind(std::mem::take(&mut self.denied))
-        .bind(std::mem::take(&mut self.relationship))
-        .bind(std::mem::take(&mut self.client_ip))
-        .bind(std::mem::take(&mut self.prev_hash))
-        .bind(std::mem::take(&mut self.hash))
+             ORDER BY seq",
+        )
+        .bind(self.seq)
+        .bind(self.recorded_at)
+        .bind(self.request_id)
+        .bind(self.interaction)
+        .bind(self.action)
+        .bind(self.outcome)
+        .bind(self.outcome_desc)
+        .bind(self.http_status)
+        .bind(self.caller_kind)
+        .bind(self.caller_id)
+        .bind(self.caller_name)
+        .bind(self.role_code)
+        .bind(self.org)
+        .bind(self.purpose)
+        .bind(self.break_glass_id)
+        .bind(self.method)
+        .bind(self.path)
+        .bind(self.query)
+        .bind(self.resource_type)
+        .bind(self.resource_id)
+        .bind(self.patients)
+        .bind(self.returned)
+        .bind(self.denied)
+        .bind(self.relationship)
+        .bind(self.client_ip)
+        .bind(self.prev_hash)
+        .bind(self.hash)
         .bind(last)
         .bind(last_hash)
         .bind(base)
-        .bind(base_hash)
-        .execute(conn)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn insert_one(
-        mut self,
-        conn: &mut sqlx::PgConnection,
-        (base, base_hash): (i64, &[u8]),
-        last: i64,
-        last_hash: &[u8],
-    ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(concat!(
-            move_head!(),
-            "
-             SELECT $1::bigint, $2::timestamptz, $3::text, $4::text, $5::text, $6::int,
-                 $7::text, $8::int, $9::text, $10::text, $11::text, $12::text, $13::text,
-                 $14::text, $15::uuid, $16::text, $17::text, $18::text, $19::text, $20::text,
-                 $21::text[], $22::int, $23::bool, $24::bool, $25::text, $26::bytea, $27::bytea
-             WHERE EXISTS (SELECT 1 FROM moved)"
-        ))
-        .bind(self.seq.pop())
-        .bind(self.recorded_at.pop())
-        .bind(self.request_id.pop().flatten())
-        .bind(self.interaction.pop())
-        .bind(self.action.pop())
-        .bind(self.outcome.pop())
-        .bind(self.outcome_desc.pop().flatten())
-        .bind(self.http_status.pop())
-        .bind(self.caller_kind.pop())
-        .bind(self.caller_id.pop().flatten())
-        .bind(self.caller_name.pop().flatten())
-        .bind(self.role_code.pop().flatten())
-        .bind(self.org.pop().flatten())
-        .bind(self.purpose.pop())
-        .bind(self.break_glass_id.pop().flatten())
-        .bind(self.method.pop())
-        .bind(self.path.pop())
-        .bind(self.query.pop().flatten())
-        .bind(self.resource_type.pop().flatten())
-        .bind(self.resource_id.pop().flatten())
-        .bind(self.patients.pop())
-        .bind(self.returned.pop())
-        .bind(self.denied.pop())
-        .bind(self.relationship.pop())
-        .bind(self.client_ip.pop().flatten())
-        .bind(self.prev_hash.pop())
-        .bind(self.hash.pop())
-        .bind(last)
-        .bind(last_hash)
-        .bind(base)
-        .bind(base_hash)
         .execute(conn)
         .await?;
         Ok(done.rows_affected())

@@ -155,10 +155,10 @@ async fn concurrent_requests_are_each_audited_once_in_one_unbroken_chain() {
 }
 
 #[tokio::test]
-async fn two_processes_writers_sending_groups_ahead_keep_one_unbroken_chain() {
+async fn two_processes_writers_keep_one_unbroken_chain() {
     let app = TestApp::spawn().await;
-    // Two writers on one database, as two shcr processes have: each sends its next group
-    // before the previous one has committed, and each moves the head under the other.
+    // Two writers on one database, as two shcr processes have: each moves the head under the
+    // other, which must re-chain its group.
     let writers = [
         shcr::audit::Audit::new(app.store.clone()),
         shcr::audit::Audit::new(app.store.clone()),
@@ -179,7 +179,7 @@ async fn two_processes_writers_sending_groups_ahead_keep_one_unbroken_chain() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    // Staggered arrivals make many small groups, so groups overlap in flight.
+    // Staggered arrivals make many small groups, interleaved between the two writers.
     let tasks: Vec<_> = (0..600)
         .map(|i| {
             let writer = writers[i % 2].clone();
