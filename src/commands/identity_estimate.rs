@@ -230,7 +230,7 @@ fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
         },
         "postcode" => d.postcode.iter().cloned().collect(),
         "names" => d.name_key().into_iter().collect(),
-        "line" => d.line_key().map(str::to_string).into_iter().collect(),
+        "line" => d.line_key().into_iter().collect(),
         _ => Vec::new(),
     }
 }
@@ -298,6 +298,9 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
     let mut free_true: Vec<f64> = Vec::new();
     let mut free_false: Vec<f64> = Vec::new();
     let mut blocked_true = 0u64;
+    // True pairs left at review, by agreement pattern (and whether the twins rule held them):
+    // what a level, an adjustment or a threshold would have to reach.
+    let mut at_review: HashMap<(bool, Vec<&str>), (u64, f64)> = HashMap::new();
     for &(i, j) in pairs {
         let same = recs[i].truth == recs[j].truth;
         let s = scoring::compare_with(c, &recs[i].d, &recs[j].d);
@@ -306,6 +309,12 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         let held = s.grade == Grade::Possible && s.score >= c.thresholds.match_ && !s.conflict;
         if held && same {
             capped += 1;
+        }
+        if same && s.grade == Grade::Possible {
+            let e = at_review
+                .entry((held, s.levels.clone()))
+                .or_insert((0, s.score));
+            e.0 += 1;
         }
         if s.grade != Grade::Certain && !s.conflict && !held {
             if same {
@@ -364,6 +373,13 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         let fp = free_false.iter().filter(|&&s| s >= t).count();
         println!("  match >= {t:4.1}: true {tp}, false {fp}");
     }
+    let mut at_review: Vec<_> = at_review.into_iter().collect();
+    at_review.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(b.1.1.total_cmp(&a.1.1)));
+    println!("true pairs at review, commonest agreement patterns:");
+    for ((held, levels), (n, score)) in at_review.iter().take(16) {
+        let why = if *held { "twins rule" } else { "score" };
+        println!("  {n:5} ({why}, e.g. {score:.1}) {levels:?}");
+    }
     false_high.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("highest-scoring false pairs:");
     for (s, levels, i, j) in false_high.iter().take(12) {
@@ -376,7 +392,7 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         "true pairs below review (highest first), of {}:",
         true_low.len()
     );
-    for (s, levels, i, j) in true_low.iter().take(8) {
+    for (s, levels, i, j) in true_low.iter().take(12) {
         println!("  {s:6.2} {levels:?}");
         println!("         {}", show(&recs[*i].d));
         println!("         {}", show(&recs[*j].d));
@@ -395,7 +411,7 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
                     println!("  {}", show(&recs[i].d));
                     println!("  {}", show(&recs[j].d));
                     shown += 1;
-                    if shown == 6 {
+                    if shown == 20 {
                         break 'outer;
                     }
                 }

@@ -92,7 +92,7 @@ impl Blocks {
             year: birth.map(|b| b.year()),
             postcode: d.postcode.clone(),
             names: d.name_key(),
-            line: d.line_key().map(str::to_string),
+            line: d.line_key(),
         }
     }
 
