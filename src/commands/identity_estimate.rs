@@ -56,6 +56,10 @@ pub struct IdentityEstimateArgs {
     /// The twins rule of the written file (default: the starting file's).
     #[arg(long)]
     pub twins_cap: Option<bool>,
+    /// Estimate the frequencies of common names (the term-frequency adjustment of exact name
+    /// agreement) along with m and u.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub term_frequencies: bool,
 }
 
 struct Rec {
@@ -136,6 +140,30 @@ pub fn run(args: IdentityEstimateArgs) -> anyhow::Result<()> {
             e.score_at_probability(0.999)
         );
         config = e.config.clone();
+        config.frequencies = Default::default();
+        if args.term_frequencies {
+            let family = recs.iter().filter_map(|r| r.d.family.as_deref());
+            let given = recs.iter().filter_map(|r| r.d.given.as_deref());
+            config.frequencies.family = estimate::frequencies(family, config.family.exact.u);
+            config.frequencies.given = estimate::frequencies(given, config.given.exact.u);
+            for (name, table) in [
+                ("family", &config.frequencies.family),
+                ("given", &config.frequencies.given),
+            ] {
+                let mut common: Vec<(&String, &f64)> = table.iter().collect();
+                common.sort_by(|a, b| b.1.total_cmp(a.1));
+                let top: Vec<String> = common
+                    .iter()
+                    .take(5)
+                    .map(|(n, f)| format!("{n} {f:.4}"))
+                    .collect();
+                println!(
+                    "term frequencies, {name}: {} names more frequent than u (commonest: {})",
+                    table.len(),
+                    top.join(", ")
+                );
+            }
+        }
         if let Some(p) = args.match_probability {
             config.thresholds.match_ = e.score_at_probability(p);
         }

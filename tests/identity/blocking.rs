@@ -25,11 +25,12 @@ async fn a_record_mistyped_everywhere_but_the_house_is_found_and_queued() {
     let b = create_as(&app, "RX2", &patient("RX2", None, &slipped())).await;
     // Scored (a one-digit birth date and a changed postcode are doubt enough): waits for a
     // person, never linked automatically.
-    let queued: Vec<(String, String)> =
-        sqlx::query_as("SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(queued, vec![(b.clone(), a.clone())]);
     assert_ne!(person_of(&app, &a).await, person_of(&app, &b).await);
 }
@@ -51,7 +52,10 @@ async fn the_house_key_names_the_postcode_district() {
             .unwrap();
     assert_eq!(
         keys,
-        vec![Some("12|MIL|LS1".to_string()), Some("12|MIL|BD7".to_string())]
+        vec![
+            Some("12|MIL|LS1".to_string()),
+            Some("12|MIL|BD7".to_string())
+        ]
     );
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM identity_review")
         .fetch_one(&app.pool)
