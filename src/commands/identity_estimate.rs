@@ -242,6 +242,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("postcode", &["address"]),
     ("names", &["family", "given"]),
     ("line", &["address"]),
+    ("name-place", &["family", "given", "address"]),
 ];
 
 fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
@@ -259,6 +260,7 @@ fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
         "postcode" => d.postcode.iter().cloned().collect(),
         "names" => d.name_key().into_iter().collect(),
         "line" => d.line_key().into_iter().collect(),
+        "name-place" => d.name_place_key().into_iter().collect(),
         _ => Vec::new(),
     }
 }

@@ -145,10 +145,30 @@ impl Demographics {
                 && w.bytes().all(|b| b.is_ascii_alphabetic())
                 && !matches!(*w, "FLAT" | "APARTMENT" | "UNIT" | "APT")
         })?;
-        let locality = self
-            .outward()
-            .or_else(|| self.town.as_deref().map(|t| prefix(t, 3)))?;
+        let locality = self.locality()?;
         (!number.is_empty()).then(|| format!("{number}|{}|{locality}", prefix(street, 3)))
+    }
+
+    /// The first three letters of family and given name, in byte order (so exchanged names
+    /// share it), and the locality (`JOH|SMI|LS1`): a typo-tolerant counterpart of `name_key`
+    /// within one district, for records whose house number, birth date and postcode were
+    /// mistyped or left out and whose names no longer sound alike (`MACY DONALDSON`/`MACY
+    /// DONALWSON`). Names alone would gather every `SMI|JOH` of an ICS. Migration 0034
+    /// computes the same in SQL for rows written before.
+    pub fn name_place_key(&self) -> Option<String> {
+        let (f, g) = (
+            prefix(self.family.as_deref()?, 3),
+            prefix(self.given.as_deref()?, 3),
+        );
+        let (x, y) = if f <= g { (f, g) } else { (g, f) };
+        Some(format!("{x}|{y}|{}", self.locality()?))
+    }
+
+    /// Where a record lives, for blocking: the postcode's outward code, or the first three
+    /// letters of the town where the postcode is not a UK one or is missing.
+    fn locality(&self) -> Option<&str> {
+        self.outward()
+            .or_else(|| self.town.as_deref().map(|t| prefix(t, 3)))
     }
 
     /// Postcode district (outward code): all but the last three characters of a UK postcode.
@@ -367,6 +387,21 @@ mod tests {
         d.postcode = None;
         d.town = None;
         assert_eq!(d.line_key(), None);
+    }
+
+    #[test]
+    fn name_place_keys_take_the_names_first_letters_and_the_district() {
+        let mut d = Demographics::from_patient(&patient("9434765919", "01"));
+        assert_eq!(d.name_place_key().as_deref(), Some("OBR|ZOE|LS1"));
+        // Exchanged names, and typos after the third letter, keep the key.
+        let mut other = d.clone();
+        other.family = Some("ZOEY".into());
+        other.given = Some("OBRAIN".into());
+        assert_eq!(other.name_place_key(), d.name_place_key());
+        d.postcode = Some("2767".into());
+        assert_eq!(d.name_place_key().as_deref(), Some("OBR|ZOE|LEE"));
+        d.town = None;
+        assert_eq!(d.name_place_key(), None);
     }
 
     #[test]

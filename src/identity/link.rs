@@ -92,6 +92,9 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
     if let Some(l) = d.line_key() {
         keys.push(lock_key(&["line", &l]));
     }
+    if let Some(k) = d.name_place_key() {
+        keys.push(lock_key(&["name-place", &k]));
+    }
     keys.sort_unstable();
     keys.dedup();
     keys

@@ -65,7 +65,46 @@ async fn the_house_key_names_the_postcode_district() {
 }
 
 #[tokio::test]
-async fn the_migration_computes_the_house_key_as_the_linker_does() {
+async fn a_record_without_house_number_or_birth_date_is_found_by_names_and_district() {
+    let app = TestApp::spawn().await;
+    let a = create_as(&app, "RX1", &patient("RX1", None, &ROBERT)).await;
+    // No birth date, no house number, a postcode slip and a family name that no longer
+    // sounds the same: only the names' first letters and the district are left.
+    let mut p = patient(
+        "RX2",
+        None,
+        &Demo {
+            family: "Thomsbon",
+            postcode: "LS1 4AD",
+            line: "Mill Lane",
+            ..ROBERT
+        },
+    );
+    p.as_object_mut().unwrap().remove("birthDate");
+    let b = create_as(&app, "RX2", &p).await;
+    let keys: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT patient_id, name_key, line_key, name_place_key FROM identity_patient",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let of = |id: &str| keys.iter().find(|k| k.0 == id).unwrap().clone();
+    let (ka, kb) = (of(&a), of(&b));
+    assert_ne!(ka.1, kb.1, "the phonetic names differ");
+    assert_eq!(kb.2, None, "no house number, no house key");
+    assert_eq!(ka.3.as_deref(), Some("ROB|THO|LS1"));
+    assert_eq!(ka.3, kb.3);
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(queued, vec![(b, a)]);
+}
+
+#[tokio::test]
+async fn the_migration_computes_the_place_keys_as_the_linker_does() {
     let app = TestApp::spawn().await;
     let lines = [
         ("12 Mill Lane", "LS1 4AB"),
@@ -85,29 +124,32 @@ async fn the_migration_computes_the_house_key_as_the_linker_does() {
         p["address"][0]["city"] = serde_json::json!("Wakefield");
         create_as(&app, "RX1", &p).await;
     }
-    let written: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT patient_id, line_key FROM identity_patient ORDER BY patient_id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let keys = "SELECT patient_id, line_key, name_place_key FROM identity_patient
+                ORDER BY patient_id";
+    let written: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(keys).fetch_all(&app.pool).await.unwrap();
     assert_eq!(
-        written.iter().filter(|(_, k)| k.is_some()).count(),
+        written.iter().filter(|(_, k, _)| k.is_some()).count(),
         3,
         "{written:?}"
     );
-    // Rows as an earlier release left them (the whole first line), then the migration.
-    sqlx::query("UPDATE identity_patient SET line_key = demographics->>'address_line'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    sqlx::raw_sql(include_str!("../../migrations/0034_identity_house_key.sql"))
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let migrated: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT patient_id, line_key FROM identity_patient ORDER BY patient_id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    assert!(written.iter().all(|(_, _, k)| k.is_some()), "{written:?}");
+    // Rows as an earlier release left them (the whole first line, no name-place key), then
+    // the migration.
+    sqlx::raw_sql(
+        "UPDATE identity_patient SET line_key = demographics->>'address_line';
+         ALTER TABLE identity_patient DROP COLUMN name_place_key;",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../migrations/0034_identity_place_keys.sql"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let migrated: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(keys).fetch_all(&app.pool).await.unwrap();
     assert_eq!(migrated, written);
 }
