@@ -998,13 +998,25 @@ mod tests {
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)), "same phonetic names");
         z.given_code = Some("ALS".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
-        // Exchanged names share the key; so do records at one numbered street address.
+        // Exchanged names share the key; so do records at one house of one postcode district
+        // (the postcodes themselves differ here).
         let mut swapped = x.clone();
         std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
         assert!(Blocks::of(&x).finds(&Blocks::of(&swapped)));
+        x.postcode = Some("LS14AB".into());
+        z.postcode = Some("LS14AD".into());
         z.address_line = Some("12 MILL LANE".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
         x.address_line = Some("12 MILL LANE".into());
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
+        // Names mistyped past their third letter, in one district.
+        z.address_line = None;
+        x.family = Some("THOMPSON".into());
+        x.given = Some("ROBERT".into());
+        z.family = Some("ROBBERT".into());
+        z.given = Some("THOMSBON".into());
+        assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
+        z.postcode = Some("BD74AD".into());
+        assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
     }
 }
