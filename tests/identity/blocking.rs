@@ -82,7 +82,9 @@ async fn a_record_without_house_number_or_birth_date_is_found_by_names_and_distr
     );
     p.as_object_mut().unwrap().remove("birthDate");
     let b = create_as(&app, "RX2", &p).await;
-    let keys: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    // Patient, phonetic names, house, names and place.
+    type Keys = (String, Option<String>, Option<String>, Option<String>);
+    let keys: Vec<Keys> = sqlx::query_as(
         "SELECT patient_id, name_key, line_key, name_place_key FROM identity_patient",
     )
     .fetch_all(&app.pool)
