@@ -11,7 +11,8 @@
 # trains its model on the data it links) and the server links with that file; the truth is
 # not used for it. `--built-in` links with the built-in identity/matching.toml instead. Further
 # options go to `shcr identity-estimate`; without any, match 20 / possible 8 (FEBRL4's highest
-# false pair scores 18.3 with the estimated weights; see BENCHMARKS.md).
+# false pair scores 17.6 with the estimated weights, which include name frequencies; see
+# BENCHMARKS.md).
 #
 # Links twice, with the twins rule on and off (the same weights otherwise; Splink has no such
 # rule), and prints both accuracy lines at the end.

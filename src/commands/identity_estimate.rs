@@ -56,6 +56,10 @@ pub struct IdentityEstimateArgs {
     /// The twins rule of the written file (default: the starting file's).
     #[arg(long)]
     pub twins_cap: Option<bool>,
+    /// Estimate the frequencies of common names (the term-frequency adjustment of exact name
+    /// agreement) along with m and u.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub term_frequencies: bool,
 }
 
 struct Rec {
@@ -136,6 +140,30 @@ pub fn run(args: IdentityEstimateArgs) -> anyhow::Result<()> {
             e.score_at_probability(0.999)
         );
         config = e.config.clone();
+        config.frequencies = Default::default();
+        if args.term_frequencies {
+            let family = recs.iter().filter_map(|r| r.d.family.as_deref());
+            let given = recs.iter().filter_map(|r| r.d.given.as_deref());
+            config.frequencies.family = estimate::frequencies(family, config.family.exact.u);
+            config.frequencies.given = estimate::frequencies(given, config.given.exact.u);
+            for (name, table) in [
+                ("family", &config.frequencies.family),
+                ("given", &config.frequencies.given),
+            ] {
+                let mut common: Vec<(&String, &f64)> = table.iter().collect();
+                common.sort_by(|a, b| b.1.total_cmp(a.1));
+                let top: Vec<String> = common
+                    .iter()
+                    .take(5)
+                    .map(|(n, f)| format!("{n} {f:.4}"))
+                    .collect();
+                println!(
+                    "term frequencies, {name}: {} names more frequent than u (commonest: {})",
+                    table.len(),
+                    top.join(", ")
+                );
+            }
+        }
         if let Some(p) = args.match_probability {
             config.thresholds.match_ = e.score_at_probability(p);
         }
@@ -214,6 +242,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("postcode", &["address"]),
     ("names", &["family", "given"]),
     ("line", &["address"]),
+    ("name-place", &["family", "given", "address"]),
 ];
 
 fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
@@ -230,7 +259,8 @@ fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
         },
         "postcode" => d.postcode.iter().cloned().collect(),
         "names" => d.name_key().into_iter().collect(),
-        "line" => d.line_key().map(str::to_string).into_iter().collect(),
+        "line" => d.line_key().into_iter().collect(),
+        "name-place" => d.name_place_key().into_iter().collect(),
         _ => Vec::new(),
     }
 }
@@ -298,6 +328,9 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
     let mut free_true: Vec<f64> = Vec::new();
     let mut free_false: Vec<f64> = Vec::new();
     let mut blocked_true = 0u64;
+    // True pairs left at review, by agreement pattern (and whether the twins rule held them):
+    // what a level, an adjustment or a threshold would have to reach.
+    let mut at_review: HashMap<(bool, Vec<&str>), (u64, f64)> = HashMap::new();
     for &(i, j) in pairs {
         let same = recs[i].truth == recs[j].truth;
         let s = scoring::compare_with(c, &recs[i].d, &recs[j].d);
@@ -306,6 +339,12 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         let held = s.grade == Grade::Possible && s.score >= c.thresholds.match_ && !s.conflict;
         if held && same {
             capped += 1;
+        }
+        if same && s.grade == Grade::Possible {
+            let e = at_review
+                .entry((held, s.levels.clone()))
+                .or_insert((0, s.score));
+            e.0 += 1;
         }
         if s.grade != Grade::Certain && !s.conflict && !held {
             if same {
@@ -364,6 +403,13 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         let fp = free_false.iter().filter(|&&s| s >= t).count();
         println!("  match >= {t:4.1}: true {tp}, false {fp}");
     }
+    let mut at_review: Vec<_> = at_review.into_iter().collect();
+    at_review.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(b.1.1.total_cmp(&a.1.1)));
+    println!("true pairs at review, commonest agreement patterns:");
+    for ((held, levels), (n, score)) in at_review.iter().take(16) {
+        let why = if *held { "twins rule" } else { "score" };
+        println!("  {n:5} ({why}, e.g. {score:.1}) {levels:?}");
+    }
     false_high.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("highest-scoring false pairs:");
     for (s, levels, i, j) in false_high.iter().take(12) {
@@ -376,7 +422,7 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         "true pairs below review (highest first), of {}:",
         true_low.len()
     );
-    for (s, levels, i, j) in true_low.iter().take(8) {
+    for (s, levels, i, j) in true_low.iter().take(12) {
         println!("  {s:6.2} {levels:?}");
         println!("         {}", show(&recs[*i].d));
         println!("         {}", show(&recs[*j].d));
@@ -395,7 +441,7 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
                     println!("  {}", show(&recs[i].d));
                     println!("  {}", show(&recs[j].d));
                     shown += 1;
-                    if shown == 6 {
+                    if shown == 20 {
                         break 'outer;
                     }
                 }

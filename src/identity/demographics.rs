@@ -129,19 +129,46 @@ impl Demographics {
         }
     }
 
-    /// The first address line as a blocking key when it names a numbered street (`12 MILL
-    /// LANE`): it finds records that kept their address while birth date, postcode and names
-    /// were mistyped. A line naming only a flat (`FLAT 3`) is shared by too many to be a key.
-    /// Migration 0033 computes the same in SQL for rows written before.
-    pub fn line_key(&self) -> Option<&str> {
+    /// The house as a blocking key (`12|MIL|LS1`): the house number, the first three letters
+    /// of the street and the locality — the postcode's outward code, or the first three
+    /// letters of the town where the postcode is not a UK one (FEBRL's four digits) or is
+    /// missing (neither: no key). It finds records that kept their address while birth date, postcode and names
+    /// were mistyped, even with a typo in the street's or town's later letters (`3 CULLEN
+    /// STREET`/`3 CULLEB STREET`). The locality keeps it selective on UK data: a number and
+    /// three letters alone recur on many streets of an ICS. A line naming only a flat (`FLAT
+    /// 3`) names no house. Migration 0034 computes the same in SQL for rows written before.
+    pub fn line_key(&self) -> Option<String> {
         let line = self.address_line.as_deref()?;
-        let numbered = line.bytes().any(|b| b.is_ascii_digit());
-        let street = line.split_whitespace().any(|w| {
+        let (number, _) = line_parts(line);
+        let street = line.split_whitespace().find(|w| {
             w.len() >= 3
                 && w.bytes().all(|b| b.is_ascii_alphabetic())
-                && !matches!(w, "FLAT" | "APARTMENT" | "UNIT" | "APT")
-        });
-        (numbered && street).then_some(line)
+                && !matches!(*w, "FLAT" | "APARTMENT" | "UNIT" | "APT")
+        })?;
+        let locality = self.locality()?;
+        (!number.is_empty()).then(|| format!("{number}|{}|{locality}", prefix(street, 3)))
+    }
+
+    /// The first three letters of family and given name, in byte order (so exchanged names
+    /// share it), and the locality (`JOH|SMI|LS1`): a typo-tolerant counterpart of `name_key`
+    /// within one district, for records whose house number, birth date and postcode were
+    /// mistyped or left out and whose names no longer sound alike (`MACY DONALDSON`/`MACY
+    /// DONALWSON`). Names alone would gather every `SMI|JOH` of an ICS. Migration 0034
+    /// computes the same in SQL for rows written before.
+    pub fn name_place_key(&self) -> Option<String> {
+        let (f, g) = (
+            prefix(self.family.as_deref()?, 3),
+            prefix(self.given.as_deref()?, 3),
+        );
+        let (x, y) = if f <= g { (f, g) } else { (g, f) };
+        Some(format!("{x}|{y}|{}", self.locality()?))
+    }
+
+    /// Where a record lives, for blocking: the postcode's outward code, or the first three
+    /// letters of the town where the postcode is not a UK one or is missing.
+    fn locality(&self) -> Option<&str> {
+        self.outward()
+            .or_else(|| self.town.as_deref().map(|t| prefix(t, 3)))
     }
 
     /// Postcode district (outward code): all but the last three characters of a UK postcode.
@@ -151,6 +178,11 @@ impl Demographics {
             .filter(|p| p.len() >= 5)
             .map(|p| &p[..p.len() - 3])
     }
+}
+
+/// The first `n` characters of an ASCII string (normalised fields are ASCII).
+fn prefix(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
 }
 
 /// An address line split into its house number and its street: the words holding a digit are
@@ -336,16 +368,40 @@ mod tests {
         let mut swapped = d.clone();
         std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
         assert_eq!(d.name_key(), swapped.name_key());
-        assert_eq!(d.line_key(), Some("12 MILL LANE"));
+        assert_eq!(d.line_key().as_deref(), Some("12|MIL|LS1"));
         for (line, key) in [
-            ("FLAT 3", false),
-            ("MILL COTTAGE", false),
-            ("95", false),
-            ("FLAT 3 12 MILL LANE", true),
+            ("FLAT 3", None),
+            ("MILL COTTAGE", None),
+            ("95", None),
+            ("FLAT 3 12 MILL LANE", Some("3 12|MIL|LS1")),
+            ("12A MILLER STREET", Some("12A|MIL|LS1")),
         ] {
             d.address_line = Some(line.into());
-            assert_eq!(d.line_key().is_some(), key, "{line}");
+            assert_eq!(d.line_key().as_deref(), key, "{line}");
         }
+        // Without a UK postcode the town stands for the locality; without either, no key.
+        d.address_line = Some("3 CULLEN STREET".into());
+        d.postcode = Some("3630".into());
+        d.town = Some("NARELLAN VALE".into());
+        assert_eq!(d.line_key().as_deref(), Some("3|CUL|NAR"));
+        d.postcode = None;
+        d.town = None;
+        assert_eq!(d.line_key(), None);
+    }
+
+    #[test]
+    fn name_place_keys_take_the_names_first_letters_and_the_district() {
+        let mut d = Demographics::from_patient(&patient("9434765919", "01"));
+        assert_eq!(d.name_place_key().as_deref(), Some("OBR|ZOE|LS1"));
+        // Exchanged names, and typos after the third letter, keep the key.
+        let mut other = d.clone();
+        other.family = Some("ZOEY".into());
+        other.given = Some("OBRAIN".into());
+        assert_eq!(other.name_place_key(), d.name_place_key());
+        d.postcode = Some("2767".into());
+        assert_eq!(d.name_place_key().as_deref(), Some("OBR|ZOE|LEE"));
+        d.town = None;
+        assert_eq!(d.name_place_key(), None);
     }
 
     #[test]

@@ -246,6 +246,26 @@ fn share_of_matches(c: &MatchConfig, patterns: &Patterns) -> f64 {
     lambda
 }
 
+/// The share of records carrying each name, kept for the names more frequent than `u` (the
+/// exact level's chance that two different people share a name): those whose agreement the
+/// scorer counts for less (`scoring::Frequencies`). Records without the name are not counted.
+pub fn frequencies<'a>(
+    names: impl Iterator<Item = &'a str>,
+    u: f64,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    let mut total = 0u64;
+    for n in names {
+        *counts.entry(n).or_default() += 1;
+        total += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(n, k)| (n.to_string(), k as f64 / total as f64))
+        .filter(|&(_, f)| f > u)
+        .collect()
+}
+
 /// The configuration as a matching file (the format of `identity/matching.toml`).
 pub fn to_toml(c: &MatchConfig, header: &str) -> String {
     let mut out = String::new();
@@ -273,6 +293,18 @@ pub fn to_toml(c: &MatchConfig, header: &str) -> String {
         ));
     }
     out.push_str(&thresholds_of(c, section));
+    for (name, table) in [
+        ("family", &c.frequencies.family),
+        ("given", &c.frequencies.given),
+    ] {
+        if table.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n[frequencies.{name}]\n"));
+        for (value, f) in table {
+            out.push_str(&format!("{value} = {f:.6e}\n"));
+        }
+    }
     out
 }
 
@@ -407,5 +439,18 @@ mod tests {
         assert_eq!(back.thresholds.match_, c.thresholds.match_);
         assert_eq!(back.family.close_at, c.family.close_at);
         assert_eq!(back.given.similar_at, c.given.similar_at);
+        assert!(back.frequencies.family.is_empty());
+    }
+
+    #[test]
+    fn common_names_get_their_frequency_and_are_written() {
+        let names = ["NGUYEN", "NGUYEN", "NGUYEN", "SMITH", "JONES", "BROWN"];
+        let f = frequencies(names.iter().copied(), 0.2);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!((f["NGUYEN"] - 0.5).abs() < 1e-12);
+        let mut c = MatchConfig::built_in();
+        c.frequencies.family = f;
+        let back = MatchConfig::parse(&to_toml(&c, "test")).expect("valid file");
+        assert!((back.frequencies.family["NGUYEN"] - 0.5).abs() < 1e-9);
     }
 }

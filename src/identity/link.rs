@@ -90,7 +90,10 @@ pub fn blocking_keys(d: &Demographics) -> Vec<i64> {
         keys.push(lock_key(&["names", &n]));
     }
     if let Some(l) = d.line_key() {
-        keys.push(lock_key(&["line", l]));
+        keys.push(lock_key(&["line", &l]));
+    }
+    if let Some(k) = d.name_place_key() {
+        keys.push(lock_key(&["name-place", &k]));
     }
     keys.sort_unstable();
     keys.dedup();

@@ -3,7 +3,7 @@
 //! thresholds turn it into MATCH, POSSIBLE_MATCH or NO_MATCH. The m/u probabilities and the
 //! thresholds are data (`identity/matching.toml`), not code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{LazyLock, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,18 @@ pub struct Safety {
     pub twins_cap_at_possible: bool,
 }
 
+/// Term frequencies, as Splink's term-frequency adjustment uses them: the share of records
+/// carrying a name, for the names common enough that two records agreeing on one are weaker
+/// evidence than the exact level's average (its u, the chance that two different people share
+/// a name). Estimated from the records by `shcr identity-estimate`; the built-in file has none.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Frequencies {
+    #[serde(default)]
+    pub family: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub given: BTreeMap<String, f64>,
+}
+
 /// The whole matching configuration, as in `identity/matching.toml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MatchConfig {
@@ -108,6 +120,8 @@ pub struct MatchConfig {
     pub birth_date: BirthLevels,
     pub sex: AgreeDisagree,
     pub address: AddressLevels,
+    #[serde(default)]
+    pub frequencies: Frequencies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +277,16 @@ impl MatchConfig {
                 )));
             }
         }
+        for (name, table) in [
+            ("family", &self.frequencies.family),
+            ("given", &self.frequencies.given),
+        ] {
+            if let Some((value, _)) = table.iter().find(|(_, f)| !(**f > 0.0 && **f <= 1.0)) {
+                return Err(ConfigError::Invalid(format!(
+                    "frequencies.{name}.{value}: a frequency must be in (0, 1]"
+                )));
+            }
+        }
         if self.thresholds.possible >= self.thresholds.match_ {
             return Err(ConfigError::Invalid(
                 "thresholds.possible must be below thresholds.match".into(),
@@ -385,7 +409,8 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         .iter()
         .filter_map(|n| c.level(n))
         .map(|l| l.weight())
-        .sum();
+        .sum::<f64>()
+        + frequency_adjustment(c, a, b, &levels);
     let grade = if conflict {
         // Two traced NHS numbers say these are two people. Only when everything else says they
         // are one (a number issued twice, or keyed against the wrong person) may a person look.
@@ -407,6 +432,34 @@ pub fn compare_with(c: &MatchConfig, a: &Demographics, b: &Demographics) -> Pair
         conflict,
         levels,
     }
+}
+
+/// Two records agreeing exactly on a common name are weaker evidence than the level's weight
+/// says (`NGUYEN` in FEBRL4, `SMITH` in England): for a name of frequency f above the exact
+/// level's u, its weight log2(m/u) becomes log2(m/f). Only ever lowered: a rare name, or a typo
+/// that looks like one, never earns more than the level's weight, so the adjustment cannot lift
+/// a pair toward an automatic link.
+fn frequency_adjustment(
+    c: &MatchConfig,
+    a: &Demographics,
+    b: &Demographics,
+    levels: &[&str],
+) -> f64 {
+    fn lower(table: &BTreeMap<String, f64>, u: f64, name: Option<&String>) -> f64 {
+        match name.and_then(|n| table.get(n)) {
+            Some(&f) if f > u => (u / f).log2(),
+            _ => 0.0,
+        }
+    }
+    let mut adjustment = 0.0;
+    if levels.contains(&"family.exact") {
+        adjustment += lower(&c.frequencies.family, c.family.exact.u, a.family.as_ref());
+    }
+    // With crossed names the given level compares the names left over, not the given names.
+    if levels.contains(&"given.exact") && a.given == b.given {
+        adjustment += lower(&c.frequencies.given, c.given.exact.u, a.given.as_ref());
+    }
+    adjustment
 }
 
 /// Twins (or siblings sharing a birthday) look like one person with another first name: one
@@ -953,6 +1006,27 @@ mod tests {
             assert!(c.level_mut(l).is_some(), "{l}");
         }
         assert!(c.level("family.unknown").is_none());
+    }
+
+    #[test]
+    fn a_common_name_counts_for_less_and_a_rare_one_for_no_more() {
+        let mut c = MatchConfig::built_in();
+        let plain = compare_with(&c, &person(), &person()).score;
+        let u = c.family.exact.u;
+        c.frequencies.family.insert("SMITH".into(), 8.0 * u);
+        c.frequencies.given.insert("WILLIAM".into(), u / 2.0);
+        let s = compare_with(&c, &person(), &person());
+        assert!((plain - s.score - 3.0).abs() < 1e-9, "{plain} {s:?}");
+        // A family name agreeing only as similar is not adjusted.
+        let mut b = person();
+        b.family = Some("SMIHT".into());
+        refresh_codes(&mut b);
+        assert_eq!(
+            compare_with(&c, &person(), &b).score,
+            compare_with(&MatchConfig::built_in(), &person(), &b).score
+        );
+        let bad = format!("{BUILT_IN}\n[frequencies.family]\nSMITH = 1.5\n");
+        assert!(MatchConfig::parse(&bad).is_err());
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub struct Blocks {
     postcode: Option<String>,
     names: Option<String>,
     line: Option<String>,
+    place: Option<String>,
 }
 
 impl Blocks {
@@ -92,7 +93,8 @@ impl Blocks {
             year: birth.map(|b| b.year()),
             postcode: d.postcode.clone(),
             names: d.name_key(),
-            line: d.line_key().map(str::to_string),
+            line: d.line_key(),
+            place: d.name_place_key(),
         }
     }
 
@@ -108,6 +110,7 @@ impl Blocks {
             || eq(&self.postcode, &other.postcode)
             || eq(&self.names, &other.names)
             || eq(&self.line, &other.line)
+            || eq(&self.place, &other.place)
     }
 }
 
@@ -185,7 +188,8 @@ async fn changed_since(
 ) -> Result<Vec<Changed>, StoreError> {
     // Any record's blocking values: rows outside all of them are only dropped from the
     // prefetch, so their demographics are not read.
-    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names, mut lines) = (
+    let (mut nhs, mut births, mut phonetic, mut postcodes, mut names, mut lines, mut places) = (
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -204,6 +208,7 @@ async fn changed_since(
         postcodes.extend(b.postcode);
         names.extend(b.names);
         lines.extend(b.line);
+        places.extend(b.place);
     }
     // Both bounds on `txid` make it a range the planner reads through the index, even before
     // the table has statistics (autovacuum off): the rows of the linkers that committed while
@@ -213,7 +218,7 @@ async fn changed_since(
                 CASE WHEN active AND (nhs_number = ANY($2) OR birth_date = ANY($3)
                                       OR family_code || '|' || birth_year = ANY($4)
                                       OR postcode = ANY($5) OR name_key = ANY($6)
-                                      OR line_key = ANY($7))
+                                      OR line_key = ANY($7) OR name_place_key = ANY($8))
                      THEN demographics END AS demographics
          FROM identity_patient
          WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot)
@@ -227,6 +232,7 @@ async fn changed_since(
     .bind(&postcodes)
     .bind(&names)
     .bind(&lines)
+    .bind(&places)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -553,7 +559,8 @@ pub(crate) async fn candidates_of(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut code, mut year, mut postcode, mut names, mut line) = (
+    let (mut code, mut year, mut postcode, mut names, mut line, mut place) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -572,14 +579,15 @@ pub(crate) async fn candidates_of(
         postcode.push(b.postcode);
         names.push(b.names);
         line.push(b.line);
+        place.push(b.place);
     }
     // One block look-up per record (each an index OR over the blocking columns), in one
     // statement.
     let rows = sqlx::query(
         "SELECT k.pos, c.patient_id, c.person_id, c.org, c.demographics
          FROM unnest($1::int4[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[],
-                     $7::int4[], $8::text[], $9::text[], $11::text[])
-              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names, line)
+                     $7::int4[], $8::text[], $9::text[], $11::text[], $12::text[])
+              AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names, line, place)
          CROSS JOIN LATERAL (
              SELECT p.patient_id, p.person_id, p.org, p.demographics FROM identity_patient p
              WHERE p.active AND p.patient_id <> k.pid AND (
@@ -589,7 +597,8 @@ pub(crate) async fn candidates_of(
                 OR (p.family_code = k.code AND p.birth_year = k.year)
                 OR p.postcode = k.postcode
                 OR p.name_key = k.names
-                OR p.line_key = k.line)
+                OR p.line_key = k.line
+                OR p.name_place_key = k.place)
                AND NOT EXISTS (
                    SELECT 1 FROM identity_non_match n
                    WHERE (n.patient_a = k.pid AND n.patient_b = p.patient_id)
@@ -607,6 +616,7 @@ pub(crate) async fn candidates_of(
     .bind(&names)
     .bind(MAX_CANDIDATES)
     .bind(&line)
+    .bind(&place)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -746,6 +756,7 @@ async fn links_statement(
     let mut methods = Vec::with_capacity(n);
     let mut names = Vec::with_capacity(n);
     let mut lines = Vec::with_capacity(n);
+    let mut places = Vec::with_capacity(n);
     for (id, d) in &p.links {
         let a = &overlay[id].assignment;
         ids.push(id.as_str());
@@ -763,6 +774,7 @@ async fn links_statement(
         methods.push(a.method.as_str());
         names.push(d.name_key());
         lines.push(d.line_key());
+        places.push(d.name_place_key());
     }
     let e_ids: Vec<&str> = p.events.iter().map(|e| e.patient_id.as_str()).collect();
     let e_from: Vec<Option<&str>> = p.events.iter().map(|e| e.from.as_deref()).collect();
@@ -793,14 +805,14 @@ async fn links_statement(
              INSERT INTO identity_patient
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
-                line_key, linked_at, active)
+                line_key, name_place_key, linked_at, active)
              SELECT pid, person, $3, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                    method, names, line, now(), true
+                    method, names, line, place, now(), true
              FROM unnest($1::text[], $2::text[], $4::text[], $5::bool[], $6::bool[], $7::text[],
                          $8::date[], $9::int4[], $10::text[], $11::jsonb[], $12::float8[],
-                         $13::text[], $14::text[], $15::text[], $16::text[])
+                         $13::text[], $14::text[], $15::text[], $16::text[], $31::text[])
                   AS k(pid, person, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
-                       method, names, line)
+                       method, names, line, place)
              ON CONFLICT (patient_id) DO UPDATE SET
                person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
                nhs_verified = excluded.nhs_verified, nhs_invalid = excluded.nhs_invalid,
@@ -808,7 +820,8 @@ async fn links_statement(
                birth_year = excluded.birth_year, postcode = excluded.postcode,
                demographics = excluded.demographics, score = excluded.score,
                grade = excluded.grade, method = excluded.method, name_key = excluded.name_key,
-               line_key = excluded.line_key, active = true,
+               line_key = excluded.line_key, name_place_key = excluded.name_place_key,
+               active = true,
                linked_at = CASE WHEN identity_patient.person_id = excluded.person_id
                                 THEN identity_patient.linked_at ELSE now() END
          ),
@@ -893,6 +906,7 @@ async fn links_statement(
     .bind(&r_reasons)
     .bind(&person_ids)
     .bind(&mine)
+    .bind(&places)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
@@ -984,13 +998,25 @@ mod tests {
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)), "same phonetic names");
         z.given_code = Some("ALS".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
-        // Exchanged names share the key; so do records at one numbered street address.
+        // Exchanged names share the key; so do records at one house of one postcode district
+        // (the postcodes themselves differ here).
         let mut swapped = x.clone();
         std::mem::swap(&mut swapped.family_code, &mut swapped.given_code);
         assert!(Blocks::of(&x).finds(&Blocks::of(&swapped)));
+        x.postcode = Some("LS14AB".into());
+        z.postcode = Some("LS14AD".into());
         z.address_line = Some("12 MILL LANE".into());
         assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
         x.address_line = Some("12 MILL LANE".into());
         assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
+        // Names mistyped past their third letter, in one district.
+        z.address_line = None;
+        x.family = Some("THOMPSON".into());
+        x.given = Some("ROBERT".into());
+        z.family = Some("ROBBERT".into());
+        z.given = Some("THOMSBON".into());
+        assert!(Blocks::of(&x).finds(&Blocks::of(&z)));
+        z.postcode = Some("BD74AD".into());
+        assert!(!Blocks::of(&x).finds(&Blocks::of(&z)));
     }
 }

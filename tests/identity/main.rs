@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod blocking;
 mod concurrency;
 mod linking;
 mod longitudinal;
