@@ -141,7 +141,7 @@ impl WriteHook for RestIdempotency {
     async fn on_locked(
         &mut self,
         tx: &mut WriteTx,
-        _matched: &[Option<String>],
+        _matched: &[Option<crate::interactions::Matched>],
     ) -> Result<HookDecision, crate::interactions::Error> {
         self.repeat = None;
         match claim(

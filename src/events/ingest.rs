@@ -15,8 +15,8 @@ use crate::fhir::id::new_id;
 use crate::fhir::instant::format_instant;
 use crate::fhir::outcome::{Issue, IssueType, operation_outcome};
 use crate::interactions::{
-    EntryAction, EntryOutcome, EntryRequest, HookDecision, Repository, Target, Unit, UnitResult,
-    WriteHook,
+    EntryAction, EntryOutcome, EntryRequest, HookDecision, Matched, Repository, Target, Unit,
+    UnitResult, WriteHook,
 };
 use crate::store::{Author, WriteTx};
 
@@ -380,7 +380,7 @@ impl WriteHook for MessageHook<'_> {
     async fn on_locked(
         &mut self,
         tx: &mut WriteTx,
-        matched: &[Option<String>],
+        matched: &[Option<Matched>],
     ) -> Result<HookDecision, crate::interactions::Error> {
         self.repeat = None;
         self.stale.clear();
@@ -445,19 +445,17 @@ impl WriteHook for MessageHook<'_> {
         }
         let held: Value = row.try_get("held").map_err(db)?;
 
-        // A trust may only replace what it wrote itself.
-        let existing: Vec<(String, String)> = m
-            .entries
-            .iter()
-            .zip(matched)
-            .filter_map(|(e, id)| Some((e.resource_type.clone(), id.clone()?)))
-            .collect();
-        let orgs = tx.head_orgs(&existing).await?;
-        for (i, (e, id)) in m.entries.iter().zip(matched).enumerate() {
-            let Some(id) = id else { continue };
-            if let Some(Some(owner)) = orgs.get(&(e.resource_type.clone(), id.clone()))
-                && owner != org
-            {
+        // A trust may only replace what it wrote itself (the engine checks it again for every
+        // door; here the refusal can name the identifier the message used).
+        for (i, (e, found)) in m.entries.iter().zip(matched).enumerate() {
+            let Some(Matched {
+                id,
+                author_org: Some(owner),
+            }) = found
+            else {
+                continue;
+            };
+            if owner != org {
                 return Err(crate::interactions::Error::Located {
                     status: 403,
                     issues: vec![
@@ -492,7 +490,7 @@ impl WriteHook for MessageHook<'_> {
                 hold.insert(i);
                 self.stale.push(StaleEntry {
                     entry: i,
-                    resource_id: matched[i].clone(),
+                    resource_id: matched[i].as_ref().map(|m| m.id.clone()),
                     held_time,
                     held_message,
                 });

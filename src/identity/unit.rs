@@ -137,16 +137,13 @@ pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefet
             found: HashMap::new(),
         });
     }
-    // Taken before the candidates are read: a row written in between is read twice, never
-    // missed.
-    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(tx.connection())
-        .await
-        .map_err(db)?;
-    let found = score_candidates(candidates_of(tx, &wanted).await?, &wanted);
+    // The snapshot the candidates are read in, from the same statement (one round trip, and
+    // exactly the rows `changed_since` must not read again).
+    let (snapshot, found) = read_candidates(tx, &wanted, true).await?;
+    let snapshot = snapshot.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
     Ok(Prefetched {
         snapshot: Some(snapshot),
-        found,
+        found: score_candidates(found, &wanted),
     })
 }
 
@@ -548,8 +545,17 @@ pub(crate) async fn candidates_of(
     tx: &mut WriteTx,
     records: &[(usize, &str, &Demographics)],
 ) -> Result<HashMap<usize, Vec<Candidate>>, StoreError> {
+    Ok(read_candidates(tx, records, false).await?.1)
+}
+
+/// `candidates_of`, with the statement's snapshot (`pg_current_snapshot()`) when asked.
+async fn read_candidates(
+    tx: &mut WriteTx,
+    records: &[(usize, &str, &Demographics)],
+    with_snapshot: bool,
+) -> Result<(Option<String>, HashMap<usize, Vec<Candidate>>), StoreError> {
     if records.is_empty() {
-        return Ok(HashMap::new());
+        return Ok((None, HashMap::new()));
     }
     let n = records.len();
     let (mut pos, mut ids, mut nhs, mut birth, mut swap) = (
@@ -582,9 +588,14 @@ pub(crate) async fn candidates_of(
         place.push(b.place);
     }
     // One block look-up per record (each an index OR over the blocking columns), in one
-    // statement.
+    // statement; its snapshot, when asked, in a row of its own (`pos` null).
     let rows = sqlx::query(
-        "SELECT k.pos, c.patient_id, c.person_id, c.org, c.demographics
+        "SELECT NULL::int4 AS pos, NULL::text AS patient_id, NULL::text AS person_id,
+                NULL::text AS org, NULL::jsonb AS demographics,
+                pg_current_snapshot()::text AS snapshot
+         WHERE $13
+         UNION ALL
+         SELECT k.pos, c.patient_id, c.person_id, c.org, c.demographics, NULL
          FROM unnest($1::int4[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[],
                      $7::int4[], $8::text[], $9::text[], $11::text[], $12::text[])
               AS k(pos, pid, nhs, birth, swapped, code, year, postcode, names, line, place)
@@ -617,16 +628,24 @@ pub(crate) async fn candidates_of(
     .bind(MAX_CANDIDATES)
     .bind(&line)
     .bind(&place)
+    .bind(with_snapshot)
     .fetch_all(tx.connection())
     .await
     .map_err(db)?;
+    let mut snapshot = None;
     let mut out: HashMap<usize, Vec<Candidate>> = HashMap::new();
     for r in rows {
-        let i: i32 = r.try_get("pos").map_err(StoreError::Database)?;
+        let Some(i) = r
+            .try_get::<Option<i32>, _>("pos")
+            .map_err(StoreError::Database)?
+        else {
+            snapshot = r.try_get("snapshot").map_err(StoreError::Database)?;
+            continue;
+        };
         let c = candidate(&r).map_err(StoreError::Database)?;
         out.entry(i as usize).or_default().push(c);
     }
-    Ok(out)
+    Ok((snapshot, out))
 }
 
 /// A candidate from a row of `identity_patient`; demographics are decoded straight into the

@@ -95,6 +95,11 @@ impl Repository {
             }
         }
         let mut attempts = vec![0usize; n];
+        // Optimistic first: no savepoint per unit while every unit succeeds (two fewer
+        // statements per unit for PostgreSQL, one fewer round trip). The first unit that does
+        // not stage cleanly (fails, aborts, or loses a race) rolls the whole transaction back,
+        // and the units are applied again, each under its own savepoint, as below.
+        let mut optimistic = true;
         let mut next = 0;
         while next < n {
             if results[next].is_some() {
@@ -129,6 +134,15 @@ impl Repository {
             // Whether the next unit's savepoint is already set (the previous unit's end set it
             // in the same round trip).
             let mut opened = false;
+            // Optimistic only with more than one unit left: a single unit needs no savepoint to
+            // be rolled back alone, and is retried as before if it fails.
+            let first = next;
+            let optimistic_tx = optimistic
+                && (next..n)
+                    .filter(|&j| results[j].is_none() && checked[j].is_some())
+                    .nth(1)
+                    .is_some();
+            let mut fell_back = false;
             while next < n {
                 let i = next;
                 let Some(c) = checked[i].as_ref().filter(|_| results[i].is_none()) else {
@@ -136,6 +150,30 @@ impl Repository {
                     continue;
                 };
                 attempts[i] += 1;
+                if optimistic_tx {
+                    let u = &mut units[i];
+                    match self
+                        .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c)
+                        .await
+                    {
+                        Ok(Some(s)) => {
+                            staged.push((i, Some(s)));
+                            next += 1;
+                            continue;
+                        }
+                        _ => {
+                            // Nothing of this transaction is kept: its units are not counted
+                            // as attempts, and run again under savepoints.
+                            for j in first..=i {
+                                if results[j].is_none() && checked[j].is_some() {
+                                    attempts[j] -= 1;
+                                }
+                            }
+                            fell_back = true;
+                            break;
+                        }
+                    }
+                }
                 if !opened && let Err(e) = savepoint(&mut tx, "SAVEPOINT unit").await {
                     if attempts[i] >= ATTEMPTS {
                         results[i] = Some(Err(failed("a message could not be started", &e)));
@@ -193,6 +231,13 @@ impl Repository {
                         next += 1;
                     }
                 }
+            }
+            if fell_back {
+                // Dropping the transaction rolls it back.
+                drop(tx);
+                optimistic = false;
+                next = first;
+                continue;
             }
             let commit = match broken {
                 Some(e) => Err(e),

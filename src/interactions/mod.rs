@@ -13,7 +13,8 @@ mod transaction;
 pub use error::Error;
 pub use group::{Unit, UnitResult};
 pub use transaction::{
-    EntryAction, EntryFailure, EntryOutcome, EntryRequest, HookDecision, NoHook, Target, WriteHook,
+    EntryAction, EntryFailure, EntryOutcome, EntryRequest, HookDecision, Matched, NoHook, Target,
+    WriteHook,
 };
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use crate::fhir::instant::now_millis;
 use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::reference::{ReferenceKind, classify};
 use crate::search::params::Registry;
-use crate::store::{Author, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
+use crate::store::{Author, Head, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
 
 use super::Repository;
 use super::criteria::Criteria;
@@ -119,6 +119,15 @@ pub enum HookDecision {
     Abort,
 }
 
+/// What an entry's conditional criteria matched (exactly one resource), read under its head's
+/// row lock.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub id: String,
+    /// The organisation that wrote its current version.
+    pub author_org: Option<String>,
+}
+
 /// Lets another module take part in the engine's write transaction without writing resource
 /// tables itself: `events` records idempotency keys, source timestamps and stale events in the
 /// same transaction as the versions they concern, so a crash can never separate them.
@@ -128,13 +137,14 @@ pub enum HookDecision {
 /// expect `on_locked` again after a rollback and keep no state from the earlier attempt.
 pub trait WriteHook: Send {
     /// After conditional criteria are resolved under their advisory locks (concurrent writers
-    /// of the same business identifiers wait here), before anything is written. `matched[i]`
-    /// is the id entry `i`'s criteria matched, when they matched exactly one resource.
-    /// By default every entry is written.
+    /// of the same business identifiers wait here) and the heads of the resources the entries
+    /// replace are locked, before anything is written. `matched[i]` is the resource entry
+    /// `i`'s criteria matched, when they matched exactly one. By default every entry is
+    /// written.
     fn on_locked(
         &mut self,
         _tx: &mut WriteTx,
-        _matched: &[Option<String>],
+        _matched: &[Option<Matched>],
     ) -> impl std::future::Future<Output = Result<HookDecision, Error>> + Send {
         async {
             Ok(HookDecision::Proceed {
@@ -430,8 +440,60 @@ impl Repository {
                 _ => None,
             })
             .collect();
+
+        // Lock the heads of every resource an entry may replace or delete (whether the hook
+        // then holds the entry back or not), and read who wrote each: the hook and the
+        // ownership check below both need the owner, and reading it with the lock saves a
+        // statement each.
+        let lock_keys: Vec<(String, String)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let id = match &e.action {
+                    EntryAction::Update {
+                        target: Target::Id(id),
+                        ..
+                    }
+                    | EntryAction::Delete {
+                        target: Target::Id(id),
+                        ..
+                    } => id.clone(),
+                    EntryAction::Update {
+                        target: Target::Criteria(_),
+                        resource,
+                        ..
+                    } => match entry_criteria.get(&i).map(&matched).as_deref() {
+                        Some([id]) => id.clone(),
+                        // No match: created, with the client's id if it gave one (which may
+                        // exist: then it is replaced).
+                        Some([]) | None => resource_id(resource)?.to_string(),
+                        Some(_) => return None,
+                    },
+                    EntryAction::Delete {
+                        target: Target::Criteria(_),
+                        ..
+                    } => single_matches[i].clone()?,
+                    _ => return None,
+                };
+                Some((e.resource_type.clone(), id))
+            })
+            .collect();
+        let heads = tx.lock_heads(&lock_keys).await?;
+        let found: Vec<Option<Matched>> = entries
+            .iter()
+            .zip(&single_matches)
+            .map(|(e, m)| {
+                let id = m.as_ref()?;
+                Some(Matched {
+                    id: id.clone(),
+                    author_org: heads
+                        .get(&(e.resource_type.clone(), id.clone()))
+                        .and_then(|h| h.author_org.clone()),
+                })
+            })
+            .collect();
         let hold = match hook
-            .on_locked(tx, &single_matches)
+            .on_locked(tx, &found)
             .await
             .map_err(|error| EntryFailure { index: None, error })?
         {
@@ -588,29 +650,19 @@ impl Repository {
             }
         }
 
-        // 6. Lock the resources being replaced and number the new versions.
-        let lock_keys: Vec<(String, String)> = entries
-            .iter()
-            .zip(&plans)
-            .filter_map(|(e, p)| match p {
-                Plan::Update { id, .. } | Plan::Delete { id, .. } => {
-                    Some((e.resource_type.clone(), id.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let heads = tx.lock_heads(&lock_keys).await?;
-        // A trust's system writes only under its own provenance: it may not replace or delete
-        // what another organisation wrote, whichever door (REST, Bundle, conditional) it used.
+        // 6. Number the new versions (the heads were locked before the hook). A trust's system
+        // writes only under its own provenance: it may not replace or delete what another
+        // organisation wrote, whichever door (REST, Bundle, conditional) it used.
         if author.kind == "system"
             && let Some(org) = &author.org
         {
-            let owners = tx.head_orgs(&lock_keys).await?;
             for (i, (e, p)) in entries.iter().zip(&plans).enumerate() {
                 let (Plan::Update { id, .. } | Plan::Delete { id, .. }) = p else {
                     continue;
                 };
-                if let Some(Some(owner)) = owners.get(&(e.resource_type.clone(), id.clone()))
+                if let Some(owner) = heads
+                    .get(&(e.resource_type.clone(), id.clone()))
+                    .and_then(|h| h.author_org.as_ref())
                     && owner != org
                 {
                     return Err(EntryFailure {
@@ -629,6 +681,8 @@ impl Repository {
                 }
             }
         }
+        let heads: HashMap<(String, String), Head> =
+            heads.into_iter().map(|(k, h)| (k, h.head)).collect();
         let now = now_millis();
         // Every door (REST, bundles, messaging, NATS, import) writes through here, so every
         // stored version carries the labels the current mapping asks for.

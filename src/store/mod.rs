@@ -10,7 +10,9 @@ mod write;
 pub use changes::{Change, FeedPoll, FeedPosition};
 pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
 pub use read::{Current, HeadState, Owner, VersionRow};
-pub use write::{Head, IdentifierQuery, NewVersion, Operation, WriteTx, criteria_lock_keys};
+pub use write::{
+    Head, IdentifierQuery, LockedHead, NewVersion, Operation, WriteTx, criteria_lock_keys,
+};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
