@@ -132,9 +132,9 @@ impl Demographics {
     /// The house as a blocking key (`12|MIL|LS1`): the house number, the first three letters
     /// of the street and the locality — the postcode's outward code, or the first three
     /// letters of the town where the postcode is not a UK one (FEBRL's four digits) or is
-    /// missing (neither: no key). It finds records that kept their address while birth date, postcode and names
-    /// were mistyped, even with a typo in the street's or town's later letters (`3 CULLEN
-    /// STREET`/`3 CULLEB STREET`). The locality keeps it selective on UK data: a number and
+    /// missing (neither: no key). It finds records that kept their address while birth date,
+    /// postcode and names were mistyped, even with a typo in the street's or town's later
+    /// letters (`3 CULLEN STREET`/`3 CULLEB STREET`). The locality keeps it selective on UK data: a number and
     /// three letters alone recur on many streets of an ICS. A line naming only a flat (`FLAT
     /// 3`) names no house. Migration 0034 computes the same in SQL for rows written before.
     pub fn line_key(&self) -> Option<String> {

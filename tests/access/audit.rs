@@ -155,7 +155,7 @@ async fn concurrent_requests_are_each_audited_once_in_one_unbroken_chain() {
 }
 
 #[tokio::test]
-async fn two_processes_writers_keep_one_unbroken_chain() {
+async fn two_writers_as_two_processes_keep_one_unbroken_chain() {
     let app = TestApp::spawn().await;
     // Two writers on one database, as two shcr processes have: each moves the head under the
     // other, which must re-chain its group.
@@ -164,7 +164,7 @@ async fn two_processes_writers_keep_one_unbroken_chain() {
         shcr::audit::Audit::new(app.store.clone()),
     ];
     let record = |i: usize| shcr::audit::AuditRecord {
-        request_id: Some(format!("pipelined-{i}")),
+        request_id: Some(format!("two-writers-{i}")),
         interaction: "read".into(),
         action: "R".into(),
         http_status: 200,
@@ -203,7 +203,7 @@ async fn two_processes_writers_keep_one_unbroken_chain() {
     );
     let audited = audited_request_ids(&app).await;
     for i in 0..600 {
-        let id = format!("pipelined-{i}");
+        let id = format!("two-writers-{i}");
         assert_eq!(audited.iter().filter(|a| **a == id).count(), 1, "{id}");
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
