@@ -353,7 +353,91 @@ impl Prepared {
             repeat: None,
             stale: Vec::new(),
             response: None,
+            group: None,
         }
+    }
+}
+
+/// What `on_group_locked` read for one message of a group.
+struct GroupPart {
+    /// Whether the group's statement claimed this message's id for it.
+    claimed: bool,
+    /// `(entry, held source time, held message id)` for its entries with source state;
+    /// `None` when an earlier message of the group carries one of its identifiers (that
+    /// message's `before_commit` may change the state this one must compare against: read
+    /// again in `on_locked`).
+    held: Option<Vec<(usize, OffsetDateTime, String)>>,
+}
+
+/// The source times held for `(type, system, value)` identifiers of `org`, one primary-key
+/// probe each (`OFFSET 0` keeps the subquery from being flattened: without statistics — a new
+/// database, autovacuum off — the planner took `org = $1` for a few rows and read every row
+/// of the trust instead). `[ordinality, source time, message id]` as JSON.
+macro_rules! held_sql {
+    () => {
+        "COALESCE((
+        SELECT json_agg(json_build_array(k.ord, s.source_time, s.message_id))
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(o, t, sy, v, ord)
+        CROSS JOIN LATERAL (
+            SELECT s.source_time, s.message_id FROM event_source_state s
+            WHERE s.org = k.o AND s.resource_type = k.t AND s.system = k.sy AND s.value = k.v
+            OFFSET 0
+        ) s
+    ), '[]'::json)"
+    };
+}
+
+/// `[ordinality, source time, message id]` items → `(ordinality - 1, time, message id)`.
+fn parse_held(held: &Value) -> Vec<(usize, OffsetDateTime, String)> {
+    held.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            Some((
+                usize::try_from(item[0].as_i64()?).ok()?.checked_sub(1)?,
+                item[1]
+                    .as_str()
+                    .and_then(crate::fhir::instant::parse_instant)?,
+                item[2].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+impl MessageHook<'_> {
+    /// The source state keys of the message's entries.
+    fn state_keys(&self) -> impl Iterator<Item = (&str, &str, &str, &str)> {
+        let org = self.message.sender.as_str();
+        self.message.entries.iter().map(move |e| {
+            (
+                org,
+                e.resource_type.as_str(),
+                e.key.0.as_str(),
+                e.key.1.as_str(),
+            )
+        })
+    }
+
+    /// The source times held for this message's entries, read on their own.
+    async fn read_held(
+        &self,
+        tx: &mut WriteTx,
+    ) -> Result<Vec<(usize, OffsetDateTime, String)>, sqlx::Error> {
+        let (mut o, mut t, mut sy, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in self.state_keys() {
+            o.push(k.0);
+            t.push(k.1);
+            sy.push(k.2);
+            v.push(k.3);
+        }
+        let held: Value = sqlx::query_scalar(concat!("SELECT ", held_sql!()))
+            .bind(&o)
+            .bind(&t)
+            .bind(&sy)
+            .bind(&v)
+            .fetch_one(tx.connection())
+            .await?;
+        Ok(parse_held(&held))
     }
 }
 
@@ -374,9 +458,107 @@ struct MessageHook<'a> {
     repeat: Option<(String, Value)>,
     stale: Vec<StaleEntry>,
     response: Option<Value>,
+    /// What the group's statement read for this message (`on_group_locked`), until
+    /// `on_locked` uses it.
+    group: Option<GroupPart>,
 }
 
 impl WriteHook for MessageHook<'_> {
+    /// Claims every message id of the group and reads the source times held for every entry,
+    /// in one statement instead of one per message. The first copy of a message id claims it;
+    /// a later copy finds it claimed and is a repeat, as it would be on its own.
+    async fn on_group_locked(
+        tx: &mut WriteTx,
+        hooks: &mut [&mut Self],
+    ) -> Result<(), crate::interactions::Error> {
+        let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
+        let mut claims: HashSet<(&str, &str)> = HashSet::new();
+        let (mut co, mut ck, mut cf) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen: HashSet<(&str, &str, &str, &str)> = HashSet::new();
+        // Per hook: whether its held times are read here, and where its entries start in the
+        // flattened list.
+        let mut parts: Vec<Option<usize>> = Vec::with_capacity(hooks.len());
+        let (mut o, mut t, mut sy, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for h in hooks.iter() {
+            let m = h.message;
+            if claims.insert((m.sender.as_str(), m.message_id.as_str())) {
+                co.push(m.sender.as_str());
+                ck.push(m.message_id.as_str());
+                cf.push(h.fingerprint.as_str());
+            }
+            let keys: Vec<_> = h.state_keys().collect();
+            if keys.iter().any(|k| seen.contains(k)) {
+                parts.push(None);
+            } else {
+                parts.push(Some(o.len()));
+                for k in &keys {
+                    o.push(k.0);
+                    t.push(k.1);
+                    sy.push(k.2);
+                    v.push(k.3);
+                }
+            }
+            seen.extend(keys);
+        }
+        let row = sqlx::query(concat!(
+            "WITH claim AS (
+                 INSERT INTO event_idempotency (org, scope, key, fingerprint, response)
+                 SELECT o, 'message', k, f, 'null'::jsonb
+                 FROM unnest($5::text[], $6::text[], $7::text[]) AS x(o, k, f)
+                 ON CONFLICT DO NOTHING
+                 RETURNING org, key
+             )
+             SELECT COALESCE((SELECT json_agg(json_build_array(org, key)) FROM claim), '[]'::json)
+                        AS claimed, ",
+            held_sql!(),
+            " AS held"
+        ))
+        .bind(&o)
+        .bind(&t)
+        .bind(&sy)
+        .bind(&v)
+        .bind(&co)
+        .bind(&ck)
+        .bind(&cf)
+        .fetch_one(tx.connection())
+        .await
+        .map_err(db)?;
+        let claimed: Value = row.try_get("claimed").map_err(db)?;
+        let claimed: HashSet<(&str, &str)> = claimed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c[0].as_str()?, c[1].as_str()?)))
+            .collect();
+        let held: Value = row.try_get("held").map_err(db)?;
+        let held = parse_held(&held);
+        let mut firsts: HashSet<(String, String)> = HashSet::new();
+        let mut group = Vec::with_capacity(hooks.len());
+        for (h, start) in hooks.iter().zip(&parts) {
+            let m = h.message;
+            let key = (m.sender.to_string(), m.message_id.clone());
+            let first = !firsts.contains(&key);
+            let claimed = first && claimed.contains(&(key.0.as_str(), key.1.as_str()));
+            firsts.insert(key);
+            let held = start.map(|start| {
+                let end = start + m.entries.len();
+                held.iter()
+                    .filter(|(k, _, _)| (start..end).contains(k))
+                    .map(|(k, time, message)| (k - start, *time, message.clone()))
+                    .collect()
+            });
+            group.push(GroupPart { claimed, held });
+        }
+        for (h, part) in hooks.iter_mut().zip(group) {
+            h.group = Some(part);
+        }
+        Ok(())
+    }
+
+    fn forget_group(&mut self) {
+        self.group = None;
+    }
+
     async fn on_locked(
         &mut self,
         tx: &mut WriteTx,
@@ -387,42 +569,52 @@ impl WriteHook for MessageHook<'_> {
         let m = self.message;
         let org = m.sender.as_str();
         let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
-        // One round trip for the common case: claim the message id and read the source times
-        // held for its resources. One primary-key probe per entry (`OFFSET 0` keeps the
-        // subquery from being flattened): without statistics (a new database, autovacuum off)
-        // the planner took `org = $1` for a few rows and read every row of the trust instead.
-        let types: Vec<&str> = m.entries.iter().map(|e| e.resource_type.as_str()).collect();
-        let systems: Vec<&str> = m.entries.iter().map(|e| e.key.0.as_str()).collect();
-        let values: Vec<&str> = m.entries.iter().map(|e| e.key.1.as_str()).collect();
-        let row = sqlx::query(
-            "WITH claim AS (
-                 INSERT INTO event_idempotency (org, scope, key, fingerprint, response)
-                 VALUES ($1, 'message', $2, $3, 'null'::jsonb)
-                 ON CONFLICT DO NOTHING
-                 RETURNING 1
-             )
-             SELECT EXISTS (SELECT 1 FROM claim) AS claimed,
-                    COALESCE((
-                        SELECT json_agg(json_build_array(k.ord, s.source_time, s.message_id))
-                        FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS k(t, sy, v, ord)
-                        CROSS JOIN LATERAL (
-                            SELECT s.source_time, s.message_id FROM event_source_state s
-                            WHERE s.org = $1 AND s.resource_type = k.t AND s.system = k.sy
-                              AND s.value = k.v
-                            OFFSET 0
-                        ) s
-                    ), '[]'::json) AS held",
-        )
-        .bind(org)
-        .bind(&m.message_id)
-        .bind(&self.fingerprint)
-        .bind(&types)
-        .bind(&systems)
-        .bind(&values)
-        .fetch_one(tx.connection())
-        .await
-        .map_err(db)?;
-        let claimed: bool = row.try_get("claimed").map_err(db)?;
+        let (claimed, held) = match self.group.take() {
+            Some(GroupPart {
+                claimed,
+                held: Some(held),
+            }) => (claimed, held),
+            Some(GroupPart {
+                claimed,
+                held: None,
+            }) => (claimed, self.read_held(tx).await.map_err(db)?),
+            None => {
+                // One round trip: claim the message id and read the source times held for
+                // its resources.
+                let (mut o, mut t, mut sy, mut v) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for k in self.state_keys() {
+                    o.push(k.0);
+                    t.push(k.1);
+                    sy.push(k.2);
+                    v.push(k.3);
+                }
+                let row = sqlx::query(concat!(
+                    "WITH claim AS (
+                         INSERT INTO event_idempotency (org, scope, key, fingerprint, response)
+                         VALUES ($5, 'message', $6, $7, 'null'::jsonb)
+                         ON CONFLICT DO NOTHING
+                         RETURNING 1
+                     )
+                     SELECT EXISTS (SELECT 1 FROM claim) AS claimed, ",
+                    held_sql!(),
+                    " AS held"
+                ))
+                .bind(&o)
+                .bind(&t)
+                .bind(&sy)
+                .bind(&v)
+                .bind(org)
+                .bind(&m.message_id)
+                .bind(&self.fingerprint)
+                .fetch_one(tx.connection())
+                .await
+                .map_err(db)?;
+                let claimed: bool = row.try_get("claimed").map_err(db)?;
+                let held: Value = row.try_get("held").map_err(db)?;
+                (claimed, parse_held(&held))
+            }
+        };
         if !claimed {
             // Seen before (the statement above waited for a concurrent first to commit; this
             // new statement sees its row).
@@ -443,7 +635,6 @@ impl WriteHook for MessageHook<'_> {
                 return Ok(HookDecision::Abort);
             }
         }
-        let held: Value = row.try_get("held").map_err(db)?;
 
         // A trust may only replace what it wrote itself (the engine checks it again for every
         // door; here the refusal can name the identifier the message used).
@@ -473,17 +664,7 @@ impl WriteHook for MessageHook<'_> {
         }
 
         let mut hold = HashSet::new();
-        for item in held.as_array().into_iter().flatten() {
-            let (Some(ord), Some(held_time), Some(held_message)) = (
-                item[0].as_i64(),
-                item[1]
-                    .as_str()
-                    .and_then(crate::fhir::instant::parse_instant),
-                item[2].as_str().map(str::to_string),
-            ) else {
-                continue;
-            };
-            let i = (ord - 1) as usize;
+        for (i, held_time, held_message) in held {
             // Same source time: the message id breaks the tie, so every arrival order ends in
             // the same state.
             if (held_time, held_message.as_str()) >= (m.timestamp, m.message_id.as_str()) {

@@ -14,14 +14,25 @@
 //! deadlocking half-way. Anything still lost to a concurrent writer (a `Conflict`) commits
 //! what the group has done so far, releasing its locks, and retries that unit in a fresh
 //! transaction.
+//!
+//! Reads once per group: PostgreSQL's cost per message is mostly fixed per-statement overhead,
+//! so with the locks taken, each transaction reads the answers to every unit's criteria and
+//! locks the heads they name in two statements, and (with no savepoints) lets the hook do its
+//! part for every unit in one (`WriteHook::on_group_locked`). A unit uses what was read for it
+//! unless an earlier unit of the same transaction wrote something it depends on — a resource
+//! carrying an identifier one of its queries matches, or one its queries matched, or a head it
+//! locks: then it reads its own, as it would alone.
 
-use crate::store::{Author, StoreError, WriteTx};
+use std::collections::{BTreeSet, HashSet};
+
+use crate::store::{Author, IdentifierQuery, StoreError, WriteTx};
 
 use super::Repository;
 use super::WriteHook;
 use super::error::Error;
 use super::transaction::{
-    CheckedUnit, EntryAction, EntryFailure, EntryOutcome, EntryRequest, Staged,
+    CheckedUnit, EntryAction, EntryFailure, EntryOutcome, EntryRequest, GroupHeads, Known,
+    Prefetched, PrefetchedHeads, Staged, Written,
 };
 
 /// One unit of a group: its entries, who writes them, and the hook that takes part.
@@ -69,6 +80,70 @@ fn lock_keys(checked: &CheckedUnit, entries: &[EntryRequest]) -> Vec<i64> {
     keys
 }
 
+/// Resource types written outside the units' own versions (identity's Persons, every write's
+/// Provenance): their queries are never prefetched, since `Staged::writes` does not show them.
+const NOT_PREFETCHED: &[&str] = &["Person", "Provenance"];
+
+/// What the units staged so far in a transaction wrote: enough to tell whether an identifier
+/// query prefetched before them could now answer differently.
+#[derive(Default)]
+struct WrittenSoFar {
+    /// `(resource type, system, value)` of every identifier a written version carries.
+    identifiers: Vec<(String, String, String)>,
+    /// `(resource type, id)` of every resource written (updated, deleted).
+    resources: HashSet<(String, String)>,
+}
+
+impl WrittenSoFar {
+    fn add(&mut self, writes: &[Written]) {
+        for w in writes {
+            self.resources
+                .insert((w.resource_type.clone(), w.id.clone()));
+            for (system, value) in &w.identifiers {
+                self.identifiers
+                    .push((w.resource_type.clone(), system.clone(), value.clone()));
+            }
+        }
+    }
+
+    /// Whether the prefetched answer to every query still holds: no resource written since
+    /// carries an identifier the query matches (it would now match), and none of the
+    /// resources it matched was written since (it may no longer match).
+    fn leaves(&self, queries: &[IdentifierQuery], answers: &Prefetched) -> bool {
+        queries.iter().all(|q| {
+            let Some(ids) = answers.get(q) else {
+                return false;
+            };
+            let gained = self.identifiers.iter().any(|(t, s, v)| {
+                *t == q.resource_type
+                    && q.system.as_ref().is_none_or(|qs| qs == s)
+                    && q.value.as_ref().is_none_or(|qv| qv == v)
+            });
+            let lost = ids.iter().any(|id| {
+                self.resources
+                    .contains(&(q.resource_type.clone(), id.clone()))
+            });
+            !gained && !lost
+        })
+    }
+}
+
+/// Reads the answers to the identifier queries of every unit at once, under the group's
+/// advisory locks.
+async fn prefetch(
+    tx: &mut WriteTx,
+    queries: impl Iterator<Item = &IdentifierQuery>,
+) -> Result<Prefetched, StoreError> {
+    let queries: Vec<IdentifierQuery> = queries
+        .filter(|q| !NOT_PREFETCHED.contains(&q.resource_type.as_str()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let found = tx.find_by_identifier(&queries).await?;
+    Ok(queries.into_iter().zip(found).collect())
+}
+
 async fn savepoint(tx: &mut WriteTx, sql: &'static str) -> Result<(), StoreError> {
     sqlx::raw_sql(sql).execute(tx.connection()).await?;
     Ok(())
@@ -94,6 +169,14 @@ impl Repository {
                 }
             }
         }
+        let queries: Vec<Vec<IdentifierQuery>> = checked
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map(|c| c.identifier_queries())
+                    .unwrap_or_default()
+            })
+            .collect();
         let mut attempts = vec![0usize; n];
         // Optimistic first: no savepoint per unit while every unit succeeds (two fewer
         // statements per unit for PostgreSQL, one fewer round trip). The first unit that does
@@ -126,6 +209,39 @@ impl Repository {
                 }
                 break;
             }
+            // Every unit's criteria answered in one statement, now that their locks are held;
+            // a unit uses the answers only while no earlier unit of this transaction wrote
+            // something they could depend on (`WrittenSoFar::leaves`).
+            // Then the heads every unit will lock, given those answers, in one statement too
+            // (a unit whose answers change before it runs locks its own, as does one whose
+            // heads an earlier unit wrote).
+            let read = async {
+                let answers = prefetch(
+                    &mut tx,
+                    (next..n)
+                        .filter(|&i| results[i].is_none())
+                        .flat_map(|i| queries[i].iter()),
+                )
+                .await?;
+                let asked: HashSet<(String, String)> = (next..n)
+                    .filter(|&i| results[i].is_none())
+                    .filter_map(|i| checked[i].as_ref()?.head_keys(units[i].entries, &answers))
+                    .flatten()
+                    .collect();
+                let keys: Vec<(String, String)> = asked.iter().cloned().collect();
+                let found = tx.lock_heads(&keys).await?;
+                Ok::<_, StoreError>((answers, PrefetchedHeads { asked, found }))
+            };
+            let (answers, heads) = match read.await {
+                Ok(read) => read,
+                Err(e) => {
+                    for r in results[next..].iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(Err(failed("reading a group's criteria", &e)));
+                    }
+                    break;
+                }
+            };
+            let mut so_far = WrittenSoFar::default();
             // Units staged in this transaction, waiting for its commit (`None`: the hook
             // aborted; reported only once the commit shows the transaction was sound).
             let mut staged: Vec<(usize, Option<Staged>)> = Vec::new();
@@ -143,6 +259,24 @@ impl Repository {
                     .nth(1)
                     .is_some();
             let mut fell_back = false;
+            if optimistic_tx {
+                let mut hooks: Vec<&mut H> = units
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|&(j, _)| j >= next && results[j].is_none() && checked[j].is_some())
+                    .map(|(_, u)| &mut *u.hook)
+                    .collect();
+                if let Err(e) = H::on_group_locked(&mut tx, &mut hooks).await {
+                    tracing::warn!(error = %e, "a group's hooks could not start; running its units one by one");
+                    drop(hooks);
+                    for u in units.iter_mut() {
+                        u.hook.forget_group();
+                    }
+                    drop(tx);
+                    optimistic = false;
+                    continue;
+                }
+            }
             while next < n {
                 let i = next;
                 let Some(c) = checked[i].as_ref().filter(|_| results[i].is_none()) else {
@@ -150,13 +284,22 @@ impl Repository {
                     continue;
                 };
                 attempts[i] += 1;
+                let known = Known {
+                    answers: so_far.leaves(&queries[i], &answers).then_some(&answers),
+                    heads: Some(GroupHeads {
+                        asked: &heads.asked,
+                        found: &heads.found,
+                        written: &so_far.resources,
+                    }),
+                };
                 if optimistic_tx {
                     let u = &mut units[i];
                     match self
-                        .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c)
+                        .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c, known)
                         .await
                     {
                         Ok(Some(s)) => {
+                            so_far.add(&s.writes);
                             staged.push((i, Some(s)));
                             next += 1;
                             continue;
@@ -184,7 +327,7 @@ impl Repository {
                 }
                 let u = &mut units[i];
                 let outcome = self
-                    .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c)
+                    .stage(&mut tx, u.entries, u.author, in_bundle, u.hook, c, known)
                     .await;
                 let keep = matches!(outcome, Ok(Some(_)));
                 // A unit that ends well (or fails alone) is followed at once by the next
@@ -218,6 +361,9 @@ impl Repository {
                 }
                 match outcome {
                     Ok(s) => {
+                        if let Some(s) = &s {
+                            so_far.add(&s.writes);
+                        }
                         staged.push((i, s));
                         next += 1;
                     }
@@ -233,8 +379,12 @@ impl Repository {
                 }
             }
             if fell_back {
-                // Dropping the transaction rolls it back.
+                // Dropping the transaction rolls it back, with whatever the hooks did for the
+                // whole group.
                 drop(tx);
+                for u in units.iter_mut() {
+                    u.hook.forget_group();
+                }
                 optimistic = false;
                 next = first;
                 continue;

@@ -12,7 +12,9 @@ use crate::fhir::instant::now_millis;
 use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::reference::{ReferenceKind, classify};
 use crate::search::params::Registry;
-use crate::store::{Author, Head, IdentifierQuery, NewVersion, Operation, VersionRow, WriteTx};
+use crate::store::{
+    Author, Head, IdentifierQuery, LockedHead, NewVersion, Operation, VersionRow, WriteTx,
+};
 
 use super::Repository;
 use super::criteria::Criteria;
@@ -153,6 +155,26 @@ pub trait WriteHook: Send {
         }
     }
 
+    /// Once per group transaction that runs its units without savepoints (`execute_group`),
+    /// after the group's advisory locks are taken and before the first unit: a hook may do
+    /// for every unit at once, in one statement, what `on_locked` would do for each, and
+    /// leave each hook its part to use in `on_locked`. The transaction is all-or-nothing (a
+    /// unit that does not go well rolls all of it back), so rows written here for a unit are
+    /// never kept without that unit. By default nothing is done.
+    fn on_group_locked(
+        _tx: &mut WriteTx,
+        _hooks: &mut [&mut Self],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sized,
+    {
+        async { Ok(()) }
+    }
+
+    /// The transaction `on_group_locked` ran in was rolled back before this hook's unit used
+    /// what it left: forget it (the unit runs again on its own).
+    fn forget_group(&mut self) {}
+
     /// After every version is written, before commit. `outcomes` is in entry order; entries
     /// written nothing (held, matched conditional creates) carry no version yet.
     /// By default nothing is added to the transaction.
@@ -205,6 +227,28 @@ pub(crate) struct CheckedUnit {
 }
 
 impl CheckedUnit {
+    /// The heads the unit will lock if `answers` answer its identifier queries; `None` when
+    /// they do not answer all, or its criteria name ids (read only in the transaction).
+    pub(crate) fn head_keys(
+        &self,
+        entries: &[EntryRequest],
+        answers: &Prefetched,
+    ) -> Option<Vec<(String, String)>> {
+        let mut matches: HashMap<&Criteria, Vec<String>> = HashMap::new();
+        for c in self.entry_criteria.values() {
+            if !c.ids.is_empty() {
+                return None;
+            }
+            let mut by_query = HashMap::new();
+            for q in c.identifiers.iter().flatten() {
+                by_query.insert(q, answers.get(q)?);
+            }
+            matches.insert(c, narrow(c, &by_query, Vec::new()));
+        }
+        let matched = |c: &Criteria| matches.get(c).cloned().unwrap_or_default();
+        Some(head_keys(entries, &self.entry_criteria, &matched))
+    }
+
     /// Every identifier query of the unit's conditions (the keys `lock_criteria` locks).
     pub(crate) fn identifier_queries(&self) -> Vec<IdentifierQuery> {
         self.entry_criteria
@@ -220,6 +264,43 @@ pub(crate) struct Staged {
     pending: Vec<EntryOutcome>,
     results: Vec<Option<(u16, usize)>>,
     unchanged: HashMap<usize, EntryOutcome>,
+    /// Every resource the unit wrote a version of, with the identifiers that version carries.
+    pub(crate) writes: Vec<Written>,
+}
+
+/// A version a unit wrote: which resource, and the business identifiers it now carries.
+pub(crate) struct Written {
+    pub(crate) resource_type: String,
+    pub(crate) id: String,
+    pub(crate) identifiers: Vec<(String, String)>,
+}
+
+/// Answers to identifier queries read once for a group transaction (`execute_group`), for the
+/// units no earlier unit of the transaction could have changed them for.
+pub(crate) type Prefetched = HashMap<IdentifierQuery, Vec<String>>;
+
+/// Heads locked once for a group transaction (`execute_group`).
+pub(crate) struct PrefetchedHeads {
+    /// Every head asked for (those that do not exist are not in `found`).
+    pub(crate) asked: HashSet<(String, String)>,
+    pub(crate) found: HashMap<(String, String), LockedHead>,
+}
+
+/// What a group read for a unit before it runs.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Known<'a> {
+    /// Answers to the unit's identifier queries, when still valid for it.
+    pub(crate) answers: Option<&'a Prefetched>,
+    pub(crate) heads: Option<GroupHeads<'a>>,
+}
+
+/// The group's locked heads, with the resources earlier units of the transaction wrote (their
+/// heads as read are out of date).
+#[derive(Clone, Copy)]
+pub(crate) struct GroupHeads<'a> {
+    pub(crate) asked: &'a HashSet<(String, String)>,
+    pub(crate) found: &'a HashMap<(String, String), LockedHead>,
+    pub(crate) written: &'a HashSet<(String, String)>,
 }
 
 impl Repository {
@@ -289,7 +370,15 @@ impl Repository {
         let checked = Self::check_unit(entries, author)?;
         let mut tx = self.store.begin_write().await?;
         let Some(staged) = self
-            .stage(&mut tx, entries, author, in_bundle, hook, &checked)
+            .stage(
+                &mut tx,
+                entries,
+                author,
+                in_bundle,
+                hook,
+                &checked,
+                Known::default(),
+            )
             .await?
         else {
             // The hook aborted: dropping the transaction rolls it back.
@@ -422,6 +511,7 @@ impl Repository {
         in_bundle: bool,
         hook: &mut H,
         checked: &CheckedUnit,
+        known: Known<'_>,
     ) -> Result<Option<Staged>, EntryFailure> {
         let CheckedUnit {
             entry_criteria,
@@ -432,7 +522,7 @@ impl Repository {
             .values()
             .chain(reference_criteria.values().map(|(_, c)| c))
             .collect();
-        let matches = resolve_all(tx, &all).await?;
+        let matches = resolve_all(tx, &all, known.answers).await?;
         let matched = |c: &Criteria| matches.get(c).cloned().unwrap_or_default();
         let single_matches: Vec<Option<String>> = (0..entries.len())
             .map(|i| match entry_criteria.get(&i).map(&matched).as_deref() {
@@ -445,40 +535,21 @@ impl Repository {
         // then holds the entry back or not), and read who wrote each: the hook and the
         // ownership check below both need the owner, and reading it with the lock saves a
         // statement each.
-        let lock_keys: Vec<(String, String)> = entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let id = match &e.action {
-                    EntryAction::Update {
-                        target: Target::Id(id),
-                        ..
-                    }
-                    | EntryAction::Delete {
-                        target: Target::Id(id),
-                        ..
-                    } => id.clone(),
-                    EntryAction::Update {
-                        target: Target::Criteria(_),
-                        resource,
-                        ..
-                    } => match entry_criteria.get(&i).map(&matched).as_deref() {
-                        Some([id]) => id.clone(),
-                        // No match: created, with the client's id if it gave one (which may
-                        // exist: then it is replaced).
-                        Some([]) | None => resource_id(resource)?.to_string(),
-                        Some(_) => return None,
-                    },
-                    EntryAction::Delete {
-                        target: Target::Criteria(_),
-                        ..
-                    } => single_matches[i].clone()?,
-                    _ => return None,
-                };
-                Some((e.resource_type.clone(), id))
-            })
-            .collect();
-        let heads = tx.lock_heads(&lock_keys).await?;
+        let lock_keys = head_keys(entries, entry_criteria, &matched);
+        let heads: HashMap<(String, String), LockedHead> = match known.heads {
+            // Locked for the whole group, and no earlier unit of it wrote any of them since.
+            Some(group)
+                if lock_keys
+                    .iter()
+                    .all(|k| group.asked.contains(k) && !group.written.contains(k)) =>
+            {
+                lock_keys
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), group.found.get(k)?.clone())))
+                    .collect()
+            }
+            _ => tx.lock_heads(&lock_keys).await?,
+        };
         let found: Vec<Option<Matched>> = entries
             .iter()
             .zip(&single_matches)
@@ -857,6 +928,14 @@ impl Repository {
         // until this commits, so nothing that does not need them runs after it.
         crate::access::facts::record(tx, &versions, author).await?;
         crate::identity::link::link_written(tx, &versions, author, now).await?;
+        let writes = versions
+            .iter()
+            .map(|v| Written {
+                resource_type: v.resource_type.clone(),
+                id: v.id.clone(),
+                identifiers: v.identifiers.clone(),
+            })
+            .collect();
         let pending: Vec<EntryOutcome> = (0..entries.len())
             .map(|i| match (results[i], unchanged.get(&i)) {
                 (Some((status, v)), _) => written_outcome(status, &versions[v]),
@@ -880,6 +959,7 @@ impl Repository {
             pending,
             results,
             unchanged,
+            writes,
         }))
     }
 
@@ -894,6 +974,7 @@ impl Repository {
             pending,
             results,
             mut unchanged,
+            ..
         } = staged;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
@@ -983,10 +1064,59 @@ fn new_version(
     }
 }
 
+/// The heads a unit locks before its hook runs: of every resource an entry may replace or
+/// delete (whether the hook then holds the entry back or not), given what each entry's
+/// criteria matched.
+fn head_keys(
+    entries: &[EntryRequest],
+    entry_criteria: &HashMap<usize, Criteria>,
+    matched: &impl Fn(&Criteria) -> Vec<String>,
+) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let id = match &e.action {
+                EntryAction::Update {
+                    target: Target::Id(id),
+                    ..
+                }
+                | EntryAction::Delete {
+                    target: Target::Id(id),
+                    ..
+                } => id.clone(),
+                EntryAction::Update {
+                    target: Target::Criteria(_),
+                    resource,
+                    ..
+                } => match entry_criteria.get(&i).map(matched).as_deref() {
+                    Some([id]) => id.clone(),
+                    // No match: created, with the client's id if it gave one (which may
+                    // exist: then it is replaced).
+                    Some([]) | None => resource_id(resource)?.to_string(),
+                    Some(_) => return None,
+                },
+                EntryAction::Delete {
+                    target: Target::Criteria(_),
+                    ..
+                } => match entry_criteria.get(&i).map(matched).as_deref() {
+                    Some([id]) => id.clone(),
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            Some((e.resource_type.clone(), id))
+        })
+        .collect()
+}
+
 /// Matches for each criteria: intersection over parameters, union within a parameter.
+/// Identifier queries `prefetched` answers are not read again (the caller vouches that
+/// nothing since could have changed them).
 async fn resolve_all<'c>(
     tx: &mut WriteTx,
     criteria: &[&'c Criteria],
+    prefetched: Option<&Prefetched>,
 ) -> Result<HashMap<&'c Criteria, Vec<String>>, crate::store::StoreError> {
     let mut out = HashMap::new();
     if criteria.is_empty() {
@@ -1000,35 +1130,57 @@ async fn resolve_all<'c>(
         .into_iter()
         .collect();
     tx.lock_criteria(&queries).await?;
-    let found = tx.find_by_identifier(&queries).await?;
-    let by_query: HashMap<&IdentifierQuery, &Vec<String>> = queries.iter().zip(&found).collect();
+    let empty = Prefetched::new();
+    let prefetched = prefetched.unwrap_or(&empty);
+    let missing: Vec<IdentifierQuery> = queries
+        .iter()
+        .filter(|q| !prefetched.contains_key(q))
+        .cloned()
+        .collect();
+    let found = tx.find_by_identifier(&missing).await?;
+    let mut by_query: HashMap<&IdentifierQuery, &Vec<String>> =
+        missing.iter().zip(&found).collect();
+    for q in &queries {
+        if let Some(ids) = prefetched.get(q) {
+            by_query.insert(q, ids);
+        }
+    }
     for c in criteria {
-        let mut current: Option<BTreeSet<String>> = None;
-        let mut narrow = |set: BTreeSet<String>| {
-            current = Some(match current.take() {
-                None => set,
-                Some(prev) => prev.intersection(&set).cloned().collect(),
-            });
-        };
-        for group in &c.identifiers {
-            narrow(
-                group
-                    .iter()
-                    .flat_map(|q| by_query[q].iter().cloned())
-                    .collect(),
-            );
-        }
+        let mut existing = Vec::with_capacity(c.ids.len());
         for ids in &c.ids {
-            narrow(
-                tx.existing_ids(&c.resource_type, ids)
-                    .await?
-                    .into_iter()
-                    .collect(),
-            );
+            existing.push(tx.existing_ids(&c.resource_type, ids).await?);
         }
-        out.insert(*c, current.unwrap_or_default().into_iter().collect());
+        out.insert(*c, narrow(c, &by_query, existing));
     }
     Ok(out)
+}
+
+/// What a criteria matches, given the ids each of its identifier queries matched and the ids
+/// of each of its `_id` lists that exist: intersection over parameters, union within one.
+fn narrow(
+    c: &Criteria,
+    by_query: &HashMap<&IdentifierQuery, &Vec<String>>,
+    existing: Vec<Vec<String>>,
+) -> Vec<String> {
+    let mut current: Option<BTreeSet<String>> = None;
+    let mut narrow = |set: BTreeSet<String>| {
+        current = Some(match current.take() {
+            None => set,
+            Some(prev) => prev.intersection(&set).cloned().collect(),
+        });
+    };
+    for group in &c.identifiers {
+        narrow(
+            group
+                .iter()
+                .flat_map(|q| by_query[q].iter().cloned())
+                .collect(),
+        );
+    }
+    for ids in existing {
+        narrow(ids.into_iter().collect());
+    }
+    current.unwrap_or_default().into_iter().collect()
 }
 
 /// Person resources are derived by identity matching (src/identity): nobody writes them

@@ -146,3 +146,103 @@ async fn a_group_commits_its_good_messages_together_and_rolls_back_only_the_pois
         Some(Disposition::Applied)
     );
 }
+
+/// A group of good messages runs without savepoints, its criteria, heads and message claims
+/// read once for the group: messages that share a resource with an earlier message of the
+/// group must still see what that message wrote (no second Patient, stale held back, the
+/// Encounter's second version), and a repeated message id is still a repeat.
+#[tokio::test]
+async fn messages_of_one_group_see_what_earlier_messages_of_it_wrote() {
+    let app = TestApp::spawn().await;
+    let ingest = Ingest::new(
+        Repository::new(app.store.clone()),
+        Arc::new(Catalogue::load(None).unwrap()),
+        app.base.clone(),
+    );
+    let rx1 = trust("RX1");
+    let a1 = admission("RX1", "a1", &at(10), "P1", "E1", "Ten");
+    let bundles = vec![
+        a1.clone(),
+        // Newer for P1: updates the Patient a1 created (not a second Patient).
+        admission("RX1", "a2", &at(12), "P1", "E2", "Twelve"),
+        // Older than a2 for P1: held back as stale against a2's source time.
+        admission("RX1", "a3", &at(11), "P1", "E3", "Eleven"),
+        // Another Patient, and a1's Encounter again: its second version.
+        admission("RX1", "a4", &at(13), "P2", "E1", "Thirteen"),
+    ];
+    let results = group(&ingest, &rx1, &bundles).await;
+    let summary: Vec<(Disposition, usize)> = results
+        .iter()
+        .map(|r| {
+            let p = r.as_ref().expect("applied");
+            (p.disposition, p.stale)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Disposition::Applied, 0),
+            (Disposition::Applied, 0),
+            (Disposition::Applied, 1),
+            (Disposition::Applied, 0),
+        ]
+    );
+    assert_eq!(
+        scalar(&app, "SELECT count(DISTINCT txid) FROM change_feed").await,
+        1
+    );
+    let families: Vec<String> = sqlx::query_scalar(
+        "SELECT v.content->'name'->0->>'family' FROM resource_head h
+         JOIN resource_version v USING (resource_type, id, version_id)
+         WHERE h.resource_type = 'Patient' ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(families, vec!["Thirteen", "Twelve"]);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM resource_head WHERE resource_type = 'Encounter'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT max(version_id) FROM resource_head WHERE resource_type = 'Encounter'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(scalar(&app, "SELECT count(*) FROM event_stale").await, 1);
+
+    // A new message, an old one and the new one again, in one group: applied once each.
+    let b1 = admission("RX1", "b1", &at(20), "P3", "E9", "Twenty");
+    let results = group(&ingest, &rx1, &[b1.clone(), a1, b1]).await;
+    let dispositions: Vec<Option<Disposition>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|p| p.disposition))
+        .collect();
+    assert_eq!(
+        dispositions,
+        vec![
+            Some(Disposition::Applied),
+            Some(Disposition::Duplicate),
+            Some(Disposition::Duplicate),
+        ]
+    );
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM event_idempotency").await,
+        5
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM resource_head WHERE resource_type = 'Patient'"
+        )
+        .await,
+        3
+    );
+}
