@@ -354,7 +354,149 @@ impl Prepared {
             stale: Vec::new(),
             response: None,
             group: None,
+            deferred: None,
+            pending: None,
         }
+    }
+}
+
+/// A source state key: `(org, resource type, system, value)`.
+type StateKey = (String, String, String, String);
+
+/// The source state written by the messages of a group staged so far, whose rows are written
+/// only once every message of the group is staged (`on_group_staged`): what a later message of
+/// the group must compare against instead of the rows read before the group.
+type Overlay = Arc<std::sync::Mutex<HashMap<StateKey, (OffsetDateTime, String)>>>;
+
+/// What `before_commit` writes for messages, as columns for one statement over many.
+#[derive(Default)]
+struct Batch {
+    stale_org: Vec<String>,
+    stale_message: Vec<String>,
+    stale_code: Vec<String>,
+    stale_type: Vec<String>,
+    stale_system: Vec<String>,
+    stale_value: Vec<String>,
+    stale_id: Vec<Option<String>>,
+    stale_time: Vec<OffsetDateTime>,
+    stale_held_time: Vec<OffsetDateTime>,
+    stale_held_message: Vec<String>,
+    /// Source state rows by key: one per key (the last message's, as one statement may not
+    /// update a row twice), in key order.
+    state: std::collections::BTreeMap<StateKey, (String, OffsetDateTime, String)>,
+    version_type: Vec<String>,
+    version_id: Vec<String>,
+    version: Vec<i64>,
+    version_org: Vec<String>,
+    version_message: Vec<String>,
+    version_code: Vec<String>,
+    version_focus: Vec<bool>,
+    response_org: Vec<String>,
+    response_key: Vec<String>,
+    response: Vec<Value>,
+}
+
+impl Batch {
+    fn append(&mut self, other: Batch) {
+        self.stale_org.extend(other.stale_org);
+        self.stale_message.extend(other.stale_message);
+        self.stale_code.extend(other.stale_code);
+        self.stale_type.extend(other.stale_type);
+        self.stale_system.extend(other.stale_system);
+        self.stale_value.extend(other.stale_value);
+        self.stale_id.extend(other.stale_id);
+        self.stale_time.extend(other.stale_time);
+        self.stale_held_time.extend(other.stale_held_time);
+        self.stale_held_message.extend(other.stale_held_message);
+        self.state.extend(other.state);
+        self.version_type.extend(other.version_type);
+        self.version_id.extend(other.version_id);
+        self.version.extend(other.version);
+        self.version_org.extend(other.version_org);
+        self.version_message.extend(other.version_message);
+        self.version_code.extend(other.version_code);
+        self.version_focus.extend(other.version_focus);
+        self.response_org.extend(other.response_org);
+        self.response_key.extend(other.response_key);
+        self.response.extend(other.response);
+    }
+
+    /// Stale entries, source states, triggering events and responses, in one round trip.
+    async fn write(self, tx: &mut WriteTx) -> Result<(), sqlx::Error> {
+        let (mut so, mut st, mut ss, mut sv, mut si, mut stime, mut sm) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for ((o, t, s, v), (i, time, m)) in self.state {
+            so.push(o);
+            st.push(t);
+            ss.push(s);
+            sv.push(v);
+            si.push(i);
+            stime.push(time);
+            sm.push(m);
+        }
+        sqlx::query(
+            "WITH stale AS (
+                 INSERT INTO event_stale (org, message_id, event_code, resource_type, system, value,
+                     resource_id, source_time, held_source_time, held_message_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[])
+                 ON CONFLICT DO NOTHING
+             ), state AS (
+                 INSERT INTO event_source_state
+                     (org, resource_type, system, value, resource_id, source_time, message_id)
+                 SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[],
+                     $15::text[], $16::timestamptz[], $17::text[])
+                 ON CONFLICT (org, resource_type, system, value) DO UPDATE
+                   SET resource_id = excluded.resource_id, source_time = excluded.source_time,
+                       message_id = excluded.message_id, updated_at = now()
+             ), versions AS (
+                 INSERT INTO event_version
+                     (resource_type, id, version_id, org, message_id, event_code, focus)
+                 SELECT * FROM unnest($18::text[], $19::text[], $20::bigint[], $21::text[],
+                     $22::text[], $23::text[], $24::bool[])
+                 ON CONFLICT DO NOTHING
+             )
+             UPDATE event_idempotency e SET response = r.response, created_at = clock_timestamp()
+             FROM unnest($25::text[], $26::text[], $27::jsonb[]) AS r(org, key, response)
+             WHERE e.org = r.org AND e.scope = 'message' AND e.key = r.key",
+        )
+        .bind(&self.stale_org)
+        .bind(&self.stale_message)
+        .bind(&self.stale_code)
+        .bind(&self.stale_type)
+        .bind(&self.stale_system)
+        .bind(&self.stale_value)
+        .bind(&self.stale_id)
+        .bind(&self.stale_time)
+        .bind(&self.stale_held_time)
+        .bind(&self.stale_held_message)
+        .bind(&so)
+        .bind(&st)
+        .bind(&ss)
+        .bind(&sv)
+        .bind(&si)
+        .bind(&stime)
+        .bind(&sm)
+        .bind(&self.version_type)
+        .bind(&self.version_id)
+        .bind(&self.version)
+        .bind(&self.version_org)
+        .bind(&self.version_message)
+        .bind(&self.version_code)
+        .bind(&self.version_focus)
+        .bind(&self.response_org)
+        .bind(&self.response_key)
+        .bind(&self.response)
+        .execute(tx.connection())
+        .await?;
+        Ok(())
     }
 }
 
@@ -367,6 +509,9 @@ struct GroupPart {
     /// message's `before_commit` may change the state this one must compare against: read
     /// again in `on_locked`).
     held: Option<Vec<(usize, OffsetDateTime, String)>>,
+    /// Set when the group's rows are written once for all (`on_group_staged`): `held` is then
+    /// read for every entry, and what earlier messages of the group wrote is taken from here.
+    overlay: Option<Overlay>,
 }
 
 /// The source times held for `(type, system, value)` identifiers of `org`, one primary-key
@@ -461,6 +606,11 @@ struct MessageHook<'a> {
     /// What the group's statement read for this message (`on_group_locked`), until
     /// `on_locked` uses it.
     group: Option<GroupPart>,
+    /// From `on_locked` to `before_commit`: the group writes this message's rows later, and
+    /// what it will write goes here first.
+    deferred: Option<Overlay>,
+    /// The rows `before_commit` left for the group to write.
+    pending: Option<Batch>,
 }
 
 impl WriteHook for MessageHook<'_> {
@@ -475,6 +625,16 @@ impl WriteHook for MessageHook<'_> {
         let mut claims: HashSet<(&str, &str)> = HashSet::new();
         let (mut co, mut ck, mut cf) = (Vec::new(), Vec::new(), Vec::new());
         let mut seen: HashSet<(&str, &str, &str, &str)> = HashSet::new();
+        // The group writes every message's rows at its end (one statement for all) unless a
+        // message names one identifier twice: alone, such a message fails when its rows are
+        // written, and it must fail the same way here.
+        let overlay: Option<Overlay> = hooks
+            .iter()
+            .all(|h| {
+                let mut own = HashSet::new();
+                h.state_keys().all(|k| own.insert(k))
+            })
+            .then(Overlay::default);
         // Per hook: whether its held times are read here, and where its entries start in the
         // flattened list.
         let mut parts: Vec<Option<usize>> = Vec::with_capacity(hooks.len());
@@ -487,7 +647,7 @@ impl WriteHook for MessageHook<'_> {
                 cf.push(h.fingerprint.as_str());
             }
             let keys: Vec<_> = h.state_keys().collect();
-            if keys.iter().any(|k| seen.contains(k)) {
+            if overlay.is_none() && keys.iter().any(|k| seen.contains(k)) {
                 parts.push(None);
             } else {
                 parts.push(Some(o.len()));
@@ -547,7 +707,11 @@ impl WriteHook for MessageHook<'_> {
                     .map(|(k, time, message)| (k - start, *time, message.clone()))
                     .collect()
             });
-            group.push(GroupPart { claimed, held });
+            group.push(GroupPart {
+                claimed,
+                held,
+                overlay: overlay.clone(),
+            });
         }
         for (h, part) in hooks.iter_mut().zip(group) {
             h.group = Some(part);
@@ -557,6 +721,26 @@ impl WriteHook for MessageHook<'_> {
 
     fn forget_group(&mut self) {
         self.group = None;
+        self.deferred = None;
+        self.pending = None;
+    }
+
+    /// Writes the rows every message of the group left in `before_commit`, in one statement.
+    async fn on_group_staged(
+        tx: &mut WriteTx,
+        hooks: &mut [&mut Self],
+    ) -> Result<(), crate::interactions::Error> {
+        let mut batch = Batch::default();
+        for h in hooks.iter_mut() {
+            h.deferred = None;
+            if let Some(p) = h.pending.take() {
+                batch.append(p);
+            }
+        }
+        batch
+            .write(tx)
+            .await
+            .map_err(|e| crate::interactions::Error::Store(e.into()))
     }
 
     async fn on_locked(
@@ -566,6 +750,8 @@ impl WriteHook for MessageHook<'_> {
     ) -> Result<HookDecision, crate::interactions::Error> {
         self.repeat = None;
         self.stale.clear();
+        self.deferred = None;
+        self.pending = None;
         let m = self.message;
         let org = m.sender.as_str();
         let db = |e: sqlx::Error| crate::interactions::Error::Store(e.into());
@@ -573,10 +759,37 @@ impl WriteHook for MessageHook<'_> {
             Some(GroupPart {
                 claimed,
                 held: Some(held),
+                overlay: Some(overlay),
+            }) => {
+                // As read before the group, unless an earlier message of it wrote the key.
+                let mut read: HashMap<usize, (OffsetDateTime, String)> =
+                    held.into_iter().map(|(i, t, m)| (i, (t, m))).collect();
+                let written = overlay.lock().expect("overlay");
+                let held = self
+                    .state_keys()
+                    .enumerate()
+                    .filter_map(|(i, (o, t, s, v))| {
+                        let key = (o.to_string(), t.to_string(), s.to_string(), v.to_string());
+                        let (time, message) = match written.get(&key) {
+                            Some(w) => w.clone(),
+                            None => read.remove(&i)?,
+                        };
+                        Some((i, time, message))
+                    })
+                    .collect();
+                drop(written);
+                self.deferred = Some(overlay);
+                (claimed, held)
+            }
+            Some(GroupPart {
+                claimed,
+                held: Some(held),
+                overlay: None,
             }) => (claimed, held),
             Some(GroupPart {
                 claimed,
                 held: None,
+                ..
             }) => (claimed, self.read_held(tx).await.map_err(db)?),
             None => {
                 // One round trip: claim the message id and read the source times held for
@@ -717,29 +930,6 @@ impl WriteHook for MessageHook<'_> {
                 }
             }
         }
-        for s in &self.stale {
-            let e = &m.entries[s.entry];
-            sqlx::query(
-                "INSERT INTO event_stale (org, message_id, event_code, resource_type, system, value,
-                     resource_id, source_time, held_source_time, held_message_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(org)
-            .bind(&m.message_id)
-            .bind(&m.event.code)
-            .bind(&e.resource_type)
-            .bind(&e.key.0)
-            .bind(&e.key.1)
-            .bind(&s.resource_id)
-            .bind(m.timestamp)
-            .bind(s.held_time)
-            .bind(&s.held_message)
-            .execute(tx.connection())
-            .await
-            .map_err(db)?;
-        }
-
         let mut issues = Vec::new();
         let mut focus = Vec::new();
         for (i, (e, o)) in m.entries.iter().zip(outcomes).enumerate() {
@@ -771,6 +961,76 @@ impl WriteHook for MessageHook<'_> {
             }
         }
         let response = response_message(self.base_url, &m.header, "ok", &issues, focus);
+        if let Some(overlay) = self.deferred.take() {
+            // Written with the group's other messages (`on_group_staged`); later messages of
+            // the group compare against this one's source times meanwhile.
+            let mut batch = Batch::default();
+            for st in &self.stale {
+                let e = &m.entries[st.entry];
+                batch.stale_org.push(org.to_string());
+                batch.stale_message.push(m.message_id.clone());
+                batch.stale_code.push(m.event.code.clone());
+                batch.stale_type.push(e.resource_type.clone());
+                batch.stale_system.push(e.key.0.clone());
+                batch.stale_value.push(e.key.1.clone());
+                batch.stale_id.push(st.resource_id.clone());
+                batch.stale_time.push(m.timestamp);
+                batch.stale_held_time.push(st.held_time);
+                batch.stale_held_message.push(st.held_message.clone());
+            }
+            let mut written = overlay.lock().expect("overlay");
+            for k in 0..t.len() {
+                let key = (
+                    org.to_string(),
+                    t[k].to_string(),
+                    sy[k].to_string(),
+                    v[k].to_string(),
+                );
+                written.insert(key.clone(), (m.timestamp, m.message_id.clone()));
+                batch
+                    .state
+                    .insert(key, (ids[k].to_string(), m.timestamp, m.message_id.clone()));
+            }
+            drop(written);
+            for k in 0..vt.len() {
+                batch.version_type.push(vt[k].to_string());
+                batch.version_id.push(vid[k].to_string());
+                batch.version.push(vver[k]);
+                batch.version_org.push(org.to_string());
+                batch.version_message.push(m.message_id.clone());
+                batch.version_code.push(m.event.code.clone());
+                batch.version_focus.push(vfocus[k]);
+            }
+            batch.response_org.push(org.to_string());
+            batch.response_key.push(m.message_id.clone());
+            batch.response.push(response.clone());
+            self.pending = Some(batch);
+            self.response = Some(response);
+            return Ok(());
+        }
+        for s in &self.stale {
+            let e = &m.entries[s.entry];
+            sqlx::query(
+                "INSERT INTO event_stale (org, message_id, event_code, resource_type, system, value,
+                     resource_id, source_time, held_source_time, held_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(org)
+            .bind(&m.message_id)
+            .bind(&m.event.code)
+            .bind(&e.resource_type)
+            .bind(&e.key.0)
+            .bind(&e.key.1)
+            .bind(&s.resource_id)
+            .bind(m.timestamp)
+            .bind(s.held_time)
+            .bind(&s.held_message)
+            .execute(tx.connection())
+            .await
+            .map_err(db)?;
+        }
+
         // Source times, triggering events and the response, in one round trip.
         sqlx::query(
             "WITH state AS (

@@ -17,8 +17,9 @@
 //!
 //! Reads once per group: PostgreSQL's cost per message is mostly fixed per-statement overhead,
 //! so with the locks taken, each transaction reads the answers to every unit's criteria and
-//! locks the heads they name in two statements, and (with no savepoints) lets the hook do its
-//! part for every unit in one (`WriteHook::on_group_locked`). A unit uses what was read for it
+//! locks the heads they name in two statements; with no savepoints, the hook does its part for
+//! every unit in one statement before the first unit (`WriteHook::on_group_locked`) and one
+//! after the last (`WriteHook::on_group_staged`). A unit uses what was read for it
 //! unless an earlier unit of the same transaction wrote something it depends on — a resource
 //! carrying an identifier one of its queries matches, or one its queries matched, or a head it
 //! locks: then it reads its own, as it would alone.
@@ -376,6 +377,22 @@ impl Repository {
                         results[i] = Some(Err(f));
                         next += 1;
                     }
+                }
+            }
+            if optimistic_tx && !fell_back {
+                // Every unit staged: the hooks write what they left for the group, at once.
+                let mut hooks: Vec<&mut H> = units
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(j, _)| staged.iter().any(|(k, s)| k == j && s.is_some()))
+                    .map(|(_, u)| &mut *u.hook)
+                    .collect();
+                if let Err(e) = H::on_group_staged(&mut tx, &mut hooks).await {
+                    tracing::warn!(error = %e, "a group's hooks could not finish; running its units one by one");
+                    for (j, _) in &staged {
+                        attempts[*j] -= 1;
+                    }
+                    fell_back = true;
                 }
             }
             if fell_back {

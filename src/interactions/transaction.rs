@@ -171,8 +171,23 @@ pub trait WriteHook: Send {
         async { Ok(()) }
     }
 
-    /// The transaction `on_group_locked` ran in was rolled back before this hook's unit used
-    /// what it left: forget it (the unit runs again on its own).
+    /// After every unit of such a group staged (each hook's `before_commit` ran), before the
+    /// commit: a hook may write here, in one statement for all, rows its `before_commit`
+    /// left for the group. A failure rolls the whole transaction back, and the units run
+    /// again each under its own savepoint (without `on_group_locked`). By default nothing is
+    /// done.
+    fn on_group_staged(
+        _tx: &mut WriteTx,
+        _hooks: &mut [&mut Self],
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sized,
+    {
+        async { Ok(()) }
+    }
+
+    /// The transaction `on_group_locked` ran in was rolled back: forget what it left (the
+    /// unit runs again on its own).
     fn forget_group(&mut self) {}
 
     /// After every version is written, before commit. `outcomes` is in entry order; entries
