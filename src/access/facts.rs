@@ -222,6 +222,92 @@ pub async fn record(
     versions: &[NewVersion],
     author: &Author,
 ) -> Result<(), StoreError> {
+    prepare(tx, versions, author).await?.write(tx).await
+}
+
+/// The relationship rows of written versions, not yet written: a group of units writes them
+/// for every unit at once (`write`), after the last unit.
+#[derive(Default)]
+pub struct PendingFacts {
+    /// `(type, id)` of every version whose earlier rows go.
+    replaced: Vec<(String, String)>,
+    rows: Vec<OwnedRow>,
+}
+
+/// A relationship row: source type and id, organisation, patient, kind, period.
+struct OwnedRow {
+    source_type: String,
+    source_id: String,
+    org: String,
+    patient: String,
+    kind: &'static str,
+    start: Option<OffsetDateTime>,
+    end: Option<OffsetDateTime>,
+}
+
+impl PendingFacts {
+    /// Adds what a later unit of the same transaction derived: a resource both replace keeps
+    /// only the later unit's rows, as when each unit writes its own.
+    pub fn append(&mut self, later: PendingFacts) {
+        let replaced: std::collections::HashSet<&(String, String)> =
+            later.replaced.iter().collect();
+        self.rows
+            .retain(|r| !replaced.contains(&(r.source_type.clone(), r.source_id.clone())));
+        self.replaced.extend(later.replaced);
+        self.rows.extend(later.rows);
+    }
+
+    /// One statement: the delete runs on the statement's snapshot, which does not hold the
+    /// rows the insert adds, so only the previous versions' rows go.
+    pub async fn write(self, tx: &mut WriteTx) -> Result<(), StoreError> {
+        if self.replaced.is_empty() {
+            return Ok(());
+        }
+        let mut rows = RelationshipRows::default();
+        for r in &self.rows {
+            rows.source_type.push(r.source_type.as_str());
+            rows.source_id.push(r.source_id.as_str());
+            rows.org.push(r.org.clone());
+            rows.patient.push(r.patient.as_str());
+            rows.kind.push(r.kind);
+            rows.start.push(r.start);
+            rows.end.push(r.end);
+        }
+        let replaced_types: Vec<&str> = self.replaced.iter().map(|k| k.0.as_str()).collect();
+        let replaced_ids: Vec<&str> = self.replaced.iter().map(|k| k.1.as_str()).collect();
+        sqlx::query(
+            "WITH gone AS (
+                 DELETE FROM access_relationship r
+                 USING unnest($1::text[], $2::text[]) AS k(t, i)
+                 WHERE r.source_type = k.t AND r.source_id = k.i
+             )
+             INSERT INTO access_relationship
+                 (source_type, source_id, org, patient_id, kind, period_start, period_end)
+             SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::timestamptz[], $9::timestamptz[])",
+        )
+        .bind(&replaced_types)
+        .bind(&replaced_ids)
+        .bind(&rows.source_type)
+        .bind(&rows.source_id)
+        .bind(&rows.org)
+        .bind(&rows.patient)
+        .bind(&rows.kind)
+        .bind(&rows.start)
+        .bind(&rows.end)
+        .execute(tx.connection())
+        .await?;
+        Ok(())
+    }
+}
+
+/// Derives the access facts of written versions: Consents' restrictions are written at once;
+/// the care relationships are returned to be written (`PendingFacts::write`).
+pub async fn prepare(
+    tx: &mut WriteTx,
+    versions: &[NewVersion],
+    author: &Author,
+) -> Result<PendingFacts, StoreError> {
     let mut replaced_types: Vec<&str> = Vec::new();
     let mut replaced_ids: Vec<&str> = Vec::new();
     let mut relationships: Vec<(&NewVersion, Relationship)> = Vec::new();
@@ -251,50 +337,32 @@ pub async fn record(
             relationships.push((v, rel));
         }
     }
-    if replaced_ids.is_empty() {
-        return Ok(());
-    }
-    let mut rows = RelationshipRows::default();
+    let mut pending = PendingFacts {
+        replaced: replaced_types
+            .iter()
+            .zip(&replaced_ids)
+            .map(|(t, i)| (t.to_string(), i.to_string()))
+            .collect(),
+        rows: Vec::new(),
+    };
     for (v, rel) in &relationships {
         let mut orgs = rel.ods.clone();
         orgs.extend(resolve_orgs(tx, &rel.local_orgs).await?);
         orgs.sort();
         orgs.dedup();
         for org in orgs {
-            rows.source_type.push(v.resource_type.as_str());
-            rows.source_id.push(v.id.as_str());
-            rows.org.push(org);
-            rows.patient.push(rel.patient.as_str());
-            rows.kind.push(rel.kind);
-            rows.start.push(rel.start);
-            rows.end.push(rel.end);
+            pending.rows.push(OwnedRow {
+                source_type: v.resource_type.clone(),
+                source_id: v.id.clone(),
+                org,
+                patient: rel.patient.clone(),
+                kind: rel.kind,
+                start: rel.start,
+                end: rel.end,
+            });
         }
     }
-    // One statement: the delete runs on the statement's snapshot, which does not hold the
-    // rows the insert adds, so only the previous versions' rows go.
-    sqlx::query(
-        "WITH gone AS (
-             DELETE FROM access_relationship r
-             USING unnest($1::text[], $2::text[]) AS k(t, i)
-             WHERE r.source_type = k.t AND r.source_id = k.i
-         )
-         INSERT INTO access_relationship
-             (source_type, source_id, org, patient_id, kind, period_start, period_end)
-         SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                              $8::timestamptz[], $9::timestamptz[])",
-    )
-    .bind(&replaced_types)
-    .bind(&replaced_ids)
-    .bind(&rows.source_type)
-    .bind(&rows.source_id)
-    .bind(&rows.org)
-    .bind(&rows.patient)
-    .bind(&rows.kind)
-    .bind(&rows.start)
-    .bind(&rows.end)
-    .execute(tx.connection())
-    .await?;
-    Ok(())
+    Ok(pending)
 }
 
 /// Columns of the relationship rows to insert, for one `unnest`.

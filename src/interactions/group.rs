@@ -19,7 +19,8 @@
 //! so with the locks taken, each transaction reads the answers to every unit's criteria and
 //! locks the heads they name in two statements; with no savepoints, the hook does its part for
 //! every unit in one statement before the first unit (`WriteHook::on_group_locked`) and one
-//! after the last (`WriteHook::on_group_staged`). A unit uses what was read for it
+//! after the last (`WriteHook::on_group_staged`), and the units' access facts are written
+//! after the last unit in one statement too. A unit uses what was read for it
 //! unless an earlier unit of the same transaction wrote something it depends on — a resource
 //! carrying an identifier one of its queries matches, or one its queries matched, or a head it
 //! locks: then it reads its own, as it would alone.
@@ -292,6 +293,7 @@ impl Repository {
                         found: &heads.found,
                         written: &so_far.resources,
                     }),
+                    group_writes: optimistic_tx,
                 };
                 if optimistic_tx {
                     let u = &mut units[i];
@@ -380,7 +382,23 @@ impl Repository {
                 }
             }
             if optimistic_tx && !fell_back {
-                // Every unit staged: the hooks write what they left for the group, at once.
+                // Every unit staged: the access facts and what the hooks left for the group
+                // are written for every unit at once.
+                let mut facts = crate::access::facts::PendingFacts::default();
+                for (_, s) in staged.iter_mut() {
+                    if let Some(f) = s.as_mut().and_then(|s| s.facts.take()) {
+                        facts.append(f);
+                    }
+                }
+                if let Err(e) = facts.write(&mut tx).await {
+                    tracing::warn!(error = %e, "a group's access facts could not be written; running its units one by one");
+                    for (j, _) in &staged {
+                        attempts[*j] -= 1;
+                    }
+                    fell_back = true;
+                }
+            }
+            if optimistic_tx && !fell_back {
                 let mut hooks: Vec<&mut H> = units
                     .iter_mut()
                     .enumerate()

@@ -281,6 +281,8 @@ pub(crate) struct Staged {
     unchanged: HashMap<usize, EntryOutcome>,
     /// Every resource the unit wrote a version of, with the identifiers that version carries.
     pub(crate) writes: Vec<Written>,
+    /// Access facts left for the group to write (`Known::group_writes`).
+    pub(crate) facts: Option<crate::access::facts::PendingFacts>,
 }
 
 /// A version a unit wrote: which resource, and the business identifiers it now carries.
@@ -307,6 +309,9 @@ pub(crate) struct Known<'a> {
     /// Answers to the unit's identifier queries, when still valid for it.
     pub(crate) answers: Option<&'a Prefetched>,
     pub(crate) heads: Option<GroupHeads<'a>>,
+    /// The group writes the unit's access facts with every other unit's, after the last
+    /// (only a group that rolls back whole when a unit fails may: no savepoints).
+    pub(crate) group_writes: bool,
 }
 
 /// The group's locked heads, with the resources earlier units of the transaction wrote (their
@@ -941,7 +946,14 @@ impl Repository {
         versions.truncate(written);
         // Access facts first: linking takes blocking-key locks that other linkers wait for
         // until this commits, so nothing that does not need them runs after it.
-        crate::access::facts::record(tx, &versions, author).await?;
+        // (In a group without savepoints, the group writes them for every unit at once.)
+        let facts = crate::access::facts::prepare(tx, &versions, author).await?;
+        let facts = if known.group_writes {
+            Some(facts)
+        } else {
+            facts.write(tx).await?;
+            None
+        };
         crate::identity::link::link_written(tx, &versions, author, now).await?;
         let writes = versions
             .iter()
@@ -975,6 +987,7 @@ impl Repository {
             results,
             unchanged,
             writes,
+            facts,
         }))
     }
 
