@@ -339,28 +339,28 @@ async fn identifiers_follow_the_current_version() {
     );
 }
 
+async fn rows_of(app: &TestApp, sql: &'static str, id: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_update_with_the_current_content_writes_no_new_version() {
     let app = TestApp::spawn().await;
     let created = app.create(&patient("9434765919")).await;
     let id = created["id"].as_str().unwrap();
     let url = format!("Patient/{id}");
-    let versions = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_version WHERE id = $1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        n
+    let versions = || {
+        rows_of(
+            &app,
+            "SELECT count(*) FROM resource_version WHERE id = $1",
+            id,
+        )
     };
-    let feed = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM change_feed WHERE id = $1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        n
-    };
+    let feed = || rows_of(&app, "SELECT count(*) FROM change_feed WHERE id = $1", id);
 
     // The resource as read back, stamp and all: the current version answers.
     let r = app.put(&url, &created).await;
