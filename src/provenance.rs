@@ -77,6 +77,7 @@ pub fn for_write(
             content: Some(resource.to_string()),
             identifiers: Vec::new(),
             compartment: None,
+            content_hash: None,
         });
     }
     out
@@ -124,6 +125,7 @@ mod tests {
             content: None,
             identifiers: Vec::new(),
             compartment: None,
+            content_hash: None,
         }
     }
 

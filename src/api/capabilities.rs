@@ -8,10 +8,10 @@ use crate::search::params::{ParamType, Registry};
 use crate::validation::profiles::Profiles;
 
 /// Date of this capability set; changes with the interactions below.
-const RELEASE_DATE: &str = "2026-11-26";
+const RELEASE_DATE: &str = "2026-11-27";
 
 /// What changed in this release, newest first (CHANGELOG.md has the whole history).
-const CHANGES: &str = "2026-11-26: consumer registry (unknown or suspended clients are refused), $validate with UK Core and shcr profiles, sandbox writes (X-Shcr-Sandbox), fhirVersion negotiation, per-client throttling (429 + Retry-After), lifecycle headers; application/json+fhir deprecated (sunset 2027-06-30). 2026-11-25: search, subscriptions, messaging.";
+const CHANGES: &str = "2026-11-27: an update carrying the current content writes no new version (200 with the current version). 2026-11-26: consumer registry (unknown or suspended clients are refused), $validate with UK Core and shcr profiles, sandbox writes (X-Shcr-Sandbox), fhirVersion negotiation, per-client throttling (429 + Retry-After), lifecycle headers; application/json+fhir deprecated (sunset 2027-06-30). 2026-11-25: search, subscriptions, messaging.";
 
 /// Interactions served for every resource type (see `api::configure`).
 pub const TYPE_INTERACTIONS: &[&str] = &[

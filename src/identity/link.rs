@@ -458,6 +458,7 @@ pub(crate) async fn rewrite_persons(
                     content: None,
                     identifiers: Vec::new(),
                     compartment: None,
+                    content_hash: None,
                 });
             }
             continue;
@@ -494,6 +495,7 @@ pub(crate) async fn rewrite_persons(
             identifiers,
             // Written without the search registry: a read decides it from its content.
             compartment: None,
+            content_hash: None,
         });
     }
     let provenance = crate::provenance::for_write(&versions, author, now, reason);

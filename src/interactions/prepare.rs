@@ -64,6 +64,53 @@ pub fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: Offs
     );
 }
 
+/// A digest of what a version says, leaving out what `stamp` sets (`id`, `meta.versionId`,
+/// `meta.lastUpdated`): two versions with the same digest differ only in their stamp, so an
+/// update carrying the current content can be answered with the current version instead of a
+/// new one (no new history, change-feed row, Provenance, index work or identity re-link for a
+/// trust re-sending what it sent before, as every ADT message re-sends the patient).
+/// Object keys are taken in their stored order, so the same content sent with its keys in
+/// another order gets another digest and is written as a new version: never the other way.
+pub fn content_hash(resource: &Value) -> Vec<u8> {
+    use sha2::Digest;
+    struct Sink<'a>(&'a mut sha2::Sha256);
+    impl std::io::Write for Sink<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut put = |key: &str, value: &Value| {
+        // Serialising into a digest cannot fail; keys are escaped JSON strings, so the framing
+        // is unambiguous.
+        let _ = serde_json::to_writer(Sink(&mut hasher), key);
+        hasher.update(b":");
+        let _ = serde_json::to_writer(Sink(&mut hasher), value);
+        hasher.update(b",");
+    };
+    for (key, value) in resource.as_object().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("id", _) => {}
+            ("meta", Value::Object(meta)) => {
+                let rest: Map<String, Value> = meta
+                    .iter()
+                    .filter(|(k, _)| *k != "versionId" && *k != "lastUpdated")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !rest.is_empty() {
+                    put(key, &Value::Object(rest));
+                }
+            }
+            _ => put(key, value),
+        }
+    }
+    hasher.finalize().to_vec()
+}
+
 /// `(system, value)` of the resource's business identifiers (`identifier`, single or repeated).
 pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
     let one = |i: &Value| {
@@ -86,6 +133,30 @@ pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hash_ignores_the_stamp_only() {
+        let t = crate::fhir::instant::now_millis();
+        let sent = json!({"resourceType": "Patient", "gender": "male"});
+        let mut stored = sent.clone();
+        stamp(&mut stored, "abc", 3, t);
+        assert_eq!(content_hash(&sent), content_hash(&stored));
+        let mut restamped = stored.clone();
+        stamp(&mut restamped, "abc", 4, t + time::Duration::seconds(5));
+        assert_eq!(content_hash(&stored), content_hash(&restamped));
+
+        let mut other = stored.clone();
+        other["gender"] = json!("female");
+        assert_ne!(content_hash(&stored), content_hash(&other));
+        let mut labelled = stored.clone();
+        labelled["meta"]["security"] = json!([{"code": "R"}]);
+        assert_ne!(content_hash(&stored), content_hash(&labelled));
+        // A value moved to another key is another resource, not the same framing.
+        assert_ne!(
+            content_hash(&json!({"a": "b,c", "d": 1})),
+            content_hash(&json!({"a": "b", "c,d": 1}))
+        );
+    }
 
     #[test]
     fn stamping_keeps_other_meta() {

@@ -19,7 +19,7 @@ use crate::store::{
 use super::Repository;
 use super::criteria::Criteria;
 use super::error::Error;
-use super::prepare::{check_resource, identifiers, resource_id, stamp};
+use super::prepare::{check_resource, content_hash, identifiers, resource_id, stamp};
 use super::references::{conditional_references, rewrite};
 
 #[derive(Debug, Clone)]
@@ -772,8 +772,16 @@ impl Repository {
                 }
             }
         }
-        let heads: HashMap<(String, String), Head> =
-            heads.into_iter().map(|(k, h)| (k, h.head)).collect();
+        let mut hashes: HashMap<(String, String), Vec<u8>> = HashMap::new();
+        let heads: HashMap<(String, String), Head> = heads
+            .into_iter()
+            .map(|(k, h)| {
+                if let Some(hash) = h.content_hash {
+                    hashes.insert(k.clone(), hash);
+                }
+                (k, h.head)
+            })
+            .collect();
         let now = now_millis();
         // Every door (REST, bundles, messaging, NATS, import) writes through here, so every
         // stored version carries the labels the current mapping asks for.
@@ -796,16 +804,19 @@ impl Repository {
                     sensitivity.apply(&mut resource);
                     stamp(&mut resource, &id, 1, now);
                     results[i] = Some((201, versions.len()));
-                    versions.push(new_version(
-                        rt,
-                        &id,
-                        1,
-                        now,
-                        Operation::Create,
-                        "POST",
-                        Some(&resource),
-                        self.compartments.as_ref(),
-                    ));
+                    versions.push(NewVersion {
+                        content_hash: Some(content_hash(&resource)),
+                        ..new_version(
+                            rt,
+                            &id,
+                            1,
+                            now,
+                            Operation::Create,
+                            "POST",
+                            Some(&resource),
+                            self.compartments.as_ref(),
+                        )
+                    });
                 }
                 Plan::Update {
                     id,
@@ -836,17 +847,45 @@ impl Repository {
                     };
                     sensitivity.apply(&mut resource);
                     stamp(&mut resource, &id, version, now);
+                    // The current content again: answered with the current version, nothing
+                    // written (see `content_hash`).
+                    let hash = content_hash(&resource);
+                    if let Some(h) = head.filter(|h| !h.deleted)
+                        && hashes.get(&(rt.clone(), id.clone())) == Some(&hash)
+                    {
+                        stamp(&mut resource, &id, h.version_id, h.last_updated);
+                        unchanged.insert(
+                            i,
+                            EntryOutcome {
+                                status: 200,
+                                resource_type: rt.clone(),
+                                id: Some(id.clone()),
+                                version_id: Some(h.version_id),
+                                last_updated: Some(h.last_updated),
+                                content: Some(resource.to_string()),
+                                message: format!(
+                                    "{rt}/{id} is unchanged: it already holds this content (version {}); no new version was written",
+                                    h.version_id
+                                ),
+                                written: false,
+                            },
+                        );
+                        continue;
+                    }
                     results[i] = Some((status, versions.len()));
-                    versions.push(new_version(
-                        rt,
-                        &id,
-                        version,
-                        now,
-                        operation,
-                        "PUT",
-                        Some(&resource),
-                        self.compartments.as_ref(),
-                    ));
+                    versions.push(NewVersion {
+                        content_hash: Some(hash),
+                        ..new_version(
+                            rt,
+                            &id,
+                            version,
+                            now,
+                            operation,
+                            "PUT",
+                            Some(&resource),
+                            self.compartments.as_ref(),
+                        )
+                    });
                 }
                 Plan::Delete { id, if_match } => {
                     let head = heads.get(&(rt.clone(), id.clone()));
@@ -1089,6 +1128,8 @@ fn new_version(
         content: resource.map(|r| r.to_string()),
         identifiers: resource.map(identifiers).unwrap_or_default(),
         compartment,
+        // Set by the caller, which may have computed it already.
+        content_hash: None,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Head {
 pub struct LockedHead {
     pub head: Head,
     pub author_org: Option<String>,
+    /// `interactions::prepare::content_hash` of the current version (`None`: deleted, or
+    /// written before the digest was kept).
+    pub content_hash: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,9 @@ pub struct NewVersion {
     /// The version's patient-compartment references and the key of the extraction that found
     /// them (`search::index::compartment_candidates`, `compartment_key`); `None`: not computed.
     pub compartment: Option<(i64, Vec<String>)>,
+    /// `interactions::prepare::content_hash` of `content`, kept on the head so that an update
+    /// re-sending the current content can be recognised; `None` where no one compares it.
+    pub content_hash: Option<Vec<u8>>,
 }
 
 /// `identifier` token search as conditional operations use it.
@@ -213,10 +219,11 @@ impl WriteTx {
         // for 100 keys, the join 1.6 ms.
         let rows = sqlx::query(
             "SELECT k.t AS resource_type, k.i AS id, h.version_id, h.deleted, h.last_updated,
-                    h.author_org
+                    h.author_org, h.content_hash
              FROM unnest($1::text[], $2::text[]) AS k(t, i)
              CROSS JOIN LATERAL (
-                 SELECT version_id, deleted, last_updated, author_org FROM resource_head
+                 SELECT version_id, deleted, last_updated, author_org, content_hash
+                 FROM resource_head
                  WHERE resource_type = k.t AND id = k.i FOR UPDATE
              ) h",
         )
@@ -235,6 +242,7 @@ impl WriteTx {
                         last_updated: row.try_get("last_updated")?,
                     },
                     author_org: row.try_get("author_org")?,
+                    content_hash: row.try_get("content_hash")?,
                 },
             );
         }
@@ -279,6 +287,7 @@ impl WriteTx {
         let mut ops = Vec::with_capacity(n);
         let mut compartments: Vec<Option<String>> = Vec::with_capacity(n);
         let mut compartment_keys: Vec<Option<i64>> = Vec::with_capacity(n);
+        let mut hashes: Vec<Option<&[u8]>> = Vec::with_capacity(n);
         let (mut it, mut ii, mut is, mut iv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for v in versions {
             types.push(v.resource_type.as_str());
@@ -291,6 +300,7 @@ impl WriteTx {
             ops.push(v.operation.as_str());
             compartments.push(v.compartment.as_ref().map(|(_, c)| text_array(c)));
             compartment_keys.push(v.compartment.as_ref().map(|(k, _)| *k));
+            hashes.push(v.content_hash.as_deref());
             for (system, value) in &v.identifiers {
                 it.push(v.resource_type.as_str());
                 ii.push(v.id.as_str());
@@ -320,15 +330,18 @@ impl WriteTx {
                       AS x(t, i, v, lu, d, m, c, pc, pk)
              ), heads AS (
                  INSERT INTO resource_head
-                   (resource_type, id, version_id, last_updated, deleted, author_org)
-                 SELECT t, i, v, lu, d, $10
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[])
-                      AS x(t, i, v, lu, d)
+                   (resource_type, id, version_id, last_updated, deleted, author_org,
+                    content_hash)
+                 SELECT t, i, v, lu, d, $10, h
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
+                             $21::bytea[])
+                      AS x(t, i, v, lu, d, h)
                  ON CONFLICT (resource_type, id) DO UPDATE
                    SET version_id = excluded.version_id,
                        last_updated = excluded.last_updated,
                        deleted = excluded.deleted,
-                       author_org = excluded.author_org
+                       author_org = excluded.author_org,
+                       content_hash = excluded.content_hash
              ), dropped AS (
                  DELETE FROM resource_identifier ri
                  USING unnest($13::text[], $14::text[]) AS k(t, i)
@@ -366,6 +379,7 @@ impl WriteTx {
         .bind(&iv)
         .bind(&compartments)
         .bind(&compartment_keys)
+        .bind(&hashes)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| {

@@ -26,6 +26,7 @@ fn version(id: &str) -> NewVersion {
         content: Some(format!(r#"{{"resourceType":"Basic","id":"{id}"}}"#)),
         identifiers: vec![],
         compartment: None,
+        content_hash: None,
     }
 }
 

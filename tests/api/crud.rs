@@ -116,11 +116,13 @@ async fn if_match_guards_updates() {
     let before = app.write_footprint().await;
     outcome(stale, 412).await;
     assert_eq!(app.write_footprint().await, before);
+    let mut changed = created.clone();
+    changed["gender"] = json!("male");
     let fresh = app
         .request(Method::PUT, &format!("Patient/{id}"))
         .header("content-type", "application/fhir+json")
         .header("if-match", "W/\"1\"")
-        .body(created.to_string())
+        .body(changed.to_string())
         .send()
         .await
         .unwrap();
@@ -335,4 +337,58 @@ async fn identifiers_follow_the_current_version() {
         rows,
         vec![("https://example.org/mrn".to_string(), "M1".to_string())]
     );
+}
+
+async fn rows_of(app: &TestApp, sql: &'static str, id: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_update_with_the_current_content_writes_no_new_version() {
+    let app = TestApp::spawn().await;
+    let created = app.create(&patient("9434765919")).await;
+    let id = created["id"].as_str().unwrap();
+    let url = format!("Patient/{id}");
+    let versions = || {
+        rows_of(
+            &app,
+            "SELECT count(*) FROM resource_version WHERE id = $1",
+            id,
+        )
+    };
+    let feed = || rows_of(&app, "SELECT count(*) FROM change_feed WHERE id = $1", id);
+
+    // The resource as read back, stamp and all: the current version answers.
+    let r = app.put(&url, &created).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "W/\"1\"");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["meta"]["versionId"], "1");
+    assert_eq!(body["meta"]["lastUpdated"], created["meta"]["lastUpdated"]);
+    assert_eq!(body["gender"], created["gender"]);
+    // Without its stamp, too.
+    let mut bare = created.clone();
+    bare.as_object_mut().unwrap().remove("meta");
+    assert_eq!(app.put(&url, &bare).await.headers()["etag"], "W/\"1\"");
+    assert_eq!(versions().await, 1, "no new version");
+    assert_eq!(feed().await, 1, "no change-feed row");
+
+    // A change is a new version; sending it again is not; the old content again is.
+    let mut changed = created.clone();
+    changed["gender"] = json!("male");
+    assert_eq!(app.put(&url, &changed).await.headers()["etag"], "W/\"2\"");
+    assert_eq!(app.put(&url, &changed).await.headers()["etag"], "W/\"2\"");
+    assert_eq!(app.put(&url, &created).await.headers()["etag"], "W/\"3\"");
+    assert_eq!(versions().await, 3);
+    assert_eq!(feed().await, 3);
+
+    // A deleted resource sent again is restored as a new version.
+    assert_eq!(app.delete(&url).await.status(), 200);
+    let r = app.put(&url, &created).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["etag"], "W/\"5\"");
 }

@@ -121,6 +121,88 @@ async fn an_older_event_is_recorded_as_stale_and_never_overwrites() {
 }
 
 #[tokio::test]
+async fn a_patient_sent_again_unchanged_keeps_its_version_and_its_source_time() {
+    let app = TestApp::spawn().await;
+    let token = app.trust_token("RX1");
+    let (_, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-1", &at(0), "P1", "E1", "Smith"),
+    )
+    .await;
+    assert_eq!(response_code(&r), "ok");
+    let patient_versions = || async {
+        scalar(
+            &app,
+            "SELECT count(*) FROM resource_version WHERE resource_type = 'Patient'",
+        )
+        .await
+    };
+    let provenances = || async {
+        scalar(
+            &app,
+            "SELECT count(*) FROM resource_head WHERE resource_type = 'Provenance'",
+        )
+        .await
+    };
+    assert_eq!(patient_versions().await, 1);
+    let before = provenances().await;
+
+    // The next event re-sends the patient as it is (as every ADT message does).
+    let (status, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-2", &at(10), "P1", "E2", "Smith"),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(response_code(&r), "ok");
+    assert!(
+        r["entry"][1]["resource"].to_string().contains("unchanged"),
+        "the response says the patient was unchanged: {}",
+        r["entry"][1]["resource"]
+    );
+    assert_eq!(patient_versions().await, 1, "no new Patient version");
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM resource_head WHERE resource_type = 'Encounter'"
+        )
+        .await,
+        2,
+        "the new encounter is written"
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM event_version WHERE resource_type = 'Patient'"
+        )
+        .await,
+        1,
+        "no event for the unchanged patient"
+    );
+    assert!(
+        provenances().await > before,
+        "the encounter has its Provenance"
+    );
+
+    // The unchanged patient still carries the later source time: an event older than it is
+    // stale, not applied.
+    let (_, r) = post_message(
+        &app,
+        &token,
+        &admission("RX1", "m-3", &at(5), "P1", "E3", "Older"),
+    )
+    .await;
+    assert_eq!(response_code(&r), "ok");
+    assert!(
+        r["entry"][1]["resource"].to_string().contains("stale"),
+        "{r}"
+    );
+    assert_eq!(held_family(&app).await, "Smith");
+}
+
+#[tokio::test]
 async fn a_sender_other_than_the_caller_is_refused() {
     let app = TestApp::spawn().await;
     let footprint = app.write_footprint().await;
