@@ -1145,8 +1145,8 @@ mod tests {
         b.town = Some("LEDS".into());
         b.postcode = Some("LS14BA".into());
         b.address_line = Some("21 MILL LAEN".into());
-        let address = |c: &MatchConfig| -> Vec<&str> {
-            compare_with(c, &a, &b)
+        let address = |c: &MatchConfig, b: &Demographics| -> Vec<&'static str> {
+            compare_with(c, &a, b)
                 .levels
                 .into_iter()
                 .filter(|l| {
@@ -1158,10 +1158,10 @@ mod tests {
         };
         let mut c = MatchConfig::built_in();
         assert_eq!(c.address.compare, AddressCompare::Whole);
-        assert_eq!(address(&c), ["address.near"]);
+        assert_eq!(address(&c, &b), ["address.near"]);
         c.address.compare = AddressCompare::Parts;
         assert_eq!(
-            address(&c),
+            address(&c, &b),
             [
                 "postcode.near",
                 "town.similar",
@@ -1172,11 +1172,11 @@ mod tests {
         // A part missing on either side is no evidence; the others still count.
         b.town = None;
         b.address_line = Some("MILL LANE".into());
-        assert_eq!(address(&c), ["postcode.near", "street.exact"]);
+        assert_eq!(address(&c, &b), ["postcode.near", "street.exact"]);
         b.postcode = Some("BD74XY".into());
         b.address_line = Some("7 HIGH STREET".into());
         assert_eq!(
-            address(&c),
+            address(&c, &b),
             ["postcode.disagree", "house.disagree", "street.disagree"]
         );
         let parts = BUILT_IN.replace(r#"compare = "whole""#, r#"compare = "parts""#);
