@@ -225,9 +225,9 @@ async fn the_migration_gives_records_with_one_name_their_place_key() {
         found,
         [
             None,
+            Some("ROB|THO|LS1"),
             Some("|ROB|LS1"),
-            Some("|THO|LS1"),
-            Some("ROB|THO|LS1")
+            Some("|THO|LS1")
         ]
     );
     // Rows as the previous release left them (no key without both names), then the migration.
