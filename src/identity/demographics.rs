@@ -153,13 +153,19 @@ impl Demographics {
     /// share it), and the locality (`JOH|SMI|LS1`): a typo-tolerant counterpart of `name_key`
     /// within one district, for records whose house number, birth date and postcode were
     /// mistyped or left out and whose names no longer sound alike (`MACY DONALDSON`/`MACY
-    /// DONALWSON`). Names alone would gather every `SMI|JOH` of an ICS. Migration 0034
-    /// computes the same in SQL for rows written before.
+    /// DONALWSON`). Names alone would gather every `SMI|JOH` of an ICS. A record with one name
+    /// only (no given name, as in `- WEBB`) has no phonetic name key, so it takes this key with
+    /// the missing name empty (`|WEB|EAS`): shared only with other one-name records of the
+    /// district, it stays small. Migrations 0034 and 0044 compute the same in SQL for rows
+    /// written before.
     pub fn name_place_key(&self) -> Option<String> {
-        let (f, g) = (
-            prefix(self.family.as_deref()?, 3),
-            prefix(self.given.as_deref()?, 3),
-        );
+        if self.family.is_none() && self.given.is_none() {
+            return None;
+        }
+        fn name(n: &Option<String>) -> &str {
+            n.as_deref().map_or("", |n| prefix(n, 3))
+        }
+        let (f, g) = (name(&self.family), name(&self.given));
         let (x, y) = if f <= g { (f, g) } else { (g, f) };
         Some(format!("{x}|{y}|{}", self.locality()?))
     }
@@ -400,6 +406,12 @@ mod tests {
         assert_eq!(other.name_place_key(), d.name_place_key());
         d.postcode = Some("2767".into());
         assert_eq!(d.name_place_key().as_deref(), Some("OBR|ZOE|LEE"));
+        // One name only: the other counts as empty.
+        let mut one = d.clone();
+        one.given = None;
+        assert_eq!(one.name_place_key().as_deref(), Some("|OBR|LEE"));
+        one.family = None;
+        assert_eq!(one.name_place_key(), None);
         d.town = None;
         assert_eq!(d.name_place_key(), None);
     }

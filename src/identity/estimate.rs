@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::scoring::MatchConfig;
+use super::scoring::{AddressCompare, MatchConfig};
 
 /// How many pairs showed each combination of agreement levels (one level per comparison both
 /// records could take part in).
@@ -319,7 +319,16 @@ fn thresholds_of(c: &MatchConfig, comparison: &str) -> String {
             "similar_at = {:?}\nclose_at = {:?}\n",
             c.given.similar_at, c.given.close_at
         ),
-        "address" => format!("similar_at = {:?}\n", c.address.similar_at),
+        "address" => format!(
+            "similar_at = {:?}\ncompare = \"{}\"\n",
+            c.address.similar_at,
+            match c.address.compare {
+                AddressCompare::Whole => "whole",
+                AddressCompare::Parts => "parts",
+            }
+        ),
+        "town" => format!("similar_at = {:?}\n", c.town.similar_at),
+        "street" => format!("similar_at = {:?}\n", c.street.similar_at),
         _ => String::new(),
     }
 }
@@ -439,6 +448,12 @@ mod tests {
         assert_eq!(back.thresholds.match_, c.thresholds.match_);
         assert_eq!(back.family.close_at, c.family.close_at);
         assert_eq!(back.given.similar_at, c.given.similar_at);
+        assert_eq!(back.address.compare, AddressCompare::Whole);
+        c.address.compare = AddressCompare::Parts;
+        c.street.similar_at = 0.91;
+        let back = MatchConfig::parse(&to_toml(&c, "parts")).expect("valid file");
+        assert_eq!(back.address.compare, AddressCompare::Parts);
+        assert_eq!(back.street.similar_at, 0.91);
         assert!(back.frequencies.family.is_empty());
     }
 

@@ -77,8 +77,24 @@ pub struct BirthLevels {
     pub disagree: Level,
 }
 
+/// How the address is scored: as one comparison (`whole`, the default: a shared household
+/// address cannot outweigh different names) or as four independent comparisons of its parts
+/// (`parts`: postcode, town, house number, street), which suits data whose fields are
+/// corrupted independently of each other and whose people do not share homes (FEBRL), as
+/// Splink's FEBRL model compares them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressCompare {
+    #[default]
+    Whole,
+    Parts,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AddressLevels {
+    /// Whole (the levels below) or parts (`[postcode]`, `[town]`, `[house]`, `[street]`).
+    #[serde(default)]
+    pub compare: AddressCompare,
     pub full: Level,
     pub street: Level,
     pub postcode: Level,
@@ -86,6 +102,43 @@ pub struct AddressLevels {
     pub near: Level,
     pub outward: Level,
     pub town: Level,
+    pub disagree: Level,
+    pub similar_at: f64,
+}
+
+/// The address's parts, scored only with `address.compare = "parts"`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PostcodeLevels {
+    pub exact: Level,
+    /// One keying slip apart (`4223`/`4233`, `LS14AB`/`LS14BA`).
+    pub near: Level,
+    /// Same outward code (UK postcodes only).
+    pub outward: Level,
+    pub disagree: Level,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TownLevels {
+    pub exact: Level,
+    pub similar: Level,
+    pub disagree: Level,
+    pub similar_at: f64,
+}
+
+/// The house number (`demographics::line_parts`), compared where both lines have one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HouseLevels {
+    pub exact: Level,
+    /// One keying slip apart (`12`/`21`, `12`/`13`).
+    pub near: Level,
+    pub disagree: Level,
+}
+
+/// The street of the first line without its number, compared where both lines have one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreetLevels {
+    pub exact: Level,
+    pub similar: Level,
     pub disagree: Level,
     pub similar_at: f64,
 }
@@ -120,6 +173,10 @@ pub struct MatchConfig {
     pub birth_date: BirthLevels,
     pub sex: AgreeDisagree,
     pub address: AddressLevels,
+    pub postcode: PostcodeLevels,
+    pub town: TownLevels,
+    pub house: HouseLevels,
+    pub street: StreetLevels,
     #[serde(default)]
     pub frequencies: Frequencies,
 }
@@ -175,6 +232,19 @@ impl MatchConfig {
         "address.outward",
         "address.town",
         "address.disagree",
+        "postcode.exact",
+        "postcode.near",
+        "postcode.outward",
+        "postcode.disagree",
+        "town.exact",
+        "town.similar",
+        "town.disagree",
+        "house.exact",
+        "house.near",
+        "house.disagree",
+        "street.exact",
+        "street.similar",
+        "street.disagree",
     ];
 
     /// The m/u probabilities of a level by name (the estimator writes them).
@@ -210,6 +280,19 @@ impl MatchConfig {
             "address.outward" => &mut self.address.outward,
             "address.town" => &mut self.address.town,
             "address.disagree" => &mut self.address.disagree,
+            "postcode.exact" => &mut self.postcode.exact,
+            "postcode.near" => &mut self.postcode.near,
+            "postcode.outward" => &mut self.postcode.outward,
+            "postcode.disagree" => &mut self.postcode.disagree,
+            "town.exact" => &mut self.town.exact,
+            "town.similar" => &mut self.town.similar,
+            "town.disagree" => &mut self.town.disagree,
+            "house.exact" => &mut self.house.exact,
+            "house.near" => &mut self.house.near,
+            "house.disagree" => &mut self.house.disagree,
+            "street.exact" => &mut self.street.exact,
+            "street.similar" => &mut self.street.similar,
+            "street.disagree" => &mut self.street.disagree,
             _ => return None,
         })
     }
@@ -246,6 +329,19 @@ impl MatchConfig {
             "address.outward" => self.address.outward,
             "address.town" => self.address.town,
             "address.disagree" => self.address.disagree,
+            "postcode.exact" => self.postcode.exact,
+            "postcode.near" => self.postcode.near,
+            "postcode.outward" => self.postcode.outward,
+            "postcode.disagree" => self.postcode.disagree,
+            "town.exact" => self.town.exact,
+            "town.similar" => self.town.similar,
+            "town.disagree" => self.town.disagree,
+            "house.exact" => self.house.exact,
+            "house.near" => self.house.near,
+            "house.disagree" => self.house.disagree,
+            "street.exact" => self.street.exact,
+            "street.similar" => self.street.similar,
+            "street.disagree" => self.street.disagree,
             _ => return None,
         })
     }
@@ -264,6 +360,17 @@ impl MatchConfig {
             if !(l.m > 0.0 && l.m <= 1.0 && l.u > 0.0 && l.u <= 1.0) {
                 return Err(ConfigError::Invalid(format!(
                     "{name}: m and u must be probabilities in (0, 1]"
+                )));
+            }
+        }
+        for (name, at) in [
+            ("address", self.address.similar_at),
+            ("town", self.town.similar_at),
+            ("street", self.street.similar_at),
+        ] {
+            if !(0.0..=1.0).contains(&at) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: need 0 <= similar_at <= 1"
                 )));
             }
         }
@@ -556,10 +663,59 @@ pub fn comparison_levels(c: &MatchConfig, a: &Demographics, b: &Demographics) ->
     if let (Some(x), Some(y)) = (&a.sex, &b.sex) {
         levels.push(if x == y { "sex.agree" } else { "sex.disagree" });
     }
-    if let Some(l) = address_level(&c.address, a, b) {
-        levels.push(l);
+    match c.address.compare {
+        AddressCompare::Whole => levels.extend(address_level(&c.address, a, b)),
+        AddressCompare::Parts => address_parts(c, a, b, &mut levels),
     }
     levels
+}
+
+/// The address as four independent comparisons (`address.compare = "parts"`), each made where
+/// both records have the part: a postcode typo then leaves town, house and street to agree.
+/// Not for UK data: two people of one household agree on all four, and the sum of four
+/// agreements outweighs different names.
+fn address_parts(c: &MatchConfig, a: &Demographics, b: &Demographics, levels: &mut Vec<&str>) {
+    if let (Some(p), Some(q)) = (&a.postcode, &b.postcode) {
+        levels.push(if p == q {
+            "postcode.exact"
+        } else if one_edit(p, q) {
+            "postcode.near"
+        } else if a.outward().is_some() && a.outward() == b.outward() {
+            "postcode.outward"
+        } else {
+            "postcode.disagree"
+        });
+    }
+    if let (Some(s), Some(t)) = (&a.town, &b.town) {
+        levels.push(if s == t {
+            "town.exact"
+        } else if jaro_winkler(s, t) >= c.town.similar_at {
+            "town.similar"
+        } else {
+            "town.disagree"
+        });
+    }
+    if let (Some(l), Some(m)) = (&a.address_line, &b.address_line) {
+        let ((n, s), (o, t)) = (line_parts(l), line_parts(m));
+        if !n.is_empty() && !o.is_empty() {
+            levels.push(if n == o {
+                "house.exact"
+            } else if one_edit(&n, &o) {
+                "house.near"
+            } else {
+                "house.disagree"
+            });
+        }
+        if !s.is_empty() && !t.is_empty() {
+            levels.push(if s == t {
+                "street.exact"
+            } else if jaro_winkler(&s, &t) >= c.street.similar_at {
+                "street.similar"
+            } else {
+                "street.disagree"
+            });
+        }
+    }
 }
 
 /// Postcode, first line and town are one comparison because they are correlated (one address):
@@ -980,6 +1136,56 @@ mod tests {
             None,
             "nothing to compare is no evidence"
         );
+    }
+
+    #[test]
+    fn the_address_parts_are_scored_apart_only_when_the_file_says_so() {
+        let (mut a, mut b) = (person(), person());
+        a.town = Some("LEEDS".into());
+        b.town = Some("LEDS".into());
+        b.postcode = Some("LS14BA".into());
+        b.address_line = Some("21 MILL LAEN".into());
+        let address = |c: &MatchConfig, b: &Demographics| -> Vec<&'static str> {
+            compare_with(c, &a, b)
+                .levels
+                .into_iter()
+                .filter(|l| {
+                    ["address.", "postcode.", "town.", "house.", "street."]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
+                .collect()
+        };
+        let mut c = MatchConfig::built_in();
+        assert_eq!(c.address.compare, AddressCompare::Whole);
+        assert_eq!(address(&c, &b), ["address.near"]);
+        c.address.compare = AddressCompare::Parts;
+        assert_eq!(
+            address(&c, &b),
+            [
+                "postcode.near",
+                "town.similar",
+                "house.near",
+                "street.similar"
+            ]
+        );
+        // A part missing on either side is no evidence; the others still count.
+        b.town = None;
+        b.address_line = Some("MILL LANE".into());
+        assert_eq!(address(&c, &b), ["postcode.near", "street.exact"]);
+        b.postcode = Some("BD74XY".into());
+        b.address_line = Some("7 HIGH STREET".into());
+        assert_eq!(
+            address(&c, &b),
+            ["postcode.disagree", "house.disagree", "street.disagree"]
+        );
+        let parts = BUILT_IN.replace(r#"compare = "whole""#, r#"compare = "parts""#);
+        assert_eq!(
+            MatchConfig::parse(&parts).unwrap().address.compare,
+            AddressCompare::Parts
+        );
+        let bad = BUILT_IN.replace(r#"compare = "whole""#, r#"compare = "halves""#);
+        assert!(MatchConfig::parse(&bad).is_err());
     }
 
     #[test]

@@ -155,3 +155,96 @@ async fn the_migration_computes_the_place_keys_as_the_linker_does() {
         sqlx::query_as(keys).fetch_all(&app.pool).await.unwrap();
     assert_eq!(migrated, written);
 }
+
+/// A Patient of `d` with only one of its names: `keep` is "family" or "given".
+fn one_name(ods: &str, d: &Demo, keep: &str) -> serde_json::Value {
+    let mut p = patient(ods, None, d);
+    let drop = if keep == "family" { "given" } else { "family" };
+    p["name"][0].as_object_mut().unwrap().remove(drop);
+    p
+}
+
+#[tokio::test]
+async fn a_record_with_one_name_is_found_by_that_name_and_the_district() {
+    let app = TestApp::spawn().await;
+    // No first name on either side (as FEBRL4's `- WEBB`/`- WEBXB`): no phonetic name key. The
+    // family name slipped past its third letter (it no longer sounds the same), the birth date
+    // and the postcode by a digit, and there is no house number: only the one name's first
+    // letters and the district are left in common.
+    let webb = Demo {
+        family: "Webb",
+        birth: "1917-05-09",
+        line: "Mill Lane",
+        ..ROBERT
+    };
+    let a = create_as(&app, "RX1", &one_name("RX1", &webb, "family")).await;
+    let slipped = Demo {
+        family: "Webxb",
+        birth: "1917-05-08",
+        postcode: "LS1 4BA",
+        ..webb
+    };
+    let b = create_as(&app, "RX2", &one_name("RX2", &slipped, "family")).await;
+    let keys: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT patient_id, name_key, name_place_key FROM identity_patient ORDER BY linked_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            (a.clone(), None, Some("|WEB|LS1".to_string())),
+            (b.clone(), None, Some("|WEB|LS1".to_string())),
+        ]
+    );
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(queued, vec![(b, a)]);
+}
+
+#[tokio::test]
+async fn the_migration_gives_records_with_one_name_their_place_key() {
+    let app = TestApp::spawn().await;
+    create_as(&app, "RX1", &one_name("RX1", &ROBERT, "family")).await;
+    create_as(&app, "RX1", &one_name("RX1", &ROBERT, "given")).await;
+    create_as(&app, "RX1", &patient("RX1", None, &ROBERT)).await;
+    let mut nameless = patient("RX1", None, &ROBERT);
+    nameless["name"][0] = serde_json::json!({"use": "official", "text": "unknown"});
+    create_as(&app, "RX1", &nameless).await;
+    let keys = "SELECT patient_id, name_place_key FROM identity_patient ORDER BY patient_id";
+    let written: Vec<(String, Option<String>)> =
+        sqlx::query_as(keys).fetch_all(&app.pool).await.unwrap();
+    let mut found: Vec<Option<&str>> = written.iter().map(|(_, k)| k.as_deref()).collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            None,
+            Some("ROB|THO|LS1"),
+            Some("|ROB|LS1"),
+            Some("|THO|LS1")
+        ]
+    );
+    // Rows as the previous release left them (no key without both names), then the migration.
+    sqlx::raw_sql(
+        "UPDATE identity_patient SET name_place_key = NULL
+          WHERE demographics->>'family' IS NULL OR demographics->>'given' IS NULL",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../migrations/0044_identity_one_name_place_key.sql"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let migrated: Vec<(String, Option<String>)> =
+        sqlx::query_as(keys).fetch_all(&app.pool).await.unwrap();
+    assert_eq!(migrated, written);
+}
