@@ -283,12 +283,22 @@ async fn malformed_and_unauthorised_messages_are_dead_lettered_and_the_stream_co
         metrics.contains("shcr_events_dead_letters_total"),
         "{metrics}"
     );
+    // The platform event follows each dead letter's store: wait for the sixth.
+    eventually("a platform event for every dead letter", 30, || async {
+        scalar(
+            &app,
+            "SELECT count(*) FROM platform_event WHERE code = 'dead-letter-1'",
+        )
+        .await
+            >= 6
+    })
+    .await;
     let platform = scalar(
         &app,
         "SELECT count(*) FROM platform_event WHERE code = 'dead-letter-1'",
     )
     .await;
-    assert_eq!(platform, 6);
+    assert_eq!(platform, 6, "one platform event per dead letter, no more");
 
     // The fix: the Practitioner now exists. Replay everything through the real CLI.
     app.create(&json!({"resourceType": "Practitioner",
