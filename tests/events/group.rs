@@ -42,6 +42,18 @@ async fn group(
     ingest.process_group(&items).await
 }
 
+/// The family names the stored Patients hold now, sorted.
+async fn held_families(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT v.content->'name'->0->>'family' FROM resource_head h
+         JOIN resource_version v USING (resource_type, id, version_id)
+         WHERE h.resource_type = 'Patient' ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_group_commits_its_good_messages_together_and_rolls_back_only_the_poison_ones() {
     let app = TestApp::spawn().await;
@@ -94,15 +106,7 @@ async fn a_group_commits_its_good_messages_together_and_rolls_back_only_the_pois
         .await
         .unwrap();
     assert_eq!(claimed, vec!["g1", "g2", "g3"]);
-    let families: Vec<String> = sqlx::query_scalar(
-        "SELECT v.content->'name'->0->>'family' FROM resource_head h
-         JOIN resource_version v USING (resource_type, id, version_id)
-         WHERE h.resource_type = 'Patient' ORDER BY 1",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(families, vec!["Ten", "Twelve"]);
+    assert_eq!(held_families(&app).await, vec!["Ten", "Twelve"]);
     assert_eq!(
         scalar(
             &app,
@@ -191,15 +195,7 @@ async fn messages_of_one_group_see_what_earlier_messages_of_it_wrote() {
         scalar(&app, "SELECT count(DISTINCT txid) FROM change_feed").await,
         1
     );
-    let families: Vec<String> = sqlx::query_scalar(
-        "SELECT v.content->'name'->0->>'family' FROM resource_head h
-         JOIN resource_version v USING (resource_type, id, version_id)
-         WHERE h.resource_type = 'Patient' ORDER BY 1",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(families, vec!["Thirteen", "Twelve"]);
+    assert_eq!(held_families(&app).await, vec!["Thirteen", "Twelve"]);
     assert_eq!(
         scalar(
             &app,

@@ -18,6 +18,14 @@ fn slipped() -> Demo<'static> {
     }
 }
 
+/// `(patient, candidate)` of every open review item.
+async fn open_reviews(app: &TestApp) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_record_mistyped_everywhere_but_the_house_is_found_and_queued() {
     let app = TestApp::spawn().await;
@@ -25,13 +33,7 @@ async fn a_record_mistyped_everywhere_but_the_house_is_found_and_queued() {
     let b = create_as(&app, "RX2", &patient("RX2", None, &slipped())).await;
     // Scored (a one-digit birth date and a changed postcode are doubt enough): waits for a
     // person, never linked automatically.
-    let queued: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(queued, vec![(b.clone(), a.clone())]);
+    assert_eq!(open_reviews(&app).await, vec![(b.clone(), a.clone())]);
     assert_ne!(person_of(&app, &a).await, person_of(&app, &b).await);
 }
 
@@ -96,13 +98,7 @@ async fn a_record_without_house_number_or_birth_date_is_found_by_names_and_distr
     assert_eq!(kb.2, None, "no house number, no house key");
     assert_eq!(ka.3.as_deref(), Some("ROB|THO|LS1"));
     assert_eq!(ka.3, kb.3);
-    let queued: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(queued, vec![(b, a)]);
+    assert_eq!(open_reviews(&app).await, vec![(b, a)]);
 }
 
 #[tokio::test]
@@ -198,13 +194,7 @@ async fn a_record_with_one_name_is_found_by_that_name_and_the_district() {
             (b.clone(), None, Some("|WEB|LS1".to_string())),
         ]
     );
-    let queued: Vec<(String, String)> = sqlx::query_as(
-        "SELECT patient_id, candidate_id FROM identity_review WHERE status = 'open'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(queued, vec![(b, a)]);
+    assert_eq!(open_reviews(&app).await, vec![(b, a)]);
 }
 
 #[tokio::test]
