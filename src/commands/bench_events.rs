@@ -86,8 +86,7 @@ pub async fn run(mut settings: Settings, args: BenchEventsArgs) -> anyhow::Resul
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
                 .await?;
-            let (server, _) = admin.rsplit_once('/').expect("URL with a database");
-            settings.database_url = Some(format!("{server}/{name}"));
+            settings.database_url = Some(super::database_url_named(&admin, &name));
             (None, Some(admin), Some(name))
         }
         None => {

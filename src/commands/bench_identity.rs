@@ -73,9 +73,8 @@ pub async fn run(mut settings: Settings, args: BenchIdentityArgs) -> anyhow::Res
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await?;
-    let (server, _) = admin.rsplit_once('/').expect("URL with a database");
     let temp = tempfile_dir()?;
-    settings.database_url = Some(format!("{server}/{name}"));
+    settings.database_url = Some(super::database_url_named(&admin, &name));
     settings.port = 0;
     settings.dev_issuer.enabled = true;
     settings.dev_issuer.key_file = temp.join("key.pem");
