@@ -263,13 +263,11 @@ impl Repository {
             // Identity links for every unit at once after the last, when no unit reads what
             // linking writes (Persons, their Provenance) or deletes a Patient.
             let defer_links = optimistic_tx
-                && (next..n)
-                    .filter(|&j| results[j].is_none())
-                    .all(|j| {
-                        checked[j]
-                            .as_ref()
-                            .is_none_or(|c| c.links_deferrable(units[j].entries))
-                    });
+                && (next..n).filter(|&j| results[j].is_none()).all(|j| {
+                    checked[j]
+                        .as_ref()
+                        .is_none_or(|c| c.links_deferrable(units[j].entries))
+                });
             let mut fell_back = false;
             if optimistic_tx {
                 let mut hooks: Vec<&mut H> = units
