@@ -399,7 +399,7 @@ async fn identity_state(app: &TestApp) -> Value {
 async fn a_group_links_its_patients_exactly_as_one_by_one() {
     const ROBERT: (&str, &str, &str, &str) = ("Robert", "Thompson", "1970-03-07", "male");
     const HOME: (&str, &str) = ("12 Mill Lane", "LS1 4AB");
-    let messages = vec![
+    let messages = [
         (
             "RX1",
             with_patient(
