@@ -257,10 +257,38 @@ pub async fn link_written(
     author: &Author,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    let patients: Vec<(&NewVersion, Option<Demographics>)> = versions
-        .iter()
-        .filter(|v| v.resource_type == "Patient")
-        .map(|v| {
+    link_units(
+        tx,
+        &[LinkUnit {
+            versions,
+            author,
+            now,
+        }],
+    )
+    .await
+}
+
+/// One write unit's versions, as `link_units` links them.
+pub struct LinkUnit<'a> {
+    pub versions: &'a [NewVersion],
+    pub author: &'a Author,
+    pub now: OffsetDateTime,
+}
+
+/// Links the Patients of several write units staged in `tx`, in unit order, exactly as
+/// `link_written` after each unit would (a group without savepoints links once after its last
+/// unit): the records are decided one after another, each seeing the earlier ones' links, and
+/// each unit's Person versions show its persons as it left them, with its own Provenance and
+/// time. Reads and writes are one statement each for all units (a Person several units changed
+/// gets one version per unit: one more write statement for each such repeat).
+pub async fn link_units(tx: &mut WriteTx, units: &[LinkUnit<'_>]) -> Result<(), StoreError> {
+    let mut patients: Vec<(usize, &NewVersion, Option<Demographics>)> = Vec::new();
+    for (u, unit) in units.iter().enumerate() {
+        for v in unit
+            .versions
+            .iter()
+            .filter(|v| v.resource_type == "Patient")
+        {
             let d = v
                 .content
                 .as_deref()
@@ -268,41 +296,84 @@ pub async fn link_written(
                 .map(|c| {
                     Demographics::from_patient(&serde_json::from_str(c).unwrap_or(Value::Null))
                 });
-            (v, d)
-        })
-        .collect();
+            patients.push((u, v, d));
+        }
+    }
     if patients.is_empty() {
         return Ok(());
     }
-    // Every blocking key of the unit at once, in one sorted order: one round trip, and no two
+    // Every blocking key of the units at once, in one sorted order: one round trip, and no two
     // linkers can wait on each other's keys in opposite orders.
     let mut keys: Vec<i64> = patients
         .iter()
-        .filter_map(|(_, d)| d.as_ref())
+        .filter_map(|(_, _, d)| d.as_ref())
         .flat_map(blocking_keys)
         .collect();
     keys.sort_unstable();
     keys.dedup();
+    // A group that took every key before its first unit reads the candidates under them.
+    let locked = keys.iter().all(|k| tx.holds(*k));
     let records: Vec<super::unit::Record> = patients
         .into_iter()
-        .map(|(v, d)| super::unit::Record {
+        .map(|(u, v, d)| super::unit::Record {
             patient_id: &v.id,
             // A first version has no link yet: no need to look for one.
             first: v.version_id == 1,
             demographics: d,
+            org: units[u].author.org.as_deref(),
+            unit: u,
         })
         .collect();
     let started = std::time::Instant::now();
-    let prefetched = super::unit::prefetch(tx, &records).await?;
+    let prefetched = super::unit::prefetch(tx, &records, locked).await?;
     let asked = crate::metrics::link_step("prefetch", started);
     lock_keys(tx, &keys).await?;
     let locked = crate::metrics::link_step("lock-wait", asked);
     crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
-    let (touched, persons) =
-        super::unit::link_unit(tx, &records, author.org.as_deref(), prefetched).await?;
-    let matcher = matcher_author(author.request_id.as_deref());
+    let decided = super::unit::link_records(tx, &records, units.len(), prefetched).await?;
     let written = std::time::Instant::now();
-    rewrite_persons(tx, &touched, persons, &matcher, now, None).await?;
+    // Each unit's Person versions from the heads as the units before it left them; a Person
+    // written by several units gets a version for each, in unit order, one write statement
+    // per repeat (a statement changes a head once).
+    let mut heads = decided.heads;
+    let mut waves: Vec<Vec<(Vec<NewVersion>, Author)>> = Vec::new();
+    let mut written_before: HashMap<String, usize> = HashMap::new();
+    for (unit, persons) in units.iter().zip(decided.units) {
+        if persons.touched.is_empty() {
+            continue;
+        }
+        let versions = person_versions(&persons.touched, &heads, persons.members, unit.now);
+        let mut wave = 0;
+        let mut by_wave: BTreeMap<usize, Vec<NewVersion>> = BTreeMap::new();
+        for v in &versions {
+            heads.insert(
+                v.id.clone(),
+                Head {
+                    version_id: v.version_id,
+                    deleted: v.operation == Operation::Delete,
+                    last_updated: v.last_updated,
+                },
+            );
+            let n = written_before.entry(v.id.clone()).or_insert(0);
+            wave = wave.max(*n);
+            by_wave.entry(*n).or_default().push(v.clone());
+            *n += 1;
+        }
+        let matcher = matcher_author(unit.author.request_id.as_deref());
+        let provenance = crate::provenance::for_write(&versions, &matcher, unit.now, None);
+        by_wave.entry(wave).or_default().extend(provenance);
+        for (w, vs) in by_wave {
+            if waves.len() <= w {
+                waves.resize_with(w + 1, Vec::new);
+            }
+            waves[w].push((vs, matcher.clone()));
+        }
+    }
+    for wave in &waves {
+        let parts: Vec<(&[NewVersion], &Author)> =
+            wave.iter().map(|(v, a)| (v.as_slice(), a)).collect();
+        tx.write_parts(&parts).await?;
+    }
     crate::metrics::link_step("persons", written);
     crate::metrics::IDENTITY_LINK_LOCKED.observe(locked.elapsed().as_secs_f64());
     Ok(())
@@ -407,7 +478,21 @@ pub(crate) async fn rewrite_persons(
     if persons.is_empty() {
         return Ok(());
     }
-    let PersonsRead { heads, mut members } = read;
+    let versions = person_versions(persons, &read.heads, read.members, now);
+    let provenance = crate::provenance::for_write(&versions, author, now, reason);
+    let mut versions = versions;
+    versions.extend(provenance);
+    tx.write(&versions, author).await
+}
+
+/// The Person versions that show `persons` with `members` (those left with none are deleted),
+/// from their current `heads` (absent: a new Person).
+fn person_versions(
+    persons: &BTreeSet<String>,
+    heads: &HashMap<String, Head>,
+    mut members: Vec<Member>,
+    now: OffsetDateTime,
+) -> Vec<NewVersion> {
     // Members in patient id order: the Person's links and its identifier (the first verified
     // number) do not depend on where each member was read from.
     members.sort_by(|a, b| {
@@ -498,9 +583,7 @@ pub(crate) async fn rewrite_persons(
             content_hash: None,
         });
     }
-    let provenance = crate::provenance::for_write(&versions, author, now, reason);
-    versions.extend(provenance);
-    tx.write(&versions, author).await
+    versions
 }
 
 #[cfg(test)]

@@ -28,11 +28,14 @@ use super::scoring::{self, PairScore};
 use crate::store::{Head, StoreError, WriteTx};
 
 /// One Patient version of the unit: its id, whether it is the first version (nothing to
-/// re-evaluate), and its demographics (`None`: deleted).
+/// re-evaluate), its demographics (`None`: deleted), the organisation that wrote it, and the
+/// write unit it belongs to (a group links several units' records at once, in unit order).
 pub struct Record<'a> {
     pub patient_id: &'a str,
     pub first: bool,
     pub demographics: Option<Demographics>,
+    pub org: Option<&'a str>,
+    pub unit: usize,
 }
 
 /// A record's row as this unit left it.
@@ -57,7 +60,8 @@ struct Event {
 /// Everything the unit writes, gathered while deciding and written at the end.
 #[derive(Default)]
 struct Pending {
-    links: Vec<(String, Demographics)>,
+    /// Patient id, demographics, link and the organisation that wrote the record.
+    links: Vec<(String, Demographics, Assignment, Option<String>)>,
     deactivate: Vec<String>,
     events: Vec<Event>,
     reviews: Vec<(String, String, f64, &'static str)>,
@@ -125,7 +129,16 @@ pub struct Prefetched {
 /// Reads and scores the candidates of the unit's records without holding any lock. Linkers
 /// sharing a blocking key run one after another, so the block look-ups, decoding and scoring
 /// done here overlap with the linker that holds the locks instead of queueing behind it.
-pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefetched, StoreError> {
+///
+/// `locked`: the transaction already holds every record's blocking keys (a group took them
+/// before its first unit). Then every linker that could have written a candidate committed
+/// before this read, or waits for this transaction: nothing is read again under the locks
+/// (no snapshot, no `changed_since`).
+pub async fn prefetch(
+    tx: &mut WriteTx,
+    records: &[Record<'_>],
+    locked: bool,
+) -> Result<Prefetched, StoreError> {
     let wanted: Vec<(usize, &str, &Demographics)> = records
         .iter()
         .enumerate()
@@ -135,6 +148,13 @@ pub async fn prefetch(tx: &mut WriteTx, records: &[Record<'_>]) -> Result<Prefet
         return Ok(Prefetched {
             snapshot: None,
             found: HashMap::new(),
+        });
+    }
+    if locked {
+        let (_, found) = read_candidates(tx, &wanted, false).await?;
+        return Ok(Prefetched {
+            snapshot: None,
+            found: score_candidates(found, &wanted),
         });
     }
     // The snapshot the candidates are read in, from the same statement (one round trip, and
@@ -308,17 +328,58 @@ async fn settle(
     Ok(out)
 }
 
-/// Links the unit's records (their blocking keys already locked, their candidates prefetched);
-/// returns the persons whose membership or member scores changed, with their heads locked and
-/// their members read.
-pub async fn link_unit(
+/// The persons one write unit's links changed (membership or member scores), and their
+/// members as that unit left them: what its Person versions are written from.
+#[derive(Debug, Default)]
+pub struct UnitPersons {
+    pub touched: BTreeSet<String>,
+    pub members: Vec<Member>,
+}
+
+/// What linking a group of units decided: the heads of every Person any unit touched (locked,
+/// as they stood before the first unit; absent: no Person yet), and each unit's persons.
+#[derive(Debug, Default)]
+pub struct Decided {
+    pub heads: HashMap<String, Head>,
+    pub units: Vec<UnitPersons>,
+}
+
+/// A record's row, as `Member` of its Person (`None`: not an active member of any).
+fn member_of(patient_id: &str, o: &Linked) -> Option<Member> {
+    if !o.active {
+        return None;
+    }
+    Some(Member {
+        person_id: o.assignment.person_id.clone(),
+        patient_id: patient_id.to_string(),
+        org: o.org.clone(),
+        score: o.assignment.score,
+        grade: o.assignment.grade.clone(),
+        method: o.assignment.method.clone(),
+        verified_nhs: o
+            .demographics
+            .as_ref()
+            .filter(|d| d.nhs_verified)
+            .and_then(|d| d.nhs_number.clone()),
+    })
+}
+
+/// Links the records of `units` write units (their blocking keys already locked, their
+/// candidates prefetched), in order: record by record, each seeing what the records before it
+/// decided — also those of earlier units, so linking a group of units at once decides exactly
+/// as linking them one after another. Returns, for each unit, the persons whose membership or
+/// member scores it changed and their members as it left them, with the Person heads locked.
+pub async fn link_records(
     tx: &mut WriteTx,
     records: &[Record<'_>],
-    org: Option<&str>,
+    units: usize,
     prefetched: Prefetched,
-) -> Result<(BTreeSet<String>, PersonsRead), StoreError> {
+) -> Result<Decided, StoreError> {
     let started = std::time::Instant::now();
-    let mut touched = BTreeSet::new();
+    let mut per_unit: Vec<UnitPersons> = (0..units).map(|_| UnitPersons::default()).collect();
+    // The records' rows as each unit left them (only for units that touched a person): the
+    // members its Person versions show.
+    let mut left: Vec<Option<HashMap<String, Option<Member>>>> = (0..units).map(|_| None).collect();
     let revisited: Vec<&str> = records
         .iter()
         .filter(|r| !r.first || r.demographics.is_none())
@@ -338,6 +399,10 @@ pub async fn link_unit(
     let mut overlay: HashMap<String, Linked> = HashMap::new();
     let mut pending = Pending::default();
     for (i, r) in records.iter().enumerate() {
+        if i > 0 && records[i - 1].unit != r.unit {
+            snapshot(&mut left, &per_unit, records[i - 1].unit, &overlay);
+        }
+        let touched = &mut per_unit[r.unit].touched;
         let previous = overlay
             .get(r.patient_id)
             .map(|o| o.assignment.clone())
@@ -345,6 +410,9 @@ pub async fn link_unit(
         let Some(d) = &r.demographics else {
             // Deleted: kept for history, never a candidate again.
             if let Some(prev) = previous {
+                if pending.links.iter().any(|l| l.0 == r.patient_id) {
+                    return Err(written_and_deleted());
+                }
                 pending.deactivate.push(r.patient_id.to_string());
                 pending.events.push(Event {
                     patient_id: r.patient_id.to_string(),
@@ -442,22 +510,85 @@ pub async fn link_unit(
             grade,
             method: method.to_string(),
         };
-        pending.links.push((r.patient_id.to_string(), d.clone()));
+        // A record a group wrote twice keeps one row: the later unit's.
+        if pending.deactivate.iter().any(|id| id == r.patient_id) {
+            return Err(written_and_deleted());
+        }
+        pending.links.retain(|l| l.0 != r.patient_id);
+        pending.links.push((
+            r.patient_id.to_string(),
+            d.clone(),
+            assignment.clone(),
+            r.org.map(str::to_string),
+        ));
         overlay.insert(
             r.patient_id.to_string(),
             Linked {
                 assignment,
-                org: org.map(str::to_string),
+                org: r.org.map(str::to_string),
                 demographics: Some(d.clone()),
                 blocks,
                 active: true,
             },
         );
     }
+    if let Some(last) = records.last() {
+        snapshot(&mut left, &per_unit, last.unit, &overlay);
+    }
     let decided = crate::metrics::link_step("decide", settled);
-    let persons = write_pending(tx, &pending, &overlay, org, &touched).await?;
+    let all: BTreeSet<String> = per_unit
+        .iter()
+        .flat_map(|u| u.touched.iter().cloned())
+        .collect();
+    let read = write_pending(tx, &pending, &overlay, &all).await?;
     crate::metrics::link_step("links", decided);
-    Ok((touched, persons))
+    // Each unit's members: the stored rows (as before the first unit) of records no unit up
+    // to it wrote, and the rows those units left.
+    for (unit, rows) in per_unit.iter_mut().zip(left) {
+        let Some(rows) = rows else { continue };
+        let mut members: Vec<Member> = read
+            .members
+            .iter()
+            .filter(|m| unit.touched.contains(&m.person_id) && !rows.contains_key(&m.patient_id))
+            .cloned()
+            .collect();
+        members.extend(
+            rows.into_values()
+                .flatten()
+                .filter(|m| unit.touched.contains(&m.person_id)),
+        );
+        unit.members = members;
+    }
+    Ok(Decided {
+        heads: read.heads,
+        units: per_unit,
+    })
+}
+
+/// A Patient both written and deleted by the records linked at once: never within one unit
+/// (the engine allows one entry per resource), only in a group, which then links unit by unit.
+fn written_and_deleted() -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(
+        "identity links: a Patient written and deleted in one group".into(),
+    ))
+}
+
+/// Keeps the rows `unit` left (every record written so far), when it touched a person.
+fn snapshot(
+    left: &mut [Option<HashMap<String, Option<Member>>>],
+    per_unit: &[UnitPersons],
+    unit: usize,
+    overlay: &HashMap<String, Linked>,
+) {
+    if per_unit[unit].touched.is_empty() {
+        return;
+    }
+    left[unit] = Some(
+        overlay
+            .iter()
+            .map(|(id, o)| (id.clone(), member_of(id, o)))
+            .collect(),
+    );
 }
 
 /// A person's decision stands until a person changes it; demographics still update, and other
@@ -693,7 +824,7 @@ pub(crate) async fn lock_persons(
     tx: &mut WriteTx,
     persons: &BTreeSet<String>,
 ) -> Result<PersonsRead, StoreError> {
-    write_pending(tx, &Pending::default(), &HashMap::new(), None, persons).await
+    write_pending(tx, &Pending::default(), &HashMap::new(), persons).await
 }
 
 /// Writes the links (with their demographics), deactivations, history and review items, locks
@@ -705,11 +836,14 @@ pub(crate) async fn lock_persons(
 /// another unit held. Whoever changes a Person's members rewrites that Person (under its head
 /// lock, in the same transaction), so a head whose version moved between the snapshot and the
 /// lock marks members that may have changed: they are then read again, with the heads held.
+///
+/// The members read include the stored rows of the records being linked, as they stood before
+/// (the caller knows which of them each unit replaced); current rows are locked (`current_rows`),
+/// so no one else changed them since.
 async fn write_pending(
     tx: &mut WriteTx,
     p: &Pending,
     overlay: &HashMap<String, Linked>,
-    org: Option<&str>,
     persons: &BTreeSet<String>,
 ) -> Result<PersonsRead, StoreError> {
     if p.links.is_empty()
@@ -720,44 +854,33 @@ async fn write_pending(
     {
         return Ok(PersonsRead::default());
     }
-    let (mut read, moved) = links_statement(tx, p, overlay, org, persons).await?;
+    let (mut read, moved) = links_statement(tx, p, persons, &[]).await?;
     if moved {
-        // The heads are held now: read in a new snapshot, nothing moves them any more.
+        // The heads are held now: read in a new snapshot, nothing moves them any more. The
+        // records' own rows are now as this statement wrote them: their rows as they stood
+        // before are those of the first read (locked, unchanged by anyone else).
         let again = std::time::Instant::now();
-        read = links_statement(tx, &Pending::default(), overlay, org, persons)
+        let before: Vec<Member> = std::mem::take(&mut read.members)
+            .into_iter()
+            .filter(|m| overlay.contains_key(&m.patient_id))
+            .collect();
+        let mine: Vec<&str> = overlay.keys().map(String::as_str).collect();
+        read = links_statement(tx, &Pending::default(), persons, &mine)
             .await?
             .0;
+        read.members.extend(before);
         crate::metrics::link_step("members-again", again);
-    }
-    for (id, o) in overlay {
-        if o.active && persons.contains(&o.assignment.person_id) {
-            let verified = o
-                .demographics
-                .as_ref()
-                .filter(|d| d.nhs_verified)
-                .and_then(|d| d.nhs_number.clone());
-            read.members.push(Member {
-                person_id: o.assignment.person_id.clone(),
-                patient_id: id.clone(),
-                org: o.org.clone(),
-                score: o.assignment.score,
-                grade: o.assignment.grade.clone(),
-                method: o.assignment.method.clone(),
-                verified_nhs: verified,
-            });
-        }
     }
     Ok(read)
 }
 
-/// `write_pending`'s statement; the members read leave out the unit's own records, and
-/// `true` says a head moved after the statement's snapshot.
+/// `write_pending`'s statement; the members read leave out the records `mine`, and `true`
+/// says a head moved after the statement's snapshot.
 async fn links_statement(
     tx: &mut WriteTx,
     p: &Pending,
-    overlay: &HashMap<String, Linked>,
-    org: Option<&str>,
     rewrite: &BTreeSet<String>,
+    mine: &[&str],
 ) -> Result<(PersonsRead, bool), StoreError> {
     let n = p.links.len();
     let mut ids = Vec::with_capacity(n);
@@ -776,9 +899,10 @@ async fn links_statement(
     let mut names = Vec::with_capacity(n);
     let mut lines = Vec::with_capacity(n);
     let mut places = Vec::with_capacity(n);
-    for (id, d) in &p.links {
-        let a = &overlay[id].assignment;
+    let mut orgs = Vec::with_capacity(n);
+    for (id, d, a, org) in &p.links {
         ids.push(id.as_str());
+        orgs.push(org.as_deref());
         persons.push(a.person_id.as_str());
         nhs.push(d.nhs_number.as_deref());
         verified.push(d.nhs_verified);
@@ -806,13 +930,10 @@ async fn links_statement(
     let r_scores: Vec<f64> = p.reviews.iter().map(|r| r.2).collect();
     let r_reasons: Vec<&str> = p.reviews.iter().map(|r| r.3).collect();
     let person_ids: Vec<&str> = rewrite.iter().map(String::as_str).collect();
-    // The unit's own records are read from the overlay: the statement's snapshot does not
-    // hold what it writes.
-    let mine: Vec<&str> = overlay.keys().map(String::as_str).collect();
-    // The write engine allows one entry per resource in a unit, so no patient repeats (a
-    // repeat would make ON CONFLICT DO UPDATE fail) and no patient is both linked and
-    // deactivated (one statement may not change a row twice). Link events are numbered in the
-    // unit's order, so the history reads as the decisions were taken.
+    // No patient repeats in the links (the linker keeps one row per patient: a repeat would
+    // make ON CONFLICT DO UPDATE fail) and no patient is both linked and deactivated (one
+    // statement may not change a row twice). Link events are numbered in the records' order,
+    // so the history reads as the decisions were taken.
     //
     // Person heads are locked one index probe each, in the sorted order of `persons` (the
     // order `WriteTx::lock_heads` uses), and read once more without the lock to see whether
@@ -825,12 +946,13 @@ async fn links_statement(
                (patient_id, person_id, org, nhs_number, nhs_verified, nhs_invalid, family_code,
                 birth_date, birth_year, postcode, demographics, score, grade, method, name_key,
                 line_key, name_place_key, linked_at, active)
-             SELECT pid, person, $3, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
+             SELECT pid, person, o, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
                     method, names, line, place, now(), true
-             FROM unnest($1::text[], $2::text[], $4::text[], $5::bool[], $6::bool[], $7::text[],
-                         $8::date[], $9::int4[], $10::text[], $11::jsonb[], $12::float8[],
-                         $13::text[], $14::text[], $15::text[], $16::text[], $31::text[])
-                  AS k(pid, person, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[],
+                         $7::text[], $8::date[], $9::int4[], $10::text[], $11::jsonb[],
+                         $12::float8[], $13::text[], $14::text[], $15::text[], $16::text[],
+                         $31::text[])
+                  AS k(pid, person, o, nhs, ver, inv, code, birth, year, pc, dem, score, grade,
                        method, names, line, place)
              ON CONFLICT (patient_id) DO UPDATE SET
                person_id = excluded.person_id, org = excluded.org, nhs_number = excluded.nhs_number,
@@ -897,7 +1019,7 @@ async fn links_statement(
     )
     .bind(&ids)
     .bind(&persons)
-    .bind(org)
+    .bind(&orgs)
     .bind(&nhs)
     .bind(&verified)
     .bind(&invalid)
@@ -924,7 +1046,7 @@ async fn links_statement(
     .bind(&r_scores)
     .bind(&r_reasons)
     .bind(&person_ids)
-    .bind(&mine)
+    .bind(mine)
     .bind(&places)
     .fetch_all(tx.connection())
     .await

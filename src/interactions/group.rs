@@ -260,6 +260,14 @@ impl Repository {
                     .filter(|&j| results[j].is_none() && checked[j].is_some())
                     .nth(1)
                     .is_some();
+            // Identity links for every unit at once after the last, when no unit reads what
+            // linking writes (Persons, their Provenance) or deletes a Patient.
+            let defer_links = optimistic_tx
+                && (next..n).filter(|&j| results[j].is_none()).all(|j| {
+                    checked[j]
+                        .as_ref()
+                        .is_none_or(|c| c.links_deferrable(units[j].entries))
+                });
             let mut fell_back = false;
             if optimistic_tx {
                 let mut hooks: Vec<&mut H> = units
@@ -294,6 +302,7 @@ impl Repository {
                         written: &so_far.resources,
                     }),
                     group_writes: optimistic_tx,
+                    defer_links,
                 };
                 if optimistic_tx {
                     let u = &mut units[i];
@@ -379,6 +388,31 @@ impl Repository {
                         results[i] = Some(Err(f));
                         next += 1;
                     }
+                }
+            }
+            if defer_links && !fell_back {
+                // Every unit staged: their Patients linked in unit order, as each unit would
+                // have after its own versions.
+                let linked = {
+                    let parts: Vec<crate::identity::link::LinkUnit> = staged
+                        .iter()
+                        .filter_map(|(j, s)| {
+                            let l = s.as_ref()?.links.as_ref()?;
+                            Some(crate::identity::link::LinkUnit {
+                                versions: &l.versions,
+                                author: units[*j].author,
+                                now: l.now,
+                            })
+                        })
+                        .collect();
+                    crate::identity::link::link_units(&mut tx, &parts).await
+                };
+                if let Err(e) = linked {
+                    tracing::warn!(error = %e, "a group's identity links could not be written; running its units one by one");
+                    for (j, _) in &staged {
+                        attempts[*j] -= 1;
+                    }
+                    fell_back = true;
                 }
             }
             if optimistic_tx && !fell_back {

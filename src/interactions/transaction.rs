@@ -264,6 +264,22 @@ impl CheckedUnit {
         Some(head_keys(entries, &self.entry_criteria, &matched))
     }
 
+    /// Whether the unit's identity links may be written after later units of its group ran:
+    /// none of its conditions reads Persons (written by linking) or Provenance (written with
+    /// them), and it deletes no Patient (a group that wrote and deleted one links unit by
+    /// unit; see `identity::unit::link_records`).
+    pub(crate) fn links_deferrable(&self, entries: &[EntryRequest]) -> bool {
+        let reads_links = self
+            .entry_criteria
+            .values()
+            .chain(self.reference_criteria.values().map(|(_, c)| c))
+            .any(|c| matches!(c.resource_type.as_str(), "Person" | "Provenance"));
+        let deletes_patient = entries.iter().any(|e| {
+            e.resource_type == "Patient" && matches!(e.action, EntryAction::Delete { .. })
+        });
+        !reads_links && !deletes_patient
+    }
+
     /// Every identifier query of the unit's conditions (the keys `lock_criteria` locks).
     pub(crate) fn identifier_queries(&self) -> Vec<IdentifierQuery> {
         self.entry_criteria
@@ -283,6 +299,14 @@ pub(crate) struct Staged {
     pub(crate) writes: Vec<Written>,
     /// Access facts left for the group to write (`Known::group_writes`).
     pub(crate) facts: Option<crate::access::facts::PendingFacts>,
+    /// Patient versions left for the group to link (`Known::defer_links`).
+    pub(crate) links: Option<DeferredLinks>,
+}
+
+/// A unit's Patient versions, linked by its group after the last unit.
+pub(crate) struct DeferredLinks {
+    pub(crate) versions: Vec<NewVersion>,
+    pub(crate) now: OffsetDateTime,
 }
 
 /// A version a unit wrote: which resource, and the business identifiers it now carries.
@@ -312,6 +336,9 @@ pub(crate) struct Known<'a> {
     /// The group writes the unit's access facts with every other unit's, after the last
     /// (only a group that rolls back whole when a unit fails may: no savepoints).
     pub(crate) group_writes: bool,
+    /// The group links the unit's Patients with every other unit's, after the last (such a
+    /// group, when no unit reads what linking writes: `CheckedUnit::links_deferrable`).
+    pub(crate) defer_links: bool,
 }
 
 /// The group's locked heads, with the resources earlier units of the transaction wrote (their
@@ -993,7 +1020,21 @@ impl Repository {
             facts.write(tx).await?;
             None
         };
-        crate::identity::link::link_written(tx, &versions, author, now).await?;
+        // In such a group, the group links every unit's Patients after the last, exactly as
+        // here (`identity::link::link_units`): the unit keeps its Patient versions for it.
+        let links = if known.defer_links {
+            Some(DeferredLinks {
+                versions: versions
+                    .iter()
+                    .filter(|v| v.resource_type == "Patient")
+                    .cloned()
+                    .collect(),
+                now,
+            })
+        } else {
+            crate::identity::link::link_written(tx, &versions, author, now).await?;
+            None
+        };
         let writes = versions
             .iter()
             .map(|v| Written {
@@ -1027,6 +1068,7 @@ impl Repository {
             unchanged,
             writes,
             facts,
+            links,
         }))
     }
 

@@ -267,16 +267,39 @@ impl WriteTx {
     }
 
     /// Writes every version with its head, identifiers and change-feed row.
-    #[tracing::instrument(skip_all, fields(versions = versions.len()))]
     pub async fn write(
         &mut self,
         versions: &[NewVersion],
         author: &Author,
     ) -> Result<(), StoreError> {
-        if versions.is_empty() {
+        self.write_parts(&[(versions, author)]).await
+    }
+
+    /// As `write`, for versions of several authors in one statement (a group's units, each
+    /// with its own request id). No resource may appear twice: a head is changed once per
+    /// statement.
+    #[tracing::instrument(skip_all, fields(parts = parts.len()))]
+    pub async fn write_parts(
+        &mut self,
+        parts: &[(&[NewVersion], &Author)],
+    ) -> Result<(), StoreError> {
+        let n: usize = parts.iter().map(|(v, _)| v.len()).sum();
+        if n == 0 {
             return Ok(());
         }
-        let n = versions.len();
+        let versions = || parts.iter().flat_map(|(v, _)| v.iter());
+        let mut kinds = Vec::with_capacity(n);
+        let mut authors = Vec::with_capacity(n);
+        let mut orgs = Vec::with_capacity(n);
+        let mut requests = Vec::with_capacity(n);
+        for (vs, a) in parts {
+            for _ in vs.iter() {
+                kinds.push(a.kind);
+                authors.push(a.id.as_str());
+                orgs.push(a.org.as_deref());
+                requests.push(a.request_id.as_deref());
+            }
+        }
         let mut types = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
         let mut vids = Vec::with_capacity(n);
@@ -289,7 +312,7 @@ impl WriteTx {
         let mut compartment_keys: Vec<Option<i64>> = Vec::with_capacity(n);
         let mut hashes: Vec<Option<&[u8]>> = Vec::with_capacity(n);
         let (mut it, mut ii, mut is, mut iv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for v in versions {
+        for v in versions() {
             types.push(v.resource_type.as_str());
             ids.push(v.id.as_str());
             vids.push(v.version_id);
@@ -324,18 +347,19 @@ impl WriteTx {
                  INSERT INTO resource_version
                    (resource_type, id, version_id, last_updated, deleted, method, content,
                     author_kind, author_id, author_org, request_id, compartment, compartment_key)
-                 SELECT t, i, v, lu, d, m, c::jsonb, $8, $9, $10, $11, pc::text[], pk
+                 SELECT t, i, v, lu, d, m, c::jsonb, ak, ai, ao, rq, pc::text[], pk
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
-                             $5::bool[], $6::text[], $7::text[], $19::text[], $20::bigint[])
-                      AS x(t, i, v, lu, d, m, c, pc, pk)
+                             $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[],
+                             $10::text[], $11::text[], $19::text[], $20::bigint[])
+                      AS x(t, i, v, lu, d, m, c, ak, ai, ao, rq, pc, pk)
              ), heads AS (
                  INSERT INTO resource_head
                    (resource_type, id, version_id, last_updated, deleted, author_org,
                     content_hash)
-                 SELECT t, i, v, lu, d, $10, h
+                 SELECT t, i, v, lu, d, ao, h
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
-                             $21::bytea[])
-                      AS x(t, i, v, lu, d, h)
+                             $10::text[], $21::bytea[])
+                      AS x(t, i, v, lu, d, ao, h)
                  ON CONFLICT (resource_type, id) DO UPDATE
                    SET version_id = excluded.version_id,
                        last_updated = excluded.last_updated,
@@ -366,10 +390,10 @@ impl WriteTx {
         .bind(&deleted)
         .bind(&methods)
         .bind(&contents)
-        .bind(author.kind)
-        .bind(&author.id)
-        .bind(&author.org)
-        .bind(&author.request_id)
+        .bind(&kinds)
+        .bind(&authors)
+        .bind(&orgs)
+        .bind(&requests)
         .bind(&ops)
         .bind(&rt)
         .bind(&ri)
@@ -385,8 +409,7 @@ impl WriteTx {
         .map_err(|e| {
             // A unique violation can only be a version row: two writers raced for it.
             StoreError::from_write(e, || {
-                versions
-                    .iter()
+                versions()
                     .map(|v| format!("{}/{}", v.resource_type, v.id))
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -242,3 +242,273 @@ async fn messages_of_one_group_see_what_earlier_messages_of_it_wrote() {
         3
     );
 }
+
+/// A Patient of an admission message with other demographics (`nhs`: its NHS number, or
+/// none), keeping the trust's local identifier, the message's upsert key.
+fn with_patient(
+    mut m: Value,
+    nhs: Option<&str>,
+    (given, family, birth, gender): (&str, &str, &str, &str),
+    (line, postcode): (&str, &str),
+) -> Value {
+    let p = &mut m["entry"][1]["resource"];
+    let identifiers = p["identifier"].as_array_mut().unwrap();
+    match nhs {
+        Some(n) => identifiers[0]["value"] = json!(n),
+        None => {
+            identifiers.remove(0);
+        }
+    }
+    p["name"] = json!([{"family": family, "given": [given]}]);
+    p["birthDate"] = json!(birth);
+    p["gender"] = json!(gender);
+    p["address"] = json!([{"use": "home", "line": [line], "postalCode": postcode}]);
+    m
+}
+
+/// Everything identity matching left, with ids replaced by what a second database shares:
+/// Patients by their local identifier, Persons by their members' (ids are random). Timestamps
+/// and Provenance ids are left out.
+async fn identity_state(app: &TestApp) -> Value {
+    let keys: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, value FROM resource_identifier
+         WHERE resource_type = 'Patient' AND system LIKE '%/local-patient-identifier'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let persons: Vec<(String, String)> = sqlx::query_as(
+        "SELECT person_id, string_agg(patient_id, '+' ORDER BY patient_id)
+         FROM identity_patient GROUP BY person_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // Patient ids first: a Person's name is made of them.
+    let mut names: Vec<(String, String)> = keys.clone();
+    for (person, members) in &persons {
+        let mut name = members.clone();
+        for (id, key) in &keys {
+            name = name.replace(id, key);
+        }
+        let mut parts: Vec<&str> = name.split('+').collect();
+        parts.sort_unstable();
+        names.push((person.clone(), format!("person[{}]", parts.join("+"))));
+    }
+    let rename = |text: String| {
+        names
+            .iter()
+            .fold(text, |t, (id, name)| t.replace(id.as_str(), name))
+    };
+    let rows = |sql: &'static str| async move {
+        let rows: Vec<Value> = sqlx::query_scalar(sql).fetch_all(&app.pool).await.unwrap();
+        rows
+    };
+    let mut links: Vec<String> = rows(
+        "SELECT jsonb_build_array(patient_id, person_id, org, score, grade, method, active,
+                                  nhs_number, demographics)
+         FROM identity_patient",
+    )
+    .await
+    .into_iter()
+    .map(|v| rename(v.to_string()))
+    .collect();
+    links.sort();
+    let events: Vec<String> = rows(
+        "SELECT jsonb_build_array(patient_id, from_person, to_person, score, grade, method, actor)
+         FROM identity_link_event ORDER BY id",
+    )
+    .await
+    .into_iter()
+    .map(|v| rename(v.to_string()))
+    .collect();
+    let mut reviews: Vec<String> = rows(
+        "SELECT jsonb_build_array(patient_id, candidate_id, score, reason, status)
+         FROM identity_review",
+    )
+    .await
+    .into_iter()
+    .map(|v| rename(v.to_string()))
+    .collect();
+    reviews.sort();
+    let strip = |mut v: Value| {
+        for field in ["lastUpdated"] {
+            if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove(field);
+            }
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("recorded");
+            if o.get("resourceType") == Some(&json!("Provenance")) {
+                o.remove("id");
+            }
+        }
+        v
+    };
+    // Links and targets are in id order, and ids differ between databases: in name order.
+    let sorted = |text: String, at: usize| {
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        for field in ["link", "target"] {
+            if let Some(items) = v[at].get_mut(field).and_then(Value::as_array_mut) {
+                items.sort_by_key(|i| i.to_string());
+            }
+        }
+        v.to_string()
+    };
+    let mut person_versions: Vec<String> = rows(
+        "SELECT jsonb_build_array(id, version_id, deleted, method, author_kind, author_id,
+                                  author_org, request_id, content)
+         FROM resource_version WHERE resource_type = 'Person'",
+    )
+    .await
+    .into_iter()
+    .map(|mut v| {
+        v[8] = strip(v[8].take());
+        sorted(rename(v.to_string()), 8)
+    })
+    .collect();
+    person_versions.sort();
+    let mut provenance: Vec<String> = rows(
+        "SELECT jsonb_build_array(author_id, request_id, content) FROM resource_version
+         WHERE resource_type = 'Provenance'
+           AND content->'target'->0->>'reference' LIKE 'Person/%'",
+    )
+    .await
+    .into_iter()
+    .map(|mut v| {
+        v[2] = strip(v[2].take());
+        sorted(rename(v.to_string()), 2)
+    })
+    .collect();
+    provenance.sort();
+    json!({
+        "links": links,
+        "events": events,
+        "reviews": reviews,
+        "persons": person_versions,
+        "provenance": provenance,
+    })
+}
+
+/// A group without savepoints links every message's Patients after its last message, in one
+/// statement each: what it decides — links, link events, review items, each message's Person
+/// versions and their Provenance — must be exactly what sending the messages one by one gives,
+/// including a second trust's record of a person an earlier message of the group created, a
+/// Patient an earlier message of the group wrote, and a possible match.
+#[tokio::test]
+async fn a_group_links_its_patients_exactly_as_one_by_one() {
+    const ROBERT: (&str, &str, &str, &str) = ("Robert", "Thompson", "1970-03-07", "male");
+    const HOME: (&str, &str) = ("12 Mill Lane", "LS1 4AB");
+    let messages = [
+        (
+            "RX1",
+            with_patient(
+                admission("RX1", "i1", &at(10), "P1", "E1", "-"),
+                Some("9434765919"),
+                ROBERT,
+                HOME,
+            ),
+        ),
+        // The same person at another trust: joins the Person i1 created.
+        (
+            "RX2",
+            with_patient(
+                admission("RX2", "i2", &at(11), "Q1", "F1", "-"),
+                Some("9434765919"),
+                ROBERT,
+                HOME,
+            ),
+        ),
+        // Someone else altogether.
+        (
+            "RX1",
+            with_patient(
+                admission("RX1", "i3", &at(12), "P2", "E2", "-"),
+                None,
+                ("Alice", "Okafor", "1985-11-30", "female"),
+                ("3 High Street", "BD7 4AD"),
+            ),
+        ),
+        // A one-digit slip in the birth date and another address: a possible match.
+        (
+            "RX2",
+            with_patient(
+                admission("RX2", "i4", &at(13), "Q2", "F2", "-"),
+                None,
+                ("Robert", "Thompson", "1970-03-08", "male"),
+                ("8 Moor View", "HX7 9ZZ"),
+            ),
+        ),
+        // i1's Patient again, moved next door: an update of a record this group linked.
+        (
+            "RX1",
+            with_patient(
+                admission("RX1", "i5", &at(14), "P1", "E3", "-"),
+                Some("9434765919"),
+                ROBERT,
+                ("14 Mill Lane", "LS1 4AB"),
+            ),
+        ),
+    ];
+    let envelope = Envelope::default();
+    let callers: Vec<Caller> = messages.iter().map(|(ods, _)| trust(ods)).collect();
+
+    let grouped = TestApp::spawn().await;
+    let ingest = Ingest::new(
+        Repository::new(grouped.store.clone()),
+        Arc::new(Catalogue::load(None).unwrap()),
+        grouped.base.clone(),
+    );
+    let items: Vec<(&Value, &Caller, &Envelope)> = messages
+        .iter()
+        .zip(&callers)
+        .map(|((_, m), c)| (m, c, &envelope))
+        .collect();
+    for r in ingest.process_group(&items).await {
+        assert_eq!(r.expect("applied").disposition, Disposition::Applied);
+    }
+    // One transaction, and the Persons written after every message's resources: the group
+    // linked once, after its last message (not each message in turn).
+    assert_eq!(
+        scalar(&grouped, "SELECT count(DISTINCT txid) FROM change_feed").await,
+        1
+    );
+    assert!(
+        scalar(
+            &grouped,
+            "SELECT count(*) FROM change_feed WHERE resource_type = 'Person'
+               AND seq < (SELECT max(seq) FROM change_feed WHERE resource_type = 'Encounter')"
+        )
+        .await
+            == 0
+    );
+
+    let alone = TestApp::spawn().await;
+    let ingest = Ingest::new(
+        Repository::new(alone.store.clone()),
+        Arc::new(Catalogue::load(None).unwrap()),
+        alone.base.clone(),
+    );
+    for (item, c) in messages.iter().zip(&callers) {
+        let r = ingest.process_group(&[(&item.1, c, &envelope)]).await;
+        assert_eq!(
+            r[0].as_ref().expect("applied").disposition,
+            Disposition::Applied
+        );
+    }
+
+    let expected = identity_state(&alone).await;
+    assert_eq!(identity_state(&grouped).await, expected);
+    // What the comparison covers.
+    let persons = expected["persons"].as_array().unwrap();
+    assert!(
+        persons
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("person[P1+Q1]\",3,")),
+        "the shared Person has a version per message that changed it: {persons:?}"
+    );
+    assert!(
+        !expected["reviews"].as_array().unwrap().is_empty(),
+        "a possible match is queued"
+    );
+}
