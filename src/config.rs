@@ -38,6 +38,8 @@ pub struct Settings {
     pub identity_matching: Option<PathBuf>,
     /// Read-time access control and audit.
     pub access: AccessConfig,
+    /// How an audit row is made durable before the response leaves (`[audit]`).
+    pub audit: AuditSettings,
     /// The API as a governed product: consumer registry, throttling, lifecycle, portal.
     pub governance: GovernanceSettings,
 }
@@ -60,6 +62,66 @@ impl Default for AccessConfig {
             policy_dir: None,
             enforce: true,
             audit: true,
+        }
+    }
+}
+
+/// `[audit]`: where an audit row is made durable before the response leaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// `database`: each request waits for its row's group commit into the PostgreSQL chain.
+    /// `journal`: each request waits for its row's group fsync into a local append-only journal
+    /// in `journal_dir`; a background task ships the journal into the same chain (IG reports
+    /// and AuditEvent searches lag by that shipping delay). Unset: `journal` when `journal_dir`
+    /// is set, `database` otherwise.
+    pub durability: Option<String>,
+    /// The journal's directory: persistent, local, one per process (a lock file refuses a
+    /// second process). Also read in `database` mode, to ship what an earlier `journal` run
+    /// left behind.
+    pub journal_dir: Option<PathBuf>,
+    /// A journal segment is closed and a new one started past this size (bytes); segments are
+    /// deleted once fully shipped.
+    pub segment_bytes: u64,
+    /// `/readyz` reports the journal's shipper as stuck when its oldest unshipped row is older
+    /// than this (seconds).
+    pub ship_stuck_seconds: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            durability: None,
+            journal_dir: None,
+            segment_bytes: 64 * 1024 * 1024,
+            ship_stuck_seconds: 30,
+        }
+    }
+}
+
+/// Where audit rows are made durable (see `AuditSettings::durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDurability {
+    Database,
+    Journal,
+}
+
+impl AuditSettings {
+    /// The configured durability, or the default for the configured directory.
+    pub fn durability(&self) -> Result<AuditDurability, ConfigError> {
+        match (self.durability.as_deref(), &self.journal_dir) {
+            (Some("database"), _) => Ok(AuditDurability::Database),
+            (Some("journal"), Some(_)) => Ok(AuditDurability::Journal),
+            (Some("journal"), None) => Err(ConfigError::Invalid(
+                "audit.durability = \"journal\" needs audit.journal_dir (SHCR_AUDIT__JOURNAL_DIR), \
+                 a persistent local directory of this process's own"
+                    .into(),
+            )),
+            (Some(other), _) => Err(ConfigError::Invalid(format!(
+                "audit.durability must be database or journal, got {other}"
+            ))),
+            (None, Some(_)) => Ok(AuditDurability::Journal),
+            (None, None) => Ok(AuditDurability::Database),
         }
     }
 }
@@ -270,6 +332,7 @@ impl Default for Settings {
             search_params_dir: None,
             identity_matching: None,
             access: AccessConfig::default(),
+            audit: AuditSettings::default(),
             governance: GovernanceSettings::default(),
         }
     }
@@ -357,6 +420,13 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "governance.auto_register is for development only and needs the development \
                  issuer; onboard production clients with `shcr clients add`"
+                    .into(),
+            ));
+        }
+        self.audit.durability()?;
+        if self.audit.segment_bytes < 4096 || self.audit.ship_stuck_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "audit: segment_bytes must be at least 4096 and ship_stuck_seconds at least 1"
                     .into(),
             ));
         }
