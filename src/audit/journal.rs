@@ -1051,7 +1051,7 @@ mod tests {
     fn a_second_lock_on_the_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let held = lock(dir.path()).unwrap();
-        let e = lock(dir.path()).err().expect("refused");
+        let e = lock(dir.path()).expect_err("refused");
         assert!(e.to_string().contains("in use by another process"), "{e}");
         drop(held);
         lock(dir.path()).expect("free again");
