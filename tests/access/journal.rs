@@ -205,6 +205,10 @@ async fn answers_wait_for_the_journal_not_the_database_and_a_stuck_shipper_is_re
 
 /// `shcr serve` as a child process on `db` with its journal in `dir`; returns it and its origin.
 fn serve(db: &TestDatabase, dir: &Path) -> (Child, String) {
+    serve_with(db, dir, "journal")
+}
+
+fn serve_with(db: &TestDatabase, dir: &Path, durability: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shcr"))
         .arg("serve")
         .env("DATABASE_URL", &db.url)
@@ -213,6 +217,7 @@ fn serve(db: &TestDatabase, dir: &Path) -> (Child, String) {
         .env("SHCR_DEV_ISSUER__KEY_FILE", dir.join("key.pem"))
         .env("SHCR_INDEX_DIR", dir.join("index"))
         .env("SHCR_AUDIT__JOURNAL_DIR", dir.join("journal"))
+        .env("SHCR_AUDIT__DURABILITY", durability)
         .env("SHCR_EVENTS__SUBSCRIPTIONS__ENABLED", "false")
         .env("SHCR_LOG_FORMAT", "json")
         .env("RUST_LOG", "error,shcr::startup=info")
@@ -317,9 +322,35 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
         count_ids(&pool, "after-").await.len() == after.len()
     })
     .await;
+    // Killed again with rows only in the journal, then started in database mode: the rows
+    // left in the journal are shipped all the same, and new rows go straight to the chain.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let left: Vec<String> = (0..20).map(|i| format!("left-{i:03}")).collect();
+    requests(&client, &origin, &left).await;
+    server.kill().expect("kill -9");
+    server.wait().unwrap();
+    holder.rollback().await.unwrap();
+    let (mut server, origin) = serve_with(&db, dir.path(), "database");
+    let direct: Vec<String> = (0..10).map(|i| format!("direct-{i:03}")).collect();
+    requests(&client, &origin, &direct).await;
+    assert_eq!(
+        count_ids(&pool, "direct-").await.len(),
+        direct.len(),
+        "database mode: in the chain before the answers"
+    );
+    eventually(
+        "the rows a journal run left, shipped in database mode",
+        60,
+        || async { count_ids(&pool, "left-").await.len() == left.len() },
+    )
+    .await;
     let _ = server.kill();
     let _ = server.wait();
-    for prefix in ["before-", "held-", "after-"] {
+    for prefix in ["before-", "held-", "after-", "left-", "direct-"] {
         let counted = count_ids(&pool, prefix).await;
         assert!(
             counted.iter().all(|(_, n)| *n == 1),
@@ -334,10 +365,14 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(total, 210, "every row once, nothing else");
-    assert_eq!(position, total);
+    assert_eq!(total, 240, "every row once, nothing else");
+    assert_eq!(
+        position,
+        total - 10,
+        "all but the database-mode rows came through the journal"
+    );
     let (ok, text) = verify(&db.url);
-    assert!(ok && text.contains("210 rows verified"), "{text}");
+    assert!(ok && text.contains("240 rows verified"), "{text}");
     pool.close().await;
 }
 
