@@ -680,11 +680,17 @@ fn write_group(
         // The full segment was fsynced with its last group; the new one must exist (its
         // directory entry durable) before anything in it is acknowledged.
         let path = segment_path(&shared.dir, first_seq);
+        // Not `create_new`: a rotation whose directory sync failed left the file, empty.
         let file = OpenOptions::new()
             .append(true)
-            .create_new(true)
+            .create(true)
             .open(&path)
-            .and_then(|f| sync_dir(&shared.dir).map(|()| f))
+            .and_then(|f| {
+                if f.metadata()?.len() != 0 {
+                    return Err(std::io::Error::other("it exists and is not empty"));
+                }
+                sync_dir(&shared.dir).map(|()| f)
+            })
             .map_err(|e| format!("creating audit journal segment {}: {e}", path.display()))?;
         *segment = Segment {
             start: first_seq,
