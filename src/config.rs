@@ -450,3 +450,23 @@ impl Settings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_durability_defaults_to_the_journal_only_with_a_directory() {
+        let mut a = AuditSettings::default();
+        assert_eq!(a.durability().unwrap(), AuditDurability::Database);
+        a.journal_dir = Some(PathBuf::from("/var/lib/shcr/audit-journal"));
+        assert_eq!(a.durability().unwrap(), AuditDurability::Journal);
+        a.durability = Some("database".into());
+        assert_eq!(a.durability().unwrap(), AuditDurability::Database);
+        a.durability = Some("journal".into());
+        a.journal_dir = None;
+        assert!(a.durability().is_err(), "journal without a directory");
+        a.durability = Some("disk".into());
+        assert!(a.durability().is_err());
+    }
+}
