@@ -80,6 +80,10 @@ pub struct AuditSettings {
     /// second process). Also read in `database` mode, to ship what an earlier `journal` run
     /// left behind.
     pub journal_dir: Option<PathBuf>,
+    /// Independent journals (`lane-0`, `lane-1`, … in `journal_dir`), each with its own
+    /// writer, fsync and shipper: a request goes to the least busy, so it does not wait for
+    /// another group's fsync in flight.
+    pub journal_lanes: usize,
     /// A journal segment is closed and a new one started past this size (bytes); segments are
     /// deleted once fully shipped.
     pub segment_bytes: u64,
@@ -93,6 +97,7 @@ impl Default for AuditSettings {
         AuditSettings {
             durability: None,
             journal_dir: None,
+            journal_lanes: 2,
             segment_bytes: 64 * 1024 * 1024,
             ship_stuck_seconds: 30,
         }
@@ -424,9 +429,13 @@ impl Settings {
             ));
         }
         self.audit.durability()?;
-        if self.audit.segment_bytes < 4096 || self.audit.ship_stuck_seconds == 0 {
+        if self.audit.segment_bytes < 4096
+            || self.audit.ship_stuck_seconds == 0
+            || !(1..=16).contains(&self.audit.journal_lanes)
+        {
             return Err(ConfigError::Invalid(
-                "audit: segment_bytes must be at least 4096 and ship_stuck_seconds at least 1"
+                "audit: segment_bytes must be at least 4096, ship_stuck_seconds at least 1 and \
+                 journal_lanes from 1 to 16"
                     .into(),
             ));
         }

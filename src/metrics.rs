@@ -267,33 +267,42 @@ pub static AUDIT_JOURNAL_SHIP_SECONDS: LazyLock<prometheus::Histogram> = LazyLoc
 
 /// Audit journal rows durable but not yet in the chain (IG reports and AuditEvent searches do
 /// not see them yet).
-pub static AUDIT_JOURNAL_UNSHIPPED_ROWS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+pub static AUDIT_JOURNAL_UNSHIPPED_ROWS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
-        prometheus::IntGauge::new(
-            "audit_journal_unshipped_rows",
-            "Audit journal rows not yet shipped to the database",
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "audit_journal_unshipped_rows",
+                "Audit journal rows not yet shipped to the database, by lane",
+            ),
+            &["lane"],
         )
         .expect("gauge"),
     )
 });
 
 /// Bytes of the audit journal not yet shipped.
-pub static AUDIT_JOURNAL_UNSHIPPED_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+pub static AUDIT_JOURNAL_UNSHIPPED_BYTES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
-        prometheus::IntGauge::new(
-            "audit_journal_unshipped_bytes",
-            "Audit journal bytes not yet shipped to the database",
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "audit_journal_unshipped_bytes",
+                "Audit journal bytes not yet shipped to the database, by lane",
+            ),
+            &["lane"],
         )
         .expect("gauge"),
     )
 });
 
 /// Seconds since the audit journal and the chain were last level (0 while they are).
-pub static AUDIT_JOURNAL_SHIP_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+pub static AUDIT_JOURNAL_SHIP_LAG: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
     register(
-        prometheus::Gauge::new(
-            "audit_journal_ship_lag_seconds",
-            "Seconds since every durable audit journal row was last in the database",
+        prometheus::GaugeVec::new(
+            Opts::new(
+                "audit_journal_ship_lag_seconds",
+                "Seconds since every durable audit journal row was last in the database, by lane",
+            ),
+            &["lane"],
         )
         .expect("gauge"),
     )

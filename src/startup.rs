@@ -32,7 +32,7 @@ pub struct Application {
     /// Inbound messaging, NATS consumer and subscription delivery (src/events).
     events: crate::events::Runtime,
     /// The local audit journal, when `audit.journal_dir` is set.
-    journal: Option<crate::audit::journal::Journal>,
+    journal: Option<crate::audit::journal::Journals>,
 }
 
 /// The built-in search parameters, parsed and compiled once per process.
@@ -160,8 +160,9 @@ impl Application {
         // The journal is opened in database mode too, to ship what a journal run left behind.
         let journal = match (&settings.audit.journal_dir, settings.access.audit) {
             (Some(dir), true) => Some(
-                crate::audit::journal::Journal::open(
+                crate::audit::journal::Journals::open(
                     dir,
+                    settings.audit.journal_lanes,
                     settings.audit.segment_bytes,
                     store.clone(),
                 )
@@ -185,9 +186,10 @@ impl Application {
         }
         let audit = match (settings.audit.durability()?, &journal) {
             (crate::config::AuditDurability::Journal, Some(journal)) => {
-                tracing::info!(journal = %journal.id(), dir = %journal.dir().display(),
+                tracing::info!(dir = %settings.audit.journal_dir.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                    lanes = settings.audit.journal_lanes,
                     "audit rows are durable in the local journal before answers leave");
-                Audit::journalled(store.clone(), journal)
+                Audit::journalled(store.clone(), journal.writer())
             }
             _ => Audit::new(store.clone()),
         };
@@ -236,7 +238,7 @@ impl Application {
     }
 
     /// The local audit journal, if configured.
-    pub fn journal(&self) -> Option<&crate::audit::journal::Journal> {
+    pub fn journal(&self) -> Option<&crate::audit::journal::Journals> {
         self.journal.as_ref()
     }
 

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -328,6 +329,8 @@ struct Shared {
 }
 
 struct Progress {
+    /// The lane's name (its directory's), for the metrics.
+    lane: String,
     /// The last durable (fsynced) sequence number, and where it ends.
     durable_seq: i64,
     durable_segment: i64,
@@ -360,20 +363,27 @@ impl Progress {
         use crate::metrics::{
             AUDIT_JOURNAL_SHIP_LAG, AUDIT_JOURNAL_UNSHIPPED_BYTES, AUDIT_JOURNAL_UNSHIPPED_ROWS,
         };
-        AUDIT_JOURNAL_UNSHIPPED_ROWS.set(self.durable_seq - self.shipped_seq);
-        AUDIT_JOURNAL_UNSHIPPED_BYTES.set(self.unshipped_bytes() as i64);
-        AUDIT_JOURNAL_SHIP_LAG.set(
+        let lane = [self.lane.as_str()];
+        AUDIT_JOURNAL_UNSHIPPED_ROWS
+            .with_label_values(&lane)
+            .set(self.durable_seq - self.shipped_seq);
+        AUDIT_JOURNAL_UNSHIPPED_BYTES
+            .with_label_values(&lane)
+            .set(self.unshipped_bytes() as i64);
+        AUDIT_JOURNAL_SHIP_LAG.with_label_values(&lane).set(
             self.backlog_since
                 .map_or(0.0, |since| since.elapsed().as_secs_f64()),
         );
     }
 }
 
-/// An open journal: its writer thread and its shipper task.
+/// An open journal (one lane): its writer thread and its shipper task.
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
     queue: mpsc::UnboundedSender<Pending>,
+    /// Rows queued or being written: a request goes to the least loaded lane.
+    load: Arc<AtomicUsize>,
 }
 
 /// A request's row waiting for the next group fsync.
@@ -382,19 +392,29 @@ struct Pending {
     done: oneshot::Sender<Result<i64, String>>,
 }
 
-/// The handle requests record through.
+/// The handle requests record through: the lanes' queues.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::UnboundedSender<Pending>,
+    lanes: Vec<(mpsc::UnboundedSender<Pending>, Arc<AtomicUsize>)>,
 }
 
 impl Writer {
-    /// Returns once the row is in the journal and fsynced: its journal sequence number.
+    /// Returns once the row is in a lane's journal and fsynced: its sequence number there.
+    ///
+    /// The row goes to the lane with the fewest rows queued or being written, so a request
+    /// arriving while one lane flushes starts its own flush on an idle one instead of waiting
+    /// for the flush in flight (this disk runs flushes of different files concurrently).
     pub async fn record(&self, record: AuditRecord) -> Result<i64, StoreError> {
         let payload = serde_json::to_vec(&Entry::new(record)).expect("serialisable");
         let (done, synced) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the audit journal writer has stopped".into());
-        self.queue
+        let (queue, load) = self
+            .lanes
+            .iter()
+            .min_by_key(|(_, load)| load.load(Ordering::Relaxed))
+            .ok_or_else(stopped)?;
+        load.fetch_add(1, Ordering::Relaxed);
+        queue
             .send(Pending { payload, done })
             .map_err(|_| stopped())?;
         synced
@@ -483,6 +503,10 @@ impl Journal {
             );
         }
         let progress = Progress {
+            lane: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             durable_seq,
             durable_segment: current,
             durable_len: current_len,
@@ -509,22 +533,36 @@ impl Journal {
             .append(true)
             .open(segment_path(&dir, current))?;
         let (queue, pending) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
         let segment = Segment {
             start: current,
             file,
             len: current_len,
         };
-        let writer_shared = shared.clone();
+        let (writer_shared, writer_load) = (shared.clone(), load.clone());
         std::thread::Builder::new()
             .name("audit-journal".into())
-            .spawn(move || write_groups(writer_shared, segment, recovered.next_seq, pending))?;
+            .spawn(move || {
+                write_groups(
+                    writer_shared,
+                    segment,
+                    recovered.next_seq,
+                    pending,
+                    writer_load,
+                )
+            })?;
         tokio::spawn(ship(shared.clone(), store));
-        Ok(Journal { shared, queue })
+        Ok(Journal {
+            shared,
+            queue,
+            load,
+        })
     }
 
+    /// A writer over this lane alone.
     pub fn writer(&self) -> Writer {
         Writer {
-            queue: self.queue.clone(),
+            lanes: vec![(self.queue.clone(), self.load.clone())],
         }
     }
 
@@ -600,6 +638,84 @@ impl Journal {
     }
 }
 
+/// A process's journal: `lanes` independent journals (`lane-0`, `lane-1`, … in the
+/// directory), each with its own lock, id, writer thread, shipper and shipped position. The
+/// chain takes each lane's rows as it would another replica's. Lanes found beyond `lanes` (the
+/// setting was lowered) are opened to ship what they hold, but get no new rows.
+#[derive(Clone)]
+pub struct Journals {
+    lanes: Vec<Journal>,
+    routed: usize,
+}
+
+impl Journals {
+    pub async fn open(
+        dir: &Path,
+        lanes: usize,
+        segment_bytes: u64,
+        store: Store,
+    ) -> anyhow::Result<Journals> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the audit journal {}", dir.display()))?;
+        let mut existing = 0;
+        for entry in std::fs::read_dir(dir)? {
+            if let Some(i) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("lane-"))
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                existing = existing.max(i + 1);
+            }
+        }
+        let mut opened = Vec::new();
+        for i in 0..lanes.max(existing) {
+            opened.push(
+                Journal::open(&dir.join(format!("lane-{i}")), segment_bytes, store.clone()).await?,
+            );
+        }
+        Ok(Journals {
+            lanes: opened,
+            routed: lanes,
+        })
+    }
+
+    pub fn writer(&self) -> Writer {
+        Writer {
+            lanes: self.lanes[..self.routed]
+                .iter()
+                .map(|j| (j.queue.clone(), j.load.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn lanes(&self) -> &[Journal] {
+        &self.lanes
+    }
+
+    /// `/readyz`: every lane's check.
+    pub fn check(&self, stuck: Duration) -> Result<(), String> {
+        let failed: Vec<String> = self
+            .lanes
+            .iter()
+            .filter_map(|j| j.check(stuck).err())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Every lane's `Journal::drain`, at the same time.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        futures_util::future::join_all(self.lanes.iter().map(|j| j.drain(timeout)))
+            .await
+            .into_iter()
+            .all(|done| done)
+    }
+}
+
 /// Where the entry `seq` starts: (segment, byte offset); the end of the last segment if it is
 /// the next entry to be written.
 fn position_of(dir: &Path, segments: &BTreeMap<i64, u64>, seq: i64) -> anyhow::Result<(i64, u64)> {
@@ -640,6 +756,7 @@ fn write_groups(
     mut segment: Segment,
     mut next_seq: i64,
     mut pending: mpsc::UnboundedReceiver<Pending>,
+    load: Arc<AtomicUsize>,
 ) {
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
     let mut buf = Vec::new();
@@ -659,6 +776,7 @@ fn write_groups(
         if result.is_ok() {
             next_seq += group.len() as i64;
         }
+        load.fetch_sub(group.len(), Ordering::Relaxed);
         for (i, p) in group.drain(..).enumerate() {
             // A requester that went away no longer needs its answer; its row is durable.
             let _ = p.done.send(result.clone().map(|()| first_seq + i as i64));

@@ -194,11 +194,12 @@ impl Audit {
         }
     }
 
-    /// Rows fsynced into `journal` before each answer (its shipper appends them to the chain).
-    pub fn journalled(store: Store, journal: &journal::Journal) -> Audit {
+    /// Rows fsynced into the journal before each answer (its shippers append them to the
+    /// chain).
+    pub fn journalled(store: Store, writer: journal::Writer) -> Audit {
         Audit {
             store,
-            sink: Sink::Journal(journal.writer()),
+            sink: Sink::Journal(writer),
         }
     }
 

@@ -118,25 +118,36 @@ async fn journal_mode_audits_every_request_into_one_unbroken_chain() {
     assert_eq!(seqs, (1..=total).collect::<Vec<i64>>());
     let (ok, text) = verify(&app.db.url);
     assert!(ok, "{text}");
-    // The journal's position: every row but the other writer's came through it.
-    let shipped: i64 = sqlx::query_scalar("SELECT shipped_seq FROM audit_journal_shipped")
-        .fetch_one(&app.pool)
+    // The journals' positions: every row but the other writer's came through one of the two
+    // lanes, and requests arriving together used both.
+    let shipped: Vec<i64> = sqlx::query_scalar("SELECT shipped_seq FROM audit_journal_shipped")
+        .fetch_all(&app.pool)
         .await
         .unwrap();
-    assert_eq!(shipped, total - 100);
-    // Shipped segments were deleted: what is left is the writer's segment and at most the one
-    // the shipper's position is in.
-    let segments = std::fs::read_dir(&journal)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".journal")
-        })
-        .count();
-    assert!((1..=2).contains(&segments), "{segments} segments left");
+    assert_eq!(shipped.iter().sum::<i64>(), total - 100);
+    assert_eq!(shipped.len(), 2, "{shipped:?}");
+    assert!(
+        shipped.iter().all(|n| *n > 0),
+        "both lanes used: {shipped:?}"
+    );
+    // Shipped segments were deleted: what is left in each lane is the writer's segment and at
+    // most the one the shipper's position is in.
+    for lane in ["lane-0", "lane-1"] {
+        let segments = std::fs::read_dir(journal.join(lane))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".journal")
+            })
+            .count();
+        assert!(
+            (1..=2).contains(&segments),
+            "{lane}: {segments} segments left"
+        );
+    }
     let metrics = app
         .client
         .get(format!("{}/metrics", app.origin))
@@ -292,7 +303,7 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
     holder.rollback().await.unwrap();
 
     // A torn entry after the last acknowledged one, as a crash mid-write leaves it.
-    let journal = dir.path().join("journal");
+    let journal = dir.path().join("journal").join("lane-0");
     let last = std::fs::read_dir(&journal)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -361,10 +372,11 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
         .fetch_one(&pool)
         .await
         .unwrap();
-    let position: i64 = sqlx::query_scalar("SELECT shipped_seq FROM audit_journal_shipped")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let position: i64 =
+        sqlx::query_scalar("SELECT sum(shipped_seq)::bigint FROM audit_journal_shipped")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(total, 240, "every row once, nothing else");
     assert_eq!(
         position,
