@@ -4,7 +4,11 @@
 //! the chain, `shcr audit verify` and the IG views stay as they are, behind by the shipping
 //! delay.
 //!
-//! - **Layout.** `journal_dir` holds `LOCK` (an exclusive `flock` for the process's lifetime: a
+//! - **Lanes.** `journal_dir` holds `lane-0`, `lane-1`, … (`audit.journal_lanes`), each a
+//!   journal as below with its own writer thread and shipper; a request goes to the least busy
+//!   lane (`Journals`, `Writer::record`), and the chain takes each lane's rows as it takes
+//!   another replica's.
+//! - **Layout.** Each lane holds `LOCK` (an exclusive `flock` for the process's lifetime: a
 //!   second process on the same directory is refused), `journal-id` (a random id created once;
 //!   the database keeps each journal's shipped position under it, so replicas sharing a
 //!   database never mix theirs) and segments `<first sequence number, 20 digits>.journal`.
