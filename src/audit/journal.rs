@@ -445,7 +445,12 @@ impl Journal {
     /// Opens (creating it if needed) and locks the directory, repairs a torn tail, registers
     /// the journal in the database and starts its writer thread and shipper task (on the
     /// current tokio runtime). Fails if another process holds the directory.
-    pub async fn open(dir: &Path, segment_bytes: u64, store: Store) -> anyhow::Result<Journal> {
+    pub async fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        store: Store,
+        head: SharedHead,
+    ) -> anyhow::Result<Journal> {
         let dir = dir.to_path_buf();
         let (lock, id, recovered) = tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -555,7 +560,7 @@ impl Journal {
                     writer_load,
                 )
             })?;
-        tokio::spawn(ship(shared.clone(), store));
+        tokio::spawn(ship(shared.clone(), store, head));
         Ok(Journal {
             shared,
             queue,
@@ -642,6 +647,11 @@ impl Journal {
     }
 }
 
+/// The chain head as this process's shippers last left it, shared by the lanes' shippers: they
+/// append one at a time (PostgreSQL's head row lock would serialise them anyway), each starting
+/// from where the other left the head instead of failing on it and re-reading it.
+pub type SharedHead = Arc<tokio::sync::Mutex<Option<(i64, Vec<u8>)>>>;
+
 /// A process's journal: `lanes` independent journals (`lane-0`, `lane-1`, … in the
 /// directory), each with its own lock, id, writer thread, shipper and shipped position. The
 /// chain takes each lane's rows as it would another replica's. Lanes found beyond `lanes` (the
@@ -673,9 +683,16 @@ impl Journals {
             }
         }
         let mut opened = Vec::new();
+        let head = SharedHead::default();
         for i in 0..lanes.max(existing) {
             opened.push(
-                Journal::open(&dir.join(format!("lane-{i}")), segment_bytes, store.clone()).await?,
+                Journal::open(
+                    &dir.join(format!("lane-{i}")),
+                    segment_bytes,
+                    store.clone(),
+                    head.clone(),
+                )
+                .await?,
             );
         }
         Ok(Journals {
@@ -931,9 +948,8 @@ fn read_batch(
 }
 
 /// The shipper task: appends durable entries to the chain, in order, exactly once.
-async fn ship(shared: Arc<Shared>, store: Store) {
+async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
     let mut own: Option<(sqlx::PgConnection, Instant)> = None;
-    let mut head = None;
     let mut backoff = Duration::from_millis(50);
     let mut gathered = false;
     loop {
@@ -997,8 +1013,15 @@ async fn ship(shared: Arc<Shared>, store: Store) {
                 continue;
             }
         };
+        let mut head = head.lock().await;
         let started = Instant::now();
-        match append(&mut conn, &mut head, batch.records.iter(), Some(&shipping)).await {
+        let appended = append(&mut conn, &mut head, batch.records.iter(), Some(&shipping)).await;
+        if appended.is_err() {
+            // Unknown outcome: re-read the head.
+            *head = None;
+        }
+        drop(head);
+        match appended {
             Ok(_) => {
                 crate::metrics::AUDIT_JOURNAL_SHIP_SECONDS.observe(started.elapsed().as_secs_f64());
                 own = Some((conn, opened));
@@ -1036,8 +1059,7 @@ async fn ship(shared: Arc<Shared>, store: Store) {
                 }
             }
             Err(e) => {
-                // Unknown outcome: re-read the head, and the position.
-                head = None;
+                // Unknown outcome: re-read the position too.
                 fail(&shared, e.to_string(), &mut backoff).await;
                 if let Err(e) = resync(&shared, &store).await {
                     fail(&shared, format!("{e:#}"), &mut backoff).await;
