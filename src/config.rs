@@ -81,8 +81,10 @@ pub struct AuditSettings {
     /// left behind.
     pub journal_dir: Option<PathBuf>,
     /// Independent journals (`lane-0`, `lane-1`, … in `journal_dir`), each with its own
-    /// writer, fsync and shipper: a request goes to the least busy, so it does not wait for
-    /// another group's fsync in flight.
+    /// writer, fsync and shipper: a request goes to the least busy, so it need not wait for
+    /// another group's fsync in flight. Each lane ships in statements of its own, so more lanes
+    /// cost PostgreSQL more statements; 2 did not shorten the wait measurably on the bench's
+    /// machine (BENCHMARKS.md), hence 1 by default.
     pub journal_lanes: usize,
     /// A journal segment is closed and a new one started past this size (bytes); segments are
     /// deleted once fully shipped.
@@ -97,7 +99,7 @@ impl Default for AuditSettings {
         AuditSettings {
             durability: None,
             journal_dir: None,
-            journal_lanes: 2,
+            journal_lanes: 1,
             segment_bytes: 64 * 1024 * 1024,
             ship_stuck_seconds: 30,
         }

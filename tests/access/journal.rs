@@ -64,6 +64,8 @@ async fn journal_mode_audits_every_request_into_one_unbroken_chain() {
     let journal = dir.path().join("journal");
     let app = TestApp::spawn_with(|s| {
         s.audit.journal_dir = Some(journal.clone());
+        // Two lanes, each shipped as another replica's rows would be.
+        s.audit.journal_lanes = 2;
         // Small segments: the run rotates and deletes shipped ones.
         s.audit.segment_bytes = 8 * 1024;
     })
