@@ -38,6 +38,8 @@ pub struct Settings {
     pub identity_matching: Option<PathBuf>,
     /// Read-time access control and audit.
     pub access: AccessConfig,
+    /// How an audit row is made durable before the response leaves (`[audit]`).
+    pub audit: AuditSettings,
     /// The API as a governed product: consumer registry, throttling, lifecycle, portal.
     pub governance: GovernanceSettings,
 }
@@ -60,6 +62,73 @@ impl Default for AccessConfig {
             policy_dir: None,
             enforce: true,
             audit: true,
+        }
+    }
+}
+
+/// `[audit]`: where an audit row is made durable before the response leaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// `database`: each request waits for its row's group commit into the PostgreSQL chain.
+    /// `journal`: each request waits for its row's group fsync into a local append-only journal
+    /// in `journal_dir`; a background task ships the journal into the same chain (IG reports
+    /// and AuditEvent searches lag by that shipping delay). Unset: `journal` when `journal_dir`
+    /// is set, `database` otherwise.
+    pub durability: Option<String>,
+    /// The journal's directory: persistent, local, one per process (a lock file refuses a
+    /// second process). Also read in `database` mode, to ship what an earlier `journal` run
+    /// left behind.
+    pub journal_dir: Option<PathBuf>,
+    /// Independent journals (`lane-0`, `lane-1`, … in `journal_dir`), each with its own
+    /// writer, fsync and shipper: a request goes to the least busy, so it need not wait for
+    /// another group's fsync in flight. Each lane ships in statements of its own, so more lanes
+    /// cost PostgreSQL more statements; 2 did not shorten the wait measurably on the bench's
+    /// machine (BENCHMARKS.md), hence 1 by default.
+    pub journal_lanes: usize,
+    /// A journal segment is closed and a new one started past this size (bytes); segments are
+    /// deleted once fully shipped.
+    pub segment_bytes: u64,
+    /// `/readyz` reports the journal's shipper as stuck when its oldest unshipped row is older
+    /// than this (seconds).
+    pub ship_stuck_seconds: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            durability: None,
+            journal_dir: None,
+            journal_lanes: 1,
+            segment_bytes: 64 * 1024 * 1024,
+            ship_stuck_seconds: 30,
+        }
+    }
+}
+
+/// Where audit rows are made durable (see `AuditSettings::durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDurability {
+    Database,
+    Journal,
+}
+
+impl AuditSettings {
+    /// The configured durability, or the default for the configured directory.
+    pub fn durability(&self) -> Result<AuditDurability, ConfigError> {
+        match (self.durability.as_deref(), &self.journal_dir) {
+            (Some("database"), _) => Ok(AuditDurability::Database),
+            (Some("journal"), Some(_)) => Ok(AuditDurability::Journal),
+            (Some("journal"), None) => Err(ConfigError::Invalid(
+                "audit.durability = \"journal\" needs audit.journal_dir (SHCR_AUDIT__JOURNAL_DIR), \
+                 a persistent local directory of this process's own"
+                    .into(),
+            )),
+            (Some(other), _) => Err(ConfigError::Invalid(format!(
+                "audit.durability must be database or journal, got {other}"
+            ))),
+            (None, Some(_)) => Ok(AuditDurability::Journal),
+            (None, None) => Ok(AuditDurability::Database),
         }
     }
 }
@@ -270,6 +339,7 @@ impl Default for Settings {
             search_params_dir: None,
             identity_matching: None,
             access: AccessConfig::default(),
+            audit: AuditSettings::default(),
             governance: GovernanceSettings::default(),
         }
     }
@@ -360,6 +430,17 @@ impl Settings {
                     .into(),
             ));
         }
+        self.audit.durability()?;
+        if self.audit.segment_bytes < 4096
+            || self.audit.ship_stuck_seconds == 0
+            || !(1..=16).contains(&self.audit.journal_lanes)
+        {
+            return Err(ConfigError::Invalid(
+                "audit: segment_bytes must be at least 4096, ship_stuck_seconds at least 1 and \
+                 journal_lanes from 1 to 16"
+                    .into(),
+            ));
+        }
         let subs = &self.events.subscriptions;
         if subs.workers == 0 || subs.batch_size < 1 || subs.max_failures == 0 {
             return Err(ConfigError::Invalid(
@@ -378,5 +459,25 @@ impl Settings {
                     .into(),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_durability_defaults_to_the_journal_only_with_a_directory() {
+        let mut a = AuditSettings::default();
+        assert_eq!(a.durability().unwrap(), AuditDurability::Database);
+        a.journal_dir = Some(PathBuf::from("/var/lib/shcr/audit-journal"));
+        assert_eq!(a.durability().unwrap(), AuditDurability::Journal);
+        a.durability = Some("database".into());
+        assert_eq!(a.durability().unwrap(), AuditDurability::Database);
+        a.durability = Some("journal".into());
+        a.journal_dir = None;
+        assert!(a.durability().is_err(), "journal without a directory");
+        a.durability = Some("disk".into());
+        assert!(a.durability().is_err());
     }
 }

@@ -231,6 +231,83 @@ pub static AUDIT_GROUP_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(
     )
 });
 
+/// Time one audit journal group takes to write and `fdatasync` (`[audit] durability =
+/// "journal"`): what each request's row waits for besides the group ahead.
+pub static AUDIT_JOURNAL_SYNC_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_journal_sync_seconds",
+                "Time to write and fdatasync one audit journal group",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
+/// Time one shipping statement takes (journal rows appended to the chain with the journal's
+/// shipped position).
+pub static AUDIT_JOURNAL_SHIP_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_journal_ship_seconds",
+                "Time to append one batch of audit journal rows to the chain",
+            )
+            .buckets(vec![
+                0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
+/// Audit journal rows durable but not yet in the chain (IG reports and AuditEvent searches do
+/// not see them yet).
+pub static AUDIT_JOURNAL_UNSHIPPED_ROWS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "audit_journal_unshipped_rows",
+                "Audit journal rows not yet shipped to the database, by lane",
+            ),
+            &["lane"],
+        )
+        .expect("gauge"),
+    )
+});
+
+/// Bytes of the audit journal not yet shipped.
+pub static AUDIT_JOURNAL_UNSHIPPED_BYTES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "audit_journal_unshipped_bytes",
+                "Audit journal bytes not yet shipped to the database, by lane",
+            ),
+            &["lane"],
+        )
+        .expect("gauge"),
+    )
+});
+
+/// Seconds since the audit journal and the chain were last level (0 while they are).
+pub static AUDIT_JOURNAL_SHIP_LAG: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::GaugeVec::new(
+            Opts::new(
+                "audit_journal_ship_lag_seconds",
+                "Seconds since every durable audit journal row was last in the database, by lane",
+            ),
+            &["lane"],
+        )
+        .expect("gauge"),
+    )
+});
+
 /// Times an audit write: `metrics::time_audit_write(audit::write(...)).await`.
 pub async fn time_audit_write<T, E>(
     write: impl std::future::Future<Output = Result<T, E>>,

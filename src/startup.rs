@@ -31,6 +31,8 @@ pub struct Application {
     server: Server,
     /// Inbound messaging, NATS consumer and subscription delivery (src/events).
     events: crate::events::Runtime,
+    /// The local audit journal, when `audit.journal_dir` is set.
+    journal: Option<crate::audit::journal::Journals>,
 }
 
 /// The built-in search parameters, parsed and compiled once per process.
@@ -155,10 +157,46 @@ impl Application {
             &governance.product,
             &governance.profiles,
         ));
+        // The journal is opened in database mode too, to ship what a journal run left behind.
+        let journal = match (&settings.audit.journal_dir, settings.access.audit) {
+            (Some(dir), true) => Some(
+                crate::audit::journal::Journals::open(
+                    dir,
+                    settings.audit.journal_lanes,
+                    settings.audit.segment_bytes,
+                    store.clone(),
+                )
+                .await
+                .context("opening the audit journal")?,
+            ),
+            _ => None,
+        };
+        if let Some(journal) = &journal {
+            let (journal, stuck) = (
+                journal.clone(),
+                std::time::Duration::from_secs(settings.audit.ship_stuck_seconds),
+            );
+            readiness.register(
+                "audit-journal",
+                Arc::new(move || {
+                    let result = journal.check(stuck);
+                    Box::pin(async move { result }) as futures_util::future::BoxFuture<'static, _>
+                }),
+            );
+        }
+        let audit = match (settings.audit.durability()?, &journal) {
+            (crate::config::AuditDurability::Journal, Some(journal)) => {
+                tracing::info!(dir = %settings.audit.journal_dir.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                    lanes = settings.audit.journal_lanes,
+                    "audit rows are durable in the local journal before answers leave");
+                Audit::journalled(store.clone(), journal.writer())
+            }
+            _ => Audit::new(store.clone()),
+        };
         let state = web::Data::new(AppState {
             repository,
             access,
-            audit: settings.access.audit.then(|| Audit::new(store.clone())),
+            audit: settings.access.audit.then_some(audit),
             capability_statement: capabilities.to_string(),
             capabilities,
             governance,
@@ -195,7 +233,13 @@ impl Application {
             search,
             server,
             events,
+            journal,
         })
+    }
+
+    /// The local audit journal, if configured.
+    pub fn journal(&self) -> Option<&crate::audit::journal::Journals> {
+        self.journal.as_ref()
     }
 
     pub fn port(&self) -> u16 {
@@ -246,6 +290,15 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.events.stop().await;
+        // Answers have all left; ship what they journalled so the chain is complete now
+        // rather than at the next start (which ships whatever this leaves).
+        if let Some(journal) = &self.journal
+            && !journal.drain(std::time::Duration::from_secs(10)).await
+        {
+            tracing::warn!(
+                "audit journal not fully shipped at shutdown; the next start ships the rest"
+            );
+        }
         result
     }
 }

@@ -1,6 +1,7 @@
 //! The audit layer: after the handler has answered and before the answer leaves, one audit row
-//! is committed for the request (denials, errors and unauthenticated calls included). If the
-//! row cannot be written, the answer is replaced by a 500: no data leaves unaudited.
+//! is made durable for the request (denials, errors and unauthenticated calls included): in the
+//! database's chain or, with `[audit] durability = "journal"`, in the local journal. If the row
+//! cannot be written, the answer is replaced by a 503: no data leaves unaudited.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -142,8 +143,8 @@ pub async fn audit(
         Err(e) => {
             tracing::error!(error = %e, "audit write failed; withholding the response");
             let error = ApiError::http(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                IssueType::Exception,
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueType::Transient,
                 "the access could not be audited, so nothing was released; try again",
             );
             let (request, _) = response.into_parts();

@@ -4,8 +4,13 @@
 //! Each append moves the single `audit_chain_head` row in the statement that inserts, so the
 //! chain stays linear whatever the number of writers (processes); within a process one writer
 //! task appends for every request (group commit). Only this module writes the audit tables.
+//!
+//! With `[audit] durability = "journal"` a request waits instead for its row's group fsync into
+//! a local append-only journal (`journal`), which a background task ships into the same chain,
+//! recording how far it shipped in the statement that appends.
 
 pub mod event;
+pub mod journal;
 pub mod reports;
 pub mod verify;
 
@@ -165,26 +170,54 @@ struct Pending {
 #[derive(Clone)]
 pub struct Audit {
     store: Store,
-    queue: mpsc::UnboundedSender<Pending>,
+    sink: Sink,
+}
+
+/// Where a request's row is made durable before its answer leaves.
+#[derive(Clone)]
+enum Sink {
+    /// The group commit into the chain (`write_groups`).
+    Database(mpsc::UnboundedSender<Pending>),
+    /// The group fsync into the local journal, shipped into the chain later.
+    Journal(journal::Writer),
 }
 
 impl Audit {
-    /// Starts the writer task on the current tokio runtime.
+    /// Rows committed into the chain before each answer; starts the writer task on the current
+    /// tokio runtime.
     pub fn new(store: Store) -> Audit {
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(write_groups(store.clone(), pending));
-        Audit { store, queue }
+        Audit {
+            store,
+            sink: Sink::Database(queue),
+        }
+    }
+
+    /// Rows fsynced into the journal before each answer (its shippers append them to the
+    /// chain).
+    pub fn journalled(store: Store, writer: journal::Writer) -> Audit {
+        Audit {
+            store,
+            sink: Sink::Journal(writer),
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Appends the record to the chain and commits; returns its sequence number. The caller
-    /// must not release data before this returns `Ok`.
+    /// Makes the record durable: appended to the chain and committed (database), or written
+    /// to the journal and fsynced (journal). Returns its sequence number: its place in the
+    /// chain, or in the journal (the chain's number comes when it is shipped). The caller must
+    /// not release data before this returns `Ok`.
     pub async fn record(&self, record: AuditRecord) -> Result<i64, StoreError> {
+        let queue = match &self.sink {
+            Sink::Database(queue) => queue,
+            Sink::Journal(writer) => return writer.record(record).await,
+        };
         let (done, committed) = oneshot::channel();
-        self.queue
+        queue
             .send(Pending { record, done })
             .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
         committed
@@ -197,7 +230,7 @@ impl Audit {
     /// the last sequence number.
     pub async fn record_many(&self, records: &[AuditRecord]) -> Result<Option<i64>, StoreError> {
         let mut conn = self.store.lookups_pool().acquire().await?;
-        append(&mut conn, &mut None, records.iter()).await
+        append(&mut conn, &mut None, records.iter(), None).await
     }
 }
 
@@ -229,7 +262,8 @@ async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending
         let result = match result {
             Ok((mut conn, opened)) => {
                 let started = std::time::Instant::now();
-                let appended = append(&mut conn, &mut head, group.iter().map(|p| &p.record)).await;
+                let appended =
+                    append(&mut conn, &mut head, group.iter().map(|p| &p.record), None).await;
                 crate::metrics::AUDIT_GROUP_SECONDS.observe(started.elapsed().as_secs_f64());
                 if appended.is_ok() {
                     own = Some((conn, opened));
@@ -255,17 +289,27 @@ async fn write_groups(store: Store, mut pending: mpsc::UnboundedReceiver<Pending
     }
 }
 
+/// A journal's rows being shipped: its shipped position moves from `from` to `to` in the
+/// statement that appends them.
+pub(crate) struct Shipping<'a> {
+    pub journal_id: &'a str,
+    pub from: i64,
+    pub to: i64,
+}
+
 /// Appends `records` to the chain; returns the last sequence number.
 ///
 /// One statement, committed on its own: it moves the chain head only if the head is still
 /// where `head` says (another writer, e.g. a second shcr process, may have moved it) and
 /// inserts the rows only if it did. A moved head is read again and the rows re-chained.
 /// Concurrent writers queue on the head row's lock, and PostgreSQL re-checks the condition
-/// after the wait, so the chain stays linear.
+/// after the wait, so the chain stays linear. With `shipping`, the same statement moves the
+/// journal's shipped position, and does nothing at all unless that is still at `from`.
 async fn append<'a>(
     conn: &mut sqlx::PgConnection,
     head: &mut Option<(i64, Vec<u8>)>,
     records: impl ExactSizeIterator<Item = &'a AuditRecord> + Clone,
+    shipping: Option<&Shipping<'_>>,
 ) -> Result<Option<i64>, StoreError> {
     let n = records.len();
     if n == 0 {
@@ -286,7 +330,7 @@ async fn append<'a>(
             seq += 1;
             prev = rows.push(seq, prev, record);
         }
-        let inserted = rows.insert(&mut *conn, base, seq, &prev).await?;
+        let inserted = rows.insert(&mut *conn, base, seq, &prev, shipping).await?;
         if inserted == n as u64 {
             *head = Some((seq, prev));
             crate::metrics::AUDIT_WRITES.inc_by(n as u64);
@@ -297,8 +341,50 @@ async fn append<'a>(
                 "audit append wrote {inserted} of {n} rows"
             )));
         }
+        if let Some(shipping) = shipping {
+            let at: Option<i64> = sqlx::query_scalar(
+                "SELECT shipped_seq FROM audit_journal_shipped WHERE journal_id = $1",
+            )
+            .bind(shipping.journal_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if at != Some(shipping.from) {
+                return Err(StoreError::Unavailable(format!(
+                    "audit journal {}: its shipped position is {at:?} in the database, not {} \
+                     as this shipper left it (another process with a copy of this journal?)",
+                    shipping.journal_id, shipping.from
+                )));
+            }
+        }
         tracing::debug!("the audit chain head moved under this writer; re-chaining");
     }
+}
+
+/// The `INSERT` of `Columns::insert`'s statements, after their `WITH moved AS (…)`.
+macro_rules! insert_rows {
+    () => {
+        "
+         INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
+             outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
+             purpose, break_glass_id, method, path, query, resource_type, resource_id,
+             patients, returned, denied, relationship, client_ip, prev_hash, hash)
+         SELECT seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
+             http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
+             break_glass_id, method, path, query, resource_type, resource_id,
+             ARRAY(SELECT jsonb_array_elements_text(patients::jsonb)), returned, denied,
+             relationship, client_ip, prev_hash, hash
+         FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+             $6::int[], $7::text[], $8::int[], $9::text[], $10::text[], $11::text[],
+             $12::text[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::text[],
+             $18::text[], $19::text[], $20::text[], $21::text[], $22::int[], $23::bool[],
+             $24::bool[], $25::text[], $26::bytea[], $27::bytea[])
+           AS r(seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
+             http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
+             break_glass_id, method, path, query, resource_type, resource_id, patients,
+             returned, denied, relationship, client_ip, prev_hash, hash)
+         WHERE EXISTS (SELECT 1 FROM moved)
+         ORDER BY seq"
+    };
 }
 
 /// Chained rows as one array per column, for a single `INSERT … SELECT FROM unnest(…)`.
@@ -371,72 +457,76 @@ impl Columns {
     }
 
     /// Inserts the rows if the head is still at `base`, moving it to (`last`, `last_hash`);
-    /// returns the number of rows inserted (0: the head had moved).
+    /// returns the number of rows inserted (0: the head had moved, or the journal's shipped
+    /// position had).
     async fn insert(
         self,
         conn: &mut sqlx::PgConnection,
         base: i64,
         last: i64,
         last_hash: &[u8],
+        shipping: Option<&Shipping<'_>>,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "WITH moved AS (
-                 UPDATE audit_chain_head SET seq = $28, hash = $29 WHERE id = 1 AND seq = $30
-                 RETURNING 1
-             )
-             INSERT INTO audit_event (seq, recorded_at, request_id, interaction, action, outcome,
-                 outcome_desc, http_status, caller_kind, caller_id, caller_name, role_code, org,
-                 purpose, break_glass_id, method, path, query, resource_type, resource_id,
-                 patients, returned, denied, relationship, client_ip, prev_hash, hash)
-             SELECT seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
-                 http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
-                 break_glass_id, method, path, query, resource_type, resource_id,
-                 ARRAY(SELECT jsonb_array_elements_text(patients::jsonb)), returned, denied,
-                 relationship, client_ip, prev_hash, hash
-             FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                 $6::int[], $7::text[], $8::int[], $9::text[], $10::text[], $11::text[],
-                 $12::text[], $13::text[], $14::text[], $15::uuid[], $16::text[], $17::text[],
-                 $18::text[], $19::text[], $20::text[], $21::text[], $22::int[], $23::bool[],
-                 $24::bool[], $25::text[], $26::bytea[], $27::bytea[])
-               AS r(seq, recorded_at, request_id, interaction, action, outcome, outcome_desc,
-                 http_status, caller_kind, caller_id, caller_name, role_code, org, purpose,
-                 break_glass_id, method, path, query, resource_type, resource_id, patients,
-                 returned, denied, relationship, client_ip, prev_hash, hash)
-             WHERE EXISTS (SELECT 1 FROM moved)
-             ORDER BY seq",
-        )
-        .bind(self.seq)
-        .bind(self.recorded_at)
-        .bind(self.request_id)
-        .bind(self.interaction)
-        .bind(self.action)
-        .bind(self.outcome)
-        .bind(self.outcome_desc)
-        .bind(self.http_status)
-        .bind(self.caller_kind)
-        .bind(self.caller_id)
-        .bind(self.caller_name)
-        .bind(self.role_code)
-        .bind(self.org)
-        .bind(self.purpose)
-        .bind(self.break_glass_id)
-        .bind(self.method)
-        .bind(self.path)
-        .bind(self.query)
-        .bind(self.resource_type)
-        .bind(self.resource_id)
-        .bind(self.patients)
-        .bind(self.returned)
-        .bind(self.denied)
-        .bind(self.relationship)
-        .bind(self.client_ip)
-        .bind(self.prev_hash)
-        .bind(self.hash)
-        .bind(last)
-        .bind(last_hash)
-        .bind(base)
-        .execute(conn)
-        .await?;
+        let statement = match shipping {
+            None => concat!(
+                "WITH moved AS (
+                     UPDATE audit_chain_head SET seq = $28, hash = $29 WHERE id = 1 AND seq = $30
+                     RETURNING 1
+                 )",
+                insert_rows!()
+            ),
+            // The head moves only if the journal's position is where this shipper left it,
+            // and the position moves only if the head did: rows and position commit together.
+            Some(_) => concat!(
+                "WITH moved AS (
+                     UPDATE audit_chain_head SET seq = $28, hash = $29 WHERE id = 1 AND seq = $30
+                       AND EXISTS (SELECT 1 FROM audit_journal_shipped
+                                   WHERE journal_id = $31 AND shipped_seq = $32)
+                     RETURNING 1
+                 ), shipped AS (
+                     UPDATE audit_journal_shipped SET shipped_seq = $33, shipped_at = now()
+                     WHERE journal_id = $31 AND EXISTS (SELECT 1 FROM moved)
+                     RETURNING 1
+                 )",
+                insert_rows!()
+            ),
+        };
+        let query = sqlx::query(statement)
+            .bind(self.seq)
+            .bind(self.recorded_at)
+            .bind(self.request_id)
+            .bind(self.interaction)
+            .bind(self.action)
+            .bind(self.outcome)
+            .bind(self.outcome_desc)
+            .bind(self.http_status)
+            .bind(self.caller_kind)
+            .bind(self.caller_id)
+            .bind(self.caller_name)
+            .bind(self.role_code)
+            .bind(self.org)
+            .bind(self.purpose)
+            .bind(self.break_glass_id)
+            .bind(self.method)
+            .bind(self.path)
+            .bind(self.query)
+            .bind(self.resource_type)
+            .bind(self.resource_id)
+            .bind(self.patients)
+            .bind(self.returned)
+            .bind(self.denied)
+            .bind(self.relationship)
+            .bind(self.client_ip)
+            .bind(self.prev_hash)
+            .bind(self.hash)
+            .bind(last)
+            .bind(last_hash)
+            .bind(base);
+        let query = match shipping {
+            None => query,
+            Some(s) => query.bind(s.journal_id).bind(s.from).bind(s.to),
+        };
+        let done = query.execute(conn).await?;
         Ok(done.rows_affected())
     }
 }

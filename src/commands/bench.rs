@@ -131,6 +131,18 @@ pub struct BenchArgs {
     /// Audit rows the access phase fills the trail to before timing `audit verify`.
     #[arg(long, default_value_t = 1_000_000)]
     pub audit_rows: u64,
+    /// Audited servers the access phase measures: `database` (the bench's own server, each row
+    /// committed to the chain before its answer) and/or `journal` (a server whose rows are
+    /// fsynced to a local journal and shipped; "on-journal"). Both run the same load in turn.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "database")]
+    pub audit_durability: Vec<BenchDurability>,
+}
+
+/// `--audit-durability`: see `BenchArgs::audit_durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDurability {
+    Database,
+    Journal,
 }
 
 pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -515,6 +527,7 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
                         args.seconds,
                         args.warmup,
                         args.audit_rows,
+                        &args.audit_durability,
                     )
                     .await?;
                 }

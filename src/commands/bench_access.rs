@@ -220,6 +220,12 @@ struct AuditTimes {
     /// Cumulative counts per upper bound, of the requests' waits and of the groups' commits.
     wait_buckets: Vec<(f64, u64)>,
     group_buckets: Vec<(f64, u64)>,
+    /// The journal's group fsyncs, and its shipping statements.
+    syncs: f64,
+    sync_seconds: f64,
+    sync_buckets: Vec<(f64, u64)>,
+    ships: f64,
+    ship_seconds: f64,
 }
 
 fn buckets(h: &prometheus::proto::Histogram) -> Vec<(f64, u64)> {
@@ -246,7 +252,10 @@ fn bucket_quantile(buckets: &[(f64, u64)], total: f64, q: f64) -> f64 {
 
 impl AuditTimes {
     fn now() -> AuditTimes {
-        use crate::metrics::{AUDIT_GROUP_SECONDS, AUDIT_WRITE};
+        use crate::metrics::{
+            AUDIT_GROUP_SECONDS, AUDIT_JOURNAL_SHIP_SECONDS, AUDIT_JOURNAL_SYNC_SECONDS,
+            AUDIT_WRITE,
+        };
         use prometheus::core::Metric;
         let write = AUDIT_WRITE.with_label_values(&["ok"]);
         AuditTimes {
@@ -256,6 +265,11 @@ impl AuditTimes {
             group_seconds: AUDIT_GROUP_SECONDS.get_sample_sum(),
             wait_buckets: buckets(write.metric().get_histogram()),
             group_buckets: buckets(AUDIT_GROUP_SECONDS.metric().get_histogram()),
+            syncs: AUDIT_JOURNAL_SYNC_SECONDS.get_sample_count() as f64,
+            sync_seconds: AUDIT_JOURNAL_SYNC_SECONDS.get_sample_sum(),
+            sync_buckets: buckets(AUDIT_JOURNAL_SYNC_SECONDS.metric().get_histogram()),
+            ships: AUDIT_JOURNAL_SHIP_SECONDS.get_sample_count() as f64,
+            ship_seconds: AUDIT_JOURNAL_SHIP_SECONDS.get_sample_sum(),
         }
     }
 
@@ -267,6 +281,11 @@ impl AuditTimes {
             group_seconds: self.group_seconds - before.group_seconds,
             wait_buckets: bucket_diff(&self.wait_buckets, &before.wait_buckets),
             group_buckets: bucket_diff(&self.group_buckets, &before.group_buckets),
+            syncs: self.syncs - before.syncs,
+            sync_seconds: self.sync_seconds - before.sync_seconds,
+            sync_buckets: bucket_diff(&self.sync_buckets, &before.sync_buckets),
+            ships: self.ships - before.ships,
+            ship_seconds: self.ship_seconds - before.ship_seconds,
         }
     }
 }
@@ -292,7 +311,9 @@ pub async fn run(
     seconds: u64,
     warmup: u64,
     audit_rows: u64,
+    durabilities: &[super::bench::BenchDurability],
 ) -> anyhow::Result<()> {
+    use super::bench::BenchDurability;
     let store = on.store.clone();
     // Not RX1: the bench loads everything as RX1, whose clinicians would see it all as their
     // own trust's data and never exercise relationships.
@@ -311,11 +332,26 @@ pub async fn run(
 
     // The same load against servers on the same database with audit off (policy only), and
     // with both off. Each keeps its own in-memory index, built from the change feed.
+    // With `--audit-durability journal`, also a fully audited server whose rows are made durable
+    // in a local journal ("on-journal"), in a folder of its own.
+    let journal_dir = std::env::temp_dir().join(format!(
+        "shcr-bench-journal-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut configurations = Vec::new();
+    if durabilities.contains(&BenchDurability::Journal) {
+        configurations.push(("on-journal", true, true));
+    }
+    configurations.extend([("policy-only", true, false), ("off", false, false)]);
     let mut servers = Vec::new();
-    for (label, enforce) in [("policy-only", true), ("off", false)] {
+    for (label, enforce, audit) in configurations {
         let mut other = settings.clone();
         other.access.enforce = enforce;
-        other.access.audit = false;
+        other.access.audit = audit;
+        if audit {
+            other.audit.durability = Some("journal".into());
+            other.audit.journal_dir = Some(journal_dir.clone());
+        }
         other.index_dir = None;
         other.port = 0;
         let app = Application::build_with_store(other, store.clone()).await?;
@@ -336,7 +372,10 @@ pub async fn run(
     }
 
     let on_token = clinician(&on.issuer, &on.issuer_url, &settings.auth.audience, &org)?;
-    let mut targets = vec![("on", on.base_url.clone(), on_token)];
+    let mut targets = Vec::new();
+    if durabilities.contains(&BenchDurability::Database) {
+        targets.push(("on", on.base_url.clone(), on_token));
+    }
     targets.extend(servers.iter().map(|s| (s.0, s.1.clone(), s.2.clone())));
     let mut rows = Vec::new();
     for _round in 0..2 {
@@ -414,7 +453,18 @@ pub async fn run(
             "         CPU per request: shcr {:.2} ms, PostgreSQL {:.2} ms",
             cpu.process_ms, cpu.postgres_ms
         );
-        if audit_times.groups > 0.0 {
+        if audit_times.syncs > 0.0 {
+            println!(
+                "         audit journal: wait per request mean {:.3} ms (p99 ≤ {:.2} ms), write + fdatasync per group mean {:.3} ms (p99 ≤ {:.2} ms), {:.2} rows per group; shipped in {:.0} statements of {:.3} ms mean",
+                audit_times.wait_seconds / audit_times.rows * 1e3,
+                bucket_quantile(&audit_times.wait_buckets, audit_times.rows, 0.99) * 1e3,
+                audit_times.sync_seconds / audit_times.syncs * 1e3,
+                bucket_quantile(&audit_times.sync_buckets, audit_times.syncs, 0.99) * 1e3,
+                audit_times.rows / audit_times.syncs,
+                audit_times.ships,
+                audit_times.ship_seconds / audit_times.ships.max(1.0) * 1e3
+            );
+        } else if audit_times.groups > 0.0 {
             println!(
                 "         audit: wait per request mean {:.3} ms (p99 ≤ {:.2} ms), commit per group mean {:.3} ms (p99 ≤ {:.2} ms), {:.2} rows per group",
                 audit_times.wait_seconds / audit_times.rows * 1e3,
@@ -446,6 +496,7 @@ pub async fn run(
         running.await??;
         search.shutdown().await;
     }
+    let _ = std::fs::remove_dir_all(&journal_dir);
     let best = |l: &str, f: fn(&(&str, f64, f64, f64, f64)) -> f64| {
         rows.iter()
             .filter(|r| r.0 == l)
@@ -457,7 +508,10 @@ pub async fn run(
         best("off", |r| r.2),
         best("off", |r| r.3),
     );
-    for label in ["on", "policy-only"] {
+    for label in ["on", "on-journal", "policy-only"] {
+        if !rows.iter().any(|r| r.0 == label) {
+            continue;
+        }
         let (read, search, cpu) = (
             best(label, |r| r.1),
             best(label, |r| r.2),

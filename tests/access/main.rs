@@ -8,6 +8,7 @@ mod common;
 mod audit;
 mod break_glass;
 mod ig;
+mod journal;
 mod labels;
 mod matrix;
 mod policy;
