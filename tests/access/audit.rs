@@ -5,9 +5,14 @@ use crate::common::TestApp;
 use crate::*;
 
 fn verify(app: &TestApp) -> (bool, String) {
+    verify_chain(&app.db.url)
+}
+
+/// `shcr audit verify` (the real binary) on the database at `url`: (passed, its output).
+pub(crate) fn verify_chain(url: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shcr"))
         .args(["audit", "verify"])
-        .env("DATABASE_URL", &app.db.url)
+        .env("DATABASE_URL", url)
         .env("SHCR_LOG_FORMAT", "json")
         .env("RUST_LOG", "error")
         .output()

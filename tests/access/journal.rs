@@ -14,18 +14,17 @@ use crate::common::{TestApp, TestDatabase};
 use crate::*;
 
 fn verify(url: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shcr"))
-        .args(["audit", "verify"])
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run shcr audit verify");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    crate::audit::verify_chain(url)
+}
+
+/// Holds the chain head: nothing can be appended to the chain until the transaction ends.
+async fn hold_chain_head(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
 }
 
 /// Polls `check` until it holds or `seconds` pass.
@@ -184,11 +183,7 @@ async fn answers_wait_for_the_journal_not_the_database_and_a_stuck_shipper_is_re
     })
     .await;
     // Hold the chain head: nothing can be appended until this transaction ends.
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_chain_head(&app.pool).await;
     let token = app.trust_token("RX1");
     let ids: Vec<String> = (0..20).map(|i| format!("held-{i:02}")).collect();
     for id in &ids {
@@ -289,11 +284,7 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
     .await;
 
     // Acknowledged while the chain head is held: in the journal only when the server dies.
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_chain_head(&pool).await;
     let held: Vec<String> = (0..150).map(|i| format!("held-{i:03}")).collect();
     requests(&client, &origin, &held).await;
     server.kill().expect("kill -9");
@@ -337,11 +328,7 @@ async fn a_server_killed_after_answering_has_every_acknowledged_row_in_the_chain
     .await;
     // Killed again with rows only in the journal, then started in database mode: the rows
     // left in the journal are shipped all the same, and new rows go straight to the chain.
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM audit_chain_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_chain_head(&pool).await;
     let left: Vec<String> = (0..20).map(|i| format!("left-{i:03}")).collect();
     requests(&client, &origin, &left).await;
     server.kill().expect("kill -9");
