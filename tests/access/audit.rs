@@ -139,12 +139,7 @@ async fn concurrent_requests_are_each_audited_once_in_one_unbroken_chain() {
     let ids: Vec<String> = (0..64).map(|i| format!("busy-{i}")).collect();
     // Requests arriving together share group commits; each still gets its own row.
     let path = format!("Patient/{pid}");
-    let statuses = futures_util::future::join_all(
-        ids.iter()
-            .map(|id| send(&app, &token, reqwest::Method::GET, &path, None, id)),
-    )
-    .await;
-    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    read_together(&app, &token, &path, &ids).await;
     let audited = audited_request_ids(&app).await;
     for id in &ids {
         assert_eq!(audited.iter().filter(|a| *a == id).count(), 1, "{id}");

@@ -94,12 +94,7 @@ async fn journal_mode_audits_every_request_into_one_unbroken_chain() {
     });
     let ids: Vec<String> = (0..200).map(|i| format!("jr-{i:03}")).collect();
     let path = format!("Patient/{pid}");
-    let statuses = futures_util::future::join_all(
-        ids.iter()
-            .map(|id| send(&app, &token, reqwest::Method::GET, &path, None, id)),
-    )
-    .await;
-    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    read_together(&app, &token, &path, &ids).await;
     other_rows.await.unwrap();
     eventually("every journalled row in the chain", 30, || async {
         count_ids(&app.pool, "jr-").await.len() == ids.len()

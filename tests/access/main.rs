@@ -49,6 +49,16 @@ impl Who {
     }
 }
 
+/// `GET path` once per request id, all at once; asserts every answer is 200.
+pub async fn read_together(app: &TestApp, token: &str, path: &str, ids: &[String]) {
+    let statuses = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| send(app, token, reqwest::Method::GET, path, None, id)),
+    )
+    .await;
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+}
+
 pub async fn send(
     app: &TestApp,
     token: &str,
