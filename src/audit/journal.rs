@@ -58,6 +58,13 @@ const SHIP_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// WAL flush dominate), and nobody waits for shipping but the IG views.
 const SHIP_GATHER: Duration = Duration::from_millis(5);
 const SUFFIX: &str = ".journal";
+/// How far ahead of its entries a segment is filled with zeros. An `fdatasync` after writing
+/// into space the file already had flushes the data alone; after an append it must also commit
+/// the file's new size through the file system's journal, which made each group's flush ~1.5×
+/// slower on average and its tail an order of magnitude slower (as PostgreSQL does with its WAL
+/// segments). Zeros, not `fallocate`: space allocated but never written needs the same metadata
+/// commit on its first write.
+const PREALLOCATE: u64 = 1024 * 1024;
 
 /// A row as the journal keeps it: the record with its time fixed (microseconds, what the chain
 /// keeps of it).
@@ -292,7 +299,8 @@ fn recover(dir: &Path) -> anyhow::Result<Recovered> {
                 _ => break,
             }
         }
-        if offset < bytes.len() {
+        // Zeros after the entries are space filled ahead of them (`PREALLOCATE`), not damage.
+        if bytes[offset..].iter().any(|&b| b != 0) {
             if !last {
                 anyhow::bail!(
                     "audit journal segment {} is damaged at byte {offset} (not at the journal's \
@@ -539,14 +547,16 @@ impl Journal {
             _lock: lock,
         });
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segment_path(&dir, current))?;
+        let allocated = file.metadata()?.len();
         let (queue, pending) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
         let segment = Segment {
             start: current,
             file,
             len: current_len,
+            allocated,
         };
         let (writer_shared, writer_load) = (shared.clone(), load.clone());
         std::thread::Builder::new()
@@ -768,7 +778,32 @@ fn position_of(dir: &Path, segments: &BTreeMap<i64, u64>, seq: i64) -> anyhow::R
 struct Segment {
     start: i64,
     file: File,
+    /// Where the entries end (the next group is written here).
     len: u64,
+    /// The file's size: from `len` on, zeros (`PREALLOCATE`).
+    allocated: u64,
+}
+
+impl Segment {
+    /// Makes the file at least `end` bytes long, `PREALLOCATE` at a time, with zeros made
+    /// durable (size included) before any entry is written into them.
+    fn allocate(&mut self, end: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let target = end.max(self.allocated + PREALLOCATE).next_multiple_of(4096);
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64);
+            self.file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        self.file.sync_data()?;
+        self.allocated = target;
+        Ok(())
+    }
 }
 
 /// The writer thread: takes everything queued, writes it in one go, fsyncs, answers each.
@@ -802,6 +837,14 @@ fn write_groups(
             // A requester that went away no longer needs its answer; its row is durable.
             let _ = p.done.send(result.clone().map(|()| first_seq + i as i64));
         }
+        // Fill ahead while nobody waits, rather than in a later group's flush. A failure here
+        // is retried by that group, which then reports it.
+        if segment.allocated - segment.len < PREALLOCATE / 2
+            && segment.len < shared.segment_bytes
+            && let Err(e) = segment.allocate(segment.len + PREALLOCATE)
+        {
+            tracing::warn!(error = %e, "audit journal: could not fill the segment ahead");
+        }
     }
 }
 
@@ -821,8 +864,9 @@ fn write_group(
         let path = segment_path(&shared.dir, first_seq);
         // Not `create_new`: a rotation whose directory sync failed left the file, empty.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .and_then(|f| {
                 if f.metadata()?.len() != 0 {
@@ -835,6 +879,7 @@ fn write_group(
             start: first_seq,
             file,
             len: 0,
+            allocated: 0,
         };
         shared
             .progress
@@ -847,9 +892,19 @@ fn write_group(
     for (i, p) in group.iter().enumerate() {
         encode(buf, first_seq + i as i64, &p.payload);
     }
-    if let Err(e) = segment.file.write_all(buf) {
-        // Cut off whatever part was written, so the next group follows the last good entry.
-        if let Err(cut) = segment.file.set_len(segment.len) {
+    if let Err(e) = segment.allocate(segment.len + buf.len() as u64) {
+        return Err(format!(
+            "audit journal: filling segment {}: {e}",
+            segment.start
+        ));
+    }
+    if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&segment.file, buf, segment.len) {
+        // Zero whatever part was written: the next group follows the last good entry, and what
+        // lies after its end must read as free space, not as damage.
+        let zeros = vec![0u8; buf.len()];
+        if let Err(cut) =
+            std::os::unix::fs::FileExt::write_all_at(&segment.file, &zeros, segment.len)
+        {
             let why = format!("write failed ({e}) and could not be undone ({cut})");
             shared.progress.lock().expect("progress").poisoned = Some(why.clone());
             return Err(why);
@@ -1195,6 +1250,57 @@ mod tests {
         write_entries(dir.path(), 1, 3);
         write_entries(dir.path(), 5, 2);
         assert!(recover(dir.path()).is_err());
+    }
+
+    #[test]
+    fn space_filled_ahead_is_not_damage_and_a_torn_entry_before_it_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = write_entries(dir.path(), 1, 3);
+        let first_len = first.len() as u64;
+        first.resize(first.len() + 8192, 0);
+        std::fs::write(segment_path(dir.path(), 1), &first).unwrap();
+        let second = write_entries(dir.path(), 4, 2);
+        let mut torn = Vec::new();
+        encode(&mut torn, 6, &payload(5));
+        let mut bytes = second.clone();
+        bytes.extend_from_slice(&torn[..torn.len() / 2]);
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(segment_path(dir.path(), 4), &bytes).unwrap();
+        let r = recover(dir.path()).expect("zeros after the entries are free space");
+        assert_eq!(r.next_seq, 6);
+        assert_eq!(r.segments[&1], first_len);
+        assert_eq!(r.segments[&4], second.len() as u64);
+        assert_eq!(std::fs::read(segment_path(dir.path(), 4)).unwrap(), second);
+        // Bytes after the zeros of an earlier segment are damage, not free space.
+        first.push(1);
+        std::fs::write(segment_path(dir.path(), 1), &first).unwrap();
+        assert!(recover(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_segment_is_filled_ahead_in_steps_and_never_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let mut segment = Segment {
+            start: 1,
+            file,
+            len: 0,
+            allocated: 0,
+        };
+        segment.allocate(100).unwrap();
+        assert_eq!(segment.allocated, PREALLOCATE);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATE);
+        segment.allocate(10).unwrap();
+        assert_eq!(segment.allocated, PREALLOCATE);
+        segment.allocate(PREALLOCATE * 3 + 1).unwrap();
+        assert_eq!(segment.allocated, PREALLOCATE * 3 + 4096);
+        assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0));
     }
 
     #[test]
