@@ -136,6 +136,11 @@ pub struct BenchArgs {
     /// fsynced to a local journal and shipped; "on-journal"). Both run the same load in turn.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "database")]
     pub audit_durability: Vec<BenchDurability>,
+    /// Requests/s of the access phase's open-loop part, the same for every server (default:
+    /// half of what the slowest server sustained in the closed loop; set it to compare builds
+    /// or settings at one load).
+    #[arg(long)]
+    pub access_rate: Option<f64>,
 }
 
 /// `--audit-durability`: see `BenchArgs::audit_durability`.
@@ -520,16 +525,7 @@ async fn bench_in_process(settings: Settings, keep: bool, args: BenchArgs) -> an
                     index_footprint(&settings, &search, &pool).await?;
                 }
                 if args.phases.contains(&Phase::Access) {
-                    super::bench_access::run(
-                        &on,
-                        &settings,
-                        args.clients,
-                        args.seconds,
-                        args.warmup,
-                        args.audit_rows,
-                        &args.audit_durability,
-                    )
-                    .await?;
+                    super::bench_access::run(&on, &settings, &args).await?;
                 }
                 Ok::<(), anyhow::Error>(())
             }

@@ -307,13 +307,17 @@ pub struct OnServer {
 pub async fn run(
     on: &OnServer,
     settings: &Settings,
-    clients: usize,
-    seconds: u64,
-    warmup: u64,
-    audit_rows: u64,
-    durabilities: &[super::bench::BenchDurability],
+    args: &super::bench::BenchArgs,
 ) -> anyhow::Result<()> {
     use super::bench::BenchDurability;
+    let (clients, seconds, warmup) = (args.clients, args.seconds, args.warmup);
+    let (audit_rows, durabilities) = (args.audit_rows, &args.audit_durability);
+    if let Some(r) = args.access_rate {
+        anyhow::ensure!(
+            r.is_finite() && r > 0.0,
+            "--access-rate must be a positive number of requests/s, not {r}"
+        );
+    }
     let store = on.store.clone();
     // Not RX1: the bench loads everything as RX1, whose clinicians would see it all as their
     // own trust's data and never exercise relationships.
@@ -419,12 +423,13 @@ pub async fn run(
     // The same mix at one fixed rate for every configuration, half of what the slowest one
     // sustained above: the latency a clinician sees at a region's normal load rather than at
     // the server's limit.
-    let rate = 0.5
-        * rows
+    let rate = args.access_rate.unwrap_or_else(|| {
+        0.5 * rows
             .iter()
             .map(|r| r.4)
             .fold(f64::INFINITY, f64::min)
-            .max(2.0);
+            .max(2.0)
+    });
     println!("access at a fixed rate of {rate:.0} requests/s (open loop):");
     let mut fixed = Vec::new();
     for (label, base, token) in &targets {
