@@ -1277,6 +1277,138 @@ mod tests {
         assert!(MatchConfig::parse(&bad).is_err());
     }
 
+    /// The address levels of `a` against `b` with the parts scored apart.
+    fn part_levels(a: &Demographics, b: &Demographics) -> Vec<&'static str> {
+        let mut c = MatchConfig::built_in();
+        c.address.compare = AddressCompare::Parts;
+        compare_with(&c, a, b)
+            .levels
+            .into_iter()
+            .filter(|l| {
+                ["house.", "street.", "second_line."]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect()
+    }
+
+    fn lines(first: &str, second: Option<&str>) -> Demographics {
+        let mut d = person();
+        d.address_line = Some(first.into());
+        d.address_line2 = second.map(Into::into);
+        d
+    }
+
+    #[test]
+    fn second_lines_are_compared_when_both_records_have_one() {
+        let a = lines("12 MILL LANE", Some("ROSE COTTAGE"));
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("ROSE COTTAGE"))),
+            ["house.exact", "street.exact", "second_line.exact"]
+        );
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("ROSE COTAGE"))),
+            ["house.exact", "street.exact", "second_line.similar"]
+        );
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("IVY COTTAGE"))),
+            ["house.exact", "street.exact", "second_line.disagree"]
+        );
+        // Missing on either side: no evidence either way.
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", None)),
+            ["house.exact", "street.exact"]
+        );
+    }
+
+    #[test]
+    fn first_lines_written_the_other_way_round_cross_and_the_rest_is_compared() {
+        // The building first on one side, the street first on the other.
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        let b = lines("12 MILL LANE", Some("ROSE COTTAGE"));
+        assert_eq!(part_levels(&a, &b), ["street.crossed", "second_line.exact"]);
+        assert_eq!(part_levels(&b, &a), ["street.crossed", "second_line.exact"]);
+        // FEBRL's exchange: the number stays in front, the words change lines, with a typo.
+        let a = lines("25 ASHCROFT CRESCENT", Some("ROSEBERY HILL"));
+        let b = lines("25 ROSEBERYHILL", Some("ASHCROFT CRESCENT"));
+        assert_eq!(
+            part_levels(&a, &b),
+            ["house.exact", "street.crossed", "second_line.similar"]
+        );
+        // One side has no second line: crossed, nothing left to compare.
+        let c = lines("ROSE COTTAGE", None);
+        assert_eq!(
+            part_levels(&c, &lines("12 MILL LANE", Some("ROSE COTTAGE"))),
+            ["street.crossed"]
+        );
+        // The names left over differ: another building of the street.
+        let d = lines("12 MILL LANE", Some("IVY COTTAGE"));
+        assert_eq!(
+            part_levels(&lines("ROSE COTTAGE", Some("12 MILL LANE")), &d),
+            ["street.crossed", "second_line.disagree"]
+        );
+    }
+
+    #[test]
+    fn a_street_that_is_not_the_other_second_line_does_not_cross() {
+        // Another building, the same street line second: the first lines differ and neither
+        // is the other's second line; the second lines are compared as they are.
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        let b = lines("IVY COTTAGE", Some("12 MILL LANE"));
+        assert_eq!(
+            part_levels(&a, &b),
+            ["street.disagree", "second_line.exact"]
+        );
+        let b = lines("3 HIGH STREET", Some("FLAT 2"));
+        assert_eq!(
+            part_levels(&lines("12 MILL LANE", Some("ROSE COTTAGE")), &b),
+            ["house.disagree", "street.disagree", "second_line.disagree"]
+        );
+    }
+
+    #[test]
+    fn the_whole_address_ignores_the_second_line() {
+        let c = MatchConfig::built_in();
+        assert_eq!(c.address.compare, AddressCompare::Whole);
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        for b in [
+            lines("12 MILL LANE", Some("ROSE COTTAGE")),
+            lines("ROSE COTTAGE", None),
+            lines("ROSE COTTAGE", Some("IVY COTTAGE")),
+        ] {
+            let with = compare_with(&c, &a, &b);
+            let mut without = b.clone();
+            without.address_line2 = None;
+            let plain = compare_with(&c, &lines("ROSE COTTAGE", None), &without);
+            assert_eq!(with.levels, plain.levels, "{with:?}");
+            assert_eq!(with.score, plain.score);
+        }
+    }
+
+    #[test]
+    fn a_matching_file_from_before_the_second_line_takes_the_built_in_levels() {
+        let crossed = "crossed = { m = 0.01, u = 0.0001 }";
+        let start = BUILT_IN.find("[second_line]").unwrap();
+        let end = start + BUILT_IN[start..].find("\n\n").unwrap();
+        let old = format!("{}{}", &BUILT_IN[..start], &BUILT_IN[end..]).replace(crossed, "");
+        assert!(!old.contains("second_line]") && !old.contains(crossed));
+        let c = MatchConfig::parse(&old).expect("an older file still reads");
+        let built_in = MatchConfig::built_in();
+        for l in [
+            "street.crossed",
+            "second_line.exact",
+            "second_line.similar",
+            "second_line.disagree",
+        ] {
+            let (x, y) = (c.level(l).unwrap(), built_in.level(l).unwrap());
+            assert_eq!((x.m, x.u), (y.m, y.u), "{l}");
+        }
+        assert_eq!(c.second_line.similar_at, built_in.second_line.similar_at);
+        // Only those: another level missing is still an error.
+        let bad = BUILT_IN.replace("near = { m = 0.02, u = 0.02 }", "");
+        assert!(MatchConfig::parse(&bad).is_err());
+    }
+
     #[test]
     fn a_first_name_slip_with_other_differences_is_not_taken_for_twins() {
         // The first name differs and so does the birth date: not the twins' pattern, the score
