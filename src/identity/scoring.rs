@@ -1388,10 +1388,10 @@ mod tests {
     #[test]
     fn a_matching_file_from_before_the_second_line_takes_the_built_in_levels() {
         let crossed = "crossed = { m = 0.01, u = 0.0001 }";
-        let start = BUILT_IN.find("[second_line]").unwrap();
+        let start = BUILT_IN.find("\n[second_line]").unwrap() + 1;
         let end = start + BUILT_IN[start..].find("\n\n").unwrap();
         let old = format!("{}{}", &BUILT_IN[..start], &BUILT_IN[end..]).replace(crossed, "");
-        assert!(!old.contains("second_line]") && !old.contains(crossed));
+        assert!(!old.contains("\n[second_line]") && !old.contains(crossed));
         let c = MatchConfig::parse(&old).expect("an older file still reads");
         let built_in = MatchConfig::built_in();
         for l in [
