@@ -12,8 +12,9 @@
 # not used for it. `--built-in` links with the built-in identity/matching.toml instead. Further
 # options go to `shcr identity-estimate`; without any, match 20 / possible 8 with the address
 # scored as independent parts (`--address-compare parts`: FEBRL corrupts postcode, suburb, street
-# number and street independently and has no households; FEBRL4's highest false pair scores
-# 17.9 with the estimated weights; see BENCHMARKS.md).
+# number, street and the second line independently and has no households; FEBRL4's highest
+# false pair scores 13.6 with the estimated weights, its lowest true pair above 24; see
+# BENCHMARKS.md).
 #
 # Links twice, with the twins rule on and off (the same weights otherwise; Splink has no such
 # rule), and prints both accuracy lines at the end.

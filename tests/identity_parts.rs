@@ -10,6 +10,7 @@ mod common;
 mod support;
 
 use common::TestApp;
+use shcr::identity::demographics::Demographics;
 use shcr::identity::scoring::{self, AddressCompare, MatchConfig};
 use support::*;
 
@@ -40,8 +41,8 @@ async fn with_the_parts_scored_apart_a_new_family_name_and_a_postcode_slip_still
     // The same pair scored with the whole address would only be a possible match.
     let whole = MatchConfig::built_in();
     let (x, y) = (
-        shcr::identity::demographics::Demographics::from_patient(&patient("RX1", None, &ROBERT)),
-        shcr::identity::demographics::Demographics::from_patient(&patient("RX2", None, &married)),
+        Demographics::from_patient(&patient("RX1", None, &ROBERT)),
+        Demographics::from_patient(&patient("RX2", None, &married)),
     );
     let s = scoring::compare_with(&whole, &x, &y);
     assert_eq!(s.grade, scoring::Grade::Possible, "{s:?}");
@@ -75,4 +76,70 @@ async fn with_the_parts_scored_apart_a_household_stays_apart_and_twins_wait_for_
             .await
             .unwrap();
     assert_eq!(reviews, 1, "the twin waits for review");
+}
+
+/// A's address with the building first, as a trust writes it.
+fn with_lines(mut p: serde_json::Value, lines: &[&str]) -> serde_json::Value {
+    p["address"][0]["line"] = serde_json::json!(lines);
+    p
+}
+
+/// The same address written the other way round by another trust (`Rose Cottage, 12 Mill Lane`
+/// against `12 Mill Lane, Rose Cottage`), with a married name and a postcode slip: the first
+/// lines cross (`street.crossed`) and the names left over agree as second lines, and the record
+/// links. Read as before (first lines only: `ROSE COTTAGE` against `12 MILL LANE`) the pair
+/// only waits for review. The spouse, in the same building written the same way, is not linked.
+#[tokio::test]
+async fn with_the_parts_scored_apart_lines_written_the_other_way_round_still_link() {
+    install_parts();
+    let app = TestApp::spawn().await;
+    let building_first = ["Rose Cottage", "12 Mill Lane"];
+    let street_first = ["12 Mill Lane", "Rose Cottage"];
+    let a_resource = with_lines(patient("RX1", None, &ROBERT), &building_first);
+    let a = create_as(&app, "RX1", &a_resource).await;
+    let married = Demo {
+        family: "Okafor",
+        postcode: "LS1 4BA",
+        ..ROBERT
+    };
+    let b_resource = with_lines(patient("RX2", None, &married), &street_first);
+    let b = create_as(&app, "RX2", &b_resource).await;
+    assert_eq!(person_of(&app, &b).await, person_of(&app, &a).await);
+    assert_eq!(grade_of(&app, &b).await, ("probable".into(), "auto".into()));
+    let (x, y) = (
+        Demographics::from_patient(&a_resource),
+        Demographics::from_patient(&b_resource),
+    );
+    let s = scoring::compare(&x, &y);
+    assert!(s.levels.contains(&"street.crossed"), "{s:?}");
+    assert!(s.levels.contains(&"second_line.exact"), "{s:?}");
+    // Without the second lines the first lines simply differ.
+    let (mut x, mut y) = (x, y);
+    x.address_line2 = None;
+    y.address_line2 = None;
+    let before = scoring::compare(&x, &y);
+    assert!(before.levels.contains(&"street.disagree"), "{before:?}");
+    assert_eq!(before.grade, scoring::Grade::Possible, "{before:?}");
+
+    let spouse = Demo {
+        given: "Margaret",
+        gender: "female",
+        birth: "1972-11-23",
+        ..ROBERT
+    };
+    let c = create_as(
+        &app,
+        "RX2",
+        &with_lines(patient("RX2", None, &spouse), &street_first),
+    )
+    .await;
+    assert_ne!(person_of(&app, &c).await, person_of(&app, &a).await);
+    // One surname, one building: at most a person decides.
+    let reviews: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM identity_review WHERE patient_id = $1")
+            .bind(&c)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(reviews <= 1, "{reviews}");
 }

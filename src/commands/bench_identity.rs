@@ -400,10 +400,15 @@ pub(crate) fn febrl4(dir: &std::path::Path) -> anyhow::Result<Vec<PatientSample>
                 "address": [{"use": "home"}],
                 "managingOrganization": {"identifier": {"system": crate::provenance::ODS_SYSTEM, "value": ods}},
             });
-            // FEBRL leaves fields empty; FHIR wants them absent.
-            let line = format!("{} {}", f[3], f[4]).trim().to_string();
-            if !line.is_empty() {
-                patient["address"][0]["line"] = json!([line]);
+            // FEBRL leaves fields empty; FHIR wants them absent. `address_2` (a building or
+            // an estate) is the second line.
+            let lines: Vec<String> = [format!("{} {}", f[3], f[4]), f[5].to_string()]
+                .into_iter()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            if !lines.is_empty() {
+                patient["address"][0]["line"] = json!(lines);
             }
             for (key, value) in [("city", f[6]), ("postalCode", f[7])] {
                 if !value.is_empty() {

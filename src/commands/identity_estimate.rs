@@ -257,12 +257,26 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "name-place",
         &[
-            "family", "given", "address", "postcode", "town", "house", "street",
+            "family",
+            "given",
+            "address",
+            "postcode",
+            "town",
+            "house",
+            "street",
+            "second_line",
         ],
     ),
 ];
 
-const ADDRESS: &[&str] = &["address", "postcode", "town", "house", "street"];
+const ADDRESS: &[&str] = &[
+    "address",
+    "postcode",
+    "town",
+    "house",
+    "street",
+    "second_line",
+];
 
 fn rule_keys(d: &Demographics, rule: &str) -> Vec<String> {
     match rule {
@@ -342,6 +356,9 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
     let mut bands: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
     let mut false_high: Vec<(f64, Vec<&str>, usize, usize)> = Vec::new();
     let mut true_low: Vec<(f64, Vec<&str>, usize, usize)> = Vec::new();
+    // True pairs the score alone keeps at review (not the twins rule): the pairs a new level or
+    // a better estimate would have to lift to an automatic link.
+    let mut true_review: Vec<(f64, Vec<&str>, usize, usize)> = Vec::new();
     // Scores of pairs that the twins rule and conflicts leave free to link: for a threshold
     // sweep.
     let mut free_true: Vec<f64> = Vec::new();
@@ -379,6 +396,9 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
             } else {
                 band.1 += 1;
             }
+        }
+        if same && s.grade == Grade::Possible && !held && !s.conflict {
+            true_review.push((s.score, s.levels.clone(), i, j));
         }
         if !same && s.score >= c.thresholds.possible - 4.0 {
             false_high.push((s.score, s.levels, i, j));
@@ -436,6 +456,16 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         println!("         {}", show(&recs[*i].d));
         println!("         {}", show(&recs[*j].d));
     }
+    true_review.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!(
+        "true pairs at review by their score (highest first), of {}:",
+        true_review.len()
+    );
+    for (s, levels, i, j) in true_review.iter().take(20) {
+        println!("  {s:6.2} {levels:?}");
+        println!("         {}", show(&recs[*i].d));
+        println!("         {}", show(&recs[*j].d));
+    }
     true_low.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!(
         "true pairs below review (highest first), of {}:",
@@ -472,13 +502,14 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
 fn show(d: &Demographics) -> String {
     let f = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
     format!(
-        "{} {} | {} | {} | {} | {} | {} | {}",
+        "{} {} | {} | {} | {} | {} / {} | {} | {}",
         f(&d.given),
         f(&d.family),
         f(&d.birth_date),
         f(&d.sex),
         f(&d.postcode),
         f(&d.address_line),
+        f(&d.address_line2),
         f(&d.town),
         f(&d.nhs_number)
     )

@@ -40,6 +40,11 @@ pub struct Demographics {
     /// Town or city of the home address (absent in rows written before it was compared).
     #[serde(default)]
     pub town: Option<String>,
+    /// The home address's second line (a building, an estate, a locality), compared only with
+    /// the address scored as parts. Absent from rows written before it was kept; not written
+    /// when missing, so most records' stored demographics stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_line2: Option<String>,
 }
 
 impl Demographics {
@@ -95,12 +100,16 @@ impl Demographics {
                 .map(normalise_postcode)
                 // UK postcodes have 5–7 characters; 4-digit ones (Australia, FEBRL) still compare.
                 .filter(|p| p.len() >= 4);
-            d.address_line = a["line"]
-                .as_array()
-                .and_then(|l| l.first())
-                .and_then(Value::as_str)
-                .map(normalise_line)
-                .filter(|s| !s.is_empty());
+            let line = |i: usize| {
+                a["line"]
+                    .as_array()
+                    .and_then(|l| l.get(i))
+                    .and_then(Value::as_str)
+                    .map(normalise_line)
+                    .filter(|s| !s.is_empty())
+            };
+            d.address_line = line(0);
+            d.address_line2 = line(1);
             d.town = a["city"]
                 .as_str()
                 .map(normalise_line)
@@ -344,6 +353,23 @@ mod tests {
         assert_eq!(d.address_line.as_deref(), Some("12 MILL LANE"));
         assert_eq!(d.town.as_deref(), Some("LEEDS"));
         assert_eq!(d.birth_year(), Some(1980));
+    }
+
+    #[test]
+    fn the_second_address_line_is_kept_apart_and_only_when_there() {
+        let mut p = patient("9434765919", "01");
+        assert_eq!(Demographics::from_patient(&p).address_line2, None);
+        let stored = serde_json::to_value(Demographics::from_patient(&p)).unwrap();
+        assert!(stored.get("address_line2").is_none(), "{stored}");
+        p["address"][0]["line"] = json!(["12 Mill Lane", "Rose  Cottage,", "Leeds"]);
+        let d = Demographics::from_patient(&p);
+        assert_eq!(d.address_line.as_deref(), Some("12 MILL LANE"));
+        assert_eq!(d.address_line2.as_deref(), Some("ROSE COTTAGE"));
+        // Rows written before the field was kept still read.
+        let mut old = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("address_line2");
+        let back: Demographics = serde_json::from_value(old).unwrap();
+        assert_eq!(back.address_line2, None);
     }
 
     #[test]

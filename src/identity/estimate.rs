@@ -329,6 +329,7 @@ fn thresholds_of(c: &MatchConfig, comparison: &str) -> String {
         ),
         "town" => format!("similar_at = {:?}\n", c.town.similar_at),
         "street" => format!("similar_at = {:?}\n", c.street.similar_at),
+        "second_line" => format!("similar_at = {:?}\n", c.second_line.similar_at),
         _ => String::new(),
     }
 }

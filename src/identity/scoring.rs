@@ -139,6 +139,21 @@ pub struct HouseLevels {
 pub struct StreetLevels {
     pub exact: Level,
     pub similar: Level,
+    /// The streets differ, but one record's street is (similar to) the other's second line:
+    /// the two lines were written the other way round (`25 ROSEBERY HILL` / `ASHCROFT
+    /// CRESCENT` against `25 ASHCROFT CRESCENT` / `ROSEBERY HILL`). The names left over are
+    /// then compared as the second lines.
+    pub crossed: Level,
+    pub disagree: Level,
+    pub similar_at: f64,
+}
+
+/// The address's second line (a building, an estate, a locality), compared where both records
+/// have one, or the lines left over when the first lines crossed (`street.crossed`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecondLineLevels {
+    pub exact: Level,
+    pub similar: Level,
     pub disagree: Level,
     pub similar_at: f64,
 }
@@ -177,6 +192,7 @@ pub struct MatchConfig {
     pub town: TownLevels,
     pub house: HouseLevels,
     pub street: StreetLevels,
+    pub second_line: SecondLineLevels,
     #[serde(default)]
     pub frequencies: Frequencies,
 }
@@ -191,7 +207,9 @@ pub enum ConfigError {
 
 impl MatchConfig {
     pub fn parse(text: &str) -> Result<MatchConfig, ConfigError> {
-        let config: MatchConfig = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        fill_later_levels(&mut table);
+        let config: MatchConfig = toml::Value::Table(table).try_into()?;
         config.check()?;
         Ok(config)
     }
@@ -244,7 +262,11 @@ impl MatchConfig {
         "house.disagree",
         "street.exact",
         "street.similar",
+        "street.crossed",
         "street.disagree",
+        "second_line.exact",
+        "second_line.similar",
+        "second_line.disagree",
     ];
 
     /// The m/u probabilities of a level by name (the estimator writes them).
@@ -292,7 +314,11 @@ impl MatchConfig {
             "house.disagree" => &mut self.house.disagree,
             "street.exact" => &mut self.street.exact,
             "street.similar" => &mut self.street.similar,
+            "street.crossed" => &mut self.street.crossed,
             "street.disagree" => &mut self.street.disagree,
+            "second_line.exact" => &mut self.second_line.exact,
+            "second_line.similar" => &mut self.second_line.similar,
+            "second_line.disagree" => &mut self.second_line.disagree,
             _ => return None,
         })
     }
@@ -341,7 +367,11 @@ impl MatchConfig {
             "house.disagree" => self.house.disagree,
             "street.exact" => self.street.exact,
             "street.similar" => self.street.similar,
+            "street.crossed" => self.street.crossed,
             "street.disagree" => self.street.disagree,
+            "second_line.exact" => self.second_line.exact,
+            "second_line.similar" => self.second_line.similar,
+            "second_line.disagree" => self.second_line.disagree,
             _ => return None,
         })
     }
@@ -367,6 +397,7 @@ impl MatchConfig {
             ("address", self.address.similar_at),
             ("town", self.town.similar_at),
             ("street", self.street.similar_at),
+            ("second_line", self.second_line.similar_at),
         ] {
             if !(0.0..=1.0).contains(&at) {
                 return Err(ConfigError::Invalid(format!(
@@ -400,6 +431,27 @@ impl MatchConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Levels added after matching files were first written (`street.crossed`, `[second_line]`):
+/// a file without them (an older estimate) takes the built-in file's values rather than
+/// failing at start-up. Only these: any other level missing is still an error.
+fn fill_later_levels(table: &mut toml::Table) {
+    static BUILT_IN_TABLE: LazyLock<toml::Table> =
+        LazyLock::new(|| toml::from_str(BUILT_IN).expect("the built-in file is TOML"));
+    let built_in = &*BUILT_IN_TABLE;
+    if !table.contains_key("second_line")
+        && let Some(v) = built_in.get("second_line")
+    {
+        table.insert("second_line".into(), v.clone());
+    }
+    if let (Some(toml::Value::Table(street)), Some(crossed)) = (
+        table.get_mut("street"),
+        built_in.get("street").and_then(|s| s.get("crossed")),
+    ) && !street.contains_key("crossed")
+    {
+        street.insert("crossed".into(), crossed.clone());
     }
 }
 
@@ -695,6 +747,8 @@ fn address_parts(c: &MatchConfig, a: &Demographics, b: &Demographics, levels: &m
             "town.disagree"
         });
     }
+    // The second lines, or the names left over when the first lines crossed.
+    let mut second: Option<(String, String)> = a.address_line2.clone().zip(b.address_line2.clone());
     if let (Some(l), Some(m)) = (&a.address_line, &b.address_line) {
         let ((n, s), (o, t)) = (line_parts(l), line_parts(m));
         if !n.is_empty() && !o.is_empty() {
@@ -711,10 +765,45 @@ fn address_parts(c: &MatchConfig, a: &Demographics, b: &Demographics, levels: &m
                 "street.exact"
             } else if jaro_winkler(&s, &t) >= c.street.similar_at {
                 "street.similar"
+            } else if let Some(left) =
+                lines_crossed(c, (&s, &a.address_line2), (&t, &b.address_line2))
+            {
+                second = left;
+                "street.crossed"
             } else {
                 "street.disagree"
             });
         }
+    }
+    if let Some((x, y)) = second {
+        levels.push(if x == y {
+            "second_line.exact"
+        } else if jaro_winkler(&x, &y) >= c.second_line.similar_at {
+            "second_line.similar"
+        } else {
+            "second_line.disagree"
+        });
+    }
+}
+
+/// When one record's street is (similar to) the other's second line, the lines were written
+/// the other way round on one side: the names left over (that record's second line and the
+/// other's street, as street words) are what remains to compare as second lines, if both are
+/// there. `Some(None)`: crossed, nothing left to compare.
+fn lines_crossed(
+    c: &MatchConfig,
+    (s, a2): (&str, &Option<String>),
+    (t, b2): (&str, &Option<String>),
+) -> Option<Option<(String, String)>> {
+    let street_of = |line: &str| line_parts(line).1;
+    let similar = |x: &str, y: &str| !y.is_empty() && jaro_winkler(x, y) >= c.street.similar_at;
+    let (b2s, a2s) = (b2.as_deref().map(street_of), a2.as_deref().map(street_of));
+    if b2s.as_deref().is_some_and(|y| similar(s, y)) {
+        Some(a2s.filter(|x| !x.is_empty()).map(|x| (x, t.to_string())))
+    } else if a2s.as_deref().is_some_and(|x| similar(t, x)) {
+        Some(b2s.filter(|y| !y.is_empty()).map(|y| (s.to_string(), y)))
+    } else {
+        None
     }
 }
 
@@ -1185,6 +1274,138 @@ mod tests {
             AddressCompare::Parts
         );
         let bad = BUILT_IN.replace(r#"compare = "whole""#, r#"compare = "halves""#);
+        assert!(MatchConfig::parse(&bad).is_err());
+    }
+
+    /// The address levels of `a` against `b` with the parts scored apart.
+    fn part_levels(a: &Demographics, b: &Demographics) -> Vec<&'static str> {
+        let mut c = MatchConfig::built_in();
+        c.address.compare = AddressCompare::Parts;
+        compare_with(&c, a, b)
+            .levels
+            .into_iter()
+            .filter(|l| {
+                ["house.", "street.", "second_line."]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect()
+    }
+
+    fn lines(first: &str, second: Option<&str>) -> Demographics {
+        let mut d = person();
+        d.address_line = Some(first.into());
+        d.address_line2 = second.map(Into::into);
+        d
+    }
+
+    #[test]
+    fn second_lines_are_compared_when_both_records_have_one() {
+        let a = lines("12 MILL LANE", Some("ROSE COTTAGE"));
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("ROSE COTTAGE"))),
+            ["house.exact", "street.exact", "second_line.exact"]
+        );
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("ROSE COTAGE"))),
+            ["house.exact", "street.exact", "second_line.similar"]
+        );
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", Some("IVY COTTAGE"))),
+            ["house.exact", "street.exact", "second_line.disagree"]
+        );
+        // Missing on either side: no evidence either way.
+        assert_eq!(
+            part_levels(&a, &lines("12 MILL LANE", None)),
+            ["house.exact", "street.exact"]
+        );
+    }
+
+    #[test]
+    fn first_lines_written_the_other_way_round_cross_and_the_rest_is_compared() {
+        // The building first on one side, the street first on the other.
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        let b = lines("12 MILL LANE", Some("ROSE COTTAGE"));
+        assert_eq!(part_levels(&a, &b), ["street.crossed", "second_line.exact"]);
+        assert_eq!(part_levels(&b, &a), ["street.crossed", "second_line.exact"]);
+        // FEBRL's exchange: the number stays in front, the words change lines, with a typo.
+        let a = lines("25 ASHCROFT CRESCENT", Some("ROSEBERY HILL"));
+        let b = lines("25 ROSEBERYHILL", Some("ASHCROFT CRESCENT"));
+        assert_eq!(
+            part_levels(&a, &b),
+            ["house.exact", "street.crossed", "second_line.similar"]
+        );
+        // One side has no second line: crossed, nothing left to compare.
+        let c = lines("ROSE COTTAGE", None);
+        assert_eq!(
+            part_levels(&c, &lines("12 MILL LANE", Some("ROSE COTTAGE"))),
+            ["street.crossed"]
+        );
+        // The names left over differ: another building of the street.
+        let d = lines("12 MILL LANE", Some("IVY COTTAGE"));
+        assert_eq!(
+            part_levels(&lines("ROSE COTTAGE", Some("12 MILL LANE")), &d),
+            ["street.crossed", "second_line.disagree"]
+        );
+    }
+
+    #[test]
+    fn a_street_that_is_not_the_other_second_line_does_not_cross() {
+        // Another building, the same street line second: the first lines differ and neither
+        // is the other's second line; the second lines are compared as they are.
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        let b = lines("IVY COTTAGE", Some("12 MILL LANE"));
+        assert_eq!(
+            part_levels(&a, &b),
+            ["street.disagree", "second_line.exact"]
+        );
+        let b = lines("3 HIGH STREET", Some("FLAT 2"));
+        assert_eq!(
+            part_levels(&lines("12 MILL LANE", Some("ROSE COTTAGE")), &b),
+            ["house.disagree", "street.disagree", "second_line.disagree"]
+        );
+    }
+
+    #[test]
+    fn the_whole_address_ignores_the_second_line() {
+        let c = MatchConfig::built_in();
+        assert_eq!(c.address.compare, AddressCompare::Whole);
+        let a = lines("ROSE COTTAGE", Some("12 MILL LANE"));
+        for b in [
+            lines("12 MILL LANE", Some("ROSE COTTAGE")),
+            lines("ROSE COTTAGE", None),
+            lines("ROSE COTTAGE", Some("IVY COTTAGE")),
+        ] {
+            let with = compare_with(&c, &a, &b);
+            let mut without = b.clone();
+            without.address_line2 = None;
+            let plain = compare_with(&c, &lines("ROSE COTTAGE", None), &without);
+            assert_eq!(with.levels, plain.levels, "{with:?}");
+            assert_eq!(with.score, plain.score);
+        }
+    }
+
+    #[test]
+    fn a_matching_file_from_before_the_second_line_takes_the_built_in_levels() {
+        let crossed = "crossed = { m = 0.01, u = 0.0001 }";
+        let start = BUILT_IN.find("\n[second_line]").unwrap() + 1;
+        let end = start + BUILT_IN[start..].find("\n\n").unwrap();
+        let old = format!("{}{}", &BUILT_IN[..start], &BUILT_IN[end..]).replace(crossed, "");
+        assert!(!old.contains("\n[second_line]") && !old.contains(crossed));
+        let c = MatchConfig::parse(&old).expect("an older file still reads");
+        let built_in = MatchConfig::built_in();
+        for l in [
+            "street.crossed",
+            "second_line.exact",
+            "second_line.similar",
+            "second_line.disagree",
+        ] {
+            let (x, y) = (c.level(l).unwrap(), built_in.level(l).unwrap());
+            assert_eq!((x.m, x.u), (y.m, y.u), "{l}");
+        }
+        assert_eq!(c.second_line.similar_at, built_in.second_line.similar_at);
+        // Only those: another level missing is still an error.
+        let bad = BUILT_IN.replace("near = { m = 0.02, u = 0.02 }", "");
         assert!(MatchConfig::parse(&bad).is_err());
     }
 
