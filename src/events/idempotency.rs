@@ -175,9 +175,15 @@ impl WriteHook for RestIdempotency {
         let response = json!({
             "outcomes": outcomes.iter().map(outcome_summary).collect::<Vec<_>>()
         });
-        store_response(tx.connection().await?, &self.org, SCOPE_REST, &self.key, &response)
-            .await
-            .map_err(crate::store::StoreError::from)?;
+        store_response(
+            tx.connection().await?,
+            &self.org,
+            SCOPE_REST,
+            &self.key,
+            &response,
+        )
+        .await
+        .map_err(crate::store::StoreError::from)?;
         Ok(())
     }
 }

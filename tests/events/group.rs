@@ -701,7 +701,10 @@ async fn a_groups_versions_written_in_one_statement_are_those_of_one_by_one_writ
         ("RX1", admission("RX1", "v1", &at(10), "P1", "E1", "Ten")),
         ("RX1", admission("RX1", "v2", &at(11), "P2", "E2", "Eleven")),
         ("RX2", admission("RX2", "v3", &at(12), "Q1", "F1", "Twelve")),
-        ("RX1", admission("RX1", "v4", &at(13), "P3", "E3", "Thirteen")),
+        (
+            "RX1",
+            admission("RX1", "v4", &at(13), "P3", "E3", "Thirteen"),
+        ),
     ];
     let (grouped, state, expected) = grouped_and_alone(&messages).await;
     assert_eq!(state, expected);
@@ -710,8 +713,14 @@ async fn a_groups_versions_written_in_one_statement_are_those_of_one_by_one_writ
     let feed = expected["feed"].as_array().unwrap();
     assert_eq!(feed.len(), 12, "{feed:?}");
     assert!(feed[0].as_str().unwrap().contains("|P1]"), "{feed:?}");
-    assert!(feed[2].as_str().unwrap().starts_with("[\"Provenance\""), "{feed:?}");
-    assert!(feed[11].as_str().unwrap().starts_with("[\"Provenance\""), "{feed:?}");
+    assert!(
+        feed[2].as_str().unwrap().starts_with("[\"Provenance\""),
+        "{feed:?}"
+    );
+    assert!(
+        feed[11].as_str().unwrap().starts_with("[\"Provenance\""),
+        "{feed:?}"
+    );
 }
 
 /// Two messages of one group writing the same resources: one statement changes a head once,
@@ -726,7 +735,10 @@ async fn two_messages_of_one_group_writing_one_resource_write_it_in_turn() {
         // P1 and E1 again, newer: a second version of each.
         ("RX1", finished),
         // Unrelated: may share a statement with either.
-        ("RX1", admission("RX1", "w3", &at(13), "P2", "E2", "Thirteen")),
+        (
+            "RX1",
+            admission("RX1", "w3", &at(13), "P2", "E2", "Thirteen"),
+        ),
         // Older than w2 for P1: held back as stale; its new Encounter is written.
         ("RX1", admission("RX1", "w4", &at(11), "P1", "E3", "Eleven")),
     ];
