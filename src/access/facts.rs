@@ -295,7 +295,7 @@ impl PendingFacts {
         .bind(&rows.kind)
         .bind(&rows.start)
         .bind(&rows.end)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
         Ok(())
     }
@@ -385,7 +385,7 @@ async fn record_consent(
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM access_consent WHERE consent_id = $1")
         .bind(&v.id)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
     let Some(ConsentFacts(patient, mut restrictions, local, start, end)) =
         resource.and_then(consent)
@@ -409,7 +409,7 @@ async fn record_consent(
         .bind(&r.value)
         .bind(start)
         .bind(end)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
     }
     Ok(())
@@ -442,7 +442,7 @@ async fn resolve_orgs(tx: &mut WriteTx, ids: &[String]) -> Result<Vec<String>, S
     )
     .bind(ODS_SYSTEM)
     .bind(ids)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await?;
     Ok(codes)
 }

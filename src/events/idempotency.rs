@@ -145,7 +145,7 @@ impl WriteHook for RestIdempotency {
     ) -> Result<HookDecision, crate::interactions::Error> {
         self.repeat = None;
         match claim(
-            tx.connection(),
+            tx.connection().await?,
             &self.org,
             SCOPE_REST,
             &self.key,
@@ -175,9 +175,15 @@ impl WriteHook for RestIdempotency {
         let response = json!({
             "outcomes": outcomes.iter().map(outcome_summary).collect::<Vec<_>>()
         });
-        store_response(tx.connection(), &self.org, SCOPE_REST, &self.key, &response)
-            .await
-            .map_err(crate::store::StoreError::from)?;
+        store_response(
+            tx.connection().await?,
+            &self.org,
+            SCOPE_REST,
+            &self.key,
+            &response,
+        )
+        .await
+        .map_err(crate::store::StoreError::from)?;
         Ok(())
     }
 }

@@ -422,7 +422,7 @@ impl Batch {
     }
 
     /// Stale entries, source states, triggering events and responses, in one round trip.
-    async fn write(self, tx: &mut WriteTx) -> Result<(), sqlx::Error> {
+    async fn write(self, tx: &mut WriteTx) -> Result<(), crate::store::StoreError> {
         let (mut so, mut st, mut ss, mut sv, mut si, mut stime, mut sm) = (
             Vec::new(),
             Vec::new(),
@@ -494,7 +494,7 @@ impl Batch {
         .bind(&self.response_org)
         .bind(&self.response_key)
         .bind(&self.response)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
         Ok(())
     }
@@ -567,7 +567,7 @@ impl MessageHook<'_> {
     async fn read_held(
         &self,
         tx: &mut WriteTx,
-    ) -> Result<Vec<(usize, OffsetDateTime, String)>, sqlx::Error> {
+    ) -> Result<Vec<(usize, OffsetDateTime, String)>, crate::store::StoreError> {
         let (mut o, mut t, mut sy, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in self.state_keys() {
             o.push(k.0);
@@ -580,7 +580,7 @@ impl MessageHook<'_> {
             .bind(&t)
             .bind(&sy)
             .bind(&v)
-            .fetch_one(tx.connection())
+            .fetch_one(tx.connection().await?)
             .await?;
         Ok(parse_held(&held))
     }
@@ -680,7 +680,7 @@ impl WriteHook for MessageHook<'_> {
         .bind(&co)
         .bind(&ck)
         .bind(&cf)
-        .fetch_one(tx.connection())
+        .fetch_one(tx.connection().await?)
         .await
         .map_err(db)?;
         let claimed: Value = row.try_get("claimed").map_err(db)?;
@@ -740,7 +740,7 @@ impl WriteHook for MessageHook<'_> {
         batch
             .write(tx)
             .await
-            .map_err(|e| crate::interactions::Error::Store(e.into()))
+            .map_err(crate::interactions::Error::Store)
     }
 
     async fn on_locked(
@@ -790,7 +790,7 @@ impl WriteHook for MessageHook<'_> {
                 claimed,
                 held: None,
                 ..
-            }) => (claimed, self.read_held(tx).await.map_err(db)?),
+            }) => (claimed, self.read_held(tx).await?),
             None => {
                 // One round trip: claim the message id and read the source times held for
                 // its resources.
@@ -820,7 +820,7 @@ impl WriteHook for MessageHook<'_> {
                 .bind(org)
                 .bind(&m.message_id)
                 .bind(&self.fingerprint)
-                .fetch_one(tx.connection())
+                .fetch_one(tx.connection().await?)
                 .await
                 .map_err(db)?;
                 let claimed: bool = row.try_get("claimed").map_err(db)?;
@@ -835,7 +835,7 @@ impl WriteHook for MessageHook<'_> {
                 fingerprint,
                 response,
             } = idempotency::claim(
-                tx.connection(),
+                tx.connection().await?,
                 org,
                 SCOPE_MESSAGE,
                 &m.message_id,
@@ -1026,7 +1026,7 @@ impl WriteHook for MessageHook<'_> {
             .bind(m.timestamp)
             .bind(s.held_time)
             .bind(&s.held_message)
-            .execute(tx.connection())
+            .execute(tx.connection().await?)
             .await
             .map_err(db)?;
         }
@@ -1064,7 +1064,7 @@ impl WriteHook for MessageHook<'_> {
         .bind(&vver)
         .bind(&vfocus)
         .bind(&response)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await
         .map_err(db)?;
         self.response = Some(response);

@@ -142,7 +142,7 @@ async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
     }
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
         .bind(&keys)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await
         .map_err(db)?;
     Ok(())
@@ -413,7 +413,7 @@ pub(crate) async fn record_event(
     .bind(method)
     .bind(actor)
     .bind(decision)
-    .execute(tx.connection())
+    .execute(tx.connection().await?)
     .await
     .map_err(db)?;
     Ok(())

@@ -81,7 +81,7 @@ pub struct DecisionOutcome {
 async fn person_of(tx: &mut WriteTx, patient_id: &str) -> Result<String, ReviewError> {
     sqlx::query_scalar("SELECT person_id FROM identity_patient WHERE patient_id = $1 AND active")
         .bind(patient_id)
-        .fetch_optional(tx.connection())
+        .fetch_optional(tx.connection().await?)
         .await?
         .ok_or_else(|| ReviewError::NotFound(format!("Patient/{patient_id} has no identity link")))
 }
@@ -96,7 +96,7 @@ async fn lock_persons(tx: &mut WriteTx, persons: &[&str]) -> Result<(), ReviewEr
     keys.dedup();
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k ORDER BY k")
         .bind(&keys)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
     Ok(())
 }
@@ -107,7 +107,7 @@ async fn members(tx: &mut WriteTx, person: &str) -> Result<Vec<Assignment>, Revi
          WHERE person_id = $1 AND active ORDER BY patient_id FOR UPDATE",
     )
     .bind(person)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await?;
     rows.into_iter()
         .map(|r| {
@@ -140,7 +140,7 @@ async fn insert_decision(
     .bind(reason)
     .bind(serde_json::to_value(before).unwrap_or(Value::Null))
     .bind(serde_json::to_value(after).unwrap_or(Value::Null))
-    .fetch_one(tx.connection())
+    .fetch_one(tx.connection().await?)
     .await?)
 }
 
@@ -161,7 +161,7 @@ async fn assign(
     .bind(a.score)
     .bind(&a.grade)
     .bind(&a.method)
-    .execute(tx.connection())
+    .execute(tx.connection().await?)
     .await?;
     record_event(
         tx,
@@ -185,7 +185,7 @@ async fn verified_numbers(tx: &mut WriteTx, person: &str) -> Result<BTreeSet<Str
          WHERE person_id = $1 AND active AND nhs_verified AND nhs_number IS NOT NULL",
     )
     .bind(person)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await?;
     Ok(rows.into_iter().collect())
 }
@@ -275,7 +275,7 @@ pub async fn unmerge(
         "SELECT kind, before, after, reversed_by FROM identity_decision WHERE id = $1 FOR UPDATE",
     )
     .bind(decision_id)
-    .fetch_optional(tx.connection())
+    .fetch_optional(tx.connection().await?)
     .await?
     .ok_or_else(|| ReviewError::NotFound(format!("identity decision {decision_id}")))?;
     let kind: String = row.try_get("kind")?;
@@ -340,7 +340,7 @@ pub async fn unmerge(
     sqlx::query("UPDATE identity_decision SET reversed_by = $2 WHERE id = $1")
         .bind(decision_id)
         .bind(decision)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
     let persons: BTreeSet<String> = [source, target].into();
     write_persons(&mut tx, &persons, actor, now_millis(), Some(reason)).await?;
@@ -365,7 +365,7 @@ async fn add_non_match(
     .bind(a)
     .bind(b)
     .bind(decision)
-    .execute(tx.connection())
+    .execute(tx.connection().await?)
     .await?;
     Ok(())
 }
@@ -385,7 +385,7 @@ pub async fn decide_item(
          WHERE id = $1 AND status = 'open' FOR UPDATE",
     )
     .bind(item)
-    .fetch_optional(tx.connection())
+    .fetch_optional(tx.connection().await?)
     .await?
     .ok_or_else(|| ReviewError::NotFound(format!("open review item {item}")))?;
     let patient: String = row.try_get("patient_id")?;
@@ -407,7 +407,7 @@ pub async fn decide_item(
         .bind(item)
         .bind(if confirm { "confirmed" } else { "rejected" })
         .bind(outcome.decision)
-        .execute(tx.connection())
+        .execute(tx.connection().await?)
         .await?;
     tx.commit().await?;
     Ok(outcome)

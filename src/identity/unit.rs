@@ -250,7 +250,7 @@ async fn changed_since(
     .bind(&names)
     .bind(&lines)
     .bind(&places)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
     rows.iter()
@@ -631,7 +631,7 @@ async fn current_rows(
          WHERE patient_id = ANY($1) ORDER BY patient_id FOR UPDATE",
     )
     .bind(ids)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
     rows.into_iter()
@@ -664,7 +664,7 @@ async fn non_matches_of(
          WHERE patient_a = ANY($1) OR patient_b = ANY($1)",
     )
     .bind(ids)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
     Ok(rows.into_iter().map(|(a, b)| pair(&a, &b)).collect())
@@ -760,7 +760,7 @@ async fn read_candidates(
     .bind(&line)
     .bind(&place)
     .bind(with_snapshot)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
     let mut snapshot = None;
@@ -808,7 +808,7 @@ async fn members_besides(
     .bind(person_id)
     .bind(patient_id)
     .bind(&mine)
-    .fetch_one(tx.connection())
+    .fetch_one(tx.connection().await?)
     .await
     .map_err(db)?;
     let unit = overlay
@@ -1048,7 +1048,7 @@ async fn links_statement(
     .bind(&person_ids)
     .bind(mine)
     .bind(&places)
-    .fetch_all(tx.connection())
+    .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
     let mut read = PersonsRead::default();

@@ -19,8 +19,11 @@
 //! so with the locks taken, each transaction reads the answers to every unit's criteria and
 //! locks the heads they name in two statements; with no savepoints, the hook does its part for
 //! every unit in one statement before the first unit (`WriteHook::on_group_locked`) and one
-//! after the last (`WriteHook::on_group_staged`), and the units' access facts are written
-//! after the last unit in one statement too. A unit uses what was read for it
+//! after the last (`WriteHook::on_group_staged`), and the units' versions and access facts
+//! are written after the last unit in one statement each. A unit's versions wait in the
+//! transaction (`WriteTx::write_deferred`) and go out before any statement that follows
+//! them, so a unit that must read (its criteria, a head an earlier unit wrote) sends the
+//! versions before it first, and sees what it would see had they been written at once. A unit uses what was read for it
 //! unless an earlier unit of the same transaction wrote something it depends on — a resource
 //! carrying an identifier one of its queries matches, or one its queries matched, or a head it
 //! locks: then it reads its own, as it would alone.
@@ -147,7 +150,7 @@ async fn prefetch(
 }
 
 async fn savepoint(tx: &mut WriteTx, sql: &'static str) -> Result<(), StoreError> {
-    sqlx::raw_sql(sql).execute(tx.connection()).await?;
+    sqlx::raw_sql(sql).execute(tx.connection().await?).await?;
     Ok(())
 }
 
@@ -388,6 +391,18 @@ impl Repository {
                         results[i] = Some(Err(f));
                         next += 1;
                     }
+                }
+            }
+            if optimistic_tx && !fell_back {
+                // Every unit staged: their versions, waiting since each unit's end unless a
+                // later statement sent them, in one statement, so that a failure here runs
+                // the units again one by one like any other group statement's.
+                if let Err(e) = tx.flush().await {
+                    tracing::warn!(error = %e, "a group's versions could not be written; running its units one by one");
+                    for (j, _) in &staged {
+                        attempts[*j] -= 1;
+                    }
+                    fell_back = true;
                 }
             }
             if defer_links && !fell_back {

@@ -333,8 +333,8 @@ pub(crate) struct Known<'a> {
     /// Answers to the unit's identifier queries, when still valid for it.
     pub(crate) answers: Option<&'a Prefetched>,
     pub(crate) heads: Option<GroupHeads<'a>>,
-    /// The group writes the unit's access facts with every other unit's, after the last
-    /// (only a group that rolls back whole when a unit fails may: no savepoints).
+    /// The group writes the unit's versions and access facts with every other unit's, after
+    /// the last (only a group that rolls back whole when a unit fails may: no savepoints).
     pub(crate) group_writes: bool,
     /// The group links the unit's Patients with every other unit's, after the last (such a
     /// group, when no unit reads what linking writes: `CheckedUnit::links_deferrable`).
@@ -1008,7 +1008,13 @@ impl Repository {
         let written = versions.len();
         let provenance = crate::provenance::for_write(&versions, author, now, None);
         versions.extend(provenance);
-        tx.write(&versions, author).await?;
+        if known.group_writes {
+            // Sent with the transaction's next statement: in a group going well, that is
+            // after the last unit, with every unit's versions in one statement.
+            tx.write_deferred(versions.clone(), author).await?;
+        } else {
+            tx.write(&versions, author).await?;
+        }
         versions.truncate(written);
         // Access facts first: linking takes blocking-key locks that other linkers wait for
         // until this commits, so nothing that does not need them runs after it.

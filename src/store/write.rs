@@ -80,6 +80,18 @@ pub struct WriteTx {
     /// Advisory keys this transaction took outside any savepoint (`lock_for_transaction`):
     /// held until it ends, so taking them again needs no round trip.
     held: HashSet<i64>,
+    /// Versions `write_deferred` took and no statement has sent yet.
+    deferred: Deferred,
+}
+
+/// Versions waiting to be written: sent in one statement before the transaction's next
+/// statement, whatever that statement is, so nothing run in the transaction can tell they
+/// were held back.
+#[derive(Default)]
+struct Deferred {
+    parts: Vec<(Vec<NewVersion>, Author)>,
+    /// `(type, id)` of every version in `parts`: a statement changes a head once.
+    resources: HashSet<(String, String)>,
 }
 
 impl Store {
@@ -87,6 +99,7 @@ impl Store {
         Ok(WriteTx {
             tx: self.pool.begin().await?,
             held: HashSet::new(),
+            deferred: Deferred::default(),
         })
     }
 }
@@ -137,7 +150,7 @@ impl WriteTx {
         keys.dedup();
         sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
             .bind(&keys)
-            .execute(&mut *self.tx)
+            .execute(self.connection().await?)
             .await?;
         Ok(())
     }
@@ -187,7 +200,7 @@ impl WriteTx {
         .bind(&types)
         .bind(&systems)
         .bind(&values)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.connection().await?)
         .await?;
         let mut out = vec![Vec::new(); queries.len()];
         for row in rows {
@@ -229,7 +242,7 @@ impl WriteTx {
         )
         .bind(&types)
         .bind(&ids)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.connection().await?)
         .await?;
         let mut heads = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -261,7 +274,7 @@ impl WriteTx {
         )
         .bind(resource_type)
         .bind(ids)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.connection().await?)
         .await?;
         Ok(rows)
     }
@@ -278,11 +291,59 @@ impl WriteTx {
     /// As `write`, for versions of several authors in one statement (a group's units, each
     /// with its own request id). No resource may appear twice: a head is changed once per
     /// statement.
-    #[tracing::instrument(skip_all, fields(parts = parts.len()))]
     pub async fn write_parts(
         &mut self,
         parts: &[(&[NewVersion], &Author)],
     ) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.send(parts).await
+    }
+
+    /// As `write`, but the versions go out with the next statement of the transaction (in
+    /// one statement with every other version deferred since the last), or at the commit:
+    /// a group of units whose steps between their writes need no statement writes all their
+    /// versions in one. Whatever this transaction runs next sees them, as if written now; a
+    /// failure to write them is that later statement's (or the commit's) failure. No
+    /// resource of `versions` may appear twice in them; one already waiting sends what waits
+    /// first (a statement changes a head once).
+    pub async fn write_deferred(
+        &mut self,
+        versions: Vec<NewVersion>,
+        author: &Author,
+    ) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        if versions.iter().any(|v| {
+            self.deferred
+                .resources
+                .contains(&(v.resource_type.clone(), v.id.clone()))
+        }) {
+            self.flush().await?;
+        }
+        self.deferred.resources.extend(
+            versions
+                .iter()
+                .map(|v| (v.resource_type.clone(), v.id.clone())),
+        );
+        self.deferred.parts.push((versions, author.clone()));
+        Ok(())
+    }
+
+    /// Sends the deferred versions, if any.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.deferred.parts.is_empty() {
+            return Ok(());
+        }
+        let Deferred { parts, .. } = std::mem::take(&mut self.deferred);
+        let parts: Vec<(&[NewVersion], &Author)> =
+            parts.iter().map(|(v, a)| (v.as_slice(), a)).collect();
+        self.send(&parts).await
+    }
+
+    /// The version write statement itself.
+    #[tracing::instrument(skip_all, fields(parts = parts.len()))]
+    async fn send(&mut self, parts: &[(&[NewVersion], &Author)]) -> Result<(), StoreError> {
         let n: usize = parts.iter().map(|(v, _)| v.len()).sum();
         if n == 0 {
             return Ok(());
@@ -418,14 +479,17 @@ impl WriteTx {
         Ok(())
     }
 
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush().await?;
         self.tx.commit().await?;
         Ok(())
     }
 
-    /// For modules that must write their own rows in the same transaction (e.g. audit).
-    pub fn connection(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.tx
+    /// For modules that must write their own rows in the same transaction (e.g. audit). The
+    /// deferred versions are sent first: every statement sees every write before it.
+    pub async fn connection(&mut self) -> Result<&mut sqlx::PgConnection, StoreError> {
+        self.flush().await?;
+        Ok(&mut self.tx)
     }
 }
 

@@ -54,7 +54,7 @@ async fn a_transaction_committing_late_is_not_skipped() {
     // `early` starts (and takes its transaction id) first but commits last.
     let mut early = store.begin_write().await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
-        .execute(early.connection())
+        .execute(early.connection().await.unwrap())
         .await
         .unwrap();
     let mut late = store.begin_write().await.unwrap();

@@ -512,3 +512,250 @@ async fn a_group_links_its_patients_exactly_as_one_by_one() {
         "a possible match is queued"
     );
 }
+
+/// The resources and Provenance a database holds, other than identity's Persons (and their
+/// Provenance: `identity_state` compares those): every version, head, identifier and
+/// change-feed row, with ids replaced by what a second database shares — a resource by its
+/// business identifiers, a Provenance by its targets — and write times left out. Change-feed
+/// rows stay in feed order.
+async fn store_state(app: &TestApp) -> Value {
+    // The resources compared: Person-derived rows are written by identity, after a group's
+    // last message.
+    macro_rules! own {
+        ($sql:literal) => {
+            concat!(
+                "WITH own AS (
+                     SELECT DISTINCT resource_type, id FROM resource_version
+                     WHERE resource_type <> 'Person'
+                       AND NOT (resource_type = 'Provenance'
+                                AND content->'target'->0->>'reference' LIKE 'Person/%')
+                 ) ",
+                $sql
+            )
+        };
+    }
+    let keys: Vec<(String, String, String)> = sqlx::query_as(own!(
+        "SELECT resource_type, id, string_agg(system || '|' || value, '+' ORDER BY system, value)
+         FROM resource_identifier JOIN own USING (resource_type, id) GROUP BY 1, 2"
+    ))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut names: Vec<(String, String)> = keys
+        .into_iter()
+        .map(|(t, id, k)| (id, format!("{t}[{k}]")))
+        .collect();
+    let rename = |names: &[(String, String)], text: String| {
+        names
+            .iter()
+            .fold(text, |t, (id, name)| t.replace(id.as_str(), name))
+    };
+    let provenance: Vec<(String, Value)> = sqlx::query_as(own!(
+        "SELECT id, content->'target' FROM resource_version JOIN own USING (resource_type, id)
+         WHERE resource_type = 'Provenance'"
+    ))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let named: Vec<(String, String)> = provenance
+        .into_iter()
+        .map(|(id, targets)| {
+            let name = format!("Provenance[{}]", rename(&names, targets.to_string()));
+            (id, name)
+        })
+        .collect();
+    names.extend(named);
+    let rows = |sql: &'static str| async move {
+        let rows: Vec<Value> = sqlx::query_scalar(sql).fetch_all(&app.pool).await.unwrap();
+        rows
+    };
+    let strip = |mut v: Value| {
+        if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("lastUpdated");
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("recorded");
+        }
+        v
+    };
+    let mut versions: Vec<String> = rows(own!(
+        "SELECT jsonb_build_array(resource_type, id, version_id, deleted, method, author_kind,
+                                  author_id, author_org, request_id, compartment,
+                                  compartment_key, content)
+         FROM resource_version JOIN own USING (resource_type, id)"
+    ))
+    .await
+    .into_iter()
+    .map(|mut v| {
+        v[11] = strip(v[11].take());
+        rename(&names, v.to_string())
+    })
+    .collect();
+    versions.sort();
+    let mut heads: Vec<String> = rows(own!(
+        "SELECT jsonb_build_array(h.resource_type, h.id, h.version_id, h.deleted, h.author_org,
+                                  h.content_hash IS NOT NULL, h.last_updated = v.last_updated,
+                                  h.version_id = (SELECT max(version_id) FROM resource_version m
+                                      WHERE m.resource_type = h.resource_type AND m.id = h.id))
+         FROM resource_head h JOIN own USING (resource_type, id)
+         JOIN resource_version v USING (resource_type, id, version_id)"
+    ))
+    .await
+    .into_iter()
+    .map(|v| rename(&names, v.to_string()))
+    .collect();
+    heads.sort();
+    let mut identifiers: Vec<String> = rows(own!(
+        "SELECT jsonb_build_array(resource_type, id, system, value)
+         FROM resource_identifier JOIN own USING (resource_type, id)"
+    ))
+    .await
+    .into_iter()
+    .map(|v| rename(&names, v.to_string()))
+    .collect();
+    identifiers.sort();
+    let feed: Vec<String> = rows(own!(
+        "SELECT jsonb_build_array(resource_type, id, version_id, operation)
+         FROM change_feed JOIN own USING (resource_type, id) ORDER BY seq"
+    ))
+    .await
+    .into_iter()
+    .map(|v| rename(&names, v.to_string()))
+    .collect();
+    json!({
+        "versions": versions,
+        "heads": heads,
+        "identifiers": identifiers,
+        "feed": feed,
+    })
+}
+
+/// The version-write statements a transaction's messages took: rows one statement inserts
+/// share its command id (`cmin`); Persons and their Provenance are identity's own statement.
+async fn version_statements(app: &TestApp) -> i64 {
+    scalar(
+        app,
+        "SELECT count(DISTINCT cmin::text) FROM resource_version
+         WHERE resource_type <> 'Person'
+           AND NOT (resource_type = 'Provenance'
+                    AND content->'target'->0->>'reference' LIKE 'Person/%')",
+    )
+    .await
+}
+
+/// The messages into a fresh database as one group, then one by one into another: both must
+/// leave the same store state; the group's state is returned with its database.
+async fn grouped_and_alone(messages: &[(&str, Value)]) -> (TestApp, Value, Value) {
+    let envelope = Envelope::default();
+    let callers: Vec<Caller> = messages.iter().map(|(ods, _)| trust(ods)).collect();
+    let grouped = TestApp::spawn().await;
+    let ingest = Ingest::new(
+        Repository::new(grouped.store.clone()),
+        Arc::new(Catalogue::load(None).unwrap()),
+        grouped.base.clone(),
+    );
+    let items: Vec<(&Value, &Caller, &Envelope)> = messages
+        .iter()
+        .zip(&callers)
+        .map(|((_, m), c)| (m, c, &envelope))
+        .collect();
+    let grouped_results: Vec<(Disposition, usize)> = ingest
+        .process_group(&items)
+        .await
+        .into_iter()
+        .map(|r| {
+            let p = r.expect("applied");
+            (p.disposition, p.stale)
+        })
+        .collect();
+    assert_eq!(
+        scalar(&grouped, "SELECT count(DISTINCT txid) FROM change_feed").await,
+        1
+    );
+
+    let alone = TestApp::spawn().await;
+    let ingest = Ingest::new(
+        Repository::new(alone.store.clone()),
+        Arc::new(Catalogue::load(None).unwrap()),
+        alone.base.clone(),
+    );
+    let mut alone_results = Vec::new();
+    for item in &items {
+        let r = ingest.process_group(&[*item]).await;
+        let p = r.into_iter().next().unwrap().expect("applied");
+        alone_results.push((p.disposition, p.stale));
+    }
+    assert_eq!(grouped_results, alone_results);
+    let state = store_state(&grouped).await;
+    let expected = store_state(&alone).await;
+    (grouped, state, expected)
+}
+
+/// A group going well writes the versions of all its messages — each message's resources
+/// and Provenance, of different trusts — in one statement after its last message, and must
+/// leave exactly what writing them message by message leaves: versions, heads, identifiers,
+/// and the change feed in message order.
+#[tokio::test]
+async fn a_groups_versions_written_in_one_statement_are_those_of_one_by_one_writes() {
+    let messages = [
+        ("RX1", admission("RX1", "v1", &at(10), "P1", "E1", "Ten")),
+        ("RX1", admission("RX1", "v2", &at(11), "P2", "E2", "Eleven")),
+        ("RX2", admission("RX2", "v3", &at(12), "Q1", "F1", "Twelve")),
+        (
+            "RX1",
+            admission("RX1", "v4", &at(13), "P3", "E3", "Thirteen"),
+        ),
+    ];
+    let (grouped, state, expected) = grouped_and_alone(&messages).await;
+    assert_eq!(state, expected);
+    assert_eq!(version_statements(&grouped).await, 1);
+    // What the comparison covers: 4 Patients, 4 Encounters and their Provenance, in order.
+    let feed = expected["feed"].as_array().unwrap();
+    assert_eq!(feed.len(), 12, "{feed:?}");
+    assert!(feed[0].as_str().unwrap().contains("|P1]"), "{feed:?}");
+    assert!(
+        feed[2].as_str().unwrap().starts_with("[\"Provenance\""),
+        "{feed:?}"
+    );
+    assert!(
+        feed[11].as_str().unwrap().starts_with("[\"Provenance\""),
+        "{feed:?}"
+    );
+}
+
+/// Two messages of one group writing the same resources: one statement changes a head once,
+/// so the second message's versions go out in a later statement than the first's, and the
+/// resources get a version per message, in message order, exactly as one by one.
+#[tokio::test]
+async fn two_messages_of_one_group_writing_one_resource_write_it_in_turn() {
+    let mut finished = admission("RX1", "w2", &at(12), "P1", "E1", "Twelve");
+    finished["entry"][2]["resource"]["status"] = json!("finished");
+    let messages = [
+        ("RX1", admission("RX1", "w1", &at(10), "P1", "E1", "Ten")),
+        // P1 and E1 again, newer: a second version of each.
+        ("RX1", finished),
+        // Unrelated: may share a statement with either.
+        (
+            "RX1",
+            admission("RX1", "w3", &at(13), "P2", "E2", "Thirteen"),
+        ),
+        // Older than w2 for P1: held back as stale; its new Encounter is written.
+        ("RX1", admission("RX1", "w4", &at(11), "P1", "E3", "Eleven")),
+    ];
+    let (grouped, state, expected) = grouped_and_alone(&messages).await;
+    assert_eq!(state, expected);
+    let statements = version_statements(&grouped).await;
+    assert!(
+        (2..4).contains(&statements),
+        "w1's versions before w2's, some messages sharing a statement: {statements}"
+    );
+    let heads = expected["heads"].to_string();
+    for second in [r#"|P1]\",2,"#, r#"|E1]\",2,"#] {
+        assert!(heads.contains(second), "{second}: {heads}");
+    }
+    assert_eq!(
+        held_families(&grouped).await,
+        vec!["Thirteen", "Twelve"],
+        "w4 held back"
+    );
+}

@@ -53,7 +53,7 @@ impl WriteHook for ScanCount {
         let scans: i64 = sqlx::query_scalar(
             "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'identity_patient'",
         )
-        .fetch_one(tx.connection())
+        .fetch_one(tx.connection().await.expect("connection"))
         .await
         .expect("transaction statistics");
         self.0 = Some(scans);
