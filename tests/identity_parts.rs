@@ -69,16 +69,20 @@ async fn with_the_parts_scored_apart_a_household_stays_apart_and_twins_wait_for_
     };
     let c = create_as(&app, "RX2", &patient("RX2", None, &twin)).await;
     assert_ne!(person_of(&app, &c).await, person_of(&app, &a).await);
-    let reviews: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM identity_review WHERE patient_id = $1")
-            .bind(&c)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let reviews = reviews_of(&app, &c).await;
     assert_eq!(reviews, 1, "the twin waits for review");
 }
 
 /// A's address with the building first, as a trust writes it.
+/// Review items naming the Patient.
+async fn reviews_of(app: &TestApp, patient_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM identity_review WHERE patient_id = $1")
+        .bind(patient_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 fn with_lines(mut p: serde_json::Value, lines: &[&str]) -> serde_json::Value {
     p["address"][0]["line"] = serde_json::json!(lines);
     p
@@ -135,11 +139,6 @@ async fn with_the_parts_scored_apart_lines_written_the_other_way_round_still_lin
     .await;
     assert_ne!(person_of(&app, &c).await, person_of(&app, &a).await);
     // One surname, one building: at most a person decides.
-    let reviews: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM identity_review WHERE patient_id = $1")
-            .bind(&c)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let reviews = reviews_of(&app, &c).await;
     assert!(reviews <= 1, "{reviews}");
 }

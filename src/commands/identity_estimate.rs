@@ -449,33 +449,27 @@ fn report(c: &MatchConfig, recs: &[Rec], pairs: &[(usize, usize)]) {
         let why = if *held { "twins rule" } else { "score" };
         println!("  {n:5} ({why}, e.g. {score:.1}) {levels:?}");
     }
-    false_high.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("highest-scoring false pairs:");
-    for (s, levels, i, j) in false_high.iter().take(12) {
-        println!("  {s:6.2} {levels:?}");
-        println!("         {}", show(&recs[*i].d));
-        println!("         {}", show(&recs[*j].d));
-    }
-    true_review.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!(
+    // Each pair with its score, levels and both records, highest first.
+    let list = |title: String, pairs: &mut Vec<(f64, Vec<&str>, usize, usize)>, most: usize| {
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        println!("{title}");
+        for (s, levels, i, j) in pairs.iter().take(most) {
+            println!("  {s:6.2} {levels:?}");
+            println!("         {}", show(&recs[*i].d));
+            println!("         {}", show(&recs[*j].d));
+        }
+    };
+    list("highest-scoring false pairs:".into(), &mut false_high, 12);
+    let title = format!(
         "true pairs at review by their score (highest first), of {}:",
         true_review.len()
     );
-    for (s, levels, i, j) in true_review.iter().take(20) {
-        println!("  {s:6.2} {levels:?}");
-        println!("         {}", show(&recs[*i].d));
-        println!("         {}", show(&recs[*j].d));
-    }
-    true_low.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!(
+    list(title, &mut true_review, 20);
+    let title = format!(
         "true pairs below review (highest first), of {}:",
         true_low.len()
     );
-    for (s, levels, i, j) in true_low.iter().take(12) {
-        println!("  {s:6.2} {levels:?}");
-        println!("         {}", show(&recs[*i].d));
-        println!("         {}", show(&recs[*j].d));
-    }
+    list(title, &mut true_low, 12);
     let blocked: HashSet<(usize, usize)> = pairs.iter().copied().collect();
     let mut members: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, r) in recs.iter().enumerate() {

@@ -450,29 +450,13 @@ async fn a_group_links_its_patients_exactly_as_one_by_one() {
             ),
         ),
     ];
-    let envelope = Envelope::default();
-    let callers: Vec<Caller> = messages.iter().map(|(ods, _)| trust(ods)).collect();
-
-    let grouped = TestApp::spawn().await;
-    let ingest = Ingest::new(
-        Repository::new(grouped.store.clone()),
-        Arc::new(Catalogue::load(None).unwrap()),
-        grouped.base.clone(),
+    let (grouped, alone, results) = grouped_and_alone(&messages).await;
+    assert!(
+        results.iter().all(|r| r.0 == Disposition::Applied),
+        "{results:?}"
     );
-    let items: Vec<(&Value, &Caller, &Envelope)> = messages
-        .iter()
-        .zip(&callers)
-        .map(|((_, m), c)| (m, c, &envelope))
-        .collect();
-    for r in ingest.process_group(&items).await {
-        assert_eq!(r.expect("applied").disposition, Disposition::Applied);
-    }
-    // One transaction, and the Persons written after every message's resources: the group
-    // linked once, after its last message (not each message in turn).
-    assert_eq!(
-        scalar(&grouped, "SELECT count(DISTINCT txid) FROM change_feed").await,
-        1
-    );
+    // The Persons written after every message's resources: the group linked once, after its
+    // last message (not each message in turn).
     assert!(
         scalar(
             &grouped,
@@ -482,20 +466,6 @@ async fn a_group_links_its_patients_exactly_as_one_by_one() {
         .await
             == 0
     );
-
-    let alone = TestApp::spawn().await;
-    let ingest = Ingest::new(
-        Repository::new(alone.store.clone()),
-        Arc::new(Catalogue::load(None).unwrap()),
-        alone.base.clone(),
-    );
-    for (item, c) in messages.iter().zip(&callers) {
-        let r = ingest.process_group(&[(&item.1, c, &envelope)]).await;
-        assert_eq!(
-            r[0].as_ref().expect("applied").disposition,
-            Disposition::Applied
-        );
-    }
 
     let expected = identity_state(&alone).await;
     assert_eq!(identity_state(&grouped).await, expected);
@@ -643,9 +613,12 @@ async fn version_statements(app: &TestApp) -> i64 {
     .await
 }
 
-/// The messages into a fresh database as one group, then one by one into another: both must
-/// leave the same store state; the group's state is returned with its database.
-async fn grouped_and_alone(messages: &[(&str, Value)]) -> (TestApp, Value, Value) {
+/// The messages into a fresh database as one group (one transaction), then one by one into
+/// another, with the same outcome for each message: (the group's database, the other, the
+/// outcomes).
+async fn grouped_and_alone(
+    messages: &[(&str, Value)],
+) -> (TestApp, TestApp, Vec<(Disposition, usize)>) {
     let envelope = Envelope::default();
     let callers: Vec<Caller> = messages.iter().map(|(ods, _)| trust(ods)).collect();
     let grouped = TestApp::spawn().await;
@@ -686,6 +659,13 @@ async fn grouped_and_alone(messages: &[(&str, Value)]) -> (TestApp, Value, Value
         alone_results.push((p.disposition, p.stale));
     }
     assert_eq!(grouped_results, alone_results);
+    (grouped, alone, grouped_results)
+}
+
+/// As `grouped_and_alone`, with both databases' `store_state`: (the group's database, its
+/// state, the other's).
+async fn grouped_and_alone_states(messages: &[(&str, Value)]) -> (TestApp, Value, Value) {
+    let (grouped, alone, _) = grouped_and_alone(messages).await;
     let state = store_state(&grouped).await;
     let expected = store_state(&alone).await;
     (grouped, state, expected)
@@ -706,7 +686,7 @@ async fn a_groups_versions_written_in_one_statement_are_those_of_one_by_one_writ
             admission("RX1", "v4", &at(13), "P3", "E3", "Thirteen"),
         ),
     ];
-    let (grouped, state, expected) = grouped_and_alone(&messages).await;
+    let (grouped, state, expected) = grouped_and_alone_states(&messages).await;
     assert_eq!(state, expected);
     assert_eq!(version_statements(&grouped).await, 1);
     // What the comparison covers: 4 Patients, 4 Encounters and their Provenance, in order.
@@ -742,7 +722,7 @@ async fn two_messages_of_one_group_writing_one_resource_write_it_in_turn() {
         // Older than w2 for P1: held back as stale; its new Encounter is written.
         ("RX1", admission("RX1", "w4", &at(11), "P1", "E3", "Eleven")),
     ];
-    let (grouped, state, expected) = grouped_and_alone(&messages).await;
+    let (grouped, state, expected) = grouped_and_alone_states(&messages).await;
     assert_eq!(state, expected);
     let statements = version_statements(&grouped).await;
     assert!(
