@@ -172,7 +172,7 @@ impl Ingest {
                 "messages are sent by a trust's system (an application-restricted token), not by a person",
             ));
         };
-        let message = message::parse(bundle, &self.catalogue)?;
+        let mut message = message::parse(bundle, &self.catalogue)?;
         tracing::Span::current().record("message_id", message.message_id.as_str());
         if &message.sender != caller.org() {
             return Err(MessageError::forbidden(
@@ -216,13 +216,15 @@ impl Ingest {
 
         let requests: Vec<EntryRequest> = message
             .entries
-            .iter()
+            .iter_mut()
             .map(|e| EntryRequest {
                 resource_type: e.resource_type.clone(),
                 full_url: e.full_url.clone(),
                 action: EntryAction::Update {
                     target: Target::Criteria(message::identifier_criteria(&e.key.0, &e.key.1)),
-                    resource: e.resource.clone(),
+                    // Moved, not copied: nothing after this reads the entry's resource, and a
+                    // copy of every resource was a measurable share of the consumer's CPU.
+                    resource: std::mem::take(&mut e.resource),
                     if_match: None,
                 },
             })

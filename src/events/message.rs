@@ -28,6 +28,7 @@ pub struct MessageEntry {
     pub full_url: Option<String>,
     pub resource_type: String,
     /// The resource as it will be stored: the sender's `id` and version metadata removed.
+    /// `Ingest::prepare` moves it into the entry's write request (`Null` after that).
     pub resource: Value,
     /// `(system, value)` of the sender's own identifier: the upsert key.
     pub key: (String, String),
