@@ -33,7 +33,7 @@ pub async fn process_message(
     }
     let caller = caller(&req)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let bundle = parse_json(&body)?;
+    let mut bundle = parse_json(&body)?;
     let envelope = ingest::Envelope {
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
         ..Default::default()
@@ -52,7 +52,7 @@ pub async fn process_message(
     } else {
         &events.ingest
     };
-    match ingest.process(&bundle, &caller, &envelope).await {
+    match ingest.process(&mut bundle, &caller, &envelope).await {
         Ok(processed) => {
             let mut response = json_response(StatusCode::OK, processed.response.to_string());
             if sandbox {

@@ -285,11 +285,11 @@ impl Inbound {
 
     /// Authenticates and applies a message as received from the queue.
     pub async fn handle(&self, raw: &RawMessage) -> Handled {
-        let (caller, bundle, envelope) = match self.admit(raw).await {
+        let (caller, mut bundle, envelope) = match self.admit(raw).await {
             Ok(admitted) => admitted,
             Err(handled) => return handled,
         };
-        let result = self.ingest.process(&bundle, &caller, &envelope).await;
+        let result = self.ingest.process(&mut bundle, &caller, &envelope).await;
         Handled {
             result,
             caller: Some(caller),
@@ -304,12 +304,12 @@ impl Inbound {
         for raw in raws {
             admitted.push(self.admit(raw).await);
         }
-        let items: Vec<(&Value, &Caller, &Envelope)> = admitted
-            .iter()
-            .filter_map(|a| a.as_ref().ok())
-            .map(|(caller, bundle, envelope)| (bundle, caller, envelope))
+        let items: Vec<(&mut Value, &Caller, &Envelope)> = admitted
+            .iter_mut()
+            .filter_map(|a| a.as_mut().ok())
+            .map(|(caller, bundle, envelope)| (bundle, &*caller, &*envelope))
             .collect();
-        let mut results = self.ingest.process_group(&items).await.into_iter();
+        let mut results = self.ingest.process_group(items).await.into_iter();
         admitted
             .into_iter()
             .map(|a| match a {
@@ -349,8 +349,8 @@ impl Inbound {
         ods: OdsCode,
         event: String,
     ) -> Result<Processed, MessageError> {
-        let (bundle, envelope) = self.decode(raw, caller, ods, event)?;
-        self.ingest.process(&bundle, caller, &envelope).await
+        let (mut bundle, envelope) = self.decode(raw, caller, ods, event)?;
+        self.ingest.process(&mut bundle, caller, &envelope).await
     }
 
     fn decode(

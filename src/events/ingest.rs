@@ -81,9 +81,11 @@ impl Ingest {
 
     /// Applies one message Bundle sent by `caller`.
     #[tracing::instrument(skip_all, fields(message_id))]
+    /// Applies a message Bundle. Its entries' resources are moved out of `bundle` (see
+    /// `message::parse`); the MessageHeader stays for `error_response`.
     pub async fn process(
         &self,
-        bundle: &Value,
+        bundle: &mut Value,
         caller: &Caller,
         envelope: &Envelope,
     ) -> Result<Processed, MessageError> {
@@ -97,13 +99,14 @@ impl Ingest {
     /// rolled back alone and reported alone), committed together: one transaction and one
     /// commit for the group (`Repository::execute_group`). Results are in input order and
     /// final: `Ok` only for messages whose writes are committed (or were committed before).
+    /// As in `process`, the Bundles' resources are moved out of them.
     pub async fn process_group(
         &self,
-        items: &[(&Value, &Caller, &Envelope)],
+        items: Vec<(&mut Value, &Caller, &Envelope)>,
     ) -> Vec<Result<Processed, MessageError>> {
         let started = std::time::Instant::now();
         let prepared: Vec<Result<Prepared, MessageError>> = items
-            .iter()
+            .into_iter()
             .map(|(bundle, caller, envelope)| self.prepare(bundle, caller, envelope))
             .collect();
         let mut hooks: Vec<MessageHook<'_>> = prepared
@@ -145,7 +148,7 @@ impl Ingest {
 
     async fn process_inner(
         &self,
-        bundle: &Value,
+        bundle: &mut Value,
         caller: &Caller,
         envelope: &Envelope,
     ) -> Result<Processed, MessageError> {
@@ -162,7 +165,7 @@ impl Ingest {
     /// the catalogue, and its entries become conditional updates by business identifier.
     fn prepare(
         &self,
-        bundle: &Value,
+        bundle: &mut Value,
         caller: &Caller,
         envelope: &Envelope,
     ) -> Result<Prepared, MessageError> {
@@ -172,6 +175,8 @@ impl Ingest {
                 "messages are sent by a trust's system (an application-restricted token), not by a person",
             ));
         };
+        // Of the Bundle as sent: `parse` moves its resources out.
+        let fingerprint = idempotency::fingerprint(&[bundle.to_string().as_bytes()]);
         let mut message = message::parse(bundle, &self.catalogue)?;
         tracing::Span::current().record("message_id", message.message_id.as_str());
         if &message.sender != caller.org() {
@@ -239,7 +244,7 @@ impl Ingest {
                 .or_else(|| Some(format!("message:{}", message.message_id))),
         };
         Ok(Prepared {
-            fingerprint: idempotency::fingerprint(&[bundle.to_string().as_bytes()]),
+            fingerprint,
             client: caller.client_id().unwrap_or(caller.id()).to_string(),
             message,
             requests,

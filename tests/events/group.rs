@@ -37,9 +37,10 @@ async fn group(
     bundles: &[Value],
 ) -> Vec<Result<Processed, MessageError>> {
     let envelope = Envelope::default();
-    let items: Vec<(&Value, &Caller, &Envelope)> =
-        bundles.iter().map(|b| (b, caller, &envelope)).collect();
-    ingest.process_group(&items).await
+    let mut bundles = bundles.to_vec();
+    let items: Vec<(&mut Value, &Caller, &Envelope)> =
+        bundles.iter_mut().map(|b| (b, caller, &envelope)).collect();
+    ingest.process_group(items).await
 }
 
 /// The family names the stored Patients hold now, sorted.
@@ -627,13 +628,14 @@ async fn grouped_and_alone(
         Arc::new(Catalogue::load(None).unwrap()),
         grouped.base.clone(),
     );
-    let items: Vec<(&Value, &Caller, &Envelope)> = messages
-        .iter()
+    let mut bundles: Vec<Value> = messages.iter().map(|(_, m)| m.clone()).collect();
+    let items: Vec<(&mut Value, &Caller, &Envelope)> = bundles
+        .iter_mut()
         .zip(&callers)
-        .map(|((_, m), c)| (m, c, &envelope))
+        .map(|(m, c)| (m, c, &envelope))
         .collect();
     let grouped_results: Vec<(Disposition, usize)> = ingest
-        .process_group(&items)
+        .process_group(items)
         .await
         .into_iter()
         .map(|r| {
@@ -653,8 +655,10 @@ async fn grouped_and_alone(
         alone.base.clone(),
     );
     let mut alone_results = Vec::new();
-    for item in &items {
-        let r = ingest.process_group(&[*item]).await;
+    for ((_, m), c) in messages.iter().zip(&callers) {
+        let r = ingest
+            .process_group(vec![(&mut m.clone(), c, &envelope)])
+            .await;
         let p = r.into_iter().next().unwrap().expect("applied");
         alone_results.push((p.disposition, p.stale));
     }
