@@ -400,7 +400,8 @@ struct Batch {
     version_focus: Vec<bool>,
     response_org: Vec<String>,
     response_key: Vec<String>,
-    response: Vec<Value>,
+    /// Serialised here rather than copied: the message keeps its response to answer with.
+    response: Vec<String>,
 }
 
 impl Batch {
@@ -470,8 +471,9 @@ impl Batch {
                      $22::text[], $23::text[], $24::bool[])
                  ON CONFLICT DO NOTHING
              )
-             UPDATE event_idempotency e SET response = r.response, created_at = clock_timestamp()
-             FROM unnest($25::text[], $26::text[], $27::jsonb[]) AS r(org, key, response)
+             UPDATE event_idempotency e
+             SET response = r.response::jsonb, created_at = clock_timestamp()
+             FROM unnest($25::text[], $26::text[], $27::text[]) AS r(org, key, response)
              WHERE e.org = r.org AND e.scope = 'message' AND e.key = r.key",
         )
         .bind(&self.stale_org)
@@ -1010,7 +1012,7 @@ impl WriteHook for MessageHook<'_> {
             }
             batch.response_org.push(org.to_string());
             batch.response_key.push(m.message_id.clone());
-            batch.response.push(response.clone());
+            batch.response.push(response.to_string());
             self.pending = Some(batch);
             self.response = Some(response);
             return Ok(());
