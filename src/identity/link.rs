@@ -125,27 +125,7 @@ pub(crate) fn swapped(b: &str) -> Option<String> {
 /// A deadlock between two linkers is a lost race: reported as a conflict so the write engine
 /// retries the whole unit.
 pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(d) = &e
-        && d.code().as_deref() == Some("40P01")
-    {
-        return StoreError::Conflict("identity links (deadlock)".into());
-    }
-    StoreError::Database(e)
-}
-
-async fn lock_keys(tx: &mut WriteTx, keys: &[i64]) -> Result<(), StoreError> {
-    // A group of units took its units' keys before the first (`WriteTx::lock_for_transaction`):
-    // those need no second round trip.
-    let keys: Vec<i64> = keys.iter().copied().filter(|k| !tx.holds(*k)).collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
-        .bind(&keys)
-        .execute(tx.connection().await?)
-        .await
-        .map_err(db)?;
-    Ok(())
+    StoreError::from_locking(e, "identity links")
 }
 
 /// Candidates of `d` by any blocking key, leaving out `patient_id` itself and the records a
@@ -327,7 +307,9 @@ pub async fn link_units(tx: &mut WriteTx, units: &[LinkUnit<'_>]) -> Result<(), 
     let started = std::time::Instant::now();
     let prefetched = super::unit::prefetch(tx, &records, locked).await?;
     let asked = crate::metrics::link_step("prefetch", started);
-    lock_keys(tx, &keys).await?;
+    // A group of units took its units' keys before the first (`WriteTx::lock_for_transaction`):
+    // `lock_advisory` skips those.
+    tx.lock_advisory(keys).await?;
     let locked = crate::metrics::link_step("lock-wait", asked);
     crate::metrics::IDENTITY_LOCK_WAIT.observe((locked - asked).as_secs_f64());
     let decided = super::unit::link_records(tx, &records, units.len(), prefetched).await?;

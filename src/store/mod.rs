@@ -42,6 +42,17 @@ impl StoreError {
         }
         StoreError::Database(err)
     }
+
+    /// A deadlock between two transactions taking locks is a lost race: a conflict, which the
+    /// write engine answers by retrying the unit.
+    pub(crate) fn from_locking(err: sqlx::Error, what: &str) -> StoreError {
+        if let sqlx::Error::Database(db) = &err
+            && db.code().as_deref() == Some("40P01")
+        {
+            return StoreError::Conflict(format!("{what} (deadlock)"));
+        }
+        StoreError::Database(err)
+    }
 }
 
 /// Who wrote a version: kept beside every version as its write provenance.

@@ -151,7 +151,8 @@ impl WriteTx {
         sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k")
             .bind(&keys)
             .execute(self.connection().await?)
-            .await?;
+            .await
+            .map_err(|e| StoreError::from_locking(e, "advisory locks"))?;
         Ok(())
     }
 
