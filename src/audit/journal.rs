@@ -67,9 +67,6 @@ const SUFFIX: &str = ".journal";
 /// segments). Zeros, not `fallocate`: space allocated but never written needs the same metadata
 /// commit on its first write.
 const PREALLOCATE: u64 = 1024 * 1024;
-/// How much of `PREALLOCATE` the writer thread fills at a time, between groups: rows that
-/// arrive meanwhile wait for one small flush, not for a mebibyte's.
-const FILL_STEP: u64 = 64 * 1024;
 
 /// A row as the journal keeps it: the record with its time fixed (microseconds, what the chain
 /// keeps of it).
@@ -547,9 +544,9 @@ impl Tail {
         Ok(first)
     }
 
-    /// Whether less than `PREALLOCATE` is left ahead of the entries.
+    /// Whether less than half of `PREALLOCATE` is left ahead of the entries.
     fn needs_filling(&self, shared: &Shared) -> bool {
-        self.segment.allocated - self.segment.len < PREALLOCATE
+        self.segment.allocated - self.segment.len < PREALLOCATE / 2
             && self.segment.len < shared.segment_bytes
     }
 }
@@ -909,7 +906,7 @@ impl Segment {
         if end <= self.allocated {
             return Ok(());
         }
-        let target = end.max(self.allocated + FILL_STEP).next_multiple_of(4096);
+        let target = end.max(self.allocated + PREALLOCATE).next_multiple_of(4096);
         let zeros = vec![0u8; 64 * 1024];
         let mut at = self.allocated;
         while at < target {
@@ -932,21 +929,8 @@ fn write_groups(
     load: Arc<AtomicUsize>,
 ) {
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
-    let mut filling = false;
-    loop {
-        let first = if filling {
-            match pending.try_recv() {
-                Ok(job) => Some(job),
-                Err(mpsc::error::TryRecvError::Empty) => None,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
-        } else {
-            match pending.blocking_recv() {
-                Some(job) => Some(job),
-                None => break,
-            }
-        };
-        let mut job = first;
+    while let Some(first) = pending.blocking_recv() {
+        let mut job = Some(first);
         while let Some(j) = job.take() {
             if let Job::Row(p) = j {
                 group.push(p);
@@ -964,9 +948,6 @@ fn write_groups(
                 tail.write(&shared, group.iter().map(|p| &p.payload[..]))
             };
             let flushed = Instant::now();
-            if flushed - started > Duration::from_millis(3) {
-                tracing::warn!(ms = (flushed - started).as_secs_f64() * 1e3, rows = group.len(), "EXP slow group flush");
-            }
             load.fetch_sub(group.len(), Ordering::AcqRel);
             for (i, p) in group.drain(..).enumerate() {
                 // A requester that went away no longer needs its answer; its row is durable.
@@ -977,19 +958,12 @@ fn write_groups(
                 ));
             }
         }
-        // Fill ahead while nobody waits, rather than in a later group's flush; one step, then
-        // the rows that came meanwhile. A failure here is retried by a later group, which then
-        // reports it.
-        filling = tail.needs_filling(&shared);
-        if filling {
-            let end = tail.segment.allocated + FILL_STEP;
-            let t = Instant::now();
+        // Fill ahead while nobody waits, rather than in a later group's flush. A failure here
+        // is retried by that group, which then reports it.
+        if tail.needs_filling(&shared) {
+            let end = tail.segment.len + PREALLOCATE;
             if let Err(e) = tail.segment.allocate(end) {
                 tracing::warn!(error = %e, "audit journal: could not fill the segment ahead");
-                filling = false;
-            }
-            if t.elapsed() > Duration::from_millis(3) {
-                tracing::warn!(ms = t.elapsed().as_secs_f64() * 1e3, "EXP slow fill step");
             }
         }
     }
