@@ -425,7 +425,7 @@ struct Pending {
 }
 
 // EXPERIMENT (not for main): where a journalled request's wait goes, and variants of the
-// writer chosen by AUDITEXP_JOURNAL: "thread" (every row through the writer thread, as on
+// writer chosen by SHCR_EXP_JOURNAL: "thread" (every row through the writer thread, as on
 // main), "nosync" (no fdatasync), "nowrite" (the writer thread answers at once), "inline" (no
 // write and no hand-off: answered right after encoding).
 thread_local! {
@@ -433,7 +433,7 @@ thread_local! {
     pub static LAST_TIMING: std::cell::Cell<[u32; 4]> = const { std::cell::Cell::new([0; 4]) };
 }
 static EXP: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| std::env::var("AUDITEXP_JOURNAL").unwrap_or_default());
+    std::sync::LazyLock::new(|| std::env::var("SHCR_EXP_JOURNAL").unwrap_or_default());
 fn us(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }

@@ -447,8 +447,8 @@ pub async fn run(
     }
     targets.extend(servers.iter().map(|s| (s.0, s.1.clone(), s.2.clone())));
     let mut rows = Vec::new();
-    // EXPERIMENT (not for main): AUDITEXP_ROUNDS=0 skips the closed loop.
-    let rounds: usize = std::env::var("AUDITEXP_ROUNDS")
+    // EXPERIMENT (not for main): SHCR_EXP_ROUNDS=0 skips the closed loop.
+    let rounds: usize = std::env::var("SHCR_EXP_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
@@ -502,8 +502,8 @@ pub async fn run(
     });
     println!("access at a fixed rate of {rate:.0} requests/s (open loop):");
     let mut fixed = Vec::new();
-    // EXPERIMENT (not for main): AUDITEXP_FIXED_ROUNDS=n runs the fixed rate n times in turn.
-    let fixed_rounds: usize = std::env::var("AUDITEXP_FIXED_ROUNDS")
+    // EXPERIMENT (not for main): SHCR_EXP_FIXED_ROUNDS=n runs the fixed rate n times in turn.
+    let fixed_rounds: usize = std::env::var("SHCR_EXP_FIXED_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(1);
