@@ -31,7 +31,6 @@ pub async fn audit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let entered = std::time::Instant::now();
     let state = super::middleware::app_state(&req);
     req.extensions_mut().insert(AuditNote::default());
     let method = req.method().to_string();
@@ -39,17 +38,7 @@ pub async fn audit(
     let query = req.query_string().to_string();
     let client_ip = req.peer_addr().map(|a| a.ip().to_string());
     let response = next.call(req).await?.map_into_boxed_body();
-    let handled = std::time::Instant::now();
     let Some(audit) = &state.audit else {
-        let mut response = response;
-        response.headers_mut().insert(
-            header::HeaderName::from_static("x-shcr-timing"),
-            header::HeaderValue::from_str(&format!(
-                "{},0,0,0,0,0,0",
-                (handled - entered).as_micros()
-            ))
-            .expect("ascii"),
-        );
         return Ok(response);
     };
     let request = response.request();
@@ -149,30 +138,8 @@ pub async fn audit(
         relationship: note.relationship.unwrap_or(note.patients.is_empty()),
         client_ip,
     };
-    let built = std::time::Instant::now();
-    crate::audit::journal::LAST_TIMING.with(|t| t.set([0; 4]));
     match crate::metrics::time_audit_write(audit.record(record)).await {
-        Ok(_) => {
-            // EXPERIMENT (not for main): the request's time in this layer, for the bench.
-            let done = std::time::Instant::now();
-            let j = crate::audit::journal::LAST_TIMING.with(|t| t.get());
-            let mut response = response;
-            let value = format!(
-                "{},{},{},{},{},{},{}",
-                (handled - entered).as_micros(),
-                (built - handled).as_micros(),
-                (done - built).as_micros(),
-                j[0],
-                j[1],
-                j[2],
-                j[3]
-            );
-            response.headers_mut().insert(
-                header::HeaderName::from_static("x-shcr-timing"),
-                header::HeaderValue::from_str(&value).expect("ascii"),
-            );
-            Ok(response)
-        }
+        Ok(_) => Ok(response),
         Err(e) => {
             tracing::error!(error = %e, "audit write failed; withholding the response");
             let error = ApiError::http(

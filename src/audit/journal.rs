@@ -395,53 +395,21 @@ impl Progress {
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
-    lane: Lane,
-}
-
-/// One lane's writing side, as requests see it.
-#[derive(Clone)]
-struct Lane {
-    shared: Arc<Shared>,
-    /// To the writer thread: rows that found the lane busy, and requests to fill ahead.
-    queue: mpsc::UnboundedSender<Job>,
-    /// Rows queued or being written: a request goes to the least loaded lane, and writes its
-    /// row itself when that lane has none.
+    queue: mpsc::UnboundedSender<Pending>,
+    /// Rows queued or being written: a request goes to the least loaded lane.
     load: Arc<AtomicUsize>,
-    /// Where the next group goes; held by whoever writes one (a request or the writer thread).
-    tail: Arc<Mutex<Tail>>,
-}
-
-/// What the writer thread is asked to do.
-enum Job {
-    Row(Pending),
-    /// A request wrote into the last of the space filled ahead.
-    FillAhead,
 }
 
 /// A request's row waiting for the next group fsync.
 struct Pending {
     payload: Vec<u8>,
-    done: oneshot::Sender<(Result<i64, String>, Instant, Instant)>,
+    done: oneshot::Sender<Result<i64, String>>,
 }
 
-// EXPERIMENT (not for main): where a journalled request's wait goes, and variants of the
-// writer chosen by SHCR_EXP_JOURNAL: "thread" (every row through the writer thread, as on
-// main), "nosync" (no fdatasync), "nowrite" (the writer thread answers at once), "inline" (no
-// write and no hand-off: answered right after encoding).
-thread_local! {
-    /// Microseconds of the last `record` on this thread: encode, to the writer, flush, back.
-    pub static LAST_TIMING: std::cell::Cell<[u32; 4]> = const { std::cell::Cell::new([0; 4]) };
-}
-static EXP: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| std::env::var("SHCR_EXP_JOURNAL").unwrap_or_default());
-fn us(d: Duration) -> u32 {
-    d.as_micros().min(u32::MAX as u128) as u32
-}
-
-/// The handle requests record through: the lanes.
+/// The handle requests record through: the lanes' queues.
 #[derive(Clone)]
 pub struct Writer {
-    lanes: Vec<Lane>,
+    lanes: Vec<(mpsc::UnboundedSender<Pending>, Arc<AtomicUsize>)>,
 }
 
 impl Writer {
@@ -450,104 +418,23 @@ impl Writer {
     /// The row goes to the lane with the fewest rows queued or being written, so a request
     /// arriving while one lane flushes starts its own flush on an idle one instead of waiting
     /// for the flush in flight (this disk runs flushes of different files concurrently).
-    /// On a lane with nothing queued or being written the request writes and flushes its row
-    /// itself, on its own thread: handing it to the writer thread and being woken again are
-    /// two thread wake-ups, each of which waits for a time slice when the cores are busy.
-    /// Rows that find the lane busy queue for the writer thread, which writes them as one
-    /// group once the flush in flight is done.
     pub async fn record(&self, record: AuditRecord) -> Result<i64, StoreError> {
-        let t0 = Instant::now();
         let payload = serde_json::to_vec(&Entry::new(record)).expect("serialisable");
-        let queued = Instant::now();
-        if EXP.as_str() == "inline" {
-            LAST_TIMING.with(|t| t.set([us(queued - t0), 0, 0, 0]));
-            return Ok(0);
-        }
+        let (done, synced) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the audit journal writer has stopped".into());
-        let lane = self
+        let (queue, load) = self
             .lanes
             .iter()
-            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+            .min_by_key(|(_, load)| load.load(Ordering::Relaxed))
             .ok_or_else(stopped)?;
-        if !EXP.contains("thread")
-            && EXP.as_str() != "nowrite"
-            && let Some(result) = lane.write_here(&payload)
-        {
-            let flushed = Instant::now();
-            LAST_TIMING.with(|t| t.set([us(queued - t0), 0, us(flushed - queued), 0]));
-            return result.map_err(StoreError::Unavailable);
-        }
-        let (done, synced) = oneshot::channel();
-        lane.load.fetch_add(1, Ordering::AcqRel);
-        lane.queue
-            .send(Job::Row(Pending { payload, done }))
+        load.fetch_add(1, Ordering::Relaxed);
+        queue
+            .send(Pending { payload, done })
             .map_err(|_| stopped())?;
-        let (result, picked, flushed) = synced.await.map_err(|_| stopped())?;
-        let back = Instant::now();
-        LAST_TIMING.with(|t| {
-            t.set([
-                us(queued - t0),
-                us(picked.saturating_duration_since(queued)),
-                us(flushed.saturating_duration_since(picked)),
-                us(back.saturating_duration_since(flushed)),
-            ])
-        });
-        result.map_err(StoreError::Unavailable)
-    }
-}
-
-impl Lane {
-    /// Writes and flushes `payload` as a group of its own on the calling thread, if nothing is
-    /// queued on the lane or being written; `None` otherwise (the row must queue).
-    fn write_here(&self, payload: &[u8]) -> Option<Result<i64, String>> {
-        self.load
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
-        // The writer thread may hold the tail with nothing queued: filling ahead.
-        let written = self.tail.try_lock().ok().map(|mut tail| {
-            let result = tail.write(&self.shared, std::iter::once(payload));
-            (result, tail.needs_filling(&self.shared))
-        });
-        self.load.fetch_sub(1, Ordering::AcqRel);
-        let (result, fill) = written?;
-        // Filling ahead flushes a mebibyte of zeros: the writer thread's work, not a request's.
-        if fill {
-            let _ = self.queue.send(Job::FillAhead);
-        }
-        Some(result)
-    }
-}
-
-/// Where the lane's next group goes.
-struct Tail {
-    segment: Segment,
-    next_seq: i64,
-    buf: Vec<u8>,
-}
-
-impl Tail {
-    /// Writes the payloads as one group and flushes it; returns the first one's sequence
-    /// number.
-    fn write<'a>(
-        &mut self,
-        shared: &Shared,
-        payloads: impl ExactSizeIterator<Item = &'a [u8]>,
-    ) -> Result<i64, String> {
-        let n = payloads.len();
-        let first = self.next_seq;
-        let started = Instant::now();
-        let result = write_group(shared, &mut self.segment, first, payloads, &mut self.buf);
-        crate::metrics::AUDIT_JOURNAL_SYNC_SECONDS.observe(started.elapsed().as_secs_f64());
-        crate::metrics::AUDIT_GROUP_SIZE.observe(n as f64);
-        result?;
-        self.next_seq += n as i64;
-        Ok(first)
-    }
-
-    /// Whether less than half of `PREALLOCATE` is left ahead of the entries.
-    fn needs_filling(&self, shared: &Shared) -> bool {
-        self.segment.allocated - self.segment.len < PREALLOCATE / 2
-            && self.segment.len < shared.segment_bytes
+        synced
+            .await
+            .map_err(|_| stopped())?
+            .map_err(StoreError::Unavailable)
     }
 }
 
@@ -666,36 +553,37 @@ impl Journal {
             .open(segment_path(&dir, current))?;
         let allocated = file.metadata()?.len();
         let (queue, pending) = mpsc::unbounded_channel();
-        let lane = Lane {
-            shared: shared.clone(),
-            queue,
-            load: Arc::new(AtomicUsize::new(0)),
-            tail: Arc::new(Mutex::new(Tail {
-                segment: Segment {
-                    start: current,
-                    file,
-                    len: current_len,
-                    allocated,
-                },
-                next_seq: recovered.next_seq,
-                buf: Vec::new(),
-            })),
+        let load = Arc::new(AtomicUsize::new(0));
+        let segment = Segment {
+            start: current,
+            file,
+            len: current_len,
+            allocated,
         };
-        // The thread holds what it needs but not the queue's sender: it ends when the last
-        // handle on the lane goes.
-        let (writer_shared, writer_load, writer_tail) =
-            (shared.clone(), lane.load.clone(), lane.tail.clone());
+        let (writer_shared, writer_load) = (shared.clone(), load.clone());
         std::thread::Builder::new()
             .name("audit-journal".into())
-            .spawn(move || write_groups(writer_shared, writer_tail, pending, writer_load))?;
+            .spawn(move || {
+                write_groups(
+                    writer_shared,
+                    segment,
+                    recovered.next_seq,
+                    pending,
+                    writer_load,
+                )
+            })?;
         tokio::spawn(ship(shared.clone(), store, head));
-        Ok(Journal { shared, lane })
+        Ok(Journal {
+            shared,
+            queue,
+            load,
+        })
     }
 
     /// A writer over this lane alone.
     pub fn writer(&self) -> Writer {
         Writer {
-            lanes: vec![self.lane.clone()],
+            lanes: vec![(self.queue.clone(), self.load.clone())],
         }
     }
 
@@ -829,7 +717,7 @@ impl Journals {
         Writer {
             lanes: self.lanes[..self.routed]
                 .iter()
-                .map(|j| j.lane.clone())
+                .map(|j| (j.queue.clone(), j.load.clone()))
                 .collect(),
         }
     }
@@ -920,63 +808,55 @@ impl Segment {
     }
 }
 
-/// The writer thread: takes every row queued, writes them in one go once the tail is free,
-/// fsyncs, answers each; fills the segment ahead while nobody waits.
+/// The writer thread: takes everything queued, writes it in one go, fsyncs, answers each.
 fn write_groups(
     shared: Arc<Shared>,
-    tail: Arc<Mutex<Tail>>,
-    mut pending: mpsc::UnboundedReceiver<Job>,
+    mut segment: Segment,
+    mut next_seq: i64,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
     load: Arc<AtomicUsize>,
 ) {
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
+    let mut buf = Vec::new();
     while let Some(first) = pending.blocking_recv() {
-        let mut job = Some(first);
-        while let Some(j) = job.take() {
-            if let Job::Row(p) = j {
-                group.push(p);
-            }
-            if group.len() < GROUP_MAX {
-                job = pending.try_recv().ok();
+        group.push(first);
+        while group.len() < GROUP_MAX {
+            match pending.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
             }
         }
-        let mut tail = tail.lock().expect("journal tail");
-        if !group.is_empty() {
-            let started = Instant::now();
-            let result = if EXP.as_str() == "nowrite" {
-                Ok(0)
-            } else {
-                tail.write(&shared, group.iter().map(|p| &p.payload[..]))
-            };
-            let flushed = Instant::now();
-            load.fetch_sub(group.len(), Ordering::AcqRel);
-            for (i, p) in group.drain(..).enumerate() {
-                // A requester that went away no longer needs its answer; its row is durable.
-                let _ = p.done.send((
-                    result.clone().map(|first| first + i as i64),
-                    started,
-                    flushed,
-                ));
-            }
+        let started = Instant::now();
+        let result = write_group(&shared, &mut segment, next_seq, &group, &mut buf);
+        crate::metrics::AUDIT_JOURNAL_SYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::metrics::AUDIT_GROUP_SIZE.observe(group.len() as f64);
+        let first_seq = next_seq;
+        if result.is_ok() {
+            next_seq += group.len() as i64;
+        }
+        load.fetch_sub(group.len(), Ordering::Relaxed);
+        for (i, p) in group.drain(..).enumerate() {
+            // A requester that went away no longer needs its answer; its row is durable.
+            let _ = p.done.send(result.clone().map(|()| first_seq + i as i64));
         }
         // Fill ahead while nobody waits, rather than in a later group's flush. A failure here
         // is retried by that group, which then reports it.
-        if tail.needs_filling(&shared) {
-            let end = tail.segment.len + PREALLOCATE;
-            if let Err(e) = tail.segment.allocate(end) {
-                tracing::warn!(error = %e, "audit journal: could not fill the segment ahead");
-            }
+        if segment.allocated - segment.len < PREALLOCATE / 2
+            && segment.len < shared.segment_bytes
+            && let Err(e) = segment.allocate(segment.len + PREALLOCATE)
+        {
+            tracing::warn!(error = %e, "audit journal: could not fill the segment ahead");
         }
     }
 }
 
-fn write_group<'a>(
+fn write_group(
     shared: &Shared,
     segment: &mut Segment,
     first_seq: i64,
-    payloads: impl ExactSizeIterator<Item = &'a [u8]>,
+    group: &[Pending],
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let n = payloads.len();
     if let Some(why) = &shared.progress.lock().expect("progress").poisoned {
         return Err(format!("the audit journal refuses rows: {why}"));
     }
@@ -1011,8 +891,8 @@ fn write_group<'a>(
             .insert(first_seq, 0);
     }
     buf.clear();
-    for (i, payload) in payloads.enumerate() {
-        encode(buf, first_seq + i as i64, payload);
+    for (i, p) in group.iter().enumerate() {
+        encode(buf, first_seq + i as i64, &p.payload);
     }
     if let Err(e) = segment.allocate(segment.len + buf.len() as u64) {
         return Err(format!(
@@ -1033,9 +913,7 @@ fn write_group<'a>(
         }
         return Err(format!("audit journal write failed: {e}"));
     }
-    if EXP.as_str() != "nosync"
-        && let Err(e) = segment.file.sync_data()
-    {
+    if let Err(e) = segment.file.sync_data() {
         let why = format!("fdatasync failed: {e}");
         tracing::error!(error = %e, "audit journal fdatasync failed: refusing rows until restart");
         shared.progress.lock().expect("progress").poisoned = Some(why.clone());
@@ -1044,7 +922,7 @@ fn write_group<'a>(
     segment.len += buf.len() as u64;
     {
         let mut p = shared.progress.lock().expect("progress");
-        p.durable_seq = first_seq + n as i64 - 1;
+        p.durable_seq = first_seq + group.len() as i64 - 1;
         p.durable_segment = segment.start;
         p.durable_len = segment.len;
         p.segments.insert(segment.start, segment.len);
@@ -1437,163 +1315,6 @@ mod tests {
         lock(dir.path()).expect("free again");
         let id = journal_id(dir.path()).unwrap();
         assert_eq!(journal_id(dir.path()).unwrap(), id, "created once");
-    }
-
-    /// A lane over a fresh segment in `dir`, with its writer thread if `writer_thread`; else
-    /// the queue's receiving end, which nobody reads.
-    fn lane(dir: &Path, writer_thread: bool) -> (Lane, Option<mpsc::UnboundedReceiver<Job>>) {
-        let file = File::create(segment_path(dir, 1)).unwrap();
-        let shared = Arc::new(Shared {
-            dir: dir.to_path_buf(),
-            id: "test".into(),
-            segment_bytes: 64 * 1024 * 1024,
-            progress: Mutex::new(Progress {
-                lane: "test".into(),
-                durable_seq: 0,
-                durable_segment: 1,
-                durable_len: 0,
-                segments: BTreeMap::from([(1, 0)]),
-                shipped_seq: 0,
-                shipped_segment: 1,
-                shipped_offset: 0,
-                backlog_since: None,
-                last_shipped_at: Instant::now(),
-                last_error: None,
-                poisoned: None,
-                stopping: false,
-            }),
-            wake: Notify::new(),
-            _lock: lock(dir).unwrap(),
-        });
-        let (queue, pending) = mpsc::unbounded_channel();
-        let lane = Lane {
-            shared: shared.clone(),
-            queue,
-            load: Arc::new(AtomicUsize::new(0)),
-            tail: Arc::new(Mutex::new(Tail {
-                segment: Segment {
-                    start: 1,
-                    file,
-                    len: 0,
-                    allocated: 0,
-                },
-                next_seq: 1,
-                buf: Vec::new(),
-            })),
-        };
-        if !writer_thread {
-            return (lane, Some(pending));
-        }
-        let (load, tail) = (lane.load.clone(), lane.tail.clone());
-        std::thread::spawn(move || write_groups(shared, tail, pending, load));
-        (lane, None)
-    }
-
-    fn row(i: usize) -> AuditRecord {
-        AuditRecord {
-            request_id: Some(format!("r{i}")),
-            interaction: "read".into(),
-            ..Default::default()
-        }
-    }
-
-    /// The request ids of the durable entries, in journal order.
-    fn journalled(dir: &Path) -> Vec<String> {
-        let bytes = std::fs::read(segment_path(dir, 1)).unwrap();
-        let (mut at, mut ids) = (0, Vec::new());
-        while let Some((seq, payload, size)) = decode(&bytes[at..]) {
-            assert_eq!(seq, ids.len() as i64 + 1, "entries in sequence");
-            let entry: Entry = serde_json::from_slice(payload).unwrap();
-            ids.push(entry.request_id.unwrap());
-            at += size;
-        }
-        ids
-    }
-
-    #[tokio::test]
-    async fn an_idle_lane_takes_the_row_on_the_callers_thread_and_a_busy_one_queues_it() {
-        let dir = tempfile::tempdir().unwrap();
-        // No writer thread: a row that queued would never be answered.
-        let (lane, pending) = lane(dir.path(), false);
-        let writer = Writer {
-            lanes: vec![lane.clone()],
-        };
-        let seq = tokio::time::timeout(Duration::from_secs(5), writer.record(row(1)))
-            .await
-            .expect("written without the writer thread")
-            .unwrap();
-        assert_eq!(seq, 1);
-        assert_eq!(journalled(dir.path()), ["r1"], "durable before the answer");
-        assert_eq!(lane.load.load(Ordering::Relaxed), 0);
-        // A row being written (or queued) on the lane: the next one queues behind it.
-        lane.load.store(1, Ordering::Relaxed);
-        let queued = tokio::spawn(async move { writer.record(row(2)).await });
-        let mut pending = pending.unwrap();
-        let job = tokio::time::timeout(Duration::from_secs(5), pending.recv())
-            .await
-            .expect("queued for the writer thread")
-            .unwrap();
-        assert!(matches!(job, Job::Row(_)));
-        assert!(!queued.is_finished(), "answered before its row was written");
-        assert_eq!(journalled(dir.path()), ["r1"]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn rows_written_by_requests_and_by_the_writer_thread_share_one_sequence() {
-        let dir = tempfile::tempdir().unwrap();
-        let (lane, _) = lane(dir.path(), true);
-        let writer = Writer {
-            lanes: vec![lane.clone()],
-        };
-        let mut sent = Vec::new();
-        let spawn_rows = |range: std::ops::Range<usize>| {
-            range
-                .map(|i| {
-                    let writer = writer.clone();
-                    tokio::spawn(async move { (i, writer.record(row(i)).await.unwrap()) })
-                })
-                .collect::<Vec<_>>()
-        };
-        // While the tail is held every row queues for the writer thread, which writes them
-        // once it is free.
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (locked, holding) = std::sync::mpsc::channel();
-        let tail = lane.tail.clone();
-        let holder = std::thread::spawn(move || {
-            let _held = tail.lock().unwrap();
-            locked.send(()).unwrap();
-            released.recv().unwrap();
-        });
-        holding.recv().unwrap();
-        let queued = spawn_rows(0..100);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            queued.iter().all(|t| !t.is_finished()),
-            "answered unwritten"
-        );
-        release.send(()).unwrap();
-        holder.join().unwrap();
-        for t in queued {
-            sent.push(t.await.unwrap());
-        }
-        // One at a time: each finds the lane idle and writes its own row.
-        for i in 100..150 {
-            sent.push((i, writer.record(row(i)).await.unwrap()));
-        }
-        // Together: both ways at once.
-        for t in spawn_rows(150..300) {
-            sent.push(t.await.unwrap());
-        }
-        sent.sort_by_key(|(_, seq)| *seq);
-        let seqs: Vec<i64> = sent.iter().map(|(_, seq)| *seq).collect();
-        assert_eq!(seqs, (1..=300).collect::<Vec<i64>>());
-        let ids: Vec<String> = sent.iter().map(|(i, _)| format!("r{i}")).collect();
-        assert_eq!(
-            journalled(dir.path()),
-            ids,
-            "each row under the number it was given"
-        );
-        assert_eq!(lane.load.load(Ordering::Relaxed), 0);
     }
 
     #[test]

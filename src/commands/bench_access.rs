@@ -100,7 +100,7 @@ async fn paced(
     s: &Arc<Sample>,
     rate: f64,
     seconds: u64,
-) -> (Vec<Duration>, Vec<Duration>, usize, Vec<Timed>) {
+) -> (Vec<Duration>, Vec<Duration>, usize) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()
@@ -116,87 +116,22 @@ async fn paced(
         let (url, search) = request(base, s, n);
         let (client, auth) = (client.clone(), format!("Bearer {token}"));
         tasks.spawn(async move {
-            let (ok, timing) = match client.get(url).header(AUTHORIZATION, auth).send().await {
-                Ok(r) if r.status().is_success() => {
-                    let timing = r
-                        .headers()
-                        .get("x-shcr-timing")
-                        .and_then(|v| v.to_str().ok())
-                        .map(|v| {
-                            let mut t = [0u64; 7];
-                            for (i, n) in v.split(',').enumerate().take(7) {
-                                t[i] = n.parse().unwrap_or(0);
-                            }
-                            t
-                        });
-                    (r.bytes().await.is_ok(), timing)
-                }
-                _ => (false, None),
+            let ok = match client.get(url).header(AUTHORIZATION, auth).send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
             };
-            (ok, search, due.elapsed(), timing)
+            (ok, search, due.elapsed())
         });
     }
-    let (mut reads, mut searches, mut errors, mut timed) = (Vec::new(), Vec::new(), 0, Vec::new());
+    let (mut reads, mut searches, mut errors) = (Vec::new(), Vec::new(), 0);
     while let Some(done) = tasks.join_next().await {
         match done {
-            Ok((true, search, t, timing)) => {
-                if search {
-                    searches.push(t)
-                } else {
-                    reads.push(t)
-                }
-                if let Some(timing) = timing {
-                    timed.push((search, t, timing));
-                }
-            }
+            Ok((true, true, t)) => searches.push(t),
+            Ok((true, false, t)) => reads.push(t),
             _ => errors += 1,
         }
     }
-    (reads, searches, errors, timed)
-}
-
-/// EXPERIMENT (not for main): a request's latency and its audit layer's timings (µs: handler,
-/// record built, audit wait; of which encode, to the writer, flush, back).
-type Timed = (bool, Duration, [u64; 7]);
-
-/// Where the slowest 1 % of requests (and all of them) spent their time.
-fn tail_breakdown(label: &str, timed: &[Timed]) {
-    for (kind, search) in [("read", false), ("search", true)] {
-        let mut v: Vec<&Timed> = timed.iter().filter(|t| t.0 == search).collect();
-        if v.is_empty() {
-            continue;
-        }
-        v.sort_by_key(|t| t.1);
-        let slow = &v[(v.len() * 99 / 100).min(v.len() - 1)..];
-        for (which, set) in [("slowest 1%", slow), ("all", &v[..])] {
-            let n = set.len() as f64;
-            let lat = set.iter().map(|t| t.1.as_secs_f64() * 1e3).sum::<f64>() / n;
-            let m = |i: usize| set.iter().map(|t| t.2[i] as f64).sum::<f64>() / n / 1e3;
-            let over = |i: usize, ms: f64| {
-                set.iter().filter(|t| t.2[i] as f64 / 1e3 > ms).count() as f64 / n * 100.0
-            };
-            println!(
-                "         {label} {kind} {which} (n={}): latency {lat:.2} ms = handler {:.2} + record {:.3} + audit {:.2} [encode {:.3}, to writer {:.3}, flush {:.3}, back {:.3}] + other {:.2}; audit > 1 ms in {:.0}%, to writer > 0.5 ms {:.0}%, back > 0.5 ms {:.0}%, written on the request's thread {:.0}%",
-                set.len(),
-                m(0),
-                m(1),
-                m(2),
-                m(3),
-                m(4),
-                m(5),
-                m(6),
-                lat - m(0) - m(1) - m(2),
-                over(2, 1.0),
-                over(4, 0.5),
-                over(6, 0.5),
-                set.iter()
-                    .filter(|t| t.2[4] == 0 && t.2[6] == 0 && t.2[5] > 0)
-                    .count() as f64
-                    / n
-                    * 100.0,
-            );
-        }
-    }
+    (reads, searches, errors)
 }
 
 /// Reads and searches for `seconds`; returns (read samples, search samples, errors, elapsed).
@@ -447,12 +382,7 @@ pub async fn run(
     }
     targets.extend(servers.iter().map(|s| (s.0, s.1.clone(), s.2.clone())));
     let mut rows = Vec::new();
-    // EXPERIMENT (not for main): SHCR_EXP_ROUNDS=0 skips the closed loop.
-    let rounds: usize = std::env::var("SHCR_EXP_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
-    for _round in 0..rounds {
+    for _round in 0..2 {
         for (label, base, token) in &targets {
             load(base, token, &s, clients, warmup).await;
             let audited_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_event")
@@ -502,17 +432,11 @@ pub async fn run(
     });
     println!("access at a fixed rate of {rate:.0} requests/s (open loop):");
     let mut fixed = Vec::new();
-    // EXPERIMENT (not for main): SHCR_EXP_FIXED_ROUNDS=n runs the fixed rate n times in turn.
-    let fixed_rounds: usize = std::env::var("SHCR_EXP_FIXED_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
-    let turns: Vec<_> = (0..fixed_rounds).flat_map(|_| targets.iter()).collect();
-    for (label, base, token) in turns {
+    for (label, base, token) in &targets {
         paced(base, token, &s, rate, warmup).await;
         let audit_before = AuditTimes::now();
         let meter = CpuMeter::start(store.pool().clone()).await;
-        let (reads, searches, errors, timed) = paced(base, token, &s, rate, seconds).await;
+        let (reads, searches, errors) = paced(base, token, &s, rate, seconds).await;
         let cpu = meter
             .report_quiet(store.pool(), reads.len() + searches.len())
             .await;
@@ -555,13 +479,9 @@ pub async fn run(
                 audit_times.rows / audit_times.groups
             );
         }
-        tail_breakdown(label, &timed);
         fixed.push((*label, p99(reads), p99(searches)));
     }
-    for fixed in fixed.chunks(targets.len()) {
-        let Some(off) = fixed.iter().find(|r| r.0 == "off") else {
-            continue;
-        };
+    if let Some(off) = fixed.iter().find(|r| r.0 == "off") {
         for r in fixed.iter().filter(|r| r.0 != "off") {
             println!(
                 "{} vs off at {rate:.0} requests/s: read p99 {:.2} vs {:.2} ms ({:+.0}%), search p99 {:.2} vs {:.2} ms ({:+.0}%)",
