@@ -94,8 +94,8 @@ fn live_merge_policy() -> Box<dyn tantivy::indexer::MergePolicy> {
 /// Every search waits for freshness (`wait_fresh`), which commits at once, so this bound only
 /// decides how many segments a stream nobody searches makes. Each commit builds a segment's
 /// term dictionaries from scratch (a fresh FST builder and its ~1 MB node registry per field)
-/// and adds a segment to merge later: at 250 ms the events bench's backlog made ~4 segments a
-/// second, and dictionary building and merging were ~40 % of shcr's CPU.
+/// and adds a segment to merge later; dictionary building and merging were ~40 % of shcr's
+/// CPU in the events bench.
 const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -173,16 +173,29 @@ impl SearchIndex {
     /// committed before the call is then searchable.
     pub async fn wait_fresh(&self, timeout: Duration) -> Result<(), IndexError> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let ticket = self.next_generation.load(Ordering::SeqCst);
-        let mut completed = self.completed.subscribe();
         self.wake.notify_one();
-        let wait = completed.wait_for(|done| *done >= ticket);
-        let result = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(IndexError::Timeout(timeout)),
-        };
+        let result = self.wait_for_generation(timeout).await;
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// As `wait_fresh`, without hurrying the indexer: it returns once the indexer's own
+    /// schedule (`MAX_COMMIT_DELAY`) or some search has made every write committed before the
+    /// call searchable. For observers such as the data-freshness tracker, which waited after
+    /// every applied message: as a search, each of its waits committed at once, and during a
+    /// stream of messages the index committed back to back, a tiny segment each time.
+    pub async fn wait_committed(&self, timeout: Duration) -> Result<(), IndexError> {
+        self.wait_for_generation(timeout).await
+    }
+
+    async fn wait_for_generation(&self, timeout: Duration) -> Result<(), IndexError> {
+        let ticket = self.next_generation.load(Ordering::SeqCst);
+        let mut completed = self.completed.subscribe();
+        let wait = completed.wait_for(|done| *done >= ticket);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(IndexError::Timeout(timeout)),
+        }
     }
 
     /// The access-facts generation. Read after `wait_fresh`, it has counted every fact change
