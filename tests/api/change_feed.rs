@@ -219,7 +219,9 @@ async fn passive_waits_leave_commits_to_the_indexers_schedule() {
         waits.push(tokio::spawn(async move {
             search.wait_committed(Duration::from_secs(30)).await
         }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Apart enough that a wait which forced a commit would get one for its write alone;
+        // six of them still fit in one `MAX_COMMIT_DELAY` (1 s), so at most two commits.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for w in waits {
         w.await.unwrap().expect("committed within the timeout");
