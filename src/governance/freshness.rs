@@ -33,7 +33,13 @@ pub fn start(search: Arc<SearchIndex>) {
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
-            if search.wait_fresh(Duration::from_secs(30)).await.is_err() {
+            // A passive wait: hurrying the index for a metric made it commit after every
+            // message of a stream (a segment each, to build and merge).
+            if search
+                .wait_committed(Duration::from_secs(30))
+                .await
+                .is_err()
+            {
                 if !search.is_ready() {
                     // The index is rebuilding or stopped: these ages would measure that.
                     continue;

@@ -30,7 +30,7 @@ fn worker_threads() -> usize {
 }
 /// Merges while changes stream in: segments of up to this many documents count as one level.
 ///
-/// Every commit (each 250 ms, or per waiting search) makes a segment of a few hundred
+/// Every commit (each second, or per waiting search) makes a segment of hundreds to thousands of
 /// documents. Tantivy's default puts every segment below 10,000 documents in one level, so the
 /// growing merged segment was merged again with each next eight small ones until it passed
 /// ~17,000 documents: every document was rewritten ~10 times, and merging took more of shcr's
@@ -58,7 +58,7 @@ const QUIET_MERGE_ALWAYS_DOCS: u64 = 1_000;
 pub const REBUILD_MEMORY: usize = 1024 * 1024 * 1024;
 
 /// Indexing threads of the server's writer, which follows the change feed. Tantivy gives each
-/// indexing thread a segment of its own, so every commit (each 250 ms, or per waiting search)
+/// indexing thread a segment of its own, so every commit (each second, or per waiting search)
 /// made one segment per thread: twice the segments to write and merge, for documents that
 /// arrive a few hundred at a time (events bench: tantivy's indexing and merging ~1.5 against
 /// ~0.85 ms of CPU per message with one thread). `shcr reindex` keeps a thread per core; the
@@ -90,7 +90,13 @@ fn live_merge_policy() -> Box<dyn tantivy::indexer::MergePolicy> {
 }
 
 /// Applied changes are committed at least this often even when no search is waiting.
-const MAX_COMMIT_DELAY: Duration = Duration::from_millis(250);
+///
+/// Every search waits for freshness (`wait_fresh`), which commits at once, so this bound only
+/// decides how many segments a stream nobody searches makes. Each commit builds a segment's
+/// term dictionaries from scratch (a fresh FST builder and its ~1 MB node registry per field)
+/// and adds a segment to merge later; dictionary building and merging were ~40 % of shcr's
+/// CPU in the events bench.
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -167,16 +173,29 @@ impl SearchIndex {
     /// committed before the call is then searchable.
     pub async fn wait_fresh(&self, timeout: Duration) -> Result<(), IndexError> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let ticket = self.next_generation.load(Ordering::SeqCst);
-        let mut completed = self.completed.subscribe();
         self.wake.notify_one();
-        let wait = completed.wait_for(|done| *done >= ticket);
-        let result = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(IndexError::Timeout(timeout)),
-        };
+        let result = self.wait_for_generation(timeout).await;
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// As `wait_fresh`, without hurrying the indexer: it returns once the indexer's own
+    /// schedule (`MAX_COMMIT_DELAY`) or some search has made every write committed before the
+    /// call searchable. For observers such as the data-freshness tracker, which waited after
+    /// every applied message: as a search, each of its waits committed at once, and during a
+    /// stream of messages the index committed back to back, a tiny segment each time.
+    pub async fn wait_committed(&self, timeout: Duration) -> Result<(), IndexError> {
+        self.wait_for_generation(timeout).await
+    }
+
+    async fn wait_for_generation(&self, timeout: Duration) -> Result<(), IndexError> {
+        let ticket = self.next_generation.load(Ordering::SeqCst);
+        let mut completed = self.completed.subscribe();
+        let wait = completed.wait_for(|done| *done >= ticket);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(IndexError::Timeout(timeout)),
+        }
     }
 
     /// The access-facts generation. Read after `wait_fresh`, it has counted every fact change

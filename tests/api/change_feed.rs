@@ -194,3 +194,41 @@ async fn a_write_after_a_quiet_merge_is_merged_in_once_quiet_again() {
     let bundle = app.search("Basic?_summary=count").await;
     assert_eq!(bundle["total"], 12, "{bundle}");
 }
+
+/// Observers of index lag (the data-freshness tracker) wait without hurrying the indexer: a
+/// stream of writes each followed by such a wait is committed on the indexer's own schedule,
+/// in a segment or two, not in a segment per write as when every wait forced a commit.
+#[tokio::test]
+async fn passive_waits_leave_commits_to_the_indexers_schedule() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    // Start from a quiet, committed index.
+    app.search("Basic?_summary=count").await;
+    let (docs_before, before) = {
+        let searcher = app.search.searcher();
+        (searcher.num_docs(), searcher.segment_readers().len())
+    };
+    let mut waits = Vec::new();
+    for i in 0..6 {
+        let mut tx = store.begin_write().await.unwrap();
+        tx.write(&[version(&format!("passive-{i}"))], &author())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let search = app.search.clone();
+        waits.push(tokio::spawn(async move {
+            search.wait_committed(Duration::from_secs(30)).await
+        }));
+        // Apart enough that a wait which forced a commit would get one for its write alone;
+        // six of them still fit in one `MAX_COMMIT_DELAY` (1 s), so at most two commits.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in waits {
+        w.await.unwrap().expect("committed within the timeout");
+    }
+    // Each wait returned only once its write was searchable, without any search asking.
+    let searcher = app.search.searcher();
+    assert_eq!(searcher.num_docs(), docs_before + 6);
+    let new_segments = searcher.segment_readers().len().saturating_sub(before);
+    assert!(new_segments <= 2, "{new_segments} segments for 6 writes");
+}
