@@ -219,8 +219,9 @@ async fn passive_waits_leave_commits_to_the_indexers_schedule() {
         waits.push(tokio::spawn(async move {
             search.wait_committed(Duration::from_secs(30)).await
         }));
-        // Apart enough that a wait which forced a commit would get one for its write alone;
-        // six of them still fit in one `MAX_COMMIT_DELAY` (1 s), so at most two commits.
+        // Apart enough that a wait which forced a commit would get one for its write alone
+        // (six segments); six of them span one or two `MAX_COMMIT_DELAY`s (1 s), three on a
+        // slow machine.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for w in waits {
@@ -230,5 +231,5 @@ async fn passive_waits_leave_commits_to_the_indexers_schedule() {
     let searcher = app.search.searcher();
     assert_eq!(searcher.num_docs(), docs_before + 6);
     let new_segments = searcher.segment_readers().len().saturating_sub(before);
-    assert!(new_segments <= 2, "{new_segments} segments for 6 writes");
+    assert!(new_segments <= 3, "{new_segments} segments for 6 writes");
 }
