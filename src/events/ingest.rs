@@ -79,10 +79,9 @@ impl Ingest {
         &self.base_url
     }
 
-    /// Applies one message Bundle sent by `caller`.
+    /// Applies one message Bundle sent by `caller`. Its entries' resources are moved out of
+    /// `bundle` (see `message::parse`); the MessageHeader stays for `error_response`.
     #[tracing::instrument(skip_all, fields(message_id))]
-    /// Applies a message Bundle. Its entries' resources are moved out of `bundle` (see
-    /// `message::parse`); the MessageHeader stays for `error_response`.
     pub async fn process(
         &self,
         bundle: &mut Value,

@@ -173,8 +173,7 @@ impl SearchIndex {
     /// committed before the call is then searchable.
     pub async fn wait_fresh(&self, timeout: Duration) -> Result<(), IndexError> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        self.wake.notify_one();
-        let result = self.wait_for_generation(timeout).await;
+        let result = self.wait_for_generation(timeout, true).await;
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         result
     }
@@ -185,12 +184,17 @@ impl SearchIndex {
     /// every applied message: as a search, each of its waits committed at once, and during a
     /// stream of messages the index committed back to back, a tiny segment each time.
     pub async fn wait_committed(&self, timeout: Duration) -> Result<(), IndexError> {
-        self.wait_for_generation(timeout).await
+        self.wait_for_generation(timeout, false).await
     }
 
-    async fn wait_for_generation(&self, timeout: Duration) -> Result<(), IndexError> {
+    /// `hurry` wakes the indexer, after the ticket is taken: woken first, it could complete
+    /// the generation the ticket would have named, and the wait would need one more.
+    async fn wait_for_generation(&self, timeout: Duration, hurry: bool) -> Result<(), IndexError> {
         let ticket = self.next_generation.load(Ordering::SeqCst);
         let mut completed = self.completed.subscribe();
+        if hurry {
+            self.wake.notify_one();
+        }
         let wait = completed.wait_for(|done| *done >= ticket);
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
