@@ -17,6 +17,19 @@ use super::params::Registry;
 use crate::store::{Change, FeedPosition, HeadState, Store};
 
 const BATCH: i64 = 2000;
+
+// TEMPORARY instrumentation (index-pipeline measurement; not for the final branch).
+fn trace_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SHCR_INDEX_TRACE").is_some())
+}
+fn trace_t() -> f64 {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+macro_rules! itrace {
+    ($($a:tt)*) => { if trace_on() { eprintln!("ITRACE {:.3} {}", trace_t(), format!($($a)*)); } };
+}
 /// The feed is polled this often when no search asks for freshness.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
@@ -428,12 +441,19 @@ impl Indexer {
         let payload = payload(self.position);
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
+            let t0 = Instant::now();
             let mut writer = writer.write().expect("writer");
+            let t1 = Instant::now();
             let mut prepared = writer.prepare_commit()?;
+            let t2 = Instant::now();
             prepared.set_payload(&payload);
             prepared.commit()?;
+            let t3 = Instant::now();
             shared.reader.reload()?;
             shared.columns.keep_only(&shared.reader.searcher());
+            let t4 = Instant::now();
+            itrace!("commit lock={:.1} prepare={:.1} commit={:.1} reload={:.1}",
+                (t1-t0).as_secs_f64()*1e3, (t2-t1).as_secs_f64()*1e3, (t3-t2).as_secs_f64()*1e3, (t4-t3).as_secs_f64()*1e3);
             Ok(())
         })
         .await
@@ -443,6 +463,7 @@ impl Indexer {
     /// Applies one poll of the feed to the writer (not yet committed); returns whether more
     /// ordered rows are waiting and whether anything was applied.
     async fn poll(&mut self) -> Result<(bool, bool), IndexError> {
+        let tp0 = Instant::now();
         let mut poll = self.store.poll_feed(self.position, BATCH).await?;
         // A full batch of rows above the xmin (another transaction in the cluster still runs),
         // all applied already: the position cannot pass them, so read on after them, or the
@@ -466,6 +487,7 @@ impl Indexer {
                 .filter(|c| !self.applied_above.contains(&c.position)),
         );
         if changed.is_empty() {
+            itrace!("poll empty feed={:.1}", tp0.elapsed().as_secs_f64()*1e3);
             return Ok((false, false));
         }
         let newest = changed.iter().map(|c| c.recorded_at).max();
@@ -484,7 +506,10 @@ impl Indexer {
         keys.dedup();
         // A key whose head row is gone cannot happen today (deletions are versions), but a
         // missing head must still drop the document.
+        let tp1 = Instant::now();
+        let nkeys = keys.len();
         let heads = self.store.heads(&keys).await?;
+        let tp2 = Instant::now();
         let found: HashMap<(String, String), ()> = heads
             .iter()
             .map(|h| ((h.resource_type.clone(), h.id.clone()), ()))
@@ -504,6 +529,10 @@ impl Indexer {
             }
         }
         self.index_heads(all, Replace::Yes).await?;
+        let tp3 = Instant::now();
+        itrace!("poll rows={}+{} keys={} more={} feed={:.1} heads={:.1} build={:.1}",
+            poll.ordered.len(), poll.above.len(), nkeys, poll.more,
+            (tp1-tp0).as_secs_f64()*1e3, (tp2-tp1).as_secs_f64()*1e3, (tp3-tp2).as_secs_f64()*1e3);
         if let Some(last) = poll.ordered.last() {
             self.position = last.position;
         }
@@ -670,11 +699,13 @@ impl Indexer {
             // Searches wake the indexer themselves (`wait_fresh`), so a poll is due only for
             // writes nobody searches for yet: a timer suffices, and writers never pay for a
             // NOTIFY, which PostgreSQL serialises across all committing transactions.
-            tokio::select! {
-                _ = stop.changed() => {}
-                _ = self.shared.wake.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
-            }
+            let ts = Instant::now();
+            let why = tokio::select! {
+                _ = stop.changed() => "stop",
+                _ = self.shared.wake.notified() => "wake",
+                _ = tokio::time::sleep(idle) => "timer",
+            };
+            itrace!("slept {:.1} of {:.1} ({why})", ts.elapsed().as_secs_f64()*1e3, idle.as_secs_f64()*1e3);
         }
         if uncommitted && let Err(e) = self.commit().await {
             tracing::error!(error = %e, "committing the search index at shutdown failed");
