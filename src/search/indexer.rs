@@ -2,7 +2,7 @@
 //! resource's current state, and lets a search wait until every write committed before it began
 //! is searchable. Owns the index writer; searches only ever read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +21,7 @@ const BATCH: i64 = 2000;
 // TEMPORARY instrumentation (index-pipeline measurement; not for the final branch).
 fn trace_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("SHCR_INDEX_TRACE").is_some())
+    *ON.get_or_init(|| std::env::var_os("INDEXER_TRACE").is_some())
 }
 fn trace_t() -> f64 {
     static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -460,95 +460,39 @@ impl Indexer {
         .expect("join")
     }
 
-    /// Applies one poll of the feed to the writer (not yet committed); returns whether more
-    /// ordered rows are waiting and whether anything was applied.
-    async fn poll(&mut self) -> Result<(bool, bool), IndexError> {
-        let tp0 = Instant::now();
-        let mut poll = self.store.poll_feed(self.position, BATCH).await?;
-        // A full batch of rows above the xmin (another transaction in the cluster still runs),
-        // all applied already: the position cannot pass them, so read on after them, or the
-        // rows past the batch would wait for that transaction while searches are told the
-        // index has caught up. A row settled in a later batch means every row before it is
-        // settled too (rows come in txid order), and all of those were applied.
-        while poll.more
-            && poll.ordered.is_empty()
-            && poll
-                .above
-                .iter()
-                .all(|c| self.applied_above.contains(&c.position))
-            && let Some(last) = poll.above.last().map(|c| c.position)
-        {
-            poll = self.store.poll_feed(last, BATCH).await?;
+    /// The rows above the xmin applied once `f` is applied, so a later read skips them.
+    fn above_after(&self, f: &Fetched) -> HashSet<FeedPosition> {
+        let mut above = self.applied_above.clone();
+        above.extend(f.above.iter().copied());
+        above.retain(|p| *p > f.position);
+        above
+    }
+
+    /// Applies one read of the feed to the writer (not yet committed); returns whether
+    /// anything was applied.
+    async fn apply(&mut self, f: Fetched) -> Result<bool, IndexError> {
+        if f.heads.is_empty() {
+            return Ok(false);
         }
-        let mut changed: Vec<&Change> = poll.ordered.iter().collect();
-        changed.extend(
-            poll.above
-                .iter()
-                .filter(|c| !self.applied_above.contains(&c.position)),
-        );
-        if changed.is_empty() {
-            itrace!("poll empty feed={:.1}", tp0.elapsed().as_secs_f64()*1e3);
-            return Ok((false, false));
-        }
-        let newest = changed.iter().map(|c| c.recorded_at).max();
         // Before the generation completes, so no search can pair new facts with old ones.
-        if changed
-            .iter()
-            .any(|c| crate::access::facts::changes_facts(&c.resource_type))
-        {
+        if f.facts {
             self.shared.facts_generation.fetch_add(1, Ordering::SeqCst);
         }
-        let mut keys: Vec<(String, String)> = changed
-            .iter()
-            .map(|c| (c.resource_type.clone(), c.id.clone()))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        // A key whose head row is gone cannot happen today (deletions are versions), but a
-        // missing head must still drop the document.
-        let tp1 = Instant::now();
-        let nkeys = keys.len();
-        let heads = self.store.heads(&keys).await?;
-        let tp2 = Instant::now();
-        let found: HashMap<(String, String), ()> = heads
-            .iter()
-            .map(|h| ((h.resource_type.clone(), h.id.clone()), ()))
-            .collect();
-        let mut all = heads;
-        for (t, id) in keys {
-            if !found.contains_key(&(t.clone(), id.clone())) {
-                all.push(HeadState {
-                    resource_type: t,
-                    id,
-                    version_id: 0,
-                    last_updated: time::OffsetDateTime::UNIX_EPOCH,
-                    deleted: true,
-                    author_org: None,
-                    content: None,
-                });
-            }
-        }
-        self.index_heads(all, Replace::Yes).await?;
-        let tp3 = Instant::now();
-        itrace!("poll rows={}+{} keys={} more={} feed={:.1} heads={:.1} build={:.1}",
-            poll.ordered.len(), poll.above.len(), nkeys, poll.more,
-            (tp1-tp0).as_secs_f64()*1e3, (tp2-tp1).as_secs_f64()*1e3, (tp3-tp2).as_secs_f64()*1e3);
-        if let Some(last) = poll.ordered.last() {
-            self.position = last.position;
-        }
-        for c in &poll.above {
-            self.applied_above.insert(c.position);
-        }
-        let position = self.position;
-        self.applied_above.retain(|p| *p > position);
-        if let Some(newest) = newest {
+        let above = self.above_after(&f);
+        let tp = Instant::now();
+        let n = f.heads.len();
+        self.index_heads(f.heads, Replace::Yes).await?;
+        itrace!("apply keys={} more={} build={:.1}", n, f.more, tp.elapsed().as_secs_f64()*1e3);
+        self.position = f.position;
+        self.applied_above = above;
+        if let Some(newest) = f.newest {
             let lag = (time::OffsetDateTime::now_utc() - newest)
                 .as_seconds_f64()
                 .max(0.0);
             *self.shared.lag_seconds.lock().expect("lag lock") = lag;
             crate::metrics::INDEX_LAG.set(lag);
         }
-        Ok((poll.more, true))
+        Ok(true)
     }
 
     /// Starts merging the small segments bursts of commits leave behind into one (see
@@ -626,11 +570,18 @@ impl Indexer {
         // The merge in flight and when it started: changes applied since then are not in it.
         let mut consolidating: Option<(tokio::task::JoinHandle<bool>, Instant)> = None;
         let mut stop = self.shared.stop.subscribe();
+        let mut prefetched: Option<tokio::task::JoinHandle<Result<Fetched, IndexError>>> = None;
+        let prefetch_mode = env_num("INDEXER_PREFETCH").unwrap_or(0);
+        let eager = env_num("INDEXER_EAGER_MS").map(Duration::from_millis);
+        let head_commit = env_num("INDEXER_HEAD_COMMIT").unwrap_or(0) > 0;
         loop {
             if *stop.borrow_and_update() {
                 break;
             }
             if self.shared.paused.load(Ordering::SeqCst) {
+                if let Some(task) = prefetched.take() {
+                    task.abort();
+                }
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = self.shared.wake.notified() => {}
@@ -638,35 +589,21 @@ impl Indexer {
                 }
                 continue;
             }
-            let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
-            let more = match self.poll().await {
-                Ok((more, applied)) => {
-                    failures = 0;
-                    uncommitted |= applied;
-                    if applied {
-                        last_applied = Instant::now();
-                        consolidated = false;
-                    }
-                    // Commits are what cost (each makes a segment to merge later), so background
-                    // changes are gathered; a waiting search gets its commit at once.
-                    let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0;
-                    if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
-                        if let Err(e) = self.commit().await {
-                            tracing::error!(error = %e, "committing the search index failed");
-                            continue;
-                        }
-                        uncommitted = false;
-                        last_commit = Instant::now();
-                    }
-                    // A generation is complete only when its poll reached the feed's head: a
-                    // search that waited for it must see every write committed before it began,
-                    // even while a backlog larger than one batch is being applied.
-                    if !uncommitted && !more {
-                        self.shared.ready.store(true, Ordering::Release);
-                        self.shared.completed.send_replace(generation);
-                    }
-                    more
+            let fetched = match prefetched.take() {
+                Some(task) => task.await.expect("join"),
+                None => {
+                    let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
+                    fetch(
+                        self.store.clone(),
+                        generation,
+                        self.position,
+                        self.applied_above.clone(),
+                    )
+                    .await
                 }
+            };
+            let fetched = match fetched {
+                Ok(f) => f,
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, failures, "search indexing failed; retrying");
@@ -675,6 +612,55 @@ impl Indexer {
                     continue;
                 }
             };
+            let generation = fetched.generation;
+            let more = fetched.more;
+            if (prefetch_mode >= 2 && !fetched.heads.is_empty()) || (prefetch_mode >= 1 && more) {
+                let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
+                prefetched = Some(tokio::spawn(fetch(
+                    self.store.clone(),
+                    generation,
+                    fetched.position,
+                    self.above_after(&fetched),
+                )));
+            }
+            let applied = match self.apply(fetched).await {
+                Ok(applied) => applied,
+                Err(e) => {
+                    if let Some(task) = prefetched.take() {
+                        task.abort();
+                    }
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "search indexing failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
+                        .await;
+                    continue;
+                }
+            };
+            failures = 0;
+            uncommitted |= applied;
+            if applied {
+                last_applied = Instant::now();
+                consolidated = false;
+            }
+            // Commits are what cost (each makes a segment to merge later), so background
+            // changes are gathered; a waiting search gets its commit at once.
+            let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0;
+            let waiting = waiting && !(head_commit && more);
+            if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
+                if let Err(e) = self.commit().await {
+                    tracing::error!(error = %e, "committing the search index failed");
+                    continue;
+                }
+                uncommitted = false;
+                last_commit = Instant::now();
+            }
+            // A generation is complete only when its poll reached the feed's head: a
+            // search that waited for it must see every write committed before it began,
+            // even while a backlog larger than one batch is being applied.
+            if !uncommitted && !more {
+                self.shared.ready.store(true, Ordering::Release);
+                self.shared.completed.send_replace(generation);
+            }
             if more {
                 continue;
             }
@@ -691,7 +677,12 @@ impl Indexer {
             {
                 consolidating = Some((self.consolidate(), Instant::now()));
             }
-            let idle = if uncommitted {
+            if prefetched.is_some() {
+                continue;
+            }
+            let idle = if let Some(eager) = eager.filter(|_| applied) {
+                eager.min(MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed()))
+            } else if uncommitted {
                 MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed())
             } else {
                 IDLE_POLL
@@ -707,6 +698,9 @@ impl Indexer {
             };
             itrace!("slept {:.1} of {:.1} ({why})", ts.elapsed().as_secs_f64()*1e3, idle.as_secs_f64()*1e3);
         }
+        if let Some(task) = prefetched.take() {
+            task.abort();
+        }
         if uncommitted && let Err(e) = self.commit().await {
             tracing::error!(error = %e, "committing the search index at shutdown failed");
         }
@@ -715,6 +709,105 @@ impl Indexer {
         drop(self);
         stopped.send_replace(true);
     }
+}
+
+/// One read of the feed and of the changed resources' current state, not yet applied.
+struct Fetched {
+    /// Taken just before the feed was read: once this batch is committed, and if it reached
+    /// the feed's head, every write committed before the generation was taken is searchable.
+    generation: u64,
+    /// The position after this batch's ordered rows.
+    position: FeedPosition,
+    /// Rows above the xmin that this batch applies.
+    above: Vec<FeedPosition>,
+    /// Whether more ordered rows wait after this batch.
+    more: bool,
+    /// The current state of every changed resource (a missing one as deleted).
+    heads: Vec<HeadState>,
+    newest: Option<time::OffsetDateTime>,
+    /// Whether a change may have changed access facts.
+    facts: bool,
+}
+
+/// Reads the feed after `position`, leaving out rows above the xmin in `applied_above`, and
+/// the changed resources' current state.
+async fn fetch(
+    store: Store,
+    generation: u64,
+    position: FeedPosition,
+    applied_above: HashSet<FeedPosition>,
+) -> Result<Fetched, IndexError> {
+    let tp0 = Instant::now();
+    let mut poll = store.poll_feed(position, BATCH).await?;
+    // A full batch of rows above the xmin (another transaction in the cluster still runs),
+    // all applied already: the position cannot pass them, so read on after them, or the
+    // rows past the batch would wait for that transaction while searches are told the
+    // index has caught up. A row settled in a later batch means every row before it is
+    // settled too (rows come in txid order), and all of those were applied.
+    while poll.more
+        && poll.ordered.is_empty()
+        && poll.above.iter().all(|c| applied_above.contains(&c.position))
+        && let Some(last) = poll.above.last().map(|c| c.position)
+    {
+        poll = store.poll_feed(last, BATCH).await?;
+    }
+    let mut changed: Vec<&Change> = poll.ordered.iter().collect();
+    changed.extend(
+        poll.above
+            .iter()
+            .filter(|c| !applied_above.contains(&c.position)),
+    );
+    let newest = changed.iter().map(|c| c.recorded_at).max();
+    let facts = changed
+        .iter()
+        .any(|c| crate::access::facts::changes_facts(&c.resource_type));
+    let mut keys: Vec<(String, String)> = changed
+        .iter()
+        .map(|c| (c.resource_type.clone(), c.id.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let tp1 = Instant::now();
+    let mut heads = Vec::new();
+    if !keys.is_empty() {
+        heads = store.heads(&keys).await?;
+        // A key whose head row is gone cannot happen today (deletions are versions), but a
+        // missing head must still drop the document.
+        let found: HashSet<(&str, &str)> = heads
+            .iter()
+            .map(|h| (h.resource_type.as_str(), h.id.as_str()))
+            .collect();
+        let missing: Vec<HeadState> = keys
+            .iter()
+            .filter(|(t, id)| !found.contains(&(t.as_str(), id.as_str())))
+            .map(|(t, id)| HeadState {
+                resource_type: t.clone(),
+                id: id.clone(),
+                version_id: 0,
+                last_updated: time::OffsetDateTime::UNIX_EPOCH,
+                deleted: true,
+                author_org: None,
+                content: None,
+            })
+            .collect();
+        heads.extend(missing);
+    }
+    itrace!("fetch g={} rows={}+{} keys={} more={} feed={:.1} heads={:.1}",
+        generation, poll.ordered.len(), poll.above.len(), keys.len(), poll.more,
+        (tp1-tp0).as_secs_f64()*1e3, tp1.elapsed().as_secs_f64()*1e3);
+    Ok(Fetched {
+        generation,
+        position: poll.ordered.last().map_or(position, |c| c.position),
+        above: poll.above.iter().map(|c| c.position).collect(),
+        more: poll.more,
+        heads,
+        newest,
+        facts,
+    })
+}
+
+fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Whether documents being indexed may already be in the index.
