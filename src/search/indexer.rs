@@ -18,20 +18,12 @@ use crate::store::{Change, FeedPosition, HeadState, Store};
 
 const BATCH: i64 = 2000;
 
-// TEMPORARY instrumentation (index-pipeline measurement; not for the final branch).
-fn trace_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("INDEXER_TRACE").is_some())
-}
-fn trace_t() -> f64 {
-    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
-macro_rules! itrace {
-    ($($a:tt)*) => { if trace_on() { eprintln!("ITRACE {:.3} {}", trace_t(), format!($($a)*)); } };
-}
 /// The feed is polled this often when no search asks for freshness.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// While changes stream in, the feed is read again this soon after a batch under `BATCH`: the
+/// index keeps up with the writers, and a trickle costs PostgreSQL at most a few reads a second
+/// more.
+const STREAM_POLL: Duration = Duration::from_millis(50);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
 /// Threads for building documents and for tantivy's indexing: one per core, at most four.
@@ -441,19 +433,12 @@ impl Indexer {
         let payload = payload(self.position);
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
-            let t0 = Instant::now();
             let mut writer = writer.write().expect("writer");
-            let t1 = Instant::now();
             let mut prepared = writer.prepare_commit()?;
-            let t2 = Instant::now();
             prepared.set_payload(&payload);
             prepared.commit()?;
-            let t3 = Instant::now();
             shared.reader.reload()?;
             shared.columns.keep_only(&shared.reader.searcher());
-            let t4 = Instant::now();
-            itrace!("commit lock={:.1} prepare={:.1} commit={:.1} reload={:.1}",
-                (t1-t0).as_secs_f64()*1e3, (t2-t1).as_secs_f64()*1e3, (t3-t2).as_secs_f64()*1e3, (t4-t3).as_secs_f64()*1e3);
             Ok(())
         })
         .await
@@ -479,10 +464,7 @@ impl Indexer {
             self.shared.facts_generation.fetch_add(1, Ordering::SeqCst);
         }
         let above = self.above_after(&f);
-        let tp = Instant::now();
-        let n = f.heads.len();
         self.index_heads(f.heads, Replace::Yes).await?;
-        itrace!("apply keys={} more={} build={:.1}", n, f.more, tp.elapsed().as_secs_f64()*1e3);
         self.position = f.position;
         self.applied_above = above;
         if let Some(newest) = f.newest {
@@ -570,10 +552,8 @@ impl Indexer {
         // The merge in flight and when it started: changes applied since then are not in it.
         let mut consolidating: Option<(tokio::task::JoinHandle<bool>, Instant)> = None;
         let mut stop = self.shared.stop.subscribe();
+        // The next read of the feed, started while the batch before it is indexed.
         let mut prefetched: Option<tokio::task::JoinHandle<Result<Fetched, IndexError>>> = None;
-        let prefetch_mode = env_num("INDEXER_PREFETCH").unwrap_or(0);
-        let eager = env_num("INDEXER_EAGER_MS").map(Duration::from_millis);
-        let head_commit = env_num("INDEXER_HEAD_COMMIT").unwrap_or(0) > 0;
         loop {
             if *stop.borrow_and_update() {
                 break;
@@ -592,12 +572,12 @@ impl Indexer {
             let fetched = match prefetched.take() {
                 Some(task) => task.await.expect("join"),
                 None => {
-                    let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
+                    let from = (self.position, self.applied_above.clone());
                     fetch(
                         self.store.clone(),
-                        generation,
-                        self.position,
-                        self.applied_above.clone(),
+                        self.shared.clone(),
+                        Duration::ZERO,
+                        from,
                     )
                     .await
                 }
@@ -614,14 +594,14 @@ impl Indexer {
             };
             let generation = fetched.generation;
             let more = fetched.more;
-            if (prefetch_mode >= 2 && !fetched.heads.is_empty()) || (prefetch_mode >= 1 && more) {
-                let generation = self.shared.next_generation.fetch_add(1, Ordering::SeqCst);
-                prefetched = Some(tokio::spawn(fetch(
-                    self.store.clone(),
-                    generation,
-                    fetched.position,
-                    self.above_after(&fetched),
-                )));
+            // While changes stream in, the next read runs as this batch is indexed, so
+            // tantivy's indexing thread is kept fed rather than left idle until the next commit
+            // is due, and a search waiting at the end finds little left to index.
+            if !fetched.heads.is_empty() {
+                let delay = if more { Duration::ZERO } else { STREAM_POLL };
+                let from = (fetched.position, self.above_after(&fetched));
+                let read = fetch(self.store.clone(), self.shared.clone(), delay, from);
+                prefetched = Some(tokio::spawn(read));
             }
             let applied = match self.apply(fetched).await {
                 Ok(applied) => applied,
@@ -643,9 +623,10 @@ impl Indexer {
                 consolidated = false;
             }
             // Commits are what cost (each makes a segment to merge later), so background
-            // changes are gathered; a waiting search gets its commit at once.
-            let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0;
-            let waiting = waiting && !(head_commit && more);
+            // changes are gathered; a waiting search gets its commit once the feed's head is
+            // reached (before, its generation cannot complete: a backlog of several batches
+            // made a segment each).
+            let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0 && !more;
             if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
                 if let Err(e) = self.commit().await {
                     tracing::error!(error = %e, "committing the search index failed");
@@ -677,12 +658,11 @@ impl Indexer {
             {
                 consolidating = Some((self.consolidate(), Instant::now()));
             }
+            // The read in flight waits for its turn itself (`fetch`).
             if prefetched.is_some() {
                 continue;
             }
-            let idle = if let Some(eager) = eager.filter(|_| applied) {
-                eager.min(MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed()))
-            } else if uncommitted {
+            let idle = if uncommitted {
                 MAX_COMMIT_DELAY.saturating_sub(last_commit.elapsed())
             } else {
                 IDLE_POLL
@@ -690,13 +670,11 @@ impl Indexer {
             // Searches wake the indexer themselves (`wait_fresh`), so a poll is due only for
             // writes nobody searches for yet: a timer suffices, and writers never pay for a
             // NOTIFY, which PostgreSQL serialises across all committing transactions.
-            let ts = Instant::now();
-            let why = tokio::select! {
-                _ = stop.changed() => "stop",
-                _ = self.shared.wake.notified() => "wake",
-                _ = tokio::time::sleep(idle) => "timer",
-            };
-            itrace!("slept {:.1} of {:.1} ({why})", ts.elapsed().as_secs_f64()*1e3, idle.as_secs_f64()*1e3);
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
         }
         if let Some(task) = prefetched.take() {
             task.abort();
@@ -729,15 +707,25 @@ struct Fetched {
     facts: bool,
 }
 
-/// Reads the feed after `position`, leaving out rows above the xmin in `applied_above`, and
-/// the changed resources' current state.
+/// Reads the feed after `from`'s position, leaving out its rows above the xmin already
+/// applied, and the changed resources' current state; first waits `delay` unless a search
+/// wakes the indexer.
 async fn fetch(
     store: Store,
-    generation: u64,
-    position: FeedPosition,
-    applied_above: HashSet<FeedPosition>,
+    shared: Arc<SearchIndex>,
+    delay: Duration,
+    from: (FeedPosition, HashSet<FeedPosition>),
 ) -> Result<Fetched, IndexError> {
-    let tp0 = Instant::now();
+    let (position, applied_above) = from;
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    // After the wait: a search that woke the indexer took its ticket before, and this read
+    // starts after it.
+    let generation = shared.next_generation.fetch_add(1, Ordering::SeqCst);
     let mut poll = store.poll_feed(position, BATCH).await?;
     // A full batch of rows above the xmin (another transaction in the cluster still runs),
     // all applied already: the position cannot pass them, so read on after them, or the
@@ -746,7 +734,10 @@ async fn fetch(
     // settled too (rows come in txid order), and all of those were applied.
     while poll.more
         && poll.ordered.is_empty()
-        && poll.above.iter().all(|c| applied_above.contains(&c.position))
+        && poll
+            .above
+            .iter()
+            .all(|c| applied_above.contains(&c.position))
         && let Some(last) = poll.above.last().map(|c| c.position)
     {
         poll = store.poll_feed(last, BATCH).await?;
@@ -767,7 +758,6 @@ async fn fetch(
         .collect();
     keys.sort();
     keys.dedup();
-    let tp1 = Instant::now();
     let mut heads = Vec::new();
     if !keys.is_empty() {
         heads = store.heads(&keys).await?;
@@ -792,9 +782,6 @@ async fn fetch(
             .collect();
         heads.extend(missing);
     }
-    itrace!("fetch g={} rows={}+{} keys={} more={} feed={:.1} heads={:.1}",
-        generation, poll.ordered.len(), poll.above.len(), keys.len(), poll.more,
-        (tp1-tp0).as_secs_f64()*1e3, tp1.elapsed().as_secs_f64()*1e3);
     Ok(Fetched {
         generation,
         position: poll.ordered.last().map_or(position, |c| c.position),
@@ -804,10 +791,6 @@ async fn fetch(
         newest,
         facts,
     })
-}
-
-fn env_num(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Whether documents being indexed may already be in the index.

@@ -233,3 +233,43 @@ async fn passive_waits_leave_commits_to_the_indexers_schedule() {
     let new_segments = searcher.segment_readers().len().saturating_sub(before);
     assert!(new_segments <= 3, "{new_segments} segments for 6 writes");
 }
+
+/// While writes stream in, the indexer reads the feed's next batch as it indexes the one before
+/// (and may hold it when a search starts): a search must still see the write its caller
+/// committed just before, never be answered by a read that started earlier.
+#[tokio::test]
+async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut tx = store.begin_write().await.unwrap();
+                let batch: Vec<NewVersion> = (0..20)
+                    .map(|j| version(&format!("stream-{i}-{j}")))
+                    .collect();
+                tx.write(&batch, &author()).await.unwrap();
+                tx.commit().await.unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    for k in 0..40 {
+        let id = format!("seen-{k}");
+        let mut tx = store.begin_write().await.unwrap();
+        tx.write(&[version(&id)], &author()).await.unwrap();
+        tx.commit().await.unwrap();
+        let bundle = app.search(&format!("Basic?_id={id}&_summary=count")).await;
+        assert_eq!(bundle["total"], 1, "search {k} missed {id}: {bundle}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let streamed = stream.await.unwrap();
+    assert!(
+        streamed > 40,
+        "the writes streamed alongside: {streamed} batches"
+    );
+}
