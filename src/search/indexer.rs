@@ -20,9 +20,10 @@ const BATCH: i64 = 2000;
 
 /// The feed is polled this often when no search asks for freshness.
 const IDLE_POLL: Duration = Duration::from_millis(200);
-/// While changes stream in, the feed is read again this soon after a batch under `BATCH`: the
-/// index keeps up with the writers, and a trickle costs PostgreSQL at most a few reads a second
-/// more.
+/// While changes stream in, the feed is read again this soon after a batch under `BATCH`
+/// (at once after a full one): the index keeps up with the writers instead of gathering a
+/// second of changes for tantivy's indexing thread while it idles, and a trickle costs
+/// PostgreSQL at most 20 reads a second.
 const STREAM_POLL: Duration = Duration::from_millis(50);
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
