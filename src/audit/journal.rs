@@ -25,7 +25,9 @@
 //! - **Shipping, exactly once.** The shipper reads entries after its position and appends them
 //!   to the chain in the statement that moves its position in `audit_journal_shipped` (one
 //!   commit for both), so a crash anywhere neither loses nor duplicates a row. Segments entirely
-//!   before the position are deleted; segments are rotated by size.
+//!   before the position are deleted; segments are rotated by size. Shipments do not wait for
+//!   PostgreSQL's WAL flush, except the one after which segments are deleted
+//!   (`set_synchronous_commit`).
 //! - **Start-up.** The directory is scanned and its tail repaired before the server listens;
 //!   the backlog is shipped in the background while the server already serves (new rows queue
 //!   behind it, in journal order).
@@ -1053,6 +1055,43 @@ fn read_batch(
     })
 }
 
+/// Whether shipping a batch that starts in `batch_segment` deletes segments afterwards (those
+/// wholly before it, once shipped).
+fn must_flush_shipment(oldest_segment: Option<i64>, batch_segment: i64) -> bool {
+    oldest_segment.is_some_and(|oldest| oldest < batch_segment)
+}
+
+/// The shipper's commits do not wait for PostgreSQL's WAL flush: the journal keeps every row
+/// until a shipment that made them deletable is on disk (`must_flush_shipment`), and a
+/// shipment lost in a PostgreSQL crash loses its position with its rows (one commit), so the
+/// journal ships them again. Waiting for the flush made each statement cost PostgreSQL about
+/// as much for one row as for twenty, and every flush of the shared disk slows the journal's
+/// own `fdatasync`, which requests wait for.
+async fn set_synchronous_commit(
+    conn: &mut sqlx::PgConnection,
+    on: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if on {
+        "SET synchronous_commit = on"
+    } else {
+        "SET synchronous_commit = off"
+    };
+    sqlx::query(sql).execute(conn).await.map(|_| ())
+}
+
+/// Around a shipment that must reach the disk before its segments go: on `before`, off after.
+async fn shipment_durability(
+    conn: &mut sqlx::PgConnection,
+    durable: bool,
+    before: bool,
+) -> Result<(), sqlx::Error> {
+    if durable {
+        set_synchronous_commit(conn, before).await
+    } else {
+        Ok(())
+    }
+}
+
 /// The shipper task: appends durable entries to the chain, in order, exactly once.
 async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
     let mut own: Option<(sqlx::PgConnection, Instant)> = None;
@@ -1081,6 +1120,7 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
             continue;
         }
         gathered = false;
+        let oldest_segment = segments.keys().next().copied();
         let dir = shared.dir.clone();
         let batch =
             tokio::task::spawn_blocking(move || read_batch(&dir, &segments, durable, from)).await;
@@ -1106,11 +1146,15 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
             .filter(|(_, opened)| opened.elapsed() < super::OWN_CONNECTION_LIFETIME)
         {
             Some(c) => Ok(c),
-            None => store
-                .lookups_pool()
-                .acquire()
-                .await
-                .map(|c| (c.detach(), Instant::now())),
+            None => match store.lookups_pool().acquire().await {
+                Ok(c) => {
+                    let mut conn = c.detach();
+                    set_synchronous_commit(&mut conn, false)
+                        .await
+                        .map(|()| (conn, Instant::now()))
+                }
+                Err(e) => Err(e),
+            },
         };
         let (mut conn, opened) = match conn {
             Ok(c) => c,
@@ -1119,9 +1163,20 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
                 continue;
             }
         };
+        // Segments wholly before this batch are deleted once it is shipped: its commit must
+        // then be on disk, so it waits for the flush (which takes every earlier commit along).
+        let durable_commit = must_flush_shipment(oldest_segment, batch.segment);
         let mut head = head.lock().await;
         let started = Instant::now();
-        let appended = append(&mut conn, &mut head, batch.records.iter(), Some(&shipping)).await;
+        let appended = match shipment_durability(&mut conn, durable_commit, true).await {
+            Ok(()) => append(&mut conn, &mut head, batch.records.iter(), Some(&shipping)).await,
+            Err(e) => Err(e.into()),
+        };
+        // The rows are in either way; a connection left waiting for flushes is not kept.
+        let keep_conn = appended.is_ok()
+            && shipment_durability(&mut conn, durable_commit, false)
+                .await
+                .is_ok();
         if appended.is_err() {
             // Unknown outcome: re-read the head.
             *head = None;
@@ -1130,7 +1185,9 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
         match appended {
             Ok(_) => {
                 crate::metrics::AUDIT_JOURNAL_SHIP_SECONDS.observe(started.elapsed().as_secs_f64());
-                own = Some((conn, opened));
+                if keep_conn {
+                    own = Some((conn, opened));
+                }
                 backoff = Duration::from_millis(50);
                 let deletable: Vec<i64> = {
                     let mut p = shared.progress.lock().expect("progress");
@@ -1143,8 +1200,13 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
                         p.backlog_since = None;
                     }
                     p.publish();
-                    // Segments before the one the next row is in hold only shipped rows.
-                    p.segments.range(..batch.segment).map(|(&s, _)| s).collect()
+                    // Segments before the one the next row is in hold only shipped rows; they
+                    // go once a shipment is known to be on disk (a later one, if not this).
+                    if durable_commit {
+                        p.segments.range(..batch.segment).map(|(&s, _)| s).collect()
+                    } else {
+                        Vec::new()
+                    }
                 };
                 for start in deletable {
                     let path = segment_path(&shared.dir, start);
@@ -1231,6 +1293,15 @@ async fn fail(shared: &Shared, why: String, backoff: &mut Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_shipment_that_empties_segments_waits_for_the_flush() {
+        // The batch's next entry is in the oldest segment: nothing is deleted after it.
+        assert!(!must_flush_shipment(Some(1), 1));
+        // It starts a later segment: the ones before go, so its commit must be on disk.
+        assert!(must_flush_shipment(Some(1), 513));
+        assert!(!must_flush_shipment(None, 513));
+    }
 
     fn payload(i: usize) -> Vec<u8> {
         format!("{{\"row\":{i}}}").into_bytes()
