@@ -12,12 +12,15 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAn
 use tantivy::{Index, TantivyDocument};
 
 use super::compartments::patient_params;
-use super::extract::{Extracted, IndexValue, extract, text_content};
+use super::extract::{Extracted, IndexValue, extract_some, text_content};
 use super::params::{ParamType, Registry};
 use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
 
 /// Bumped whenever the document layout changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The `_id` parameter: not indexed as a token, the planner answers it from `key`.
+pub const ID: &str = "_id";
 
 /// The `comp` term of a resource in no patient compartment (Organization, Practitioner …), so
 /// access filters can name such resources.
@@ -314,7 +317,7 @@ pub fn document(
     if let Some(org) = row.author_org {
         doc.add_text(f.author_org, org);
     }
-    let extracted = extract(registry, row.resource);
+    let extracted = extract_some(registry, row.resource, |code| code != ID);
     let mut packed_groups: Vec<(&str, &[IndexValue])> = Vec::new();
     for e in &extracted {
         let code = e.param.code.as_str();
@@ -532,6 +535,63 @@ mod tests {
         );
         assert!(o1.contains(&"p1".to_string()) && o1.contains(&"p3".to_string()));
         assert!(!o1.contains(&"p4".to_string()), "another server's patient");
+    }
+
+    /// The terms a document no longer holds: `_id` tokens (the planner uses `key`), and the
+    /// ids and identifier values `_content` used to split into words.
+    #[test]
+    fn documents_hold_the_key_not_id_tokens_nor_reference_words() {
+        use crate::search::terms::ANY;
+        use tantivy::Term;
+        let registry = Registry::load(None).expect("built-in parameters");
+        let (index, f) = in_memory();
+        let observation = json!({"resourceType": "Observation",
+            "id": "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70", "status": "final",
+            "identifier": [{"system": "https://rx1.example.nhs.uk/obs", "value": "Q4417"}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                                 "display": "Heart rate"}]},
+            "subject": {"reference": "Patient/5b1e2c3d-0a9f-4c8e-b7d6-e5f4a3b2c1d0",
+                        "display": "Zoë Brontë"}});
+        let row = IndexRow {
+            resource_type: "Observation",
+            id: "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70",
+            version_id: 1,
+            last_updated_micros: 0,
+            author_org: None,
+            resource: &observation,
+        };
+        let mut writer: tantivy::IndexWriter = index
+            .writer_with_num_threads(1, 15_000_000)
+            .expect("writer");
+        writer
+            .add_document(document(&f, &registry, "https://shcr.example/fhir", &row))
+            .expect("add");
+        writer.commit().expect("commit");
+        let searcher = index.reader().expect("reader").searcher();
+        let freq = |field: Field, text: &str| {
+            searcher
+                .doc_freq(&Term::from_field_text(field, text))
+                .expect("doc_freq")
+        };
+        assert_eq!(
+            freq(f.key, "Observation/7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"),
+            1
+        );
+        for system in [String::new(), ANY.to_string()] {
+            let id = join(&[ID, &system, "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"]);
+            assert_eq!(freq(f.token, &id), 0, "{id}");
+        }
+        assert_eq!(freq(f.has, ID), 0);
+        assert_eq!(
+            freq(f.token, &join(&["identifier", &ANY.to_string(), "Q4417"])),
+            1
+        );
+        for word in ["heart", "zoe", "bronte"] {
+            assert_eq!(freq(f.content, word), 1, "{word}");
+        }
+        for word in ["q4417", "patient", "5b1e2c3d", "e5f4a3b2c1d0"] {
+            assert_eq!(freq(f.content, word), 0, "{word}");
+        }
     }
 
     #[test]

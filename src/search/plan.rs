@@ -14,6 +14,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Searcher, SegmentReader, Term};
 
 use super::extract::IndexValue;
+use super::index::ID;
 use super::indexer::SearchIndex;
 use super::matching::value_matches;
 use super::query::{
@@ -162,6 +163,12 @@ impl Planner<'_> {
         let f = &self.index.fields;
         let freq = |t: &Term| self.searcher.doc_freq(t).unwrap_or(u64::MAX);
         match clause {
+            // At most one document per type and value (the `key` terms).
+            Clause::Values {
+                code,
+                negated: false,
+                ..
+            } if code == ID => true,
             Clause::Values {
                 code,
                 values,
@@ -204,6 +211,23 @@ impl Planner<'_> {
     fn clause(&self, types: &[String], clause: &Clause) -> Result<Q, PlanError> {
         let f = &self.index.fields;
         Ok(match clause {
+            Clause::Values {
+                code,
+                values,
+                negated,
+                ..
+            } if code == ID => {
+                let q = id_query(f, types, values);
+                if *negated { not(q) } else { q }
+            }
+            // Every resource has an id.
+            Clause::Missing { code, missing } if code == ID => {
+                if *missing {
+                    Box::new(EmptyQuery)
+                } else {
+                    Box::new(AllQuery)
+                }
+            }
             Clause::Values {
                 code,
                 param_type: _,
@@ -612,6 +636,26 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// `_id` is answered from the `key` terms (`Type/id`, one per document, there to delete a
+/// replaced version): the index holds no `_id` token terms, which were two more terms only one
+/// document had, built into every segment's dictionary and rewritten by every merge. An id has
+/// no system, so `|x` matches as `x` does and `system|x` matches nothing, as the token terms did.
+fn id_query(f: &super::index::Fields, types: &[String], values: &[ValuePredicate]) -> Q {
+    let mut terms = Vec::new();
+    for v in values {
+        if let ValuePredicate::Token {
+            system: SystemMatch::Any | SystemMatch::None,
+            code: Some(id),
+        } = v
+        {
+            for t in types {
+                terms.push(Term::from_field_text(f.key, &format!("{t}/{id}")));
+            }
+        }
+    }
+    crate::search::terms::any_of(terms)
 }
 
 /// The token term of `system|code` (any system, none, or the given one).

@@ -497,6 +497,116 @@ async fn common_parameters_and_full_text() {
     );
 }
 
+/// `_id` is answered from each document's `Type/id` key, not from token terms of its own: with
+/// several values, negated, without a system, through a chain and a reverse chain, at system
+/// level over several types.
+#[tokio::test]
+async fn id_searches_use_the_resource_key() {
+    let app = TestApp::spawn().await;
+    let w = world(&app).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+    let (zoe, bob) = (id(&w.zoe), id(&w.bob));
+    assert_eq!(
+        sorted(app.search_ids(&format!("Patient?_id={zoe},{bob}")).await),
+        sorted(vec![key(&w.zoe), key(&w.bob)])
+    );
+    assert!(
+        app.search_ids(&format!("Patient?_id={zoe}&_id={bob}"))
+            .await
+            .is_empty(),
+        "repeated parameters AND together"
+    );
+    assert_eq!(
+        app.search_ids(&format!("Patient?_id:not={zoe}")).await,
+        vec![key(&w.bob)]
+    );
+    assert_eq!(
+        app.search_ids(&format!("Patient?_id=%7C{zoe}")).await,
+        vec![key(&w.zoe)],
+        "an id has no system"
+    );
+    assert!(
+        app.search_ids(&format!("Patient?_id=https://example.org%7C{zoe}"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        app.search_ids(&format!("Observation?_id={zoe}"))
+            .await
+            .is_empty(),
+        "another type's id"
+    );
+    assert_eq!(
+        sorted(
+            app.search_ids(&format!("Observation?subject:Patient._id={zoe}"))
+                .await
+        ),
+        sorted(vec![key(&w.heart_rate), key(&w.bp)])
+    );
+    assert_eq!(
+        app.search_ids(&format!(
+            "Patient?_has:Observation:subject:_id={}",
+            id(&w.weight)
+        ))
+        .await,
+        vec![key(&w.bob)]
+    );
+    assert_eq!(
+        sorted(
+            app.search_ids(&format!(
+                "?_type=Patient,Observation&_id={zoe},{}",
+                id(&w.weight)
+            ))
+            .await
+        ),
+        sorted(vec![key(&w.zoe), key(&w.weight)])
+    );
+    assert!(app.search_ids("Patient?_id:missing=true").await.is_empty());
+    assert_eq!(
+        sorted(app.search_ids("Patient?_id:missing=false").await),
+        sorted(vec![key(&w.zoe), key(&w.bob)])
+    );
+}
+
+/// `_content` finds the words people write, not the ids and identifier values a resource
+/// carries: those are searched with `_id`, the reference parameters and `identifier`.
+#[tokio::test]
+async fn content_holds_text_not_references_or_identifiers() {
+    let app = TestApp::spawn().await;
+    let w = world(&app).await;
+    assert_eq!(
+        sorted(app.search_ids("Observation?_content=heart").await),
+        vec![key(&w.heart_rate)]
+    );
+    assert_eq!(
+        app.search_ids("Patient?_content=lighthouse lane").await,
+        vec![key(&w.zoe)]
+    );
+    let zoe = w.zoe["id"].as_str().unwrap();
+    assert!(
+        app.search_ids(&format!("Observation?_content={zoe}"))
+            .await
+            .is_empty(),
+        "a reference's id is not text"
+    );
+    assert!(
+        app.search_ids("Observation?_content=patient")
+            .await
+            .is_empty(),
+        "nor is its type"
+    );
+    assert!(
+        app.search_ids("Patient?_content=9434765919")
+            .await
+            .is_empty(),
+        "an identifier's value is searched with identifier"
+    );
+    assert_eq!(
+        app.search_ids("Patient?identifier=9434765919").await,
+        vec![key(&w.zoe)]
+    );
+}
+
 #[tokio::test]
 async fn includes_and_reverse_includes() {
     let app = TestApp::spawn().await;
@@ -841,6 +951,35 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         vec![key(&p)]
     );
     rebuilt.stop().await;
+    // So is one written with another document layout: none of its segments is kept.
+    let segments = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".term"))
+            .collect()
+    };
+    let before = segments(&index_dir);
+    assert!(!before.is_empty());
+    let meta = std::fs::read_to_string(index_dir.join("meta.json")).unwrap();
+    let current = format!("\\\"schema\\\":{}", shcr::search::index::SCHEMA_VERSION);
+    assert!(meta.contains(&current), "{meta}");
+    let older = format!("\\\"schema\\\":{}", shcr::search::index::SCHEMA_VERSION - 1);
+    std::fs::write(index_dir.join("meta.json"), meta.replace(&current, &older)).unwrap();
+    let relaid = {
+        let d = index_dir.clone();
+        TestApp::spawn_on_with(&url, move |s| s.index_dir = Some(d)).await
+    };
+    assert_eq!(
+        relaid.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+    let after = segments(&index_dir);
+    assert!(
+        before.iter().all(|s| !after.contains(s)),
+        "{before:?} kept in {after:?}"
+    );
+    relaid.stop().await;
     // So is a missing one.
     std::fs::remove_dir_all(&index_dir).unwrap();
     let fresh = {
