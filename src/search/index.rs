@@ -251,8 +251,9 @@ fn add_values(
             } => {
                 if !url.is_empty() {
                     if let (true, Some(t), Some(id)) = (is_local(url, base), resource_type, id) {
+                        // No any-type term: the planner expands a bare id to the parameter's
+                        // target types.
                         doc.add_text(f.reference, join(&[code, &format!("{t}/{id}")]));
-                        doc.add_text(f.reference, join(&[code, &format!("{ANY}/{id}")]));
                     } else {
                         doc.add_text(f.reference, join(&[code, url]));
                     }
@@ -582,6 +583,22 @@ mod tests {
             assert_eq!(freq(f.token, &id), 0, "{id}");
         }
         assert_eq!(freq(f.has, ID), 0);
+        let patient = "5b1e2c3d-0a9f-4c8e-b7d6-e5f4a3b2c1d0";
+        assert_eq!(
+            freq(
+                f.reference,
+                &join(&["subject", &format!("Patient/{patient}")])
+            ),
+            1
+        );
+        assert_eq!(
+            freq(
+                f.reference,
+                &join(&["subject", &format!("{ANY}/{patient}")])
+            ),
+            0,
+            "a bare id is planned as each target type's term"
+        );
         assert_eq!(
             freq(f.token, &join(&["identifier", &ANY.to_string(), "Q4417"])),
             1

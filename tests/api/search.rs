@@ -294,6 +294,19 @@ async fn reference_parameters_chains_and_reverse_chains() {
         .await,
         vec![key(&w.zoe)]
     );
+    // A bare id stands for every type the parameter may refer to: any type for a Provenance
+    // target (more types than a union of term queries takes).
+    let provenance = app.search(&format!("Provenance?target={zoe_id}")).await;
+    assert_eq!(match_ids(&provenance).len(), 1, "{provenance}");
+    assert_eq!(
+        provenance["entry"][0]["resource"]["target"][0]["reference"],
+        format!("Patient/{zoe_id}/_history/1")
+    );
+    assert!(
+        app.search_ids(&format!("Observation?subject:Device={zoe_id}"))
+            .await
+            .is_empty()
+    );
     // `subject` may name a Patient or a Location, and both have `name`: the type must be given.
     let body = outcome(app.get("Observation?subject.name=x").await, 400).await;
     assert!(
