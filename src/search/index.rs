@@ -33,7 +33,8 @@ pub struct Fields {
     pub resource_type: Field,
     /// Stored and a column, not indexed.
     pub id: Field,
-    /// `Type/id`: the delete key, and how `_has` names the resources it found.
+    /// `Type/id`: the delete key, how `_has` names the resources it found, and what `_id`
+    /// searches (there are no `_id` token terms).
     pub key: Field,
     pub version: Field,
     pub last_updated: Field,
