@@ -569,7 +569,11 @@ fn quantity_values(n: &Node, out: &mut Vec<IndexValue>) {
 /// human-readable string of the resource (`string` and `markdown` elements, which hold names,
 /// displays, descriptions and notes, at any depth, contained resources included) after the
 /// narrative text. Codes, identifiers, URIs and dates are left out: they are searched through
-/// their own parameters, and would only add noise to free-text matching.
+/// their own parameters, and would only add noise to free-text matching. So are the two
+/// `string` elements that are not text a person writes: `Identifier.value` (searched with
+/// `identifier`) and `Reference.reference` (`Type/id` or a URL, searched with the reference
+/// parameters and `_id`); their UUIDs and numbers were words only one resource held, each an
+/// entry built into the index's dictionaries for that resource alone.
 pub fn text_content(resource: &Value) -> (String, String) {
     let narrative = resource
         .get("text")
@@ -580,16 +584,28 @@ pub fn text_content(resource: &Value) -> (String, String) {
     let mut content = narrative.clone();
     let string = FhirType::named("string").expect("string");
     let markdown = FhirType::named("markdown").expect("markdown");
-    collect_strings(
-        resource,
-        TypeRef::AnyResource,
-        &[string, markdown],
-        &mut content,
-    );
+    let not_text = [
+        (FhirType::named("Identifier").expect("Identifier"), "value"),
+        (
+            FhirType::named("Reference").expect("Reference"),
+            "reference",
+        ),
+    ];
+    let wanted = Wanted {
+        types: &[string, markdown],
+        not_text: &not_text,
+    };
+    collect_strings(resource, TypeRef::AnyResource, &wanted, &mut content);
     (narrative, content)
 }
 
-fn collect_strings(v: &Value, t: TypeRef, wanted: &[FhirType], out: &mut String) {
+/// The elements `collect_strings` gathers: of these types, except these (type, element) pairs.
+struct Wanted<'a> {
+    types: &'a [FhirType],
+    not_text: &'a [(FhirType, &'a str)],
+}
+
+fn collect_strings(v: &Value, t: TypeRef, wanted: &Wanted<'_>, out: &mut String) {
     let ty = match t {
         TypeRef::Type(ty) => ty,
         TypeRef::AnyResource => match Node::resource(v) {
@@ -603,7 +619,7 @@ fn collect_strings(v: &Value, t: TypeRef, wanted: &[FhirType], out: &mut String)
                 collect_strings(item, t, wanted, out);
             }
         }
-        Value::String(s) if wanted.contains(&ty) => {
+        Value::String(s) if wanted.types.contains(&ty) => {
             if !out.is_empty() {
                 out.push(' ');
             }
@@ -614,6 +630,9 @@ fn collect_strings(v: &Value, t: TypeRef, wanted: &[FhirType], out: &mut String)
                 return;
             };
             for (key, value) in obj {
+                if wanted.not_text.contains(&(ty, key.as_str())) {
+                    continue;
+                }
                 if let Some(&child) = def.keys.get(key.as_str()) {
                     collect_strings(value, child, wanted, out);
                 }

@@ -12,12 +12,15 @@ use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAn
 use tantivy::{Index, TantivyDocument};
 
 use super::compartments::patient_params;
-use super::extract::{Extracted, IndexValue, extract, text_content};
+use super::extract::{Extracted, IndexValue, extract_some, text_content};
 use super::params::{ParamType, Registry};
 use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
 
 /// Bumped whenever the document layout changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The `_id` parameter: not indexed as a token, the planner answers it from `key`.
+pub const ID: &str = "_id";
 
 /// The `comp` term of a resource in no patient compartment (Organization, Practitioner …), so
 /// access filters can name such resources.
@@ -30,7 +33,8 @@ pub struct Fields {
     pub resource_type: Field,
     /// Stored and a column, not indexed.
     pub id: Field,
-    /// `Type/id`: the delete key, and how `_has` names the resources it found.
+    /// `Type/id`: the delete key, how `_has` names the resources it found, and what `_id`
+    /// searches (there are no `_id` token terms).
     pub key: Field,
     pub version: Field,
     pub last_updated: Field,
@@ -248,8 +252,9 @@ fn add_values(
             } => {
                 if !url.is_empty() {
                     if let (true, Some(t), Some(id)) = (is_local(url, base), resource_type, id) {
+                        // No any-type term: the planner expands a bare id to the parameter's
+                        // target types.
                         doc.add_text(f.reference, join(&[code, &format!("{t}/{id}")]));
-                        doc.add_text(f.reference, join(&[code, &format!("{ANY}/{id}")]));
                     } else {
                         doc.add_text(f.reference, join(&[code, url]));
                     }
@@ -314,7 +319,7 @@ pub fn document(
     if let Some(org) = row.author_org {
         doc.add_text(f.author_org, org);
     }
-    let extracted = extract(registry, row.resource);
+    let extracted = extract_some(registry, row.resource, |code| code != ID);
     let mut packed_groups: Vec<(&str, &[IndexValue])> = Vec::new();
     for e in &extracted {
         let code = e.param.code.as_str();
@@ -532,6 +537,79 @@ mod tests {
         );
         assert!(o1.contains(&"p1".to_string()) && o1.contains(&"p3".to_string()));
         assert!(!o1.contains(&"p4".to_string()), "another server's patient");
+    }
+
+    /// The terms a document no longer holds: `_id` tokens (the planner uses `key`), and the
+    /// ids and identifier values `_content` used to split into words.
+    #[test]
+    fn documents_hold_the_key_not_id_tokens_nor_reference_words() {
+        use crate::search::terms::ANY;
+        use tantivy::Term;
+        let registry = Registry::load(None).expect("built-in parameters");
+        let (index, f) = in_memory();
+        let observation = json!({"resourceType": "Observation",
+            "id": "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70", "status": "final",
+            "identifier": [{"system": "https://rx1.example.nhs.uk/obs", "value": "Q4417"}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4",
+                                 "display": "Heart rate"}]},
+            "subject": {"reference": "Patient/5b1e2c3d-0a9f-4c8e-b7d6-e5f4a3b2c1d0",
+                        "display": "Zoë Brontë"}});
+        let row = IndexRow {
+            resource_type: "Observation",
+            id: "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70",
+            version_id: 1,
+            last_updated_micros: 0,
+            author_org: None,
+            resource: &observation,
+        };
+        let mut writer: tantivy::IndexWriter = index
+            .writer_with_num_threads(1, 15_000_000)
+            .expect("writer");
+        writer
+            .add_document(document(&f, &registry, "https://shcr.example/fhir", &row))
+            .expect("add");
+        writer.commit().expect("commit");
+        let searcher = index.reader().expect("reader").searcher();
+        let freq = |field: Field, text: &str| {
+            searcher
+                .doc_freq(&Term::from_field_text(field, text))
+                .expect("doc_freq")
+        };
+        assert_eq!(
+            freq(f.key, "Observation/7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"),
+            1
+        );
+        for system in [String::new(), ANY.to_string()] {
+            let id = join(&[ID, &system, "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"]);
+            assert_eq!(freq(f.token, &id), 0, "{id}");
+        }
+        assert_eq!(freq(f.has, ID), 0);
+        let patient = "5b1e2c3d-0a9f-4c8e-b7d6-e5f4a3b2c1d0";
+        assert_eq!(
+            freq(
+                f.reference,
+                &join(&["subject", &format!("Patient/{patient}")])
+            ),
+            1
+        );
+        assert_eq!(
+            freq(
+                f.reference,
+                &join(&["subject", &format!("{ANY}/{patient}")])
+            ),
+            0,
+            "a bare id is planned as each target type's term"
+        );
+        assert_eq!(
+            freq(f.token, &join(&["identifier", &ANY.to_string(), "Q4417"])),
+            1
+        );
+        for word in ["heart", "zoe", "bronte"] {
+            assert_eq!(freq(f.content, word), 1, "{word}");
+        }
+        for word in ["q4417", "patient", "5b1e2c3d", "e5f4a3b2c1d0"] {
+            assert_eq!(freq(f.content, word), 0, "{word}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Searcher, SegmentReader, Term};
 
 use super::extract::IndexValue;
+use super::index::ID;
 use super::indexer::SearchIndex;
 use super::matching::value_matches;
 use super::query::{
@@ -131,7 +132,7 @@ impl Planner<'_> {
     /// The whole query: the types, then every clause (AND).
     pub fn query(&self, types: &[String], clauses: &[Clause]) -> Result<Q, PlanError> {
         let mut parts = vec![self.types(types)];
-        let narrowed = clauses.iter().any(|c| self.narrows(c));
+        let narrowed = clauses.iter().any(|c| self.narrows(types, c));
         for c in clauses {
             parts.push(match c {
                 // Beside a clause that selects few documents, a date is checked on those
@@ -157,11 +158,17 @@ impl Planner<'_> {
 
     /// Whether a clause is answered from few postings, so that an intersection it leads
     /// visits few documents.
-    fn narrows(&self, clause: &Clause) -> bool {
+    fn narrows(&self, types: &[String], clause: &Clause) -> bool {
         const FEW: u64 = 20_000;
         let f = &self.index.fields;
         let freq = |t: &Term| self.searcher.doc_freq(t).unwrap_or(u64::MAX);
         match clause {
+            // At most one document per type and value (the `key` terms).
+            Clause::Values {
+                code,
+                negated: false,
+                ..
+            } if code == ID => true,
             Clause::Values {
                 code,
                 values,
@@ -178,7 +185,11 @@ impl Planner<'_> {
                             f.token,
                             &token_text(code, system, c),
                         )),
-                        ValuePredicate::Reference(m) => freq(&self.reference(code, m)),
+                        ValuePredicate::Reference(m) => self
+                            .reference(types, code, m)
+                            .iter()
+                            .map(freq)
+                            .fold(0u64, u64::saturating_add),
                         ValuePredicate::String {
                             mode: StringMode::Exact,
                             text,
@@ -206,13 +217,30 @@ impl Planner<'_> {
         Ok(match clause {
             Clause::Values {
                 code,
+                values,
+                negated,
+                ..
+            } if code == ID => {
+                let q = id_query(f, types, values);
+                if *negated { not(q) } else { q }
+            }
+            // Every resource has an id.
+            Clause::Missing { code, missing } if code == ID => {
+                if *missing {
+                    Box::new(EmptyQuery)
+                } else {
+                    Box::new(AllQuery)
+                }
+            }
+            Clause::Values {
+                code,
                 param_type: _,
                 values,
                 negated,
             } => {
                 let alternatives = values
                     .iter()
-                    .map(|v| self.value(code, v))
+                    .map(|v| self.value(types, code, v))
                     .collect::<Vec<_>>();
                 let q = any_of(alternatives);
                 if *negated { not(q) } else { q }
@@ -405,7 +433,7 @@ impl Planner<'_> {
         Ok(out)
     }
 
-    fn value(&self, code: &str, v: &ValuePredicate) -> Q {
+    fn value(&self, types: &[String], code: &str, v: &ValuePredicate) -> Q {
         let f = &self.index.fields;
         let p = prefix(code);
         match v {
@@ -448,7 +476,9 @@ impl Planner<'_> {
                 f.token,
                 &join(&[&format!("{code}:of-type"), type_system, type_code, value]),
             ),
-            ValuePredicate::Reference(m) => term_query(self.reference(code, m)),
+            ValuePredicate::Reference(m) => {
+                crate::search::terms::any_of(self.reference(types, code, m))
+            }
             ValuePredicate::Date {
                 prefix: pre,
                 low,
@@ -540,7 +570,7 @@ impl Planner<'_> {
                 let mut qs: Vec<Q> = parts
                     .iter()
                     .enumerate()
-                    .map(|(i, part)| self.value(&format!("{code}${i}"), part))
+                    .map(|(i, part)| self.value(types, &format!("{code}${i}"), part))
                     .collect();
                 qs.push(packed_predicate(
                     self.index,
@@ -553,27 +583,38 @@ impl Planner<'_> {
         }
     }
 
-    fn reference(&self, code: &str, m: &ReferenceMatch) -> Term {
+    /// The terms of a reference value. An id without a type is a reference to a resource of
+    /// any type the parameter may refer to (on `types`): one `Type/id` term each. The index
+    /// keeps no any-type term beside each `Type/id` one, as each was another term few
+    /// documents held (every Provenance target, every link), built into the segment's
+    /// dictionary and rewritten by merges, for a query form a type can replace.
+    fn reference(&self, types: &[String], code: &str, m: &ReferenceMatch) -> Vec<Term> {
         let f = &self.index.fields;
         match m {
             ReferenceMatch::Local { resource_type, id } => {
-                let target = match resource_type {
-                    Some(t) => format!("{t}/{id}"),
-                    None => format!("{ANY}/{id}"),
+                let local = |t: &str| {
+                    Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
                 };
-                Term::from_field_text(f.reference, &join(&[code, &target]))
+                match resource_type {
+                    Some(t) => vec![local(t)],
+                    None => self
+                        .reference_targets(types, code)
+                        .iter()
+                        .map(|t| local(t))
+                        .collect(),
+                }
             }
             ReferenceMatch::Url(u) => {
                 // A URL under this server's base is a local reference.
                 if let Some(rest) = u.strip_prefix(&format!("{}/", self.index.base))
                     && let Some((t, id)) = rest.split_once('/')
                 {
-                    return Term::from_field_text(
+                    return vec![Term::from_field_text(
                         f.reference,
                         &join(&[code, &format!("{t}/{id}")]),
-                    );
+                    )];
                 }
-                Term::from_field_text(f.reference, &join(&[code, u]))
+                vec![Term::from_field_text(f.reference, &join(&[code, u]))]
             }
             ReferenceMatch::Identifier { system, value } => {
                 let s = match system {
@@ -581,9 +622,29 @@ impl Planner<'_> {
                     SystemMatch::None => String::new(),
                     SystemMatch::Is(s) => s.clone(),
                 };
-                Term::from_field_text(f.reference_identifier, &join(&[code, &s, value]))
+                vec![Term::from_field_text(
+                    f.reference_identifier,
+                    &join(&[code, &s, value]),
+                )]
             }
         }
+    }
+
+    /// The types `code` may refer to on any of `types`; every resource type for a parameter
+    /// the registry does not name a target for (a composite's component).
+    fn reference_targets(&self, types: &[String], code: &str) -> BTreeSet<String> {
+        let registry = &self.index.registry;
+        let mut out: BTreeSet<String> = types
+            .iter()
+            .filter_map(|t| registry.get(t, code))
+            .flat_map(|p| p.targets.iter().cloned())
+            .collect();
+        if out.is_empty() {
+            out = crate::validation::resource_types()
+                .map(str::to_string)
+                .collect();
+        }
+        out
     }
 
     /// Number and quantity prefixes as term ranges over `start` + hex(value).
@@ -612,6 +673,26 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// `_id` is answered from the `key` terms (`Type/id`, one per document, there to delete a
+/// replaced version): the index holds no `_id` token terms, which were two more terms only one
+/// document had, built into every segment's dictionary and rewritten by every merge. An id has
+/// no system, so `|x` matches as `x` does and `system|x` matches nothing, as the token terms did.
+fn id_query(f: &super::index::Fields, types: &[String], values: &[ValuePredicate]) -> Q {
+    let mut terms = Vec::new();
+    for v in values {
+        if let ValuePredicate::Token {
+            system: SystemMatch::Any | SystemMatch::None,
+            code: Some(id),
+        } = v
+        {
+            for t in types {
+                terms.push(Term::from_field_text(f.key, &format!("{t}/{id}")));
+            }
+        }
+    }
+    crate::search::terms::any_of(terms)
 }
 
 /// The token term of `system|code` (any system, none, or the given one).

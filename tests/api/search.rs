@@ -294,6 +294,19 @@ async fn reference_parameters_chains_and_reverse_chains() {
         .await,
         vec![key(&w.zoe)]
     );
+    // A bare id stands for every type the parameter may refer to: any type for a Provenance
+    // target (more types than a union of term queries takes).
+    let provenance = app.search(&format!("Provenance?target={zoe_id}")).await;
+    assert_eq!(match_ids(&provenance).len(), 1, "{provenance}");
+    assert_eq!(
+        provenance["entry"][0]["resource"]["target"][0]["reference"],
+        format!("Patient/{zoe_id}/_history/1")
+    );
+    assert!(
+        app.search_ids(&format!("Observation?subject:Device={zoe_id}"))
+            .await
+            .is_empty()
+    );
     // `subject` may name a Patient or a Location, and both have `name`: the type must be given.
     let body = outcome(app.get("Observation?subject.name=x").await, 400).await;
     assert!(
@@ -494,6 +507,116 @@ async fn common_parameters_and_full_text() {
         app.search_ids("Patient?_lastUpdated=lt2000-01-01")
             .await
             .is_empty()
+    );
+}
+
+/// `_id` is answered from each document's `Type/id` key, not from token terms of its own: with
+/// several values, negated, without a system, through a chain and a reverse chain, at system
+/// level over several types.
+#[tokio::test]
+async fn id_searches_use_the_resource_key() {
+    let app = TestApp::spawn().await;
+    let w = world(&app).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+    let (zoe, bob) = (id(&w.zoe), id(&w.bob));
+    assert_eq!(
+        sorted(app.search_ids(&format!("Patient?_id={zoe},{bob}")).await),
+        sorted(vec![key(&w.zoe), key(&w.bob)])
+    );
+    assert!(
+        app.search_ids(&format!("Patient?_id={zoe}&_id={bob}"))
+            .await
+            .is_empty(),
+        "repeated parameters AND together"
+    );
+    assert_eq!(
+        app.search_ids(&format!("Patient?_id:not={zoe}")).await,
+        vec![key(&w.bob)]
+    );
+    assert_eq!(
+        app.search_ids(&format!("Patient?_id=%7C{zoe}")).await,
+        vec![key(&w.zoe)],
+        "an id has no system"
+    );
+    assert!(
+        app.search_ids(&format!("Patient?_id=https://example.org%7C{zoe}"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        app.search_ids(&format!("Observation?_id={zoe}"))
+            .await
+            .is_empty(),
+        "another type's id"
+    );
+    assert_eq!(
+        sorted(
+            app.search_ids(&format!("Observation?subject:Patient._id={zoe}"))
+                .await
+        ),
+        sorted(vec![key(&w.heart_rate), key(&w.bp)])
+    );
+    assert_eq!(
+        app.search_ids(&format!(
+            "Patient?_has:Observation:subject:_id={}",
+            id(&w.weight)
+        ))
+        .await,
+        vec![key(&w.bob)]
+    );
+    assert_eq!(
+        sorted(
+            app.search_ids(&format!(
+                "?_type=Patient,Observation&_id={zoe},{}",
+                id(&w.weight)
+            ))
+            .await
+        ),
+        sorted(vec![key(&w.zoe), key(&w.weight)])
+    );
+    assert!(app.search_ids("Patient?_id:missing=true").await.is_empty());
+    assert_eq!(
+        sorted(app.search_ids("Patient?_id:missing=false").await),
+        sorted(vec![key(&w.zoe), key(&w.bob)])
+    );
+}
+
+/// `_content` finds the words people write, not the ids and identifier values a resource
+/// carries: those are searched with `_id`, the reference parameters and `identifier`.
+#[tokio::test]
+async fn content_holds_text_not_references_or_identifiers() {
+    let app = TestApp::spawn().await;
+    let w = world(&app).await;
+    assert_eq!(
+        sorted(app.search_ids("Observation?_content=heart").await),
+        vec![key(&w.heart_rate)]
+    );
+    assert_eq!(
+        app.search_ids("Patient?_content=lighthouse lane").await,
+        vec![key(&w.zoe)]
+    );
+    let zoe = w.zoe["id"].as_str().unwrap();
+    assert!(
+        app.search_ids(&format!("Observation?_content={zoe}"))
+            .await
+            .is_empty(),
+        "a reference's id is not text"
+    );
+    assert!(
+        app.search_ids("Observation?_content=patient")
+            .await
+            .is_empty(),
+        "nor is its type"
+    );
+    assert!(
+        app.search_ids("Patient?_content=9434765919")
+            .await
+            .is_empty(),
+        "an identifier's value is searched with identifier"
+    );
+    assert_eq!(
+        app.search_ids("Patient?identifier=9434765919").await,
+        vec![key(&w.zoe)]
     );
 }
 
@@ -841,6 +964,31 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         vec![key(&p)]
     );
     rebuilt.stop().await;
+    // So is one written with another document layout. Its last commit is made to lack `p` and
+    // to name the layout before this one: resumed from its feed position, `p` would stay
+    // missing; rebuilt, it is found.
+    {
+        let (index, fields) = shcr::search::index::open_or_create(&index_dir).unwrap();
+        let payload = index.load_metas().unwrap().payload.unwrap();
+        let current = format!("\"schema\":{}", shcr::search::index::SCHEMA_VERSION);
+        assert!(payload.contains(&current), "{payload}");
+        let older = format!("\"schema\":{}", shcr::search::index::SCHEMA_VERSION - 1);
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        writer.delete_term(tantivy::Term::from_field_text(fields.key, &key(&p)));
+        let mut commit = writer.prepare_commit().unwrap();
+        commit.set_payload(&payload.replace(&current, &older));
+        commit.commit().unwrap();
+    }
+    let relaid = {
+        let d = index_dir.clone();
+        TestApp::spawn_on_with(&url, move |s| s.index_dir = Some(d)).await
+    };
+    assert_eq!(
+        relaid.search_ids("Patient?family=persistent").await,
+        vec![key(&p)]
+    );
+    relaid.stop().await;
     // So is a missing one.
     std::fs::remove_dir_all(&index_dir).unwrap();
     let fresh = {
