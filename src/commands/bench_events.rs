@@ -245,11 +245,9 @@ async fn publish_paced(
 ) -> anyhow::Result<HashMap<String, OffsetDateTime>> {
     let sent = Arc::new(Mutex::new(HashMap::with_capacity(count)));
     let started = Instant::now();
-    let tick = Duration::from_millis(10);
     let per_tick = if rate == 0 { 64 } else { (rate / 100).max(1) };
     let mut tasks = Vec::new();
     let mut k = first;
-    let mut n = 0;
     while k < first + count {
         let batch: Vec<usize> = (k..(k + per_tick).min(first + count)).collect();
         k += batch.len();
@@ -265,9 +263,8 @@ async fn publish_paced(
             }
             anyhow::Ok(())
         }));
-        n += 1;
         if rate > 0 {
-            let due = started + tick * n;
+            let due = started + pace(k - first, rate);
             tokio::time::sleep_until(due.into()).await;
         } else if tasks.len() >= 16 {
             for t in tasks.drain(..) {
@@ -282,6 +279,13 @@ async fn publish_paced(
         .expect("tasks done")
         .into_inner()
         .unwrap())
+}
+
+/// When the message after the first `sent` is due at `rate` per second. Batches go out every
+/// ~10 ms; the schedule counts messages, not batches, so a rate under 100/s (one message per
+/// batch) or not a multiple of 100 is kept: a fixed 10 ms tick sent 20/s as 100/s.
+fn pace(sent: usize, rate: usize) -> Duration {
+    Duration::from_secs_f64(sent as f64 / rate as f64)
 }
 
 async fn wait_applied(pool: &PgPool, target: i64, limit: Duration) -> anyhow::Result<()> {
@@ -575,4 +579,20 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     search.shutdown().await;
     let _ = server.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishing_is_paced_by_messages_at_any_rate() {
+        // 20/s: one message per batch, 50 ms apart; 200 messages take 10 s.
+        assert_eq!(pace(1, 20), Duration::from_millis(50));
+        assert_eq!(pace(200, 20), Duration::from_secs(10));
+        // 250/s: two per batch, every 8 ms.
+        assert_eq!(pace(2, 250), Duration::from_millis(8));
+        assert_eq!(pace(2500, 250), Duration::from_secs(10));
+        assert_eq!(pace(5000, 500), Duration::from_secs(10));
+    }
 }
