@@ -1079,19 +1079,6 @@ async fn set_synchronous_commit(
     sqlx::query(sql).execute(conn).await.map(|_| ())
 }
 
-/// Around a shipment that must reach the disk before its segments go: on `before`, off after.
-async fn shipment_durability(
-    conn: &mut sqlx::PgConnection,
-    durable: bool,
-    before: bool,
-) -> Result<(), sqlx::Error> {
-    if durable {
-        set_synchronous_commit(conn, before).await
-    } else {
-        Ok(())
-    }
-}
-
 /// The shipper task: appends durable entries to the chain, in order, exactly once.
 async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
     let mut own: Option<(sqlx::PgConnection, Instant)> = None;
@@ -1168,15 +1155,18 @@ async fn ship(shared: Arc<Shared>, store: Store, head: SharedHead) {
         let durable_commit = must_flush_shipment(oldest_segment, batch.segment);
         let mut head = head.lock().await;
         let started = Instant::now();
-        let appended = match shipment_durability(&mut conn, durable_commit, true).await {
+        let flushing = if durable_commit {
+            set_synchronous_commit(&mut conn, true).await
+        } else {
+            Ok(())
+        };
+        let appended = match flushing {
             Ok(()) => append(&mut conn, &mut head, batch.records.iter(), Some(&shipping)).await,
             Err(e) => Err(e.into()),
         };
         // The rows are in either way; a connection left waiting for flushes is not kept.
         let keep_conn = appended.is_ok()
-            && shipment_durability(&mut conn, durable_commit, false)
-                .await
-                .is_ok();
+            && (!durable_commit || set_synchronous_commit(&mut conn, false).await.is_ok());
         if appended.is_err() {
             // Unknown outcome: re-read the head.
             *head = None;
