@@ -234,37 +234,47 @@ async fn applied(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
-/// Publishes `count` messages starting at `first`, `rate` per second (0: as fast as possible),
+/// The bodies of `count` messages starting at `first`, serialised before any clock starts:
+/// a trust's system makes its messages on its own machine, so making them here must not take
+/// the cores the server is measured on (it was ~13 % of the process's CPU while the backlog
+/// drained).
+fn bodies(first: usize, count: usize, patients: usize) -> Vec<(String, Vec<u8>)> {
+    let base = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+    (first..first + count)
+        .map(|k| {
+            let body = message(k, patients, base + time::Duration::seconds(k as i64));
+            (format!("bench-{k}"), body.to_string().into_bytes())
+        })
+        .collect()
+}
+
+/// Publishes `bodies` (message id, body) in order, `rate` per second (0: as fast as possible),
 /// returning each message id's send time.
 async fn publish_paced(
     publisher: Arc<Publisher>,
-    first: usize,
-    count: usize,
+    bodies: Vec<(String, Vec<u8>)>,
     rate: usize,
-    patients: usize,
 ) -> anyhow::Result<HashMap<String, OffsetDateTime>> {
+    let count = bodies.len();
     let sent = Arc::new(Mutex::new(HashMap::with_capacity(count)));
     let started = Instant::now();
     let per_tick = if rate == 0 { 64 } else { (rate / 100).max(1) };
     let mut tasks = Vec::new();
-    let mut k = first;
-    while k < first + count {
-        let batch: Vec<usize> = (k..(k + per_tick).min(first + count)).collect();
+    let mut bodies = bodies.into_iter();
+    let mut k = 0;
+    while k < count {
+        let batch: Vec<(String, Vec<u8>)> = bodies.by_ref().take(per_tick).collect();
         k += batch.len();
         let (publisher, sent) = (publisher.clone(), sent.clone());
-        let base = time::macros::datetime!(2026-01-01 00:00:00 UTC);
         tasks.push(tokio::spawn(async move {
-            for k in batch {
-                let body = message(k, patients, base + time::Duration::seconds(k as i64))
-                    .to_string()
-                    .into_bytes();
+            for (id, body) in batch {
                 let t = publisher.publish(body).await?;
-                sent.lock().unwrap().insert(format!("bench-{k}"), t);
+                sent.lock().unwrap().insert(id, t);
             }
             anyhow::Ok(())
         }));
         if rate > 0 {
-            let due = started + pace(k - first, rate);
+            let due = started + pace(k, rate);
             tokio::time::sleep_until(due.into()).await;
         } else if tasks.len() >= 16 {
             for t in tasks.drain(..) {
@@ -364,11 +374,27 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         args.patients
     );
 
+    // Every phase's messages are made before the clocks start. Making the throughput phase's
+    // on one thread doubles as a reference for the machine's speed (machines of one kind differ).
+    let making = Instant::now();
+    let throughput_bodies = bodies(0, args.messages, args.patients);
+    let made = making.elapsed();
+    let lag_count = args.rate * args.lag_seconds as usize;
+    let lag_bodies = bodies(args.messages, lag_count, args.patients);
+    let notify_count = args.notify_rate * args.notify_seconds as usize;
+    let notify_bodies = bodies(args.messages + lag_count, notify_count, args.patients);
+    println!(
+        "machine speed reference: made and serialised the {} throughput messages in {:.0} ms on one thread ({:.1} µs each)",
+        args.messages,
+        made.as_secs_f64() * 1000.0,
+        made.as_secs_f64() * 1e6 / args.messages.max(1) as f64
+    );
+
     // 1. Throughput: publish as fast as JetStream takes them; the consumer drains meanwhile.
     let whole_run = CpuMeter::start(pool.clone()).await;
     let meter = CpuMeter::start(pool.clone()).await;
     let started = Instant::now();
-    publish_paced(publisher.clone(), 0, args.messages, 0, args.patients).await?;
+    publish_paced(publisher.clone(), throughput_bodies, 0).await?;
     let published = started.elapsed();
     wait_applied(&pool, args.messages as i64, Duration::from_secs(1800)).await?;
     let elapsed = started.elapsed();
@@ -403,18 +429,11 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
 
     // 2. Lag at a steady rate: publish (client send) to commit, and for every 20th message
     // to searchable (a search by its Encounter identifier finds it).
-    let lag_count = args.rate * args.lag_seconds as usize;
     let first = args.messages;
     let http = reqwest::Client::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
     let mut probe_tasks = Vec::new();
-    let publishing = tokio::spawn(publish_paced(
-        publisher.clone(),
-        first,
-        lag_count,
-        args.rate,
-        args.patients,
-    ));
+    let publishing = tokio::spawn(publish_paced(publisher.clone(), lag_bodies, args.rate));
     let probe_started = Instant::now();
     for k in (first..first + lag_count).step_by(20) {
         // Start probing when message k is due to be sent.
@@ -535,16 +554,7 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         anyhow::ensure!(Instant::now() < deadline, "handshakes did not all arrive");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let notify_count = args.notify_rate * args.notify_seconds as usize;
-    let first = first + lag_count;
-    publish_paced(
-        publisher.clone(),
-        first,
-        notify_count,
-        args.notify_rate,
-        args.patients,
-    )
-    .await?;
+    publish_paced(publisher.clone(), notify_bodies, args.notify_rate).await?;
     let expected = notify_count * args.subscriptions;
     let deadline = Instant::now() + Duration::from_secs(600);
     while receipts.lock().unwrap().events < expected {
