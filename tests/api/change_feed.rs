@@ -245,8 +245,14 @@ async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it
     let stream = {
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
+            // Paced, not flat out: a writer faster than a debug build's indexer on a loaded
+            // machine grows a backlog without end, and a search then times out waiting for it.
+            // 20 resources every 20 ms still keeps the indexer reading ahead.
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                pace.tick().await;
                 let mut tx = store.begin_write().await.unwrap();
                 let batch: Vec<NewVersion> = (0..20)
                     .map(|j| version(&format!("stream-{i}-{j}")))
