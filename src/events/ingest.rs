@@ -428,8 +428,48 @@ impl Batch {
         self.response.extend(other.response);
     }
 
+    /// Drops a triggering event repeating an earlier one's version (`write` inserts them
+    /// without `ON CONFLICT`, which kept the first).
+    fn keep_first_triggering_events(&mut self) {
+        let mut seen = HashSet::new();
+        let keep: Vec<bool> = (0..self.version.len())
+            .map(|k| {
+                seen.insert((
+                    self.version_type[k].clone(),
+                    self.version_id[k].clone(),
+                    self.version[k],
+                ))
+            })
+            .collect();
+        if !keep.contains(&false) {
+            return;
+        }
+        fn only<T>(items: &mut Vec<T>, keep: &[bool]) {
+            let mut k = 0;
+            items.retain(|_| {
+                k += 1;
+                keep[k - 1]
+            });
+        }
+        only(&mut self.version_type, &keep);
+        only(&mut self.version_id, &keep);
+        only(&mut self.version, &keep);
+        only(&mut self.version_org, &keep);
+        only(&mut self.version_message, &keep);
+        only(&mut self.version_code, &keep);
+        only(&mut self.version_focus, &keep);
+    }
+
     /// Stale entries, source states, triggering events and responses, in one round trip.
-    async fn write(self, tx: &mut WriteTx) -> Result<(), crate::store::StoreError> {
+    ///
+    /// Triggering events are inserted without `ON CONFLICT` (a unique-index probe before
+    /// every row and a confirmation record after it): a row names a version its message
+    /// wrote in this transaction (`EntryOutcome::written`), new to `resource_version`'s
+    /// primary key, and `event_version` rows are written only with their version, so one can
+    /// meet only another of this transaction. Each version's is kept once, the first, as
+    /// `ON CONFLICT DO NOTHING` kept it.
+    async fn write(mut self, tx: &mut WriteTx) -> Result<(), crate::store::StoreError> {
+        self.keep_first_triggering_events();
         let (mut so, mut st, mut ss, mut sv, mut si, mut stime, mut sm) = (
             Vec::new(),
             Vec::new(),
@@ -468,7 +508,6 @@ impl Batch {
                      (resource_type, id, version_id, org, message_id, event_code, focus)
                  SELECT * FROM unnest($18::text[], $19::text[], $20::bigint[], $21::text[],
                      $22::text[], $23::text[], $24::bool[])
-                 ON CONFLICT DO NOTHING
              )
              UPDATE event_idempotency e
              SET response = r.response::jsonb, created_at = clock_timestamp()
@@ -919,6 +958,8 @@ impl WriteHook for MessageHook<'_> {
         let mut vid = Vec::new();
         let mut vver = Vec::new();
         let mut vfocus = Vec::new();
+        // Each version's triggering event once: its row is inserted without `ON CONFLICT`.
+        let mut triggered = HashSet::new();
         for (i, (e, o)) in m.entries.iter().zip(outcomes).enumerate() {
             if stale.contains_key(&i) {
                 continue;
@@ -930,6 +971,7 @@ impl WriteHook for MessageHook<'_> {
                 ids.push(id.as_str());
                 if o.written
                     && let Some(version) = o.version_id
+                    && triggered.insert((e.resource_type.as_str(), id.as_str(), version))
                 {
                     vt.push(e.resource_type.as_str());
                     vid.push(id.as_str());
@@ -1054,7 +1096,6 @@ impl WriteHook for MessageHook<'_> {
                      (resource_type, id, version_id, org, message_id, event_code, focus)
                  SELECT t, i, v, $1, $2, $8, f
                  FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bool[]) AS x(t, i, v, f)
-                 ON CONFLICT DO NOTHING
              )
              UPDATE event_idempotency SET response = $13, created_at = clock_timestamp()
              WHERE org = $1 AND scope = 'message' AND key = $2",
@@ -1136,4 +1177,36 @@ pub fn error_response(base_url: &str, bundle: &Value, error: &MessageError) -> O
         &error.issues,
         Vec::new(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn a_versions_triggering_event_is_written_once_the_first() {
+        let mut batch = Batch::default();
+        for (t, id, v, message) in [
+            ("Patient", "p", 2, "m1"),
+            ("Encounter", "e", 1, "m1"),
+            ("Patient", "p", 2, "m2"),
+            ("Patient", "p", 3, "m2"),
+        ] {
+            batch.version_type.push(t.into());
+            batch.version_id.push(id.into());
+            batch.version.push(v);
+            batch.version_org.push("RX1".into());
+            batch.version_message.push(message.into());
+            batch.version_code.push("encounter-admitted-1".into());
+            batch.version_focus.push(t == "Encounter");
+        }
+        batch.keep_first_triggering_events();
+        assert_eq!(batch.version, vec![2, 1, 3]);
+        assert_eq!(batch.version_type, vec!["Patient", "Encounter", "Patient"]);
+        assert_eq!(batch.version_message, vec!["m1", "m1", "m2"]);
+        assert_eq!(batch.version_focus, vec![false, true, false]);
+        assert_eq!(batch.version_org.len(), 3);
+        assert_eq!(batch.version_code.len(), 3);
+        assert_eq!(batch.version_id, vec!["p", "e", "p"]);
+    }
 }

@@ -373,7 +373,11 @@ impl WriteTx {
         let mut compartments: Vec<Option<String>> = Vec::with_capacity(n);
         let mut compartment_keys: Vec<Option<i64>> = Vec::with_capacity(n);
         let mut hashes: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+        // Identifiers of replaced resources (some may already be held: `ON CONFLICT`) and of
+        // first versions (none can be: see below), each resource's once.
         let (mut it, mut ii, mut is, mut iv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut nt, mut ni, mut ns, mut nv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
         for v in versions() {
             types.push(v.resource_type.as_str());
             ids.push(v.id.as_str());
@@ -386,11 +390,20 @@ impl WriteTx {
             compartments.push(v.compartment.as_ref().map(|(_, c)| text_array(c)));
             compartment_keys.push(v.compartment.as_ref().map(|(k, _)| *k));
             hashes.push(v.content_hash.as_deref());
+            seen.clear();
             for (system, value) in &v.identifiers {
-                it.push(v.resource_type.as_str());
-                ii.push(v.id.as_str());
-                is.push(system.as_str());
-                iv.push(value.as_str());
+                if !seen.insert((system.as_str(), value.as_str())) {
+                    continue;
+                }
+                let (t, i, s, val) = if v.version_id > 1 {
+                    (&mut it, &mut ii, &mut is, &mut iv)
+                } else {
+                    (&mut nt, &mut ni, &mut ns, &mut nv)
+                };
+                t.push(v.resource_type.as_str());
+                i.push(v.id.as_str());
+                s.push(system.as_str());
+                val.push(value.as_str());
             }
         }
 
@@ -404,6 +417,13 @@ impl WriteTx {
         // change-feed row (a write used to be five). The parts touch different tables, except
         // the identifiers: the delete takes only rows the insert does not add, so the order in
         // which PostgreSQL runs them cannot matter.
+        //
+        // A first version (`version_id` 1) has no head and no identifier rows: both exist
+        // only for a resource with a version, and its version 1 would then already exist, so
+        // the `resource_version` insert would fail on its primary key whatever the others
+        // did. Its head and identifiers are therefore inserted without `ON CONFLICT`, which
+        // probes the unique index before every row and logs a confirmation record after it
+        // (most of what a message writes is new); a replaced resource's keep it.
         sqlx::query(
             "WITH versions AS (
                  INSERT INTO resource_version
@@ -414,6 +434,15 @@ impl WriteTx {
                              $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[],
                              $10::text[], $11::text[], $19::text[], $20::bigint[])
                       AS x(t, i, v, lu, d, m, c, ak, ai, ao, rq, pc, pk)
+             ), first_heads AS (
+                 INSERT INTO resource_head
+                   (resource_type, id, version_id, last_updated, deleted, author_org,
+                    content_hash)
+                 SELECT t, i, v, lu, d, ao, h
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
+                             $10::text[], $21::bytea[])
+                      AS x(t, i, v, lu, d, ao, h)
+                 WHERE v = 1
              ), heads AS (
                  INSERT INTO resource_head
                    (resource_type, id, version_id, last_updated, deleted, author_org,
@@ -422,6 +451,7 @@ impl WriteTx {
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bool[],
                              $10::text[], $21::bytea[])
                       AS x(t, i, v, lu, d, ao, h)
+                 WHERE v > 1
                  ON CONFLICT (resource_type, id) DO UPDATE
                    SET version_id = excluded.version_id,
                        last_updated = excluded.last_updated,
@@ -441,6 +471,9 @@ impl WriteTx {
                  INSERT INTO resource_identifier (resource_type, id, system, value)
                  SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::text[])
                  ON CONFLICT DO NOTHING
+             ), first_added AS (
+                 INSERT INTO resource_identifier (resource_type, id, system, value)
+                 SELECT * FROM unnest($22::text[], $23::text[], $24::text[], $25::text[])
              )
              INSERT INTO change_feed (resource_type, id, version_id, operation)
              SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $12::text[])",
@@ -466,6 +499,10 @@ impl WriteTx {
         .bind(&compartments)
         .bind(&compartment_keys)
         .bind(&hashes)
+        .bind(&nt)
+        .bind(&ni)
+        .bind(&ns)
+        .bind(&nv)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| {

@@ -339,6 +339,84 @@ async fn identifiers_follow_the_current_version() {
     );
 }
 
+/// A first version's head and identifiers are inserted without `ON CONFLICT` (none can
+/// exist yet); the store writes each identifier of a version once, whoever built the version,
+/// so one carried twice is stored once instead of failing the write. A replaced resource's
+/// identifiers still merge with those it keeps.
+#[tokio::test]
+async fn a_first_version_carrying_an_identifier_twice_stores_it_once() {
+    let app = TestApp::spawn().await;
+    let store = shcr::store::Store::from_pool(app.pool.clone());
+    let author = shcr::store::Author {
+        kind: "system",
+        id: "test".into(),
+        org: Some("RX1".into()),
+        request_id: None,
+    };
+    let version = |v: i64, identifiers: &[(&str, &str)]| shcr::store::NewVersion {
+        resource_type: "Patient".into(),
+        id: "twice".into(),
+        version_id: v,
+        last_updated: time::OffsetDateTime::now_utc(),
+        operation: if v == 1 {
+            shcr::store::Operation::Create
+        } else {
+            shcr::store::Operation::Update
+        },
+        method: if v == 1 { "POST" } else { "PUT" },
+        content: Some(json!({"resourceType": "Patient", "id": "twice"}).to_string()),
+        identifiers: identifiers
+            .iter()
+            .map(|(s, v)| (s.to_string(), v.to_string()))
+            .collect(),
+        compartment: None,
+        content_hash: None,
+    };
+    let identifiers = || {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT system, value FROM resource_identifier WHERE id = 'twice' ORDER BY 1, 2",
+        )
+        .fetch_all(&app.pool)
+    };
+    let pair = |s: &str, v: &str| (s.to_string(), v.to_string());
+
+    let mut tx = store.begin_write().await.unwrap();
+    tx.write(&[version(1, &[("s", "1"), ("s", "1"), ("", "2")])], &author)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        identifiers().await.unwrap(),
+        vec![pair("", "2"), pair("s", "1")]
+    );
+
+    let mut tx = store.begin_write().await.unwrap();
+    tx.write(
+        &[version(2, &[("s", "1"), ("s", "3"), ("s", "3")])],
+        &author,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        identifiers().await.unwrap(),
+        vec![pair("s", "1"), pair("s", "3")]
+    );
+    let head: (i64,) = sqlx::query_as("SELECT version_id FROM resource_head WHERE id = 'twice'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(head.0, 2);
+
+    // A version 1 of a resource that exists fails on its version row, as before.
+    let mut tx = store.begin_write().await.unwrap();
+    assert!(
+        tx.write(&[version(1, &[("s", "9")])], &author)
+            .await
+            .is_err()
+    );
+}
+
 async fn rows_of(app: &TestApp, sql: &'static str, id: &str) -> i64 {
     sqlx::query_scalar(sql)
         .bind(id)
