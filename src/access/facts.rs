@@ -222,7 +222,7 @@ pub async fn record(
     versions: &[NewVersion],
     author: &Author,
 ) -> Result<(), StoreError> {
-    prepare(tx, versions, author).await?.write(tx).await
+    prepare(tx, versions, &[], author).await?.write(tx).await
 }
 
 /// The relationship rows of written versions, not yet written: a group of units writes them
