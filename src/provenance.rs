@@ -4,6 +4,8 @@
 //! message it came in (entity) and when (recorded). Provenance and AuditEvent are not given
 //! Provenance of their own: that would never end.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -34,39 +36,60 @@ pub fn for_write(
     reason: Option<&str>,
 ) -> Vec<NewVersion> {
     let mut out = Vec::new();
+    // The same for every activity; serialised once.
+    let mut agent: Option<Box<RawValue>> = None;
     for op in [Operation::Create, Operation::Update, Operation::Delete] {
-        let targets: Vec<Value> = versions
+        let targets: Vec<Reference> = versions
             .iter()
             .filter(|v| v.operation == op && !exempt(&v.resource_type))
-            .map(|v| {
-                json!({"reference": format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id)})
+            .map(|v| Reference {
+                reference: format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id),
             })
             .collect();
         if targets.is_empty() {
             continue;
         }
+        let agent = match &agent {
+            Some(a) => a,
+            None => agent.insert(
+                serde_json::value::to_raw_value(&agents(author)).expect("agents serialise"),
+            ),
+        };
         let id = new_id();
-        let mut resource = json!({
-            "resourceType": "Provenance",
-            "id": id,
-            "meta": {"versionId": "1", "lastUpdated": format_instant(now)},
-            "target": targets,
-            "recorded": format_instant(now),
-            "activity": {"coding": [{
-                "system": DATA_OPERATION,
-                "code": op.as_str().to_ascii_uppercase(),
-            }]},
-            "agent": agents(author),
-        });
-        if let Some(request) = &author.request_id {
-            resource["entity"] = json!([{
-                "role": "source",
-                "what": {"identifier": {"system": REQUEST_SYSTEM, "value": request}},
-            }]);
-        }
-        if let Some(reason) = reason {
-            resource["reason"] = json!([{"text": reason}]);
-        }
+        let recorded = format_instant(now);
+        let code = op.as_str().to_ascii_uppercase();
+        // Written straight to text (no `Value` built and serialised), members in the order
+        // the resource always had.
+        let resource = Document {
+            resource_type: "Provenance",
+            id: &id,
+            meta: Meta {
+                version_id: "1",
+                last_updated: &recorded,
+            },
+            target: targets,
+            recorded: &recorded,
+            activity: Activity {
+                coding: [Coding {
+                    system: DATA_OPERATION,
+                    code: &code,
+                }],
+            },
+            agent,
+            entity: author.request_id.as_deref().map(|request| {
+                [Entity {
+                    role: "source",
+                    what: What {
+                        identifier: Identifier {
+                            system: REQUEST_SYSTEM,
+                            value: request,
+                        },
+                    },
+                }]
+            }),
+            reason: reason.map(|text| [Text { text }]),
+        };
+        let content = serde_json::to_string(&resource).expect("a Provenance serialises");
         out.push(NewVersion {
             resource_type: "Provenance".into(),
             id,
@@ -74,13 +97,75 @@ pub fn for_write(
             last_updated: now,
             operation: Operation::Create,
             method: "POST",
-            content: Some(resource.to_string()),
+            content: Some(content.into()),
             identifiers: Vec::new(),
             compartment: None,
             content_hash: None,
         });
     }
     out
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    id: &'a str,
+    meta: Meta<'a>,
+    target: Vec<Reference>,
+    recorded: &'a str,
+    activity: Activity<'a>,
+    agent: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<[Entity<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<[Text<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    #[serde(rename = "versionId")]
+    version_id: &'static str,
+    #[serde(rename = "lastUpdated")]
+    last_updated: &'a str,
+}
+
+#[derive(Serialize)]
+struct Reference {
+    reference: String,
+}
+
+#[derive(Serialize)]
+struct Activity<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'static str,
+    code: &'a str,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    role: &'static str,
+    what: What<'a>,
+}
+
+#[derive(Serialize)]
+struct What<'a> {
+    identifier: Identifier<'a>,
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    system: &'static str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Text<'a> {
+    text: &'a str,
 }
 
 /// The organisation as author, the system or user as performer acting on its behalf.
@@ -126,6 +211,91 @@ mod tests {
             identifiers: Vec::new(),
             compartment: None,
             content_hash: None,
+        }
+    }
+
+    /// The resource as it was built before it was written straight to text.
+    fn as_before(
+        id: &str,
+        op: Operation,
+        targets: Vec<Value>,
+        author: &Author,
+        now: OffsetDateTime,
+        reason: Option<&str>,
+    ) -> String {
+        let mut resource = json!({
+            "resourceType": "Provenance",
+            "id": id,
+            "meta": {"versionId": "1", "lastUpdated": format_instant(now)},
+            "target": targets,
+            "recorded": format_instant(now),
+            "activity": {"coding": [{
+                "system": DATA_OPERATION,
+                "code": op.as_str().to_ascii_uppercase(),
+            }]},
+            "agent": agents(author),
+        });
+        if let Some(request) = &author.request_id {
+            resource["entity"] = json!([{
+                "role": "source",
+                "what": {"identifier": {"system": REQUEST_SYSTEM, "value": request}},
+            }]);
+        }
+        if let Some(reason) = reason {
+            resource["reason"] = json!([{"text": reason}]);
+        }
+        resource.to_string()
+    }
+
+    #[test]
+    fn provenance_text_is_as_before() {
+        let now = crate::fhir::instant::now_millis();
+        for (author, reason) in [
+            (
+                Author {
+                    kind: "system",
+                    id: "rx1-\"pas\"".into(),
+                    org: Some("RX1".into()),
+                    request_id: Some("req-1".into()),
+                },
+                None,
+            ),
+            (
+                Author {
+                    kind: "user",
+                    id: "u1".into(),
+                    org: None,
+                    request_id: None,
+                },
+                Some("merge: same person \u{e9}"),
+            ),
+        ] {
+            let out = for_write(
+                &[
+                    version("Patient", Operation::Update),
+                    version("Encounter", Operation::Create),
+                    version("Observation", Operation::Delete),
+                ],
+                &author,
+                now,
+                reason,
+            );
+            assert_eq!(out.len(), 3);
+            for (v, (op, target)) in out.iter().zip([
+                (Operation::Create, "Encounter/x/_history/2"),
+                (Operation::Update, "Patient/x/_history/2"),
+                (Operation::Delete, "Observation/x/_history/2"),
+            ]) {
+                let expected = as_before(
+                    &v.id,
+                    op,
+                    vec![json!({"reference": target})],
+                    &author,
+                    now,
+                    reason,
+                );
+                assert_eq!(v.content.as_deref(), Some(expected.as_str()));
+            }
         }
     }
 

@@ -222,7 +222,7 @@ pub async fn record(
     versions: &[NewVersion],
     author: &Author,
 ) -> Result<(), StoreError> {
-    prepare(tx, versions, author).await?.write(tx).await
+    prepare(tx, versions, &[], author).await?.write(tx).await
 }
 
 /// The relationship rows of written versions, not yet written: a group of units writes them
@@ -302,30 +302,40 @@ impl PendingFacts {
 }
 
 /// Derives the access facts of written versions: Consents' restrictions are written at once;
-/// the care relationships are returned to be written (`PendingFacts::write`).
+/// the care relationships are returned to be written (`PendingFacts::write`). `resources`
+/// may hold, by position, a version's resource exactly as its `content` was serialised from
+/// (the writer has it at hand); a version without one has its content parsed.
 pub async fn prepare(
     tx: &mut WriteTx,
     versions: &[NewVersion],
+    resources: &[Option<Value>],
     author: &Author,
 ) -> Result<PendingFacts, StoreError> {
     let mut replaced_types: Vec<&str> = Vec::new();
     let mut replaced_ids: Vec<&str> = Vec::new();
     let mut relationships: Vec<(&NewVersion, Relationship)> = Vec::new();
-    for v in versions
-        .iter()
-        .filter(|v| FACT_TYPES.contains(&v.resource_type.as_str()))
-    {
-        let resource: Option<Value> = v
-            .content
-            .as_deref()
-            .and_then(|c| serde_json::from_str(c).ok());
+    for (k, v) in versions.iter().enumerate() {
+        if !FACT_TYPES.contains(&v.resource_type.as_str()) {
+            continue;
+        }
+        let parsed: Option<Value>;
+        let resource: Option<&Value> = match resources.get(k) {
+            Some(Some(r)) if v.content.is_some() => Some(r),
+            _ => {
+                parsed = v
+                    .content
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok());
+                parsed.as_ref()
+            }
+        };
         if v.resource_type == "Consent" {
-            record_consent(tx, v, resource.as_ref()).await?;
+            record_consent(tx, v, resource).await?;
             continue;
         }
         replaced_types.push(&v.resource_type);
         replaced_ids.push(&v.id);
-        if let Some(rel) = resource.as_ref().and_then(|r| {
+        if let Some(rel) = resource.and_then(|r| {
             relationship(
                 &v.resource_type,
                 &v.id,

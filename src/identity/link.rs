@@ -558,7 +558,7 @@ fn person_versions(
                 operation
             },
             method,
-            content: Some(resource.to_string()),
+            content: Some(resource.to_string().into()),
             identifiers,
             // Written without the search registry: a read decides it from its content.
             compartment: None,

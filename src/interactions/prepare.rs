@@ -71,6 +71,8 @@ pub fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: Offs
 /// trust re-sending what it sent before, as every ADT message re-sends the patient).
 /// Object keys are taken in their stored order, so the same content sent with its keys in
 /// another order gets another digest and is written as a new version: never the other way.
+/// (The reference for `content_and_hash`, which the write path uses.)
+#[cfg(test)]
 pub fn content_hash(resource: &Value) -> Vec<u8> {
     use sha2::Digest;
     struct Sink<'a>(&'a mut sha2::Sha256);
@@ -109,6 +111,57 @@ pub fn content_hash(resource: &Value) -> Vec<u8> {
         }
     }
     hasher.finalize().to_vec()
+}
+
+/// `(resource.to_string(), content_hash(resource))` from one serialisation: the digest is
+/// taken over the serialised text of each top-level member it covers (`"key":value,` is
+/// exactly what `content_hash` feeds it), so the resource is serialised once, not twice.
+/// Digests already stored on heads stay comparable: the bytes hashed are the same.
+pub fn content_and_hash(resource: &Value) -> (String, Vec<u8>) {
+    use sha2::Digest;
+    let Value::Object(object) = resource else {
+        // Never the case for a stored resource (checked to be an object).
+        let text = resource.to_string();
+        return (text, sha2::Sha256::new().finalize().to_vec());
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    out.push(b'{');
+    for (n, (key, value)) in object.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let start = out.len();
+        // Serialising into memory cannot fail (keys are strings, numbers are finite).
+        let _ = serde_json::to_writer(&mut out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, value);
+        match (key.as_str(), value) {
+            ("id", _) => {}
+            ("meta", Value::Object(meta)) => {
+                let rest: Map<String, Value> = meta
+                    .iter()
+                    .filter(|(k, _)| *k != "versionId" && *k != "lastUpdated")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !rest.is_empty() {
+                    let mut member = Vec::new();
+                    let _ = serde_json::to_writer(&mut member, key);
+                    member.push(b':');
+                    let _ = serde_json::to_writer(&mut member, &Value::Object(rest));
+                    hasher.update(&member);
+                    hasher.update(b",");
+                }
+            }
+            _ => {
+                hasher.update(&out[start..]);
+                hasher.update(b",");
+            }
+        }
+    }
+    out.push(b'}');
+    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    (text, hasher.finalize().to_vec())
 }
 
 /// `(system, value)` of the resource's business identifiers (`identifier`, single or repeated).
@@ -156,6 +209,37 @@ mod tests {
             content_hash(&json!({"a": "b,c", "d": 1})),
             content_hash(&json!({"a": "b", "c,d": 1}))
         );
+    }
+
+    /// The write path's one-pass text and digest are exactly `to_string` and `content_hash`:
+    /// digests stored on heads by earlier builds keep matching.
+    #[test]
+    fn content_and_hash_is_to_string_and_content_hash() {
+        let t = crate::fhir::instant::now_millis();
+        let mut stamped = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "meta": {"profile": ["p"], "security": [{"code": "R"}]},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8", "display": "é \"q\" \\ \u{1}"}]},
+            "valueQuantity": {"value": 1.5e-7, "unit": "mg"},
+            "component": [{"valueInteger": -3}, {"valueBoolean": true}, {"valueString": null}],
+            "extension": [],
+            "note": {}
+        });
+        stamp(&mut stamped, "abc", 3, t);
+        let cases = [
+            stamped,
+            json!({"resourceType": "Patient", "gender": "male"}),
+            json!({"resourceType": "Patient", "id": "x", "meta": {"versionId": "1"}}),
+            json!({"meta": "not an object", "id": 7}),
+            json!({}),
+            json!({"a": "b,c", "d": 1}),
+        ];
+        for r in &cases {
+            let (text, hash) = content_and_hash(r);
+            assert_eq!(text, r.to_string());
+            assert_eq!(hash, content_hash(r), "{r}");
+        }
     }
 
     #[test]

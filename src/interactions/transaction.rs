@@ -19,7 +19,7 @@ use crate::store::{
 use super::Repository;
 use super::criteria::Criteria;
 use super::error::Error;
-use super::prepare::{check_resource, content_hash, identifiers, resource_id, stamp};
+use super::prepare::{check_resource, content_and_hash, identifiers, resource_id, stamp};
 use super::references::{conditional_references, rewrite};
 
 #[derive(Debug, Clone)]
@@ -814,6 +814,9 @@ impl Repository {
         // stored version carries the labels the current mapping asks for.
         let sensitivity = self.labels.get();
         let mut versions: Vec<NewVersion> = Vec::new();
+        // By position in `versions`: the resource of a version whose access facts it may
+        // change, as its content was serialised from (the facts need not parse it again).
+        let mut fact_resources: Vec<Option<Value>> = Vec::new();
         // Per entry: (status, index into `versions`) or an outcome decided without writing.
         let mut results: Vec<Option<(u16, usize)>> = vec![None; entries.len()];
         let mut unchanged: HashMap<usize, EntryOutcome> = HashMap::new();
@@ -831,8 +834,9 @@ impl Repository {
                     sensitivity.apply(&mut resource);
                     stamp(&mut resource, &id, 1, now);
                     results[i] = Some((201, versions.len()));
+                    let (content, hash) = content_and_hash(&resource);
                     versions.push(NewVersion {
-                        content_hash: Some(content_hash(&resource)),
+                        content_hash: Some(hash),
                         ..new_version(
                             rt,
                             &id,
@@ -840,10 +844,12 @@ impl Repository {
                             now,
                             Operation::Create,
                             "POST",
-                            Some(&resource),
+                            Some((&resource, content)),
                             self.compartments.as_ref(),
                         )
                     });
+                    fact_resources
+                        .push(crate::access::facts::changes_facts(rt).then_some(resource));
                 }
                 Plan::Update {
                     id,
@@ -876,7 +882,7 @@ impl Repository {
                     stamp(&mut resource, &id, version, now);
                     // The current content again: answered with the current version, nothing
                     // written (see `content_hash`).
-                    let hash = content_hash(&resource);
+                    let (content, hash) = content_and_hash(&resource);
                     if let Some(h) = head.filter(|h| !h.deleted)
                         && hashes.get(&(rt.clone(), id.clone())) == Some(&hash)
                     {
@@ -909,10 +915,12 @@ impl Repository {
                             now,
                             operation,
                             "PUT",
-                            Some(&resource),
+                            Some((&resource, content)),
                             self.compartments.as_ref(),
                         )
                     });
+                    fact_resources
+                        .push(crate::access::facts::changes_facts(rt).then_some(resource));
                 }
                 Plan::Delete { id, if_match } => {
                     let head = heads.get(&(rt.clone(), id.clone()));
@@ -938,6 +946,7 @@ impl Repository {
                                 None,
                                 self.compartments.as_ref(),
                             ));
+                            fact_resources.push(None);
                         }
                         // Deleting what is already gone (or never was) succeeds without a new version.
                         _ => {
@@ -1019,7 +1028,8 @@ impl Repository {
         // Access facts first: linking takes blocking-key locks that other linkers wait for
         // until this commits, so nothing that does not need them runs after it.
         // (In a group without savepoints, the group writes them for every unit at once.)
-        let facts = crate::access::facts::prepare(tx, &versions, author).await?;
+        let facts = crate::access::facts::prepare(tx, &versions, &fact_resources, author).await?;
+        drop(fact_resources);
         let facts = if known.group_writes {
             Some(facts)
         } else {
@@ -1091,10 +1101,12 @@ impl Repository {
             mut unchanged,
             ..
         } = staged;
+        // Moved out, not copied: each written outcome carries its resource's text.
+        let mut pending: Vec<Option<EntryOutcome>> = pending.into_iter().map(Some).collect();
         let mut outcomes = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             if results[i].is_some() {
-                outcomes.push(pending[i].clone());
+                outcomes.push(pending[i].take().expect("one pending outcome per entry"));
             } else if let Some(outcome) = unchanged.remove(&i) {
                 if outcome.status == 200 && outcome.content.is_none() && outcome.id.is_some() {
                     let id = outcome.id.clone().unwrap_or_default();
@@ -1128,7 +1140,7 @@ fn written_outcome(status: u16, v: &NewVersion) -> EntryOutcome {
         id: Some(v.id.clone()),
         version_id: Some(v.version_id),
         last_updated: Some(v.last_updated),
-        content: v.content.clone(),
+        content: v.content.as_deref().map(str::to_string),
         message: format!(
             "{}/{} {verb} (version {})",
             v.resource_type, v.id, v.version_id
@@ -1155,9 +1167,14 @@ fn new_version(
     last_updated: OffsetDateTime,
     operation: Operation,
     method: &'static str,
-    resource: Option<&Value>,
+    // The resource and its serialised text (`content_and_hash`).
+    resource: Option<(&Value, String)>,
     compartments: Option<&(Arc<Registry>, i64)>,
 ) -> NewVersion {
+    let (resource, content) = match resource {
+        Some((r, text)) => (Some(r), Some(text)),
+        None => (None, None),
+    };
     let compartment = match (resource, compartments) {
         (Some(r), Some((registry, key))) => Some((
             *key,
@@ -1173,7 +1190,7 @@ fn new_version(
         last_updated,
         operation,
         method,
-        content: resource.map(|r| r.to_string()),
+        content: content.map(Into::into),
         identifiers: resource.map(identifiers).unwrap_or_default(),
         compartment,
         // Set by the caller, which may have computed it already.

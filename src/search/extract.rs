@@ -197,7 +197,7 @@ fn object<'a>(n: &Node<'a>) -> Option<&'a Map<String, Value>> {
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    obj.get(key).and_then(Value::as_str)
+    super::fhirpath::object_get(obj, key).and_then(Value::as_str)
 }
 
 fn owned(s: Option<&str>) -> Option<String> {

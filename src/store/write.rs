@@ -53,8 +53,10 @@ pub struct NewVersion {
     pub operation: Operation,
     /// HTTP method recorded in history (POST, PUT, DELETE).
     pub method: &'static str,
-    /// Serialised resource; `None` for a deletion.
-    pub content: Option<String>,
+    /// Serialised resource; `None` for a deletion. Shared: a unit's versions are handed to the
+    /// deferred write, its outcomes and its identity links, and copying each resource's text
+    /// for each was a measurable share of the consumer's CPU.
+    pub content: Option<std::sync::Arc<str>>,
     /// `(system, value)` business identifiers of the new version (empty for deletions).
     pub identifiers: Vec<(String, String)>,
     /// The version's patient-compartment references and the key of the extraction that found

@@ -23,7 +23,7 @@ fn version(id: &str) -> NewVersion {
         last_updated: now_millis(),
         operation: Operation::Create,
         method: "POST",
-        content: Some(format!(r#"{{"resourceType":"Basic","id":"{id}"}}"#)),
+        content: Some(format!(r#"{{"resourceType":"Basic","id":"{id}"}}"#).into()),
         identifiers: vec![],
         compartment: None,
         content_hash: None,

@@ -35,6 +35,7 @@ mod parser;
 use serde_json::Value;
 
 pub use check::StaticTypes;
+pub(crate) use eval::get as object_get;
 pub use model::FhirType;
 use model::MODEL;
 use parser::Expr;
