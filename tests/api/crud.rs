@@ -364,7 +364,11 @@ async fn a_first_version_carrying_an_identifier_twice_stores_it_once() {
             shcr::store::Operation::Update
         },
         method: if v == 1 { "POST" } else { "PUT" },
-        content: Some(json!({"resourceType": "Patient", "id": "twice"}).to_string()),
+        content: Some(
+            json!({"resourceType": "Patient", "id": "twice"})
+                .to_string()
+                .into(),
+        ),
         identifiers: identifiers
             .iter()
             .map(|(s, v)| (s.to_string(), v.to_string()))
