@@ -245,10 +245,11 @@ async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it
     let stream = {
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
-            // Paced, not flat out: a writer faster than a debug build's indexer on a loaded
-            // machine grows a backlog without end, and a search then times out waiting for it.
-            // 20 resources every 20 ms still keeps the indexer reading ahead.
-            let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
+            // Paced, not flat out: a writer faster than a debug build's indexer grows a backlog
+            // without end, and a search then times out waiting for it (20 resources every
+            // 20 ms did, on a slow 2-core machine). Every 100 ms still lands between the
+            // indexer's 50 ms reads, so it keeps reading ahead.
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
             pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -275,7 +276,7 @@ async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let streamed = stream.await.unwrap();
     assert!(
-        streamed > 20,
+        streamed >= 5,
         "the writes streamed alongside: {streamed} batches"
     );
 }
