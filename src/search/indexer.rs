@@ -727,22 +727,9 @@ async fn fetch(
     // After the wait: a search that woke the indexer took its ticket before, and this read
     // starts after it.
     let generation = shared.next_generation.fetch_add(1, Ordering::SeqCst);
-    let mut poll = store.poll_feed(position, BATCH).await?;
-    // A full batch of rows above the xmin (another transaction in the cluster still runs),
-    // all applied already: the position cannot pass them, so read on after them, or the
-    // rows past the batch would wait for that transaction while searches are told the
-    // index has caught up. A row settled in a later batch means every row before it is
-    // settled too (rows come in txid order), and all of those were applied.
-    while poll.more
-        && poll.ordered.is_empty()
-        && poll
-            .above
-            .iter()
-            .all(|c| applied_above.contains(&c.position))
-        && let Some(last) = poll.above.last().map(|c| c.position)
-    {
-        poll = store.poll_feed(last, BATCH).await?;
-    }
+    let poll = store
+        .poll_feed_past(position, BATCH, &applied_above)
+        .await?;
     let mut changed: Vec<&Change> = poll.ordered.iter().collect();
     changed.extend(
         poll.above

@@ -4,6 +4,8 @@
 //! transaction still running, so every row that can still appear sorts after every position
 //! already handed out: the feed has no gaps even when transactions commit out of order.
 
+use std::collections::HashSet;
+
 use sqlx::Row;
 use time::OffsetDateTime;
 
@@ -145,6 +147,29 @@ impl Store {
             } else {
                 poll.above.push(change);
             }
+        }
+        Ok(poll)
+    }
+
+    /// `poll_feed` for a follower that acts on rows above the xmin early and remembers them in
+    /// `seen`: a full batch made only of such rows is read past. Its position cannot move over
+    /// them (a transaction below them still runs), and without reading on, rows after the
+    /// batch would wait for that transaction while the follower believes it has caught up. A
+    /// settled row in a later batch means every row before it is settled too (rows come in
+    /// txid order and the xmin only rises), and all of those were seen.
+    pub async fn poll_feed_past(
+        &self,
+        after: FeedPosition,
+        limit: i64,
+        seen: &HashSet<FeedPosition>,
+    ) -> Result<FeedPoll, StoreError> {
+        let mut poll = self.poll_feed(after, limit).await?;
+        while poll.more
+            && poll.ordered.is_empty()
+            && poll.above.iter().all(|c| seen.contains(&c.position))
+            && let Some(last) = poll.above.last().map(|c| c.position)
+        {
+            poll = self.poll_feed(last, limit).await?;
         }
         Ok(poll)
     }

@@ -271,6 +271,94 @@ async fn a_receiver_that_fails_then_recovers_gets_every_notification_numbered_wi
     receiver.handle.stop(false).await;
 }
 
+/// A transaction that has written and not finished holds the change feed's horizon for the
+/// whole cluster (any database): changes committed meanwhile are above it. They must still be
+/// notified at once, handshake included, and not a second time once the horizon passes them.
+#[tokio::test]
+async fn notifications_flow_while_an_older_transaction_runs_and_are_not_repeated_after_it() {
+    let app = fast_app().await;
+    let receiver = Receiver::start().await;
+    let mut older = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+
+    let sub = app.create(&subscription(&receiver.url, "id-only")).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    eventually(
+        "the handshake while the older transaction runs",
+        30,
+        || async { !receiver.of_type("handshake").is_empty() },
+    )
+    .await;
+    let token = app.trust_token("RX1");
+    let send = |k: u64| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            let m = admission(
+                "RX1",
+                &format!("m-{k}"),
+                &at(k),
+                &format!("P{k}"),
+                &format!("E{k}"),
+                "Smith",
+            );
+            let (status, r) = post_message(app, &token, &m).await;
+            assert_eq!(status, 200, "{r}");
+        }
+    };
+    let numbers = || {
+        receiver
+            .of_type("event-notification")
+            .iter()
+            .flat_map(event_numbers)
+            .collect::<Vec<i64>>()
+    };
+    send(1).await;
+    send(2).await;
+    eventually(
+        "notifications while the older transaction runs",
+        30,
+        || async { numbers().len() >= 2 },
+    )
+    .await;
+    let early: i64 = sqlx::query_scalar("SELECT count(*) FROM subscription_dispatched_early")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(early > 0, "the changes were dispatched above the horizon");
+
+    older.rollback().await.unwrap();
+    send(3).await;
+    eventually("the notification after it", 30, || async {
+        numbers().len() >= 3
+    })
+    .await;
+    eventually("the cursor past the early changes", 30, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM subscription_dispatched_early")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    // One more dispatch round after the cursor passed them: nothing is numbered again.
+    send(4).await;
+    eventually("the last notification", 30, || async {
+        numbers().len() >= 4
+    })
+    .await;
+    assert_eq!(numbers(), vec![1, 2, 3, 4], "in order, no gaps, no repeats");
+    let status = status_of(&app, &id).await;
+    assert_eq!(
+        parameter(&status, "events-since-subscription-start")["valueString"],
+        "4"
+    );
+    receiver.handle.stop(false).await;
+}
+
 #[tokio::test]
 async fn a_receiver_that_never_answers_puts_the_subscription_in_error() {
     let app = TestApp::spawn_with(|s| {

@@ -1,10 +1,12 @@
 //! Follows the change feed from a persisted cursor and turns changes into numbered
 //! subscription events. One dispatcher works at a time across replicas (the cursor row is
 //! locked with SKIP LOCKED); the cursor, the new events and the counters move in one
-//! transaction, so a crash repeats a batch but never loses or doubles an event. Delivery
+//! transaction, so a crash repeats a batch but never loses or doubles an event. Changes
+//! committed above the feed's horizon (an older transaction still runs somewhere in the
+//! cluster) are numbered at once and remembered until the cursor passes them. Delivery
 //! workers are woken with NOTIFY once per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,20 +47,10 @@ impl Dispatcher {
             if *shutdown.borrow() {
                 break;
             }
-            // Drain. The feed only hands out a transaction once no older one is still running,
-            // so while rows exist past the cursor that are not yet safe, look again shortly.
-            let mut waits = 0;
+            // Drain.
             loop {
                 match self.run_once().await {
                     Ok(Step::Moved) => continue,
-                    // Bounded, so a long transaction elsewhere in the cluster (it holds the feed
-                    // horizon) costs a poll interval, and shutdown is still seen.
-                    Ok(Step::Waiting) if waits < 20 => {
-                        waits += 1;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                    Ok(Step::Waiting) => break,
                     Ok(Step::Idle) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "subscription dispatcher failed; retrying");
@@ -92,27 +84,37 @@ impl Dispatcher {
             txid: cursor.try_get("txid")?,
             seq: cursor.try_get("seq")?,
         };
-        let changes = self
+        // Rows above the feed's horizon (committed while an older transaction anywhere in the
+        // cluster still runs) are dispatched at once and remembered until the cursor passes
+        // them: waiting for the horizon held every notification, handshakes included, for as
+        // long as the oldest writing transaction in the cluster ran.
+        let early: HashSet<FeedPosition> =
+            sqlx::query_as::<_, (i64, i64)>("SELECT txid, seq FROM subscription_dispatched_early")
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(txid, seq)| FeedPosition { txid, seq })
+                .collect();
+        let poll = self
             .store
-            .changes_after(cursor, BATCH)
+            .poll_feed_past(cursor, BATCH, &early)
             .await
             .map_err(store_err)?;
-        if changes.is_empty() {
-            // Not `EXISTS (…)`: its generic plan scans the whole feed (~14 ms at 200k rows,
-            // every 100 ms); the first row in index order is one index probe.
-            let pending: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM change_feed WHERE (txid, seq) > ($1::text::xid8, $2)
-                 ORDER BY txid, seq LIMIT 1",
-            )
-            .bind(cursor.txid.to_string())
-            .bind(cursor.seq)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Ok(if pending.is_some() {
-                Step::Waiting
-            } else {
-                Step::Idle
-            });
+        let next_cursor = poll.ordered.last().map_or(cursor, |c| c.position);
+        let dispatched_early: Vec<FeedPosition> = poll
+            .above
+            .iter()
+            .map(|c| c.position)
+            .filter(|p| !early.contains(p))
+            .collect();
+        let changes: Vec<Change> = poll
+            .ordered
+            .into_iter()
+            .chain(poll.above)
+            .filter(|c| !early.contains(&c.position))
+            .collect();
+        if changes.is_empty() && next_cursor == cursor {
+            return Ok(Step::Idle);
         }
         for change in changes.iter().filter(|c| c.resource_type == "Subscription") {
             self.sync_subscription(&mut tx, change).await?;
@@ -124,15 +126,37 @@ impl Dispatcher {
         if !active.is_empty() {
             new_events = self.number_events(&mut tx, &changes, &mut active).await?;
         }
-        let last = changes.last().expect("not empty").position;
-        sqlx::query(
-            "UPDATE subscription_cursor SET txid = $1, seq = $2, updated_at = now()
-             WHERE name = 'subscriptions'",
-        )
-        .bind(last.txid)
-        .bind(last.seq)
-        .execute(&mut *tx)
-        .await?;
+        if !dispatched_early.is_empty() {
+            let txids: Vec<i64> = dispatched_early.iter().map(|p| p.txid).collect();
+            let seqs: Vec<i64> = dispatched_early.iter().map(|p| p.seq).collect();
+            sqlx::query(
+                "INSERT INTO subscription_dispatched_early (txid, seq)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+            )
+            .bind(&txids)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if next_cursor != cursor {
+            if early.iter().any(|p| *p <= next_cursor) {
+                sqlx::query(
+                    "DELETE FROM subscription_dispatched_early WHERE (txid, seq) <= ($1, $2)",
+                )
+                .bind(next_cursor.txid)
+                .bind(next_cursor.seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE subscription_cursor SET txid = $1, seq = $2, updated_at = now()
+                 WHERE name = 'subscriptions'",
+            )
+            .bind(next_cursor.txid)
+            .bind(next_cursor.seq)
+            .execute(&mut *tx)
+            .await?;
+        }
         if new_events > 0 {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(EVENTS_CHANNEL)
@@ -425,10 +449,8 @@ impl Dispatcher {
 }
 
 pub enum Step {
-    /// Changes were consumed; there may be more.
+    /// Changes were consumed or the cursor moved; there may be more.
     Moved,
-    /// Rows exist past the cursor but are not yet safe to hand out.
-    Waiting,
     Idle,
 }
 
