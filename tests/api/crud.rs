@@ -421,6 +421,55 @@ async fn a_first_version_carrying_an_identifier_twice_stores_it_once() {
     );
 }
 
+/// Identifier criteria as conditional operations ask them (`WriteTx::find_by_identifier`):
+/// by value with or without a system, `|value` (no system), `system|` (any value), each
+/// resource once however many of its identifiers match, and every match.
+#[tokio::test]
+async fn identifier_queries_find_each_matching_resource_once() {
+    let app = TestApp::spawn().await;
+    // The statement reads `resource_identifier` alone.
+    sqlx::query(
+        "INSERT INTO resource_identifier (resource_type, id, system, value) VALUES
+             ('Patient', 'a', 'sA', 'X'), ('Patient', 'a', 'sB', 'X'), ('Patient', 'a', 'sA', 'Y'),
+             ('Patient', 'a', '', 'Z'), ('Patient', 'b', 'sA', 'X'), ('Patient', 'b', '', 'X'),
+             ('Patient', 'c', 'sA', 'W'), ('Practitioner', 'a', 'sA', 'X')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let q = |t: &str, s: Option<&str>, v: Option<&str>| shcr::store::IdentifierQuery {
+        resource_type: t.into(),
+        system: s.map(Into::into),
+        value: v.map(Into::into),
+    };
+    let cases: Vec<(shcr::store::IdentifierQuery, Vec<&str>)> = vec![
+        (q("Patient", None, Some("X")), vec!["a", "b"]),
+        (q("Patient", Some("sA"), Some("X")), vec!["a", "b"]),
+        (q("Patient", Some("sB"), Some("X")), vec!["a"]),
+        (q("Patient", Some(""), Some("X")), vec!["b"]),
+        (q("Patient", Some("sA"), None), vec!["a", "b", "c"]),
+        (q("Patient", Some(""), None), vec!["a", "b"]),
+        (q("Patient", Some("sC"), None), vec![]),
+        (q("Patient", None, Some("Z")), vec!["a"]),
+        (q("Patient", Some(""), Some("Z")), vec!["a"]),
+        (q("Patient", Some("sA"), Some("Z")), vec![]),
+        (q("Practitioner", None, Some("X")), vec!["a"]),
+        (q("Practitioner", Some("sA"), None), vec!["a"]),
+        (q("Patient", None, Some("nope")), vec![]),
+        (q("Patient", Some("sA"), Some("X")), vec!["a", "b"]),
+    ];
+    let store = shcr::store::Store::from_pool(app.pool.clone());
+    let mut tx = store.begin_write().await.unwrap();
+    let queries: Vec<_> = cases.iter().map(|(q, _)| q.clone()).collect();
+    let found = tx.find_by_identifier(&queries).await.unwrap();
+    let expected: Vec<Vec<String>> = cases
+        .iter()
+        .map(|(_, ids)| ids.iter().map(|id| id.to_string()).collect())
+        .collect();
+    assert_eq!(found, expected);
+    assert!(tx.find_by_identifier(&[]).await.unwrap().is_empty());
+}
+
 async fn rows_of(app: &TestApp, sql: &'static str, id: &str) -> i64 {
     sqlx::query_scalar(sql)
         .bind(id)

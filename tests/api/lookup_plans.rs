@@ -80,3 +80,78 @@ async fn head_loads_probe_the_primary_key_after_the_tables_have_grown() {
         );
     }
 }
+
+/// A group's identifier criteria (`WriteTx::find_by_identifier`) probe the identifier indexes
+/// even where a join would be planned as a hash join over a sequential scan: a new database
+/// (no statistics, autovacuum off) whose `resource_identifier` holds some tens of thousands of
+/// rows, as in the events bench's first minutes.
+#[tokio::test]
+async fn identifier_criteria_probe_the_indexes_of_a_table_without_statistics() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect_with(&db.url, 2, Duration::from_secs(1))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    sqlx::query("ALTER TABLE resource_identifier SET (autovacuum_enabled = false)")
+        .execute(store.pool())
+        .await
+        .expect("autovacuum off");
+    let sys = |what: &str| format!("https://fhir.rx1.example.nhs.uk/Id/{what}");
+    // 7,000 messages' identifiers: 1,000 patients, an Encounter and three Observations each.
+    sqlx::query(
+        "INSERT INTO resource_identifier (resource_type, id, system, value)
+         SELECT 'Patient', 'p' || p, $1, 'P' || p FROM generate_series(0, 999) p
+         UNION ALL
+         SELECT 'Encounter', 'e' || k, $2, 'E' || k FROM generate_series(0, 6999) k
+         UNION ALL
+         SELECT 'Observation', 'o' || k || '-' || j, $3, 'O' || k || '-' || j
+         FROM generate_series(0, 6999) k, generate_series(0, 2) j",
+    )
+    .bind(sys("local-patient-identifier"))
+    .bind(sys("encounter"))
+    .bind(sys("observation"))
+    .execute(store.pool())
+    .await
+    .expect("rows");
+    // A group of 32 messages, the last 10 already stored.
+    let query = |t: &str, s: String, v: String| shcr::store::IdentifierQuery {
+        resource_type: t.into(),
+        system: Some(s),
+        value: Some(v),
+    };
+    let mut queries = Vec::new();
+    for k in 6990..7022 {
+        queries.push(query(
+            "Patient",
+            sys("local-patient-identifier"),
+            format!("P{}", k % 1000),
+        ));
+        queries.push(query("Encounter", sys("encounter"), format!("E{k}")));
+        for j in 0..3 {
+            queries.push(query(
+                "Observation",
+                sys("observation"),
+                format!("O{k}-{j}"),
+            ));
+        }
+    }
+    let mut tx = store.begin_write().await.expect("begin");
+    let found = tx.find_by_identifier(&queries).await.expect("find");
+    let (seq_scans, index_scans): (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables
+         WHERE relname = 'resource_identifier'",
+    )
+    .fetch_one(tx.connection().await.expect("connection"))
+    .await
+    .expect("this transaction's scans");
+    assert_eq!(
+        found.iter().filter(|ids| !ids.is_empty()).count(),
+        32 + 10 * 4
+    );
+    assert_eq!(found[0], vec!["p990".to_string()]);
+    assert_eq!(
+        (seq_scans, index_scans),
+        (0, 160),
+        "one index probe per criterion, no sequential scan"
+    );
+}
