@@ -14,10 +14,10 @@ use tantivy::{Index, TantivyDocument};
 use super::compartments::patient_params;
 use super::extract::{Extracted, IndexValue, extract_some, text_content};
 use super::params::{ParamType, Registry};
-use super::terms::{ANY, hex_f64, hex_i64, join, quantity_qualifiers};
+use super::terms::{ANY, hex_f64, hex_i64, join, local, quantity_qualifiers};
 
 /// Bumped whenever the document layout changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The `_id` parameter: not indexed as a token, the planner answers it from `key`.
 pub const ID: &str = "_id";
@@ -254,7 +254,7 @@ fn add_values(
                     if let (true, Some(t), Some(id)) = (is_local(url, base), resource_type, id) {
                         // No any-type term: the planner expands a bare id to the parameter's
                         // target types.
-                        doc.add_text(f.reference, join(&[code, &format!("{t}/{id}")]));
+                        doc.add_text(f.reference, join(&[code, &local(t, id)]));
                     } else {
                         doc.add_text(f.reference, join(&[code, url]));
                     }
@@ -313,7 +313,7 @@ pub fn document(
     let mut doc = TantivyDocument::new();
     doc.add_text(f.resource_type, row.resource_type);
     doc.add_text(f.id, row.id);
-    doc.add_text(f.key, format!("{}/{}", row.resource_type, row.id));
+    doc.add_text(f.key, local(row.resource_type, row.id));
     doc.add_i64(f.version, row.version_id);
     doc.add_i64(f.last_updated, row.last_updated_micros);
     if let Some(org) = row.author_org {
@@ -575,10 +575,11 @@ mod tests {
                 .doc_freq(&Term::from_field_text(field, text))
                 .expect("doc_freq")
         };
-        assert_eq!(
-            freq(f.key, "Observation/7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"),
-            1
-        );
+        let id = "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70";
+        assert_eq!(freq(f.key, &local("Observation", id)), 1);
+        // The key and references of a UUID id hold it in 22 characters, not its 36 (see
+        // `terms::local`).
+        assert_eq!(freq(f.key, &format!("Observation/{id}")), 0);
         for system in [String::new(), ANY.to_string()] {
             let id = join(&[ID, &system, "7d0c4a52-93b1-4e6f-8a2d-1c5e9f3b6a70"]);
             assert_eq!(freq(f.token, &id), 0, "{id}");
@@ -586,11 +587,15 @@ mod tests {
         assert_eq!(freq(f.has, ID), 0);
         let patient = "5b1e2c3d-0a9f-4c8e-b7d6-e5f4a3b2c1d0";
         assert_eq!(
+            freq(f.reference, &join(&["subject", &local("Patient", patient)])),
+            1
+        );
+        assert_eq!(
             freq(
                 f.reference,
                 &join(&["subject", &format!("Patient/{patient}")])
             ),
-            1
+            0
         );
         assert_eq!(
             freq(
