@@ -17,7 +17,7 @@ use super::query::{Clause, Include, SearchQuery, Summary, TotalMode};
 use super::rank::{
     Rank, TopRanked, beyond, decode_cursor, descending_flags, effective_sort, encode_cursor,
 };
-use super::terms::join;
+use super::terms::{join, local};
 use crate::store::{Store, VersionRow};
 
 /// Longest a search waits for the index to catch up before answering 503.
@@ -283,7 +283,7 @@ impl Engine<'_> {
                     for code in &codes {
                         terms.push(Term::from_field_text(
                             self.index.fields.reference,
-                            &join(&[code, &format!("{t}/{id}")]),
+                            &join(&[code, &local(t, id)]),
                         ));
                     }
                 }
@@ -348,7 +348,7 @@ impl Engine<'_> {
         t: &str,
         id: &str,
     ) -> Result<Vec<DocAddress>, SearchError> {
-        let key = Term::from_field_text(self.index.fields.key, &format!("{t}/{id}"));
+        let key = Term::from_field_text(self.index.fields.key, &local(t, id));
         let hits = planner.searcher.search(
             &tantivy::query::TermQuery::new(key, tantivy::schema::IndexRecordOption::Basic),
             &TopDocs::with_limit(1).order_by_score(),

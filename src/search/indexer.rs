@@ -804,7 +804,7 @@ fn index_chunk(
         if replace == Replace::Yes {
             writer.delete_term(Term::from_field_text(
                 f.key,
-                &format!("{}/{}", head.resource_type, head.id),
+                &super::terms::local(&head.resource_type, &head.id),
             ));
         }
         if head.deleted {

@@ -20,7 +20,7 @@ use super::matching::value_matches;
 use super::query::{
     Clause, Prefix, ReferenceMatch, StringMode, SystemMatch, UriMode, ValuePredicate,
 };
-use super::terms::{ANY, hex_f64, hex_i64, join, prefix, prefix_end};
+use super::terms::{ANY, hex_f64, hex_i64, join, local, prefix, prefix_end};
 
 /// Sub-searches (chains, `_has`) may produce at most this many ids.
 pub const MAX_INTERMEDIATE: usize = 10_000;
@@ -288,7 +288,7 @@ impl Planner<'_> {
                 let terms: Vec<Term> = targets
                     .iter()
                     .map(|(t, id)| {
-                        Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
+                        Term::from_field_text(f.reference, &join(&[code, &local(t, id)]))
                     })
                     .collect();
                 crate::search::terms::any_of(terms)
@@ -314,7 +314,7 @@ impl Planner<'_> {
                             && types.contains(&t)
                             && super::index::is_local(&url, &self.index.base)
                         {
-                            ids.insert(format!("{t}/{id}"));
+                            ids.insert(local(&t, &id));
                         }
                     }
                 }
@@ -592,9 +592,8 @@ impl Planner<'_> {
         let f = &self.index.fields;
         match m {
             ReferenceMatch::Local { resource_type, id } => {
-                let local = |t: &str| {
-                    Term::from_field_text(f.reference, &join(&[code, &format!("{t}/{id}")]))
-                };
+                let local =
+                    |t: &str| Term::from_field_text(f.reference, &join(&[code, &local(t, id)]));
                 match resource_type {
                     Some(t) => vec![local(t)],
                     None => self
@@ -611,7 +610,7 @@ impl Planner<'_> {
                 {
                     return vec![Term::from_field_text(
                         f.reference,
-                        &join(&[code, &format!("{t}/{id}")]),
+                        &join(&[code, &local(t, id)]),
                     )];
                 }
                 vec![Term::from_field_text(f.reference, &join(&[code, u]))]
@@ -688,7 +687,7 @@ fn id_query(f: &super::index::Fields, types: &[String], values: &[ValuePredicate
         } = v
         {
             for t in types {
-                terms.push(Term::from_field_text(f.key, &format!("{t}/{id}")));
+                terms.push(Term::from_field_text(f.key, &local(t, id)));
             }
         }
     }

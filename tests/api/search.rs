@@ -975,7 +975,13 @@ async fn the_index_survives_restarts_and_rebuilds_when_lost() {
         let older = format!("\"schema\":{}", shcr::search::index::SCHEMA_VERSION - 1);
         let mut writer: tantivy::IndexWriter =
             index.writer_with_num_threads(1, 15_000_000).unwrap();
-        writer.delete_term(tantivy::Term::from_field_text(fields.key, &key(&p)));
+        writer.delete_term(tantivy::Term::from_field_text(
+            fields.key,
+            &shcr::search::terms::local(
+                p["resourceType"].as_str().unwrap(),
+                p["id"].as_str().unwrap(),
+            ),
+        ));
         let mut commit = writer.prepare_commit().unwrap();
         commit.set_payload(&payload.replace(&current, &older));
         commit.commit().unwrap();
