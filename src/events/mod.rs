@@ -152,12 +152,12 @@ impl Runtime {
         }
         let subs = &settings.events.subscriptions;
         if subs.enabled {
-            let dispatcher = subscriptions::dispatcher::Dispatcher {
-                store: repository.store().clone(),
-                catalogue: catalogue.clone(),
-                settings: subs.clone(),
-                policy: policy.clone(),
-            };
+            let dispatcher = subscriptions::dispatcher::Dispatcher::new(
+                repository.store().clone(),
+                catalogue.clone(),
+                subs.clone(),
+                policy.clone(),
+            );
             tasks.push(tokio::spawn(dispatcher.run(watcher.clone())));
             let delivery = Arc::new(subscriptions::delivery::Delivery {
                 repository: repository.clone(),

@@ -7,8 +7,8 @@
 //! workers are woken with NOTIFY once per batch.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
@@ -31,14 +31,42 @@ struct Active {
     next_number: i64,
 }
 
+/// Rows above the feed's horizon are dispatched early only once the horizon has stood still this
+/// long: under a steady load it moves as each group commits (tens to hundreds of milliseconds),
+/// and waiting for it costs nothing, where remembering each early row costs a write and a delete.
+const HELD_HORIZON: Duration = Duration::from_millis(500);
+/// While an older transaction holds the feed's horizon, the whole tail above it is read again
+/// at most this often; in between, only rows past the newest early one are read (see `run_once`).
+const TAIL_RESCAN: Duration = Duration::from_secs(1);
+
 pub struct Dispatcher {
-    pub store: Store,
-    pub catalogue: Arc<Catalogue>,
-    pub settings: SubscriptionSettings,
-    pub policy: Arc<dyn PayloadPolicy>,
+    store: Store,
+    catalogue: Arc<Catalogue>,
+    settings: SubscriptionSettings,
+    policy: Arc<dyn PayloadPolicy>,
+    /// The horizon (snapshot xmin) when the tail above the cursor was last read whole, and when.
+    tail_read: Mutex<Option<(i64, Instant)>>,
+    /// The horizon last seen, and since when it has stood there.
+    horizon_since: Mutex<Option<(i64, Instant)>>,
 }
 
 impl Dispatcher {
+    pub fn new(
+        store: Store,
+        catalogue: Arc<Catalogue>,
+        settings: SubscriptionSettings,
+        policy: Arc<dyn PayloadPolicy>,
+    ) -> Dispatcher {
+        Dispatcher {
+            store,
+            catalogue,
+            settings,
+            policy,
+            tail_read: Mutex::new(None),
+            horizon_since: Mutex::new(None),
+        }
+    }
+
     /// Polls the feed every `poll_interval_ms` (an index probe when idle). Writers do not
     /// NOTIFY: that would serialise their commits (see migration 0010).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -47,11 +75,18 @@ impl Dispatcher {
             if *shutdown.borrow() {
                 break;
             }
-            // Drain.
+            // Drain. Rows above the horizon wait for it a little (`HELD_HORIZON`): look again
+            // shortly, bounded so that shutdown is still seen.
+            let mut waits = 0;
             loop {
                 match self.run_once().await {
                     Ok(Step::Moved) => continue,
-                    Ok(Step::Idle) => break,
+                    Ok(Step::Waiting) if waits < 20 => {
+                        waits += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Ok(Step::Waiting) | Ok(Step::Idle) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "subscription dispatcher failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -85,37 +120,157 @@ impl Dispatcher {
             seq: cursor.try_get("seq")?,
         };
         // Rows above the feed's horizon (committed while an older transaction anywhere in the
-        // cluster still runs) are dispatched at once and remembered until the cursor passes
-        // them: waiting for the horizon held every notification, handshakes included, for as
-        // long as the oldest writing transaction in the cluster ran.
-        let early: HashSet<FeedPosition> =
-            sqlx::query_as::<_, (i64, i64)>("SELECT txid, seq FROM subscription_dispatched_early")
+        // cluster still runs) are dispatched once the horizon has stood still for
+        // `HELD_HORIZON`, and remembered until the cursor passes them: waiting for the horizon
+        // held every notification, handshakes included, for as long as the oldest writing
+        // transaction in the cluster ran.
+        let (horizon, newest_early): (i64, Option<FeedPosition>) = {
+            let row = sqlx::query(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+                        e.txid, e.seq
+                 FROM (SELECT 1) one
+                 LEFT JOIN LATERAL (
+                     SELECT txid, seq FROM subscription_dispatched_early
+                     ORDER BY txid DESC, seq DESC LIMIT 1
+                 ) e ON true",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let newest = match (
+                row.try_get::<Option<i64>, _>("txid")?,
+                row.try_get::<Option<i64>, _>("seq")?,
+            ) {
+                (Some(txid), Some(seq)) => Some(FeedPosition { txid, seq }),
+                _ => None,
+            };
+            (row.try_get("horizon")?, newest)
+        };
+        // The same transaction still holds the horizon, and the tail was read whole lately:
+        // only rows past the newest early one can be new, so read just those. Re-reading the
+        // tail on every poll cost the whole tail each time (it grows while the transaction
+        // runs); rows of transactions below the newest early one that commit meanwhile wait
+        // for the next whole read, at most `TAIL_RESCAN` later.
+        let recent = self
+            .tail_read
+            .lock()
+            .expect("tail read")
+            .is_some_and(|(h, at)| h == horizon && at.elapsed() < TAIL_RESCAN);
+        let past_newest = match newest_early {
+            Some(newest) if recent => {
+                let poll = self
+                    .store
+                    .poll_feed(newest, BATCH)
+                    .await
+                    .map_err(store_err)?;
+                // A settled row past it means the horizon moved past every early row: read
+                // the tail whole to move the cursor.
+                poll.ordered.is_empty().then_some(poll.above)
+            }
+            _ => None,
+        };
+        let held = {
+            let mut since = self.horizon_since.lock().expect("horizon since");
+            match *since {
+                Some((h, at)) if h == horizon => at.elapsed() >= HELD_HORIZON,
+                _ => {
+                    *since = Some((horizon, Instant::now()));
+                    false
+                }
+            }
+        };
+        if newest_early.is_none() && !held {
+            // The horizon moves (or just stopped): dispatch the ordered prefix only, as long
+            // as nothing was dispatched early.
+            let changes = self
+                .store
+                .changes_after(cursor, BATCH)
+                .await
+                .map_err(store_err)?;
+            if changes.is_empty() {
+                // Not `EXISTS (…)`: its generic plan scans the whole feed (~14 ms at 200k
+                // rows, every 100 ms); the first row in index order is one index probe.
+                let pending: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM change_feed WHERE (txid, seq) > ($1::text::xid8, $2)
+                     ORDER BY txid, seq LIMIT 1",
+                )
+                .bind(cursor.txid.to_string())
+                .bind(cursor.seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+                return Ok(if pending.is_some() {
+                    Step::Waiting
+                } else {
+                    Step::Idle
+                });
+            }
+            let next_cursor = changes.last().expect("not empty").position;
+            return self
+                .dispatch(tx, cursor, next_cursor, changes, Vec::new(), false)
+                .await;
+        }
+        let (changes, dispatched_early, next_cursor, early) = match past_newest {
+            Some(above) => {
+                let positions: Vec<FeedPosition> = above.iter().map(|c| c.position).collect();
+                (above, positions, cursor, HashSet::new())
+            }
+            None => {
+                let early: HashSet<FeedPosition> = sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT txid, seq FROM subscription_dispatched_early",
+                )
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
                 .map(|(txid, seq)| FeedPosition { txid, seq })
                 .collect();
-        let poll = self
-            .store
-            .poll_feed_past(cursor, BATCH, &early)
-            .await
-            .map_err(store_err)?;
-        let next_cursor = poll.ordered.last().map_or(cursor, |c| c.position);
-        let dispatched_early: Vec<FeedPosition> = poll
-            .above
-            .iter()
-            .map(|c| c.position)
-            .filter(|p| !early.contains(p))
-            .collect();
-        let changes: Vec<Change> = poll
-            .ordered
-            .into_iter()
-            .chain(poll.above)
-            .filter(|c| !early.contains(&c.position))
-            .collect();
+                let poll = self
+                    .store
+                    .poll_feed_past(cursor, BATCH, &early)
+                    .await
+                    .map_err(store_err)?;
+                *self.tail_read.lock().expect("tail read") = Some((horizon, Instant::now()));
+                let next_cursor = poll.ordered.last().map_or(cursor, |c| c.position);
+                let dispatched_early: Vec<FeedPosition> = poll
+                    .above
+                    .iter()
+                    .map(|c| c.position)
+                    .filter(|p| !early.contains(p))
+                    .collect();
+                let changes: Vec<Change> = poll
+                    .ordered
+                    .into_iter()
+                    .chain(poll.above)
+                    .filter(|c| !early.contains(&c.position))
+                    .collect();
+                (changes, dispatched_early, next_cursor, early)
+            }
+        };
         if changes.is_empty() && next_cursor == cursor {
             return Ok(Step::Idle);
         }
+        let delete_early = early.iter().any(|p| *p <= next_cursor);
+        self.dispatch(
+            tx,
+            cursor,
+            next_cursor,
+            changes,
+            dispatched_early,
+            delete_early,
+        )
+        .await
+    }
+
+    /// Syncs Subscription resources among `changes`, numbers the matching events, remembers
+    /// `dispatched_early`, moves the cursor to `next_cursor` (dropping the early rows it
+    /// passes when `delete_early`) and commits.
+    async fn dispatch(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        cursor: FeedPosition,
+        next_cursor: FeedPosition,
+        changes: Vec<Change>,
+        dispatched_early: Vec<FeedPosition>,
+        delete_early: bool,
+    ) -> Result<Step, sqlx::Error> {
         for change in changes.iter().filter(|c| c.resource_type == "Subscription") {
             self.sync_subscription(&mut tx, change).await?;
         }
@@ -139,7 +294,7 @@ impl Dispatcher {
             .await?;
         }
         if next_cursor != cursor {
-            if early.iter().any(|p| *p <= next_cursor) {
+            if delete_early {
                 sqlx::query(
                     "DELETE FROM subscription_dispatched_early WHERE (txid, seq) <= ($1, $2)",
                 )
@@ -451,6 +606,8 @@ impl Dispatcher {
 pub enum Step {
     /// Changes were consumed or the cursor moved; there may be more.
     Moved,
+    /// Committed rows wait above the horizon, not yet dispatched (see `HELD_HORIZON`).
+    Waiting,
     Idle,
 }
 
