@@ -142,6 +142,20 @@ async fn fast_app() -> TestApp {
     .await
 }
 
+/// Message `m-k` from RX1: the admission of patient `Pk` in encounter `Ek`, which must be accepted.
+async fn admit(app: &TestApp, token: &str, k: u64) {
+    let m = admission(
+        "RX1",
+        &format!("m-{k}"),
+        &at(k),
+        &format!("P{k}"),
+        &format!("E{k}"),
+        "Smith",
+    );
+    let (status, r) = post_message(app, token, &m).await;
+    assert_eq!(status, 200, "{r}");
+}
+
 /// The subscription's `$status` (Null until the dispatcher has taken the new resource in).
 async fn status_of(app: &TestApp, id: &str) -> Value {
     let r = app.get(&format!("Subscription/{id}/$status")).await;
@@ -169,22 +183,7 @@ async fn a_receiver_that_fails_then_recovers_gets_every_notification_numbered_wi
     .await;
 
     let token = app.trust_token("RX1");
-    let send = |k: u64| {
-        let token = token.clone();
-        let app = &app;
-        async move {
-            let m = admission(
-                "RX1",
-                &format!("m-{k}"),
-                &at(k),
-                &format!("P{k}"),
-                &format!("E{k}"),
-                "Smith",
-            );
-            let (status, r) = post_message(app, &token, &m).await;
-            assert_eq!(status, 200, "{r}");
-        }
-    };
+    let send = |k: u64| admit(&app, &token, k);
     send(1).await;
     send(2).await;
     eventually("the first notifications", 30, || async {
@@ -293,22 +292,7 @@ async fn notifications_flow_while_an_older_transaction_runs_and_are_not_repeated
     )
     .await;
     let token = app.trust_token("RX1");
-    let send = |k: u64| {
-        let token = token.clone();
-        let app = &app;
-        async move {
-            let m = admission(
-                "RX1",
-                &format!("m-{k}"),
-                &at(k),
-                &format!("P{k}"),
-                &format!("E{k}"),
-                "Smith",
-            );
-            let (status, r) = post_message(app, &token, &m).await;
-            assert_eq!(status, 200, "{r}");
-        }
-    };
+    let send = |k: u64| admit(&app, &token, k);
     let numbers = || {
         receiver
             .of_type("event-notification")
