@@ -2,9 +2,9 @@
 //! subscription events. One dispatcher works at a time across replicas (the cursor row is
 //! locked with SKIP LOCKED); the cursor, the new events and the counters move in one
 //! transaction, so a crash repeats a batch but never loses or doubles an event. Changes
-//! committed above the feed's horizon (an older transaction still runs somewhere in the
-//! cluster) are numbered at once and remembered until the cursor passes them. Delivery
-//! workers are woken with NOTIFY once per batch.
+//! committed above the feed's horizon while an older transaction holds it somewhere in the
+//! cluster are numbered once it has stood still for `HELD_HORIZON`, and remembered until the
+//! cursor passes them. Delivery workers are woken with NOTIFY once per batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
