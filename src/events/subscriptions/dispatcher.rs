@@ -208,10 +208,11 @@ impl Dispatcher {
                 .dispatch(tx, cursor, next_cursor, changes, Vec::new(), false)
                 .await;
         }
-        let (changes, dispatched_early, next_cursor, early) = match past_newest {
+        // The cursor stays where it is on the short read, so no early row is passed.
+        let (changes, dispatched_early, next_cursor, delete_early) = match past_newest {
             Some(above) => {
                 let positions: Vec<FeedPosition> = above.iter().map(|c| c.position).collect();
-                (above, positions, cursor, HashSet::new())
+                (above, positions, cursor, false)
             }
             None => {
                 let early: HashSet<FeedPosition> = sqlx::query_as::<_, (i64, i64)>(
@@ -241,13 +242,13 @@ impl Dispatcher {
                     .chain(poll.above)
                     .filter(|c| !early.contains(&c.position))
                     .collect();
-                (changes, dispatched_early, next_cursor, early)
+                let delete_early = early.iter().any(|p| *p <= next_cursor);
+                (changes, dispatched_early, next_cursor, delete_early)
             }
         };
         if changes.is_empty() && next_cursor == cursor {
             return Ok(Step::Idle);
         }
-        let delete_early = early.iter().any(|p| *p <= next_cursor);
         self.dispatch(
             tx,
             cursor,
