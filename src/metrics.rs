@@ -173,9 +173,11 @@ pub static CHANGE_FEED_POSITION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Sets a consumer's lag from `Store::feed_lag` (the age of its oldest unprocessed change).
-/// The search indexer calls this as `record_feed_lag("search-index", …)` after each batch: that
-/// is the index lag; subscription delivery uses `"subscriptions"`.
+/// Sets a consumer's lag from `Store::feed_lag` (the age of the oldest change its position has
+/// not passed). The search indexer reports as `search-index`, the subscription dispatcher as
+/// `subscriptions`, about once a second (`Store::record_consumer_lag`). Changes applied early,
+/// above a horizon an older transaction holds, count until the position passes them: a lag
+/// that grows while `search_index_lag_seconds` stays low means such a transaction runs.
 pub fn record_feed_lag(consumer: &str, lag: std::time::Duration, position: i64) {
     CHANGE_FEED_LAG
         .with_label_values(&[consumer])

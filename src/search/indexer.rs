@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use super::index::{Fields, IndexRow, SCHEMA_VERSION, document, in_memory, open_or_create};
 use super::params::Registry;
-use crate::store::{Change, FeedPosition, HeadState, Store};
+use crate::store::{CONSUMER_LAG_EVERY, Change, FeedPosition, HELD_TAIL_RESCAN, HeadState, Store};
 
 const BATCH: i64 = 2000;
 
@@ -248,6 +248,8 @@ struct Indexer {
     position: FeedPosition,
     /// Rows applied early (above the ordered prefix), so a later poll does not redo them.
     applied_above: HashSet<FeedPosition>,
+    /// When the tail above `position` was last read whole (see `fetch`).
+    whole_read: Option<Instant>,
 }
 
 pub struct IndexOptions {
@@ -299,6 +301,7 @@ pub async fn start(
         store: store.clone(),
         position: position.unwrap_or(FeedPosition::START),
         applied_above: HashSet::new(),
+        whole_read: None,
     };
     tokio::spawn(async move {
         if position.is_none() {
@@ -399,6 +402,7 @@ impl Indexer {
         reader.abort();
         self.position = restart;
         self.applied_above.clear();
+        self.whole_read = None;
         self.commit().await?;
         Ok(total)
     }
@@ -458,6 +462,7 @@ impl Indexer {
     /// anything was applied.
     async fn apply(&mut self, f: Fetched) -> Result<bool, IndexError> {
         if f.heads.is_empty() {
+            self.whole_read = f.whole_read;
             return Ok(false);
         }
         // Before the generation completes, so no search can pair new facts with old ones.
@@ -468,6 +473,7 @@ impl Indexer {
         self.index_heads(f.heads, Replace::Yes).await?;
         self.position = f.position;
         self.applied_above = above;
+        self.whole_read = f.whole_read;
         if let Some(newest) = f.newest {
             let lag = (time::OffsetDateTime::now_utc() - newest)
                 .as_seconds_f64()
@@ -549,6 +555,7 @@ impl Indexer {
         let mut uncommitted = false;
         let mut last_commit = Instant::now();
         let mut last_applied = Instant::now();
+        let mut lag_recorded = Instant::now();
         let mut consolidated = false;
         // The merge in flight and when it started: changes applied since then are not in it.
         let mut consolidating: Option<(tokio::task::JoinHandle<bool>, Instant)> = None;
@@ -573,7 +580,11 @@ impl Indexer {
             let fetched = match prefetched.take() {
                 Some(task) => task.await.expect("join"),
                 None => {
-                    let from = (self.position, self.applied_above.clone());
+                    let from = ReadFrom {
+                        position: self.position,
+                        applied_above: self.applied_above.clone(),
+                        whole_read: self.whole_read,
+                    };
                     fetch(
                         self.store.clone(),
                         self.shared.clone(),
@@ -595,12 +606,17 @@ impl Indexer {
             };
             let generation = fetched.generation;
             let more = fetched.more;
+            let whole = fetched.whole;
             // While changes stream in, the next read runs as this batch is indexed, so
             // tantivy's indexing thread is kept fed rather than left idle until the next commit
             // is due, and a search waiting at the end finds little left to index.
             if !fetched.heads.is_empty() {
                 let delay = if more { Duration::ZERO } else { STREAM_POLL };
-                let from = (fetched.position, self.above_after(&fetched));
+                let from = ReadFrom {
+                    position: fetched.position,
+                    applied_above: self.above_after(&fetched),
+                    whole_read: fetched.whole_read,
+                };
                 let read = fetch(self.store.clone(), self.shared.clone(), delay, from);
                 prefetched = Some(tokio::spawn(read));
             }
@@ -636,12 +652,21 @@ impl Indexer {
                 uncommitted = false;
                 last_commit = Instant::now();
             }
-            // A generation is complete only when its poll reached the feed's head: a
-            // search that waited for it must see every write committed before it began,
-            // even while a backlog larger than one batch is being applied.
-            if !uncommitted && !more {
+            // A generation is complete only when its poll reached the feed's head and read
+            // the tail whole: a search that waited for it must see every write committed
+            // before it began, even while a backlog larger than one batch is being applied.
+            if !uncommitted && !more && whole {
                 self.shared.ready.store(true, Ordering::Release);
                 self.shared.completed.send_replace(generation);
+            }
+            if lag_recorded.elapsed() >= CONSUMER_LAG_EVERY {
+                lag_recorded = Instant::now();
+                let (store, position) = (self.store.clone(), self.position);
+                tokio::spawn(async move {
+                    if let Err(e) = store.record_consumer_lag("search-index", position).await {
+                        tracing::debug!(error = %e, "feed lag not recorded");
+                    }
+                });
             }
             if more {
                 continue;
@@ -701,11 +726,24 @@ struct Fetched {
     above: Vec<FeedPosition>,
     /// Whether more ordered rows wait after this batch.
     more: bool,
+    /// Whether the tail above the position was read whole (not only past the newest row
+    /// applied early): only then does the batch complete its generation.
+    whole: bool,
+    /// When the tail was last read whole.
+    whole_read: Option<Instant>,
     /// The current state of every changed resource (a missing one as deleted).
     heads: Vec<HeadState>,
     newest: Option<time::OffsetDateTime>,
     /// Whether a change may have changed access facts.
     facts: bool,
+}
+
+/// Where a read of the feed starts.
+struct ReadFrom {
+    position: FeedPosition,
+    /// Rows above the xmin already applied.
+    applied_above: HashSet<FeedPosition>,
+    whole_read: Option<Instant>,
 }
 
 /// Reads the feed after `from`'s position, leaving out its rows above the xmin already
@@ -715,9 +753,13 @@ async fn fetch(
     store: Store,
     shared: Arc<SearchIndex>,
     delay: Duration,
-    from: (FeedPosition, HashSet<FeedPosition>),
+    from: ReadFrom,
 ) -> Result<Fetched, IndexError> {
-    let (position, applied_above) = from;
+    let ReadFrom {
+        position,
+        applied_above,
+        mut whole_read,
+    } = from;
     if !delay.is_zero() {
         tokio::select! {
             _ = shared.wake.notified() => {}
@@ -727,9 +769,28 @@ async fn fetch(
     // After the wait: a search that woke the indexer took its ticket before, and this read
     // starts after it.
     let generation = shared.next_generation.fetch_add(1, Ordering::SeqCst);
-    let poll = store
-        .poll_feed_past(position, BATCH, &applied_above)
-        .await?;
+    // While an older transaction holds the horizon, only rows past the newest one applied
+    // early are read between whole reads, unless a search waits: its generation needs a whole
+    // read. A search that registers after this check takes a later ticket than `generation`.
+    let hurried = shared.waiters.load(Ordering::SeqCst) > 0;
+    let held_tail = match (applied_above.iter().max(), whole_read) {
+        (Some(&newest), Some(at)) if !hurried && at.elapsed() < HELD_TAIL_RESCAN => {
+            store.poll_held_tail(newest, BATCH).await?
+        }
+        _ => None,
+    };
+    let whole = held_tail.is_none();
+    let poll = match held_tail {
+        Some(poll) => poll,
+        None => {
+            let read_at = Instant::now();
+            let poll = store
+                .poll_feed_past(position, BATCH, &applied_above)
+                .await?;
+            whole_read = Some(read_at);
+            poll
+        }
+    };
     let mut changed: Vec<&Change> = poll.ordered.iter().collect();
     changed.extend(
         poll.above
@@ -775,6 +836,8 @@ async fn fetch(
         position: poll.ordered.last().map_or(position, |c| c.position),
         above: poll.above.iter().map(|c| c.position).collect(),
         more: poll.more,
+        whole,
+        whole_read,
         heads,
         newest,
         facts,
@@ -874,6 +937,7 @@ pub async fn reindex(
         store,
         position: FeedPosition::START,
         applied_above: HashSet::new(),
+        whole_read: None,
     };
     indexer.rebuild(progress).await
 }

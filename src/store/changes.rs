@@ -21,6 +21,11 @@ impl FeedPosition {
     pub const START: FeedPosition = FeedPosition { txid: 0, seq: 0 };
 }
 
+/// While an older transaction holds the feed's horizon, a follower that acts on rows above it
+/// reads the whole tail above its position at most this often, and in between only the rows
+/// past the newest it acted on (`Store::poll_held_tail`).
+pub const HELD_TAIL_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct Change {
     pub position: FeedPosition,
@@ -172,6 +177,21 @@ impl Store {
             poll = self.poll_feed(last, limit).await?;
         }
         Ok(poll)
+    }
+
+    /// The rows past `newest`, the newest row a follower acted on early, while the horizon is
+    /// still below it: `None` once a settled row shows the horizon has passed it (read the
+    /// tail whole then). Rows of transactions below `newest` that committed since the last
+    /// whole read are not in the answer, so a follower reads the whole tail again now and
+    /// then (`HELD_TAIL_RESCAN`); re-reading it on every poll cost the whole tail each time,
+    /// and it grows for as long as the older transaction runs.
+    pub async fn poll_held_tail(
+        &self,
+        newest: FeedPosition,
+        limit: i64,
+    ) -> Result<Option<FeedPoll>, StoreError> {
+        let poll = self.poll_feed(newest, limit).await?;
+        Ok(poll.ordered.is_empty().then_some(poll))
     }
 
     /// The position just before every transaction not yet older than all running ones: a full

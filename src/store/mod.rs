@@ -7,7 +7,7 @@ mod nodelay;
 mod read;
 mod write;
 
-pub use changes::{Change, FeedPoll, FeedPosition};
+pub use changes::{Change, FeedPoll, FeedPosition, HELD_TAIL_RESCAN};
 pub use history::{HistoryCursor, HistoryPage, HistoryQuery, HistoryScope};
 pub use read::{Current, HeadState, Owner, VersionRow};
 pub use write::{
@@ -17,6 +17,9 @@ pub use write::{
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
+
+/// How often a feed consumer publishes its lag (`Store::record_consumer_lag`).
+pub const CONSUMER_LAG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -200,6 +203,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(Duration::from_secs_f64(seconds.unwrap_or(0.0)))
+    }
+
+    /// Publishes a feed consumer's lag and position (`change_feed_lag_seconds`,
+    /// `change_feed_position_txid`); consumers call it every `CONSUMER_LAG_EVERY`, not per batch.
+    pub async fn record_consumer_lag(
+        &self,
+        consumer: &str,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        let lag = self.feed_lag(position).await?;
+        crate::metrics::record_feed_lag(consumer, lag, position.txid);
+        Ok(())
     }
 
     /// Ready when the database answers and every migration this binary knows is applied.

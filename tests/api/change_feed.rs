@@ -280,3 +280,48 @@ async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it
         "the writes streamed alongside: {streamed} batches"
     );
 }
+
+/// While an older transaction holds the horizon, the indexer reads only past the newest row it
+/// applied early between whole reads of the tail; a search, or a passive wait, must still see
+/// a write that committed below that row just before it.
+#[tokio::test]
+async fn a_search_sees_a_write_committed_below_rows_applied_above_the_horizon() {
+    let app = TestApp::spawn().await;
+    let store = Store::from_pool(app.pool.clone());
+    let mut oldest = store.begin_write().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(oldest.connection().await.unwrap())
+        .await
+        .unwrap();
+    // `low` takes its transaction id before `high` but commits after it.
+    let mut low = store.begin_write().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(low.connection().await.unwrap())
+        .await
+        .unwrap();
+    for k in 0..3 {
+        let mut high = store.begin_write().await.unwrap();
+        let id = format!("high-{k}");
+        high.write(&[version(&id)], &author()).await.unwrap();
+        high.commit().await.unwrap();
+        let bundle = app.search(&format!("Basic?_id={id}&_summary=count")).await;
+        assert_eq!(bundle["total"], 1, "{id} above the horizon: {bundle}");
+    }
+    low.write(&[version("low")], &author()).await.unwrap();
+    low.commit().await.unwrap();
+    // A passive wait (no search hurrying the indexer) must not be completed by a read past
+    // the early rows alone either.
+    app.search
+        .wait_committed(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(app.search.searcher().num_docs(), 4, "after a passive wait");
+    let bundle = app.search("Basic?_id=low&_summary=count").await;
+    assert_eq!(
+        bundle["total"], 1,
+        "the write below the early rows: {bundle}"
+    );
+    let bundle = app.search("Basic?_summary=count").await;
+    assert_eq!(bundle["total"], 4, "{bundle}");
+    drop(oldest);
+}

@@ -132,6 +132,44 @@ async fn feed_lag_is_the_age_of_the_oldest_unconsumed_change() {
     assert!(text.contains("shcr_change_feed_position_txid{consumer=\"test-consumer\"} 42"));
 }
 
+/// The value of a metric line `name{consumer="…"} value`, if present.
+fn consumer_gauge(text: &str, name: &str, consumer: &str) -> Option<f64> {
+    let prefix = format!("{name}{{consumer=\"{consumer}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_feed_consumers_publish_their_lag_and_position() {
+    let app = TestApp::spawn().await;
+    app.create(&patient("9434765919")).await;
+    let written: i64 = sqlx::query_scalar("SELECT max(txid)::text::bigint FROM change_feed")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Transaction ids are cluster-wide, so a consumer at or past this write has passed it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for consumer in ["search-index", "subscriptions"] {
+        loop {
+            let text = metrics(&app).await;
+            let position = consumer_gauge(&text, "shcr_change_feed_position_txid", consumer);
+            let lag = consumer_gauge(&text, "shcr_change_feed_lag_seconds", consumer);
+            if let (Some(position), Some(lag)) = (position, lag)
+                && position >= written as f64
+            {
+                assert!((0.0..30.0).contains(&lag), "{consumer}: lag {lag}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{consumer} did not publish a position past {written}: {position:?}, {lag:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_show_database_pool_and_audit_writes() {
     let app = TestApp::spawn().await;

@@ -343,6 +343,146 @@ async fn notifications_flow_while_an_older_transaction_runs_and_are_not_repeated
     receiver.handle.stop(false).await;
 }
 
+/// A connection of the test's own, beside the server's pools.
+async fn connect(app: &TestApp) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(&app.db.url).await.unwrap()
+}
+
+/// Sessions of the test's database waiting for a lock.
+async fn lock_waiters(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut connect(app).await)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_later_subscription_version_committed_at_an_earlier_feed_position_is_the_one_applied() {
+    let app = fast_app().await;
+    let (first, second, third) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let patient = app.create(&crate::common::patient("9000000009")).await;
+    let sub = app.create(&subscription(&first.url, "id-only")).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    eventually(
+        "the first handshake and its status written back",
+        30,
+        || async {
+            let r = app.get(&format!("Subscription/{id}")).await;
+            !first.of_type("handshake").is_empty()
+                && r.json::<Value>().await.unwrap()["status"] == "active"
+        },
+    )
+    .await;
+    let base: i64 = sqlx::query_scalar(
+        "SELECT version_id FROM resource_head WHERE resource_type = 'Subscription' AND id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    // The dispatcher stands still while this holds its cursor, so it reads both later
+    // versions in one pass, in feed order.
+    let mut paused = connect(&app).await;
+    let mut paused = sqlx::Connection::begin(&mut paused).await.unwrap();
+    sqlx::query("SELECT 1 FROM subscription_cursor FOR UPDATE")
+        .execute(&mut *paused)
+        .await
+        .unwrap();
+    let mut holder = connect(&app).await;
+    let mut holder = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM resource_head WHERE resource_type = 'Subscription' AND id = $1 FOR UPDATE",
+    )
+    .bind(&id)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    // The update waits for the Subscription's head without an xid of its own; the
+    // transaction takes its xid on the Patient, then queues behind the update.
+    let mut update = subscription(&second.url, "id-only");
+    update["id"] = json!(id);
+    let update = tokio::spawn(
+        app.request(reqwest::Method::PUT, &format!("Subscription/{id}"))
+            .header("content-type", "application/fhir+json")
+            .body(update.to_string())
+            .send(),
+    );
+    eventually("the update waiting", 30, || async {
+        lock_waiters(&app).await >= 1
+    })
+    .await;
+    let mut later = subscription(&third.url, "id-only");
+    later["id"] = json!(id);
+    let mut touched = patient.clone();
+    touched["active"] = json!(true);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": touched, "request": {"method": "PUT", "url": format!("Patient/{}", patient["id"].as_str().unwrap())}},
+        {"resource": later, "request": {"method": "PUT", "url": format!("Subscription/{id}")}}
+    ]});
+    let transaction = tokio::spawn(
+        app.request(reqwest::Method::POST, "")
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+            .send(),
+    );
+    eventually("the transaction waiting", 30, || async {
+        lock_waiters(&app).await >= 2
+    })
+    .await;
+    holder.rollback().await.unwrap();
+    assert_eq!(update.await.unwrap().unwrap().status(), 200);
+    let r = transaction.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // The precondition: the transaction's later version sits before the update's in the feed.
+    let order: Vec<i64> = sqlx::query_scalar(
+        "SELECT version_id FROM change_feed
+         WHERE resource_type = 'Subscription' AND id = $1 AND version_id > $2
+         ORDER BY txid, seq",
+    )
+    .bind(&id)
+    .bind(base)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        order,
+        vec![base + 2, base + 1],
+        "the later version at the earlier position"
+    );
+
+    paused.rollback().await.unwrap();
+    eventually(
+        "the handshake at the later version's endpoint",
+        30,
+        || async { !third.of_type("handshake").is_empty() },
+    )
+    .await;
+    let held: i64 =
+        sqlx::query_scalar("SELECT version_id FROM subscription_state WHERE subscription_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(held >= base + 2, "state at version {held}");
+    assert!(
+        second.of_type("handshake").is_empty(),
+        "the earlier version's endpoint was never in force after the later one"
+    );
+    for r in [first, second, third] {
+        r.handle.stop(false).await;
+    }
+}
+
 #[tokio::test]
 async fn a_receiver_that_never_answers_puts_the_subscription_in_error() {
     let app = TestApp::spawn_with(|s| {

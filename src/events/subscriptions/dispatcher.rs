@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::SubscriptionSettings;
 use crate::events::catalogue::Catalogue;
-use crate::store::{Change, FeedPosition, Store};
+use crate::store::{CONSUMER_LAG_EVERY, Change, FeedPosition, HELD_TAIL_RESCAN, Store};
 
 use super::{Filter, PayloadPolicy, SERVER_AUTHOR_ID, parse_spec};
 
@@ -35,9 +35,6 @@ struct Active {
 /// long: under a steady load it moves as each group commits (tens to hundreds of milliseconds),
 /// and waiting for it costs nothing, where remembering each early row costs a write and a delete.
 const HELD_HORIZON: Duration = Duration::from_millis(500);
-/// While an older transaction holds the feed's horizon, the whole tail above it is read again
-/// at most this often; in between, only rows past the newest early one are read (see `run_once`).
-const TAIL_RESCAN: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher {
     store: Store,
@@ -71,6 +68,7 @@ impl Dispatcher {
     /// NOTIFY: that would serialise their commits (see migration 0010).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let mut lag_recorded: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -79,6 +77,12 @@ impl Dispatcher {
             // shortly, bounded so that shutdown is still seen.
             let mut waits = 0;
             loop {
+                if lag_recorded.is_none_or(|at| at.elapsed() >= CONSUMER_LAG_EVERY) {
+                    lag_recorded = Some(Instant::now());
+                    if let Err(e) = self.record_lag().await {
+                        tracing::debug!(error = %e, "feed lag not recorded");
+                    }
+                }
                 match self.run_once().await {
                     Ok(Step::Moved) => continue,
                     Ok(Step::Waiting) if waits < 20 => {
@@ -99,6 +103,21 @@ impl Dispatcher {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+
+    /// Publishes the lag of the shared cursor (whichever replica dispatches).
+    async fn record_lag(&self) -> Result<(), crate::store::StoreError> {
+        let cursor: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT txid, seq FROM subscription_cursor WHERE name = 'subscriptions'",
+        )
+        .fetch_optional(self.store.pool())
+        .await?;
+        if let Some((txid, seq)) = cursor {
+            self.store
+                .record_consumer_lag("subscriptions", FeedPosition { txid, seq })
+                .await?;
+        }
+        Ok(())
     }
 
     /// One batch: read changes after the cursor, sync Subscription resources, number the
@@ -149,23 +168,19 @@ impl Dispatcher {
         // only rows past the newest early one can be new, so read just those. Re-reading the
         // tail on every poll cost the whole tail each time (it grows while the transaction
         // runs); rows of transactions below the newest early one that commit meanwhile wait
-        // for the next whole read, at most `TAIL_RESCAN` later.
+        // for the next whole read, at most `HELD_TAIL_RESCAN` later.
         let recent = self
             .tail_read
             .lock()
             .expect("tail read")
-            .is_some_and(|(h, at)| h == horizon && at.elapsed() < TAIL_RESCAN);
+            .is_some_and(|(h, at)| h == horizon && at.elapsed() < HELD_TAIL_RESCAN);
         let past_newest = match newest_early {
-            Some(newest) if recent => {
-                let poll = self
-                    .store
-                    .poll_feed(newest, BATCH)
-                    .await
-                    .map_err(store_err)?;
-                // A settled row past it means the horizon moved past every early row: read
-                // the tail whole to move the cursor.
-                poll.ordered.is_empty().then_some(poll.above)
-            }
+            Some(newest) if recent => self
+                .store
+                .poll_held_tail(newest, BATCH)
+                .await
+                .map_err(store_err)?
+                .map(|poll| poll.above),
             _ => None,
         };
         let held = {
@@ -460,12 +475,27 @@ impl Dispatcher {
         Ok(sub_ids.len())
     }
 
-    /// Brings `subscription_state` in line with a changed Subscription resource.
+    /// Brings `subscription_state` in line with a changed Subscription resource, unless it
+    /// already holds a later version.
     async fn sync_subscription(
         &self,
         tx: &mut PgConnection,
         change: &Change,
     ) -> Result<(), sqlx::Error> {
+        // The feed is in txid order, not version order: a transaction that took its xid
+        // before another's (by writing another resource first) and then waited for that one's
+        // lock on the Subscription commits the later version at the lower position. Applied
+        // in feed order, the older version was applied last and its endpoint, filters and
+        // status stood for good.
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT version_id FROM subscription_state WHERE subscription_id = $1",
+        )
+        .bind(&change.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_some_and(|v| v >= change.version_id) {
+            return Ok(());
+        }
         if change.operation == "delete" {
             sqlx::query(
                 "UPDATE subscription_state SET status = 'off', version_id = $2, updated_at = now()
@@ -511,12 +541,6 @@ impl Dispatcher {
             Ok(s) => ("requested", None, Some(s)),
             Err(e) => ("error", Some(e), None),
         };
-        let existing: Option<(String, String)> = sqlx::query_as(
-            "SELECT status, topic FROM subscription_state WHERE subscription_id = $1",
-        )
-        .bind(&change.id)
-        .fetch_optional(&mut *tx)
-        .await?;
         let (topic, channel, endpoint, headers, payload, filters, heartbeat) = match &spec {
             Some(s) => (
                 s.topic.clone(),
@@ -541,7 +565,7 @@ impl Dispatcher {
                 None,
             ),
         };
-        match existing {
+        match held {
             None => {
                 sqlx::query(
                     "INSERT INTO subscription_state (subscription_id, version_id, topic, status,
