@@ -75,6 +75,53 @@ SERVICE_MONITOR_SCHEMA = {
     },
 }
 
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["alert", "expr"],
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+CUSTOM_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+
 problems: list[str] = []
 
 
@@ -116,11 +163,11 @@ def render(values: dict, **options) -> list[tuple[str, dict]]:
 
 def validate(name: str, template: str, document: dict) -> None:
     where = f"{name} {template} {document.get('kind')}/{document.get('metadata', {}).get('name')}"
-    if document.get("kind") == "ServiceMonitor":
+    if document.get("kind") in CUSTOM_SCHEMAS:
         import jsonschema
 
         try:
-            jsonschema.validate(document, SERVICE_MONITOR_SCHEMA)
+            jsonschema.validate(document, CUSTOM_SCHEMAS[document["kind"]])
         except jsonschema.ValidationError as e:
             problem(where, f"{'.'.join(map(str, e.path))}: {e.message}")
         return
@@ -231,41 +278,92 @@ def expect_render_failure(name: str, values: dict, mentions: str) -> None:
     problem(name, "rendered, but should have been refused")
 
 
-def check_dashboard() -> None:
-    """The Grafana dashboard parses and asks only for metrics shcr exports (src/metrics.rs)."""
-    import json
+def exported_metrics() -> set[str]:
+    """Names of the metrics shcr exports: each `pub static NAME: LazyLock<…>` metric in src/ whose
+    static is used somewhere (a static never touched is never registered, so its metric never
+    appears at /metrics), plus the process collector's."""
     import re
 
+    sources = {p: p.read_text() for p in (REPO / "src").rglob("*.rs")}
+    everything = "\n".join(sources.values())
+    exported = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    definition = re.compile(r"pub static ([A-Z0-9_]+): LazyLock<[^=]+= LazyLock::new\(\|\| \{(.*?)\n\}\);", re.S)
+    for text in sources.values():
+        for static, body in definition.findall(text):
+            names = re.findall(r'"([a-z][a-z0-9_]*)"', body)
+            if not names or len(re.findall(rf"\b{static}\b", everything)) < 2:
+                continue
+            exported.add(names[0])
+    return exported
+
+
+def unexported(expr: str, exported: set[str]) -> list[str]:
+    """The shcr_* metrics `expr` asks for that shcr does not export."""
+    import re
+
+    missing = []
+    for metric in re.findall(r"\bshcr_([a-z0-9_]+)", expr):
+        base = re.sub(r"_(bucket|count|sum)$", "", metric)
+        if metric not in exported and base not in exported:
+            missing.append(f"shcr_{metric}")
+    return missing
+
+
+def check_dashboard(exported: set[str]) -> None:
+    """The Grafana dashboard parses and asks only for metrics shcr exports."""
+    import json
+
     dashboard = json.loads((CHART / "dashboards" / "shcr-overview.json").read_text())
-    source = (REPO / "src" / "metrics.rs").read_text()
-    exported = set(re.findall(r'"([a-z_]+)",\s*\n?\s*"', source)) | set(re.findall(r'::new\(\s*"([a-z_]+)"', source))
-    # The process collector's own metrics.
-    exported |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            for metric in re.findall(r"\bshcr_([a-z_]+)", target["expr"]):
-                base = re.sub(r"_(bucket|count|sum)$", "", metric)
-                if metric not in exported and base not in exported:
-                    problem("dashboard", f"panel '{panel['title']}' uses shcr_{metric}, which src/metrics.rs does not export")
+            for metric in unexported(target["expr"], exported):
+                problem("dashboard", f"panel '{panel['title']}' uses {metric}, which shcr does not export")
     print(f"  ok   dashboard: {len(dashboard['panels'])} panels, metrics all exported" if not problems else "  ...  dashboard")
+
+
+def check_alerts(documents: list[tuple[str, dict]], exported: set[str]) -> None:
+    """Every alert of the rendered PrometheusRule asks only for metrics shcr exports, and its
+    expression's brackets balance (Helm renders what promtool would refuse)."""
+    rules = [r for _, d in documents if d["kind"] == "PrometheusRule"
+             for g in d["spec"]["groups"] for r in g["rules"]]
+    if not rules:
+        problem("alerts", "values-production.yaml renders no PrometheusRule")
+        return
+    for rule in rules:
+        expr = rule["expr"]
+        for metric in unexported(expr, exported):
+            problem("alerts", f"{rule['alert']} uses {metric}, which shcr does not export")
+        depth = {"(": 0, "{": 0, "[": 0}
+        closing = {")": "(", "}": "{", "]": "["}
+        for c in expr:
+            if c in depth:
+                depth[c] += 1
+            elif c in closing:
+                depth[closing[c]] -= 1
+        if any(depth.values()):
+            problem("alerts", f"{rule['alert']}: unbalanced brackets in {expr!r}")
+    print(f"  ok   alerts: {len(rules)} rules, metrics all exported" if not problems else "  ...  alerts")
 
 
 def main() -> int:
     print(f"Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
           f"schemas for Kubernetes {', '.join(KUBE_VERSIONS)}")
     total = 0
+    exported = exported_metrics()
     for name, values in value_sets():
         lint(name, values)
         documents = render(values)
         for template, document in documents:
             validate(name, template, document)
         check_promises(name, documents, values)
+        if name == "values-production.yaml":
+            check_alerts(documents, exported)
         total += len(documents)
         kinds = sorted({d["kind"] for _, d in documents})
         print(f"  ok   {name}: {len(documents)} manifests ({', '.join(kinds)})" if not problems else
               f"  ...  {name}: {len(documents)} manifests")
 
-    check_dashboard()
+    check_dashboard(exported)
     expect_render_failure("no issuer", {"auth": {"issuer": ""}}, "auth.issuer is required")
     expect_render_failure("no database secret", {"database": {"existingSecret": ""}}, "database.existingSecret")
     data_files = [p for d in ("search-params", "consent-policies") for p in (REPO / d).iterdir()

@@ -150,7 +150,7 @@ pub static CHANGE_FEED_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
         GaugeVec::new(
             Opts::new(
                 "change_feed_lag_seconds",
-                "Age of the oldest change feed row a consumer has not processed (0 = caught up)",
+                "Age of the oldest change feed row a consumer's position has not passed (0 = caught up)",
             ),
             &["consumer"],
         )
@@ -321,37 +321,6 @@ pub async fn time_audit_write<T, E>(
         .observe(started.elapsed().as_secs_f64());
     result
 }
-
-// --- events --------------------------------------------------------------------------------------
-
-/// Inbound messages set aside as dead letters, by reason (`invalid`, `refused`, `stale`, …).
-pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "dead_letters_total",
-                "Inbound messages moved to the dead-letter store",
-            ),
-            &["reason"],
-        )
-        .expect("counter"),
-    )
-});
-
-/// Outbound subscription notifications by channel (`rest-hook`, `nats`) and outcome
-/// (`delivered`, `failed`, `retried`, `abandoned`).
-pub static SUBSCRIPTION_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "subscription_deliveries_total",
-                "Subscription notification attempts by channel and outcome",
-            ),
-            &["channel", "outcome"],
-        )
-        .expect("counter"),
-    )
-});
 
 /// Audit rows written (one per interaction).
 pub static AUDIT_WRITES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
