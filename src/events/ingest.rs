@@ -427,8 +427,7 @@ impl Batch {
         self.version_focus.extend(other.version_focus);
         self.response_org.extend(other.response_org);
         self.response_key.extend(other.response_key);
-        self.response_fingerprint
-            .extend(other.response_fingerprint);
+        self.response_fingerprint.extend(other.response_fingerprint);
         self.response.extend(other.response);
     }
 
