@@ -399,6 +399,8 @@ struct Batch {
     version_focus: Vec<bool>,
     response_org: Vec<String>,
     response_key: Vec<String>,
+    /// Of the claim the group made for the message (`on_group_locked`).
+    response_fingerprint: Vec<String>,
     /// Serialised here rather than copied: the message keeps its response to answer with.
     response: Vec<String>,
 }
@@ -425,6 +427,7 @@ impl Batch {
         self.version_focus.extend(other.version_focus);
         self.response_org.extend(other.response_org);
         self.response_key.extend(other.response_key);
+        self.response_fingerprint.extend(other.response_fingerprint);
         self.response.extend(other.response);
     }
 
@@ -468,6 +471,13 @@ impl Batch {
     /// primary key, and `event_version` rows are written only with their version, so one can
     /// meet only another of this transaction. Each version's is kept once, the first, as
     /// `ON CONFLICT DO NOTHING` kept it.
+    ///
+    /// The responses go into the messages' idempotency rows, which `on_group_locked` claimed in
+    /// this transaction, through `ON CONFLICT … DO UPDATE` on the primary key rather than an
+    /// `UPDATE … FROM` join with the list: a group's statements keep the plan made when the
+    /// connection first ran them (`Store::begin_group_write`), and the join's, made while the
+    /// table was small, read every `message` row of the table for each group; the arbiter
+    /// probes the primary key whatever the plan. The rows exist, so none is inserted.
     async fn write(mut self, tx: &mut WriteTx) -> Result<(), crate::store::StoreError> {
         self.keep_first_triggering_events();
         let (mut so, mut st, mut ss, mut sv, mut si, mut stime, mut sm) = (
@@ -509,10 +519,11 @@ impl Batch {
                  SELECT * FROM unnest($18::text[], $19::text[], $20::bigint[], $21::text[],
                      $22::text[], $23::text[], $24::bool[])
              )
-             UPDATE event_idempotency e
-             SET response = r.response::jsonb, created_at = clock_timestamp()
-             FROM unnest($25::text[], $26::text[], $27::text[]) AS r(org, key, response)
-             WHERE e.org = r.org AND e.scope = 'message' AND e.key = r.key",
+             INSERT INTO event_idempotency (org, scope, key, fingerprint, response, created_at)
+             SELECT o, 'message', k, f, r::jsonb, clock_timestamp()
+             FROM unnest($25::text[], $26::text[], $27::text[], $28::text[]) AS x(o, k, r, f)
+             ON CONFLICT (org, scope, key) DO UPDATE
+               SET response = excluded.response, created_at = excluded.created_at",
         )
         .bind(&self.stale_org)
         .bind(&self.stale_message)
@@ -541,6 +552,7 @@ impl Batch {
         .bind(&self.response_org)
         .bind(&self.response_key)
         .bind(&self.response)
+        .bind(&self.response_fingerprint)
         .execute(tx.connection().await?)
         .await?;
         Ok(())
@@ -1053,6 +1065,7 @@ impl WriteHook for MessageHook<'_> {
             }
             batch.response_org.push(org.to_string());
             batch.response_key.push(m.message_id.clone());
+            batch.response_fingerprint.push(self.fingerprint.clone());
             batch.response.push(response.to_string());
             self.pending = Some(batch);
             self.response = Some(response);

@@ -719,7 +719,9 @@ async fn read_candidates(
         place.push(b.place);
     }
     // One block look-up per record (each an index OR over the blocking columns), in one
-    // statement; its snapshot, when asked, in a row of its own (`pos` null).
+    // statement; its snapshot, when asked, in a row of its own (`pos` null). Planned with
+    // the blocks' current size, also in a group transaction (`WriteTx::custom_plans`).
+    tx.custom_plans().await?;
     let rows = sqlx::query(
         "SELECT NULL::int4 AS pos, NULL::text AS patient_id, NULL::text AS person_id,
                 NULL::text AS org, NULL::jsonb AS demographics,
@@ -763,6 +765,7 @@ async fn read_candidates(
     .fetch_all(tx.connection().await?)
     .await
     .map_err(db)?;
+    tx.generic_plans().await?;
     let mut snapshot = None;
     let mut out: HashMap<usize, Vec<Candidate>> = HashMap::new();
     for r in rows {

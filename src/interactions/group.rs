@@ -194,7 +194,7 @@ impl Repository {
                 next += 1;
                 continue;
             }
-            let mut tx = match self.store.begin_write().await {
+            let mut tx = match self.store.begin_group_write().await {
                 Ok(tx) => tx,
                 Err(e) => {
                     for r in results.iter_mut().filter(|r| r.is_none()) {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use shcr::store::Store;
+use shcr::store::{Author, NewVersion, Operation, Store};
 
 use crate::common::TestDatabase;
 
@@ -154,4 +154,106 @@ async fn identifier_criteria_probe_the_indexes_of_a_table_without_statistics() {
         (0, 160),
         "one index probe per criterion, no sequential scan"
     );
+}
+
+/// A group's write transaction (`Store::begin_group_write`) runs each statement with the
+/// generic plan its connection made the first time, whatever the tables have become since:
+/// the versions statement, first run on empty tables, still finds a replaced resource's
+/// identifiers by key once `resource_identifier` holds tens of thousands of rows (a new
+/// database: no statistics, autovacuum off) — no sequential scan, and no new plan.
+#[tokio::test]
+async fn a_group_write_plans_once_and_still_probes_by_key_after_the_tables_have_grown() {
+    let db = TestDatabase::create().await;
+    // One write connection: every transaction below runs on the same one.
+    let store = Store::connect_with(&db.url, 1, Duration::from_secs(60))
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    for table in ["resource_identifier", "resource_head", "resource_version"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        )))
+        .execute(store.pool())
+        .await
+        .expect("autovacuum off");
+    }
+    let author = Author {
+        kind: "system",
+        id: "test".into(),
+        org: Some("RX1".into()),
+        request_id: None,
+    };
+    let sys = "https://fhir.rx1.example.nhs.uk/Id/observation";
+    let version = |v: i64, value: &str| NewVersion {
+        resource_type: "Observation".into(),
+        id: "obs-0".into(),
+        version_id: v,
+        last_updated: time::OffsetDateTime::now_utc(),
+        operation: if v == 1 {
+            Operation::Create
+        } else {
+            Operation::Update
+        },
+        method: if v == 1 { "POST" } else { "PUT" },
+        content: Some(r#"{"resourceType": "Observation", "id": "obs-0"}"#.into()),
+        identifiers: vec![(sys.to_string(), value.to_string())],
+        compartment: None,
+        content_hash: None,
+    };
+    // Planned on empty tables.
+    let mut tx = store.begin_group_write().await.expect("begin");
+    tx.write(&[version(1, "O0")], &author).await.expect("write");
+    tx.commit().await.expect("commit");
+    sqlx::query(
+        "INSERT INTO resource_identifier (resource_type, id, system, value)
+         SELECT 'Observation', 'obs-' || k, $1, 'O' || k FROM generate_series(1, 30000) k",
+    )
+    .bind(sys)
+    .execute(store.pool())
+    .await
+    .expect("rows");
+
+    // A second version with another identifier: the first one's row is deleted by key. The
+    // backend's counts not yet reported (earlier transactions' too) before and after it.
+    let mut tx = store.begin_group_write().await.expect("begin");
+    let scans = "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables
+                 WHERE relname = 'resource_identifier'";
+    let before: (i64, i64) = sqlx::query_as(scans)
+        .fetch_one(tx.connection().await.expect("connection"))
+        .await
+        .expect("scans before");
+    tx.write(&[version(2, "O0b")], &author)
+        .await
+        .expect("write");
+    let after: (i64, i64) = sqlx::query_as(scans)
+        .fetch_one(tx.connection().await.expect("connection"))
+        .await
+        .expect("scans after");
+    let (seq_scans, index_scans) = (after.0 - before.0, after.1 - before.1);
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement LIKE 'WITH versions AS%'",
+    )
+    .fetch_one(tx.connection().await.expect("connection"))
+    .await
+    .expect("the versions statement, prepared on this connection");
+    tx.commit().await.expect("commit");
+    // One probe deletes the old identifier's row, one checks the new one's for a conflict.
+    assert_eq!(
+        (seq_scans, index_scans),
+        (0, 2),
+        "the replaced resource's identifiers found by an index probe, no sequential scan"
+    );
+    assert_eq!(
+        (generic, custom),
+        (2, 0),
+        "both writes ran the plan made once, on empty tables"
+    );
+    let identifiers: Vec<String> = sqlx::query_scalar(
+        "SELECT value FROM resource_identifier WHERE id = 'obs-0' ORDER BY value",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("identifiers");
+    assert_eq!(identifiers, vec!["O0b".to_string()]);
 }

@@ -176,6 +176,8 @@ async fn messages_of_one_group_see_what_earlier_messages_of_it_wrote() {
         admission("RX1", "a4", &at(13), "P2", "E1", "Thirteen"),
     ];
     let results = group(&ingest, &rx1, &bundles).await;
+    // Stored with the group's other rows after its last message (`Batch::write`).
+    let a1_response = results[0].as_ref().expect("applied").response.clone();
     let summary: Vec<(Disposition, usize)> = results
         .iter()
         .map(|r| {
@@ -229,6 +231,11 @@ async fn messages_of_one_group_see_what_earlier_messages_of_it_wrote() {
             Some(Disposition::Duplicate),
             Some(Disposition::Duplicate),
         ]
+    );
+    assert_eq!(
+        results[1].as_ref().unwrap().response,
+        a1_response,
+        "a repeat gets the response the first group stored"
     );
     assert_eq!(
         scalar(&app, "SELECT count(*) FROM event_idempotency").await,
