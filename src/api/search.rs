@@ -130,7 +130,6 @@ async fn run(
     compartment: Option<&str>,
     path: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let tr0 = crate::search::lagtrace::ms();
     // `patient:mdm=Patient/x`: the reference stands for every record linked with x.
     let (params, persons) = super::identity::expand_mdm(state, params).await?;
     let mut q = parse(&state.search.registry, types, &params, lenient(req)).map_err(|e| {
@@ -161,17 +160,13 @@ async fn run(
         store: state.repository.store(),
     };
     // Fresh first: organisation-wide facts are valid for the index's state after the wait.
-    let tr1 = crate::search::lagtrace::ms();
     engine.wait_fresh().await?;
-    let tr2 = crate::search::lagtrace::ms();
     super::access::load_grants(state, req, &mut d, scope, one_patient.as_deref()).await?;
-    let tr3 = crate::search::lagtrace::ms();
     // `:mdm`: the person's records are decided together.
     super::identity::widen_to_persons(&mut d, &persons);
     let mut result = engine
         .search_fresh(&q, d.search_filter(&state.search.fields))
         .await?;
-    crate::search::lagtrace::push(serde_json::json!({"ev": "req", "t0": tr0, "t1": tr1, "t2": tr2, "t3": tr3, "t4": crate::search::lagtrace::ms(), "n": result.matches.len()}));
     // Included resources are loaded by key, not matched through the filtered query: decide
     // each like a read.
     let before = result.includes.len();

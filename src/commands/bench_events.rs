@@ -444,7 +444,7 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     // 2. Lag at a steady rate: publish (client send) to commit, and for every 20th message
     // to searchable (a search by its Encounter identifier finds it).
     let first = args.messages;
-    let trace_file = std::env::var("LAGTRACE_OUT").ok();
+    let trace_file = std::env::var("SHCR_LAGTRACE").ok();
     if trace_file.is_some() {
         crate::search::lagtrace::enable();
     }
