@@ -444,11 +444,6 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     // 2. Lag at a steady rate: publish (client send) to commit, and for every 20th message
     // to searchable (a search by its Encounter identifier finds it).
     let first = args.messages;
-    let trace_file = std::env::var("SHCR_LAGTRACE").ok();
-    if trace_file.is_some() {
-        crate::search::lagtrace::enable();
-    }
-    let clock = (crate::search::lagtrace::ms(), OffsetDateTime::now_utc());
     let http = reqwest::Client::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
     let mut probe_tasks = Vec::new();
@@ -463,12 +458,10 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
             (http.clone(), base.clone(), token.clone(), probes.clone());
         probe_tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            crate::search::lagtrace::push(json!({"ev": "probe", "k": k, "t": crate::search::lagtrace::ms_of(t)}));
             let url = format!(
                 "{base}/Encounter?identifier=https%3A%2F%2Ffhir.rx1.example.nhs.uk%2FId%2Fencounter%7CE{k}"
             );
             while t.elapsed() < Duration::from_secs(60) {
-                let a0 = crate::search::lagtrace::ms();
                 let found = match http.get(&url).bearer_auth(&token).send().await {
                     Ok(r) => r
                         .json::<Value>()
@@ -477,7 +470,6 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
                         .unwrap_or(false),
                     Err(_) => false,
                 };
-                crate::search::lagtrace::push(json!({"ev": "attempt", "k": k, "t0": a0, "t1": crate::search::lagtrace::ms(), "found": found}));
                 if found {
                     probes
                         .lock()
@@ -501,26 +493,6 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
         args.lag_seconds,
         summary(lags)
     );
-    if let Some(path) = &trace_file {
-        let mut lines = crate::search::lagtrace::take();
-        let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
-            "SELECT key, created_at FROM event_idempotency WHERE scope = 'message'",
-        )
-        .fetch_all(&pool)
-        .await?;
-        for (key, at) in rows {
-            let Some(k) = key.strip_prefix("bench-").and_then(|k| k.parse::<usize>().ok()) else {
-                continue;
-            };
-            if k < first {
-                continue;
-            }
-            let t = clock.0 + (at - clock.1).as_seconds_f64() * 1000.0;
-            let s = sent.get(&key).map(|s| clock.0 + (*s - clock.1).as_seconds_f64() * 1000.0);
-            lines.push(json!({"ev": "committed", "k": k, "t": t, "sent": s}).to_string());
-        }
-        std::fs::write(path, lines.join("\n"))?;
-    }
     let probed = std::mem::take(&mut *probes.lock().unwrap());
     println!(
         "inbound lag (publish → found by a search on its identifier, every 20th message): {}",

@@ -197,18 +197,15 @@ impl SearchIndex {
     /// the generation the ticket would have named, and the wait would need one more.
     async fn wait_for_generation(&self, timeout: Duration, hurry: bool) -> Result<(), IndexError> {
         let ticket = self.next_generation.load(Ordering::SeqCst);
-        let t0 = super::lagtrace::ms();
         let mut completed = self.completed.subscribe();
         if hurry {
             self.wake.notify_one();
         }
         let wait = completed.wait_for(|done| *done >= ticket);
-        let r = match tokio::time::timeout(timeout, wait).await {
+        match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(IndexError::Timeout(timeout)),
-        };
-        super::lagtrace::push(serde_json::json!({"ev": "wait", "ticket": ticket, "t0": t0, "t1": super::lagtrace::ms(), "hurry": hurry}));
-        r
+        }
     }
 
     /// The access-facts generation. Read after `wait_fresh`, it has counted every fact change
@@ -432,23 +429,18 @@ impl Indexer {
         Ok(())
     }
 
-    async fn commit(&self) -> Result<[f64; 5], IndexError> {
+    async fn commit(&self) -> Result<(), IndexError> {
         let writer = self.writer.clone();
         let payload = payload(self.position);
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || -> Result<[f64; 5], IndexError> {
-            let a = super::lagtrace::ms();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
             let mut writer = writer.write().expect("writer");
-            let b = super::lagtrace::ms();
             let mut prepared = writer.prepare_commit()?;
-            let c = super::lagtrace::ms();
             prepared.set_payload(&payload);
             prepared.commit()?;
-            let d = super::lagtrace::ms();
             shared.reader.reload()?;
             shared.columns.keep_only(&shared.reader.searcher());
-            let e = super::lagtrace::ms();
-            Ok([a, b, c, d, e])
+            Ok(())
         })
         .await
         .expect("join")
@@ -602,7 +594,6 @@ impl Indexer {
                 }
             };
             let generation = fetched.generation;
-            let t_got = super::lagtrace::ms();
             let more = fetched.more;
             // While changes stream in, the next read runs as this batch is indexed, so
             // tantivy's indexing thread is kept fed rather than left idle until the next commit
@@ -627,7 +618,6 @@ impl Indexer {
                 }
             };
             failures = 0;
-            super::lagtrace::push(serde_json::json!({"ev": "applied", "gen": generation, "t0": t_got, "t": super::lagtrace::ms(), "applied": applied}));
             uncommitted |= applied;
             if applied {
                 last_applied = Instant::now();
@@ -639,10 +629,7 @@ impl Indexer {
             // made a segment each).
             let waiting = self.shared.waiters.load(Ordering::SeqCst) > 0 && !more;
             if uncommitted && (waiting || last_commit.elapsed() >= MAX_COMMIT_DELAY) {
-                let t_c = super::lagtrace::ms();
-                let r = self.commit().await;
-                super::lagtrace::push(serde_json::json!({"ev": "commit", "gen": generation, "t0": t_c, "t": super::lagtrace::ms(), "waiting": waiting, "steps": r.as_ref().ok()}));
-                if let Err(e) = r {
+                if let Err(e) = self.commit().await {
                     tracing::error!(error = %e, "committing the search index failed");
                     continue;
                 }
@@ -655,7 +642,6 @@ impl Indexer {
             if !uncommitted && !more {
                 self.shared.ready.store(true, Ordering::Release);
                 self.shared.completed.send_replace(generation);
-                super::lagtrace::push(serde_json::json!({"ev": "done", "gen": generation, "t": super::lagtrace::ms()}));
             }
             if more {
                 continue;
@@ -741,11 +727,9 @@ async fn fetch(
     // After the wait: a search that woke the indexer took its ticket before, and this read
     // starts after it.
     let generation = shared.next_generation.fetch_add(1, Ordering::SeqCst);
-    super::lagtrace::push(serde_json::json!({"ev": "gen", "gen": generation, "t": super::lagtrace::ms(), "delay": delay.as_secs_f64() * 1000.0}));
     let poll = store
         .poll_feed_past(position, BATCH, &applied_above)
         .await?;
-    super::lagtrace::push(serde_json::json!({"ev": "polled", "gen": generation, "t": super::lagtrace::ms(), "ordered": poll.ordered.len(), "above": poll.above.len()}));
     let mut changed: Vec<&Change> = poll.ordered.iter().collect();
     changed.extend(
         poll.above
@@ -786,7 +770,6 @@ async fn fetch(
             .collect();
         heads.extend(missing);
     }
-    super::lagtrace::push(serde_json::json!({"ev": "read", "gen": generation, "t": super::lagtrace::ms(), "heads": heads.len(), "more": poll.more}));
     Ok(Fetched {
         generation,
         position: poll.ordered.last().map_or(position, |c| c.position),

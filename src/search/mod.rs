@@ -9,7 +9,6 @@ pub mod fhirpath;
 pub mod filter_cache;
 pub mod index;
 pub mod indexer;
-pub mod lagtrace;
 pub mod matching;
 pub mod merge_priority;
 pub mod normalise;
