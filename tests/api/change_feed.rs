@@ -294,16 +294,18 @@ async fn a_search_waits_for_at_most_the_commit_under_way_and_one_more() {
     let writer = {
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
-            // Small and often, so every read of the feed finds something to index, but far
-            // below what even a debug build indexes.
-            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            // Small and often, so every read of the feed finds something to index (a read
+            // that finds nothing completes its generation without a commit), but well below
+            // what even a debug build indexes: a backlog of more than a batch is committed on
+            // a timer instead.
+            let mut pace = tokio::time::interval(Duration::from_millis(2));
             pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 pace.tick().await;
                 let mut tx = store.begin_write().await.unwrap();
                 let batch: Vec<NewVersion> =
-                    (0..5).map(|j| version(&format!("flow-{i}-{j}"))).collect();
+                    (0..3).map(|j| version(&format!("flow-{i}-{j}"))).collect();
                 tx.write(&batch, &author()).await.unwrap();
                 tx.commit().await.unwrap();
                 i += 1;
