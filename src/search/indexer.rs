@@ -471,6 +471,10 @@ impl Indexer {
     /// anything was applied.
     async fn apply(&mut self, f: Fetched) -> Result<bool, IndexError> {
         if f.heads.is_empty() {
+            // Every row may have been applied early (`to_apply`): the position still moves
+            // past them, or a full batch of them is read again forever.
+            self.applied_above = self.above_after(&f);
+            self.position = f.position;
             return Ok(false);
         }
         // Before the generation completes, so no search can pair new facts with old ones.
