@@ -68,6 +68,41 @@ pub static INDEX_LAG: LazyLock<Gauge> = LazyLock::new(|| {
     )
 });
 
+/// How long searches waited for the index to hold every write committed before they began
+/// (`SearchIndex::wait_fresh`): most of a search's time while writes stream in.
+pub static SEARCH_FRESHNESS_WAIT: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "search_freshness_wait_seconds",
+                "Time a search waits for the index to catch up with the writes before it",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
+/// How long each commit of the search index took: the indexing thread finishing its queue and
+/// writing the segment, the commit, and the reader's reload. A waiting search pays for the
+/// commit under way and the one that covers it.
+pub static SEARCH_INDEX_COMMIT: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "search_index_commit_seconds",
+                "Time of a search index commit, reader reload included",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("histogram"),
+    )
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     let mut buffer = Vec::new();

@@ -444,6 +444,14 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     // 2. Lag at a steady rate: publish (client send) to commit, and for every 20th message
     // to searchable (a search by its Encounter identifier finds it).
     let first = args.messages;
+    let waits = &crate::metrics::SEARCH_FRESHNESS_WAIT;
+    let index_commits = &crate::metrics::SEARCH_INDEX_COMMIT;
+    let before = (
+        waits.get_sample_count(),
+        waits.get_sample_sum(),
+        index_commits.get_sample_count(),
+        index_commits.get_sample_sum(),
+    );
     let http = reqwest::Client::new();
     let probes = Arc::new(Mutex::new(Vec::new()));
     let mut probe_tasks = Vec::new();
@@ -497,6 +505,19 @@ async fn bench(settings: Settings, args: &BenchEventsArgs) -> anyhow::Result<()>
     println!(
         "inbound lag (publish → found by a search on its identifier, every 20th message): {}",
         summary(probed)
+    );
+    // Where a probe's time goes: nearly all of a search is its wait for freshness, which
+    // lasts for the index commit under way and the one that covers it.
+    let mean_ms = |n: u64, sum: f64| sum / n.max(1) as f64 * 1000.0;
+    let (n_waits, n_commits) = (
+        waits.get_sample_count() - before.0,
+        index_commits.get_sample_count() - before.2,
+    );
+    println!(
+        "  searches' freshness wait: n={n_waits} mean {:.1} ms; index commits: {n_commits} ({:.1}/s), mean {:.1} ms",
+        mean_ms(n_waits, waits.get_sample_sum() - before.1),
+        n_commits as f64 / args.lag_seconds.max(1) as f64,
+        mean_ms(n_commits, index_commits.get_sample_sum() - before.3),
     );
 
     // 3. Notification lag with many rest-hook subscriptions.
