@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use shcr::fhir::instant::now_millis;
-use shcr::store::{Author, FeedPosition, NewVersion, Operation, Store};
+use shcr::store::{Author, FeedPosition, NewVersion, Operation, Store, WriteTx};
 
 use crate::common::TestApp;
 
@@ -46,17 +46,24 @@ async fn drain(store: &Store, from: FeedPosition) -> (Vec<String>, FeedPosition)
     }
 }
 
+/// A write transaction that has taken its transaction id (and so holds the feed's horizon
+/// until it ends).
+async fn holding_an_xid(store: &Store) -> WriteTx {
+    let mut tx = store.begin_write().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(tx.connection().await.unwrap())
+        .await
+        .unwrap();
+    tx
+}
+
 #[tokio::test]
 async fn a_transaction_committing_late_is_not_skipped() {
     let app = TestApp::spawn().await;
     let store = Store::from_pool(app.pool.clone());
 
     // `early` starts (and takes its transaction id) first but commits last.
-    let mut early = store.begin_write().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(early.connection().await.unwrap())
-        .await
-        .unwrap();
+    let mut early = holding_an_xid(&store).await;
     let mut late = store.begin_write().await.unwrap();
     late.write(&[version("late")], &author()).await.unwrap();
     late.commit().await.unwrap();
@@ -288,17 +295,9 @@ async fn a_search_while_writes_stream_in_sees_the_write_committed_just_before_it
 async fn a_search_sees_a_write_committed_below_rows_applied_above_the_horizon() {
     let app = TestApp::spawn().await;
     let store = Store::from_pool(app.pool.clone());
-    let mut oldest = store.begin_write().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(oldest.connection().await.unwrap())
-        .await
-        .unwrap();
+    let oldest = holding_an_xid(&store).await;
     // `low` takes its transaction id before `high` but commits after it.
-    let mut low = store.begin_write().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(low.connection().await.unwrap())
-        .await
-        .unwrap();
+    let mut low = holding_an_xid(&store).await;
     for k in 0..3 {
         let mut high = store.begin_write().await.unwrap();
         let id = format!("high-{k}");
@@ -404,11 +403,7 @@ async fn a_search_waits_for_at_most_the_commit_under_way_and_one_more() {
 async fn a_full_batch_of_rows_applied_early_is_passed_once_the_horizon_moves() {
     let app = TestApp::spawn().await;
     let store = Store::from_pool(app.pool.clone());
-    let mut oldest = store.begin_write().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(oldest.connection().await.unwrap())
-        .await
-        .unwrap();
+    let oldest = holding_an_xid(&store).await;
     let n = 2_500;
     let versions: Vec<NewVersion> = (0..n).map(|i| version(&format!("early-{i}"))).collect();
     let mut tx = store.begin_write().await.unwrap();

@@ -410,15 +410,28 @@ async fn a_later_subscription_version_committed_at_an_earlier_feed_position_is_t
     // transaction takes its xid on the Patient, then queues behind the update.
     let mut update = subscription(&second.url, "id-only");
     update["id"] = json!(id);
-    let update = tokio::spawn(
-        app.request(reqwest::Method::PUT, &format!("Subscription/{id}"))
-            .header("content-type", "application/fhir+json")
-            .body(update.to_string())
-            .send(),
-    );
-    eventually("the update waiting", 30, || async {
-        lock_waiters(&app).await >= 1
-    })
+    // Sends a request and returns, once it waits on a lock, its handle (awaited later on purpose).
+    #[allow(clippy::async_yields_async)]
+    let send_waiting = |method, path: String, body: Value, waiters, what| {
+        let sent = tokio::spawn(
+            app.request(method, &path)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send(),
+        );
+        let app = &app;
+        async move {
+            eventually(what, 30, || async { lock_waiters(app).await >= waiters }).await;
+            sent
+        }
+    };
+    let update = send_waiting(
+        reqwest::Method::PUT,
+        format!("Subscription/{id}"),
+        update,
+        1,
+        "the update waiting",
+    )
     .await;
     let mut later = subscription(&third.url, "id-only");
     later["id"] = json!(id);
@@ -428,15 +441,13 @@ async fn a_later_subscription_version_committed_at_an_earlier_feed_position_is_t
         {"resource": touched, "request": {"method": "PUT", "url": format!("Patient/{}", patient["id"].as_str().unwrap())}},
         {"resource": later, "request": {"method": "PUT", "url": format!("Subscription/{id}")}}
     ]});
-    let transaction = tokio::spawn(
-        app.request(reqwest::Method::POST, "")
-            .header("content-type", "application/fhir+json")
-            .body(bundle.to_string())
-            .send(),
-    );
-    eventually("the transaction waiting", 30, || async {
-        lock_waiters(&app).await >= 2
-    })
+    let transaction = send_waiting(
+        reqwest::Method::POST,
+        String::new(),
+        bundle,
+        2,
+        "the transaction waiting",
+    )
     .await;
     holder.rollback().await.unwrap();
     assert_eq!(update.await.unwrap().unwrap().status(), 200);
