@@ -98,30 +98,24 @@ struct Deferred {
     resources: HashSet<(String, String)>,
 }
 
-/// How a group transaction starts (`Store::begin_group_write`): in the same round trip as the
-/// `BEGIN`, its statements are switched to generic plans with the planner restricted to index
-/// probes, as on the lookups pool (`Store::connect_with`), until the transaction ends.
-const BEGIN_GROUP_WRITE: &str = "BEGIN; \
-    SET LOCAL plan_cache_mode = force_generic_plan; \
-    SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off";
+/// A group transaction's planner settings (`Store::begin_group_write`): generic plans, the
+/// planner restricted to index probes as on the lookups pool (`Store::connect_with`), until the
+/// transaction ends. A macro, so that `BEGIN_GROUP_WRITE` carries them in the `BEGIN`'s round
+/// trip and `WriteTx::generic_plans` restores them from the same text.
+macro_rules! generic_plans {
+    () => {
+        "SET LOCAL plan_cache_mode = force_generic_plan; \
+         SET LOCAL enable_seqscan = off; \
+         SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off"
+    };
+}
 
-/// `BEGIN_GROUP_WRITE`'s settings, again (`WriteTx::generic_plans`).
-const GENERIC_PLANS: &str = "\
-    SET LOCAL plan_cache_mode = force_generic_plan; \
-    SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off";
+const BEGIN_GROUP_WRITE: &str = concat!("BEGIN; ", generic_plans!());
 
 impl Store {
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        Ok(WriteTx {
-            tx: self.pool.begin().await?,
-            held: HashSet::new(),
-            deferred: Deferred::default(),
-            generic: false,
-        })
+        Ok(WriteTx::new(self.pool.begin().await?, false))
     }
 
     /// As `begin_write`, for a group of units (`Repository::execute_group`): each statement
@@ -141,12 +135,10 @@ impl Store {
     /// index may still be read whole where a join would probe it: such a statement is
     /// written as a per-key probe, or run under `WriteTx::custom_plans`).
     pub async fn begin_group_write(&self) -> Result<WriteTx, StoreError> {
-        Ok(WriteTx {
-            tx: self.pool.begin_with(BEGIN_GROUP_WRITE).await?,
-            held: HashSet::new(),
-            deferred: Deferred::default(),
-            generic: true,
-        })
+        Ok(WriteTx::new(
+            self.pool.begin_with(BEGIN_GROUP_WRITE).await?,
+            true,
+        ))
     }
 }
 
@@ -178,6 +170,15 @@ pub fn criteria_lock_keys(criteria: &[IdentifierQuery]) -> Vec<i64> {
 }
 
 impl WriteTx {
+    fn new(tx: Transaction<'static, Postgres>, generic: bool) -> WriteTx {
+        WriteTx {
+            tx,
+            held: HashSet::new(),
+            deferred: Deferred::default(),
+            generic,
+        }
+    }
+
     /// Serialises conditional operations on the same criteria across concurrent transactions,
     /// so two `If-None-Exist` creates with one identifier cannot both create.
     pub async fn lock_criteria(&mut self, criteria: &[IdentifierQuery]) -> Result<(), StoreError> {
@@ -598,7 +599,7 @@ impl WriteTx {
     /// Back to the group transaction's generic plans after `custom_plans`.
     pub async fn generic_plans(&mut self) -> Result<(), StoreError> {
         if self.generic {
-            sqlx::raw_sql(GENERIC_PLANS)
+            sqlx::raw_sql(generic_plans!())
                 .execute(self.connection().await?)
                 .await?;
         }
